@@ -1,0 +1,133 @@
+/* Pure parse/format of qcow2 on-disk structures over byte buffers.
+ * No I/O here; nothing allocated beyond what the input justifies. */
+#ifndef QK_FORMAT_H
+#define QK_FORMAT_H
+
+#include "internal.h"
+
+/* ---- header (format/header.c) ---- */
+#define QK_HEADER_V2_LEN 72
+#define QK_HEADER_V3_MIN 104
+#define QK_HEADER_KNOWN_LEN 105  /* up to and including compression_type */
+
+/* Decode the header at buf (the first cluster, or as much as exists).
+ * Fails (EBADMSG) only when nothing sensible can be read: bad magic,
+ * version, cluster_bits, or a buffer shorter than the header. */
+extern int qk_header_parse (const uint8_t *buf, size_t len,
+                            struct qk_header *h);
+/* Write a header into buf (h->header_length bytes; v2: 72). */
+extern int qk_header_format (const struct qk_header *h, uint8_t *buf,
+                             size_t len);
+extern const char *qk_feature_known_name (int type, unsigned bit);
+
+/* ---- header extensions ---- */
+struct qk_ext_raw {
+  uint32_t magic;
+  uint32_t length;
+  uint64_t offset;  /* within buf */
+};
+/* Walk the extension area buf[start..end). Calls fn for each; stops at the
+ * end marker. Returns 0, or -1 (EBADMSG) if an extension overruns end;
+ * *stop_reason says why the walk stopped early. */
+typedef int (*qk_ext_fn) (void *opaque, const struct qk_ext_raw *e,
+                          const uint8_t *payload);
+extern int qk_extensions_walk (const uint8_t *buf, size_t start, size_t end,
+                               qk_ext_fn fn, void *opaque);
+extern const char *qk_extension_name (uint32_t magic);
+
+/* ---- mapping entries (format/l2.c) ---- */
+#define QK_L1E_OFFSET_MASK    0x00fffffffffffe00ULL
+#define QK_L1E_RESERVED_MASK  0x7f000000000001ffULL
+#define QK_L2E_OFFSET_MASK    0x00fffffffffffe00ULL
+#define QK_L2E_STD_RESERVED   0x3f000000000001feULL
+#define QK_OFLAG_COPIED       (1ULL << 63)
+#define QK_OFLAG_COMPRESSED   (1ULL << 62)
+#define QK_OFLAG_ZERO         (1ULL << 0)
+#define QK_REFT_OFFSET_MASK   0xfffffffffffffe00ULL
+#define QK_REFT_RESERVED_MASK 0x1ffULL
+#define QK_L2_BITMAP_ALL_ALLOC 0xffffffffULL
+
+enum qk_cluster_type {
+  QK_CLUSTER_UNALLOCATED,
+  QK_CLUSTER_ZERO_PLAIN,
+  QK_CLUSTER_ZERO_ALLOC,
+  QK_CLUSTER_NORMAL,
+  QK_CLUSTER_COMPRESSED,
+};
+
+enum qk_subcluster_type {
+  QK_SUB_UNALLOCATED_PLAIN,
+  QK_SUB_UNALLOCATED_ALLOC,
+  QK_SUB_ZERO_PLAIN,
+  QK_SUB_ZERO_ALLOC,
+  QK_SUB_NORMAL,
+  QK_SUB_COMPRESSED,
+  QK_SUB_INVALID,
+};
+
+/* As QEMU's qcow2_get_cluster_type / qcow2_get_subcluster_type. */
+extern enum qk_cluster_type qk_l2_cluster_type (uint64_t entry, bool extl2,
+                                                bool data_file);
+extern enum qk_subcluster_type qk_l2_subcluster_type (uint64_t entry,
+                                                      uint64_t bitmap,
+                                                      unsigned sc_index,
+                                                      bool extl2,
+                                                      bool data_file);
+/* Compressed descriptor: host offset and byte length. */
+extern void qk_l2_compressed (uint64_t entry, unsigned cluster_bits,
+                              uint64_t *host_off, uint64_t *nbytes);
+
+/* ---- refcounts (format/refcount.c) ---- */
+extern uint64_t qk_refblock_get (const uint8_t *blk, unsigned order,
+                                 uint64_t idx);
+extern void qk_refblock_set (uint8_t *blk, unsigned order, uint64_t idx,
+                             uint64_t v);
+
+/* ---- snapshot table (format/snapshot.c) ---- */
+struct qk_snapshot_raw {
+  struct qk_snapshot s;
+  char *id;    /* owned */
+  char *name;  /* owned */
+  uint8_t *extra;  /* owned, extra_data_size bytes */
+};
+/* Parse the entry at buf[0..len). *entry_len gets its size with padding.
+ * EBADMSG if it does not fit or exceeds limits. */
+extern int qk_snapshot_parse (const uint8_t *buf, size_t len,
+                              struct qk_snapshot_raw *out, size_t *entry_len);
+extern void qk_snapshot_raw_free (struct qk_snapshot_raw *r);
+/* Bytes an entry takes (padded to 8); 0 on overflow. */
+extern size_t qk_snapshot_entry_size (uint32_t extra, size_t idlen,
+                                      size_t namelen);
+extern int qk_snapshot_format (const struct qk_snapshot_raw *r, uint8_t *buf,
+                               size_t len);
+
+/* ---- bitmap directory (format/bitmap.c) ---- */
+#define QK_BME_RESERVED_FLAGS  0xfffffffcU
+#define QK_BME_TABLE_OFFSET_MASK 0x00fffffffffffe00ULL
+#define QK_BME_TABLE_RESERVED  0xff000000000001feULL
+struct qk_bitmap_raw {
+  struct qk_bitmap b;
+  char *name;  /* owned */
+};
+extern int qk_bitmap_parse (const uint8_t *buf, size_t len,
+                            struct qk_bitmap_raw *out, size_t *entry_len);
+extern void qk_bitmap_raw_free (struct qk_bitmap_raw *r);
+
+struct qk_bitmaps_ext {
+  uint32_t nb_bitmaps;
+  uint32_t reserved;
+  uint64_t directory_size;
+  uint64_t directory_offset;
+};
+extern int qk_bitmaps_ext_parse (const uint8_t *buf, size_t len,
+                                 struct qk_bitmaps_ext *out);
+
+/* ---- compressed clusters (format/compress.c) ---- */
+/* Decompress one cluster: out must receive exactly outlen bytes.
+ * EBADMSG if the input is damaged or too short. */
+extern int qk_decompress (int type, const uint8_t *in, size_t inlen,
+                          uint8_t *out, size_t outlen);
+extern int qk_compress (int type, const uint8_t *in, size_t inlen,
+                        uint8_t *out, size_t outcap, size_t *outlen);
+
+#endif

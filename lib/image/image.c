@@ -1,0 +1,910 @@
+/* Opening an image: header, extensions, L1, snapshot table, bitmap
+ * directory, external data file and backing chain.
+ *
+ * Opening is lenient: anything past the header that cannot be read is a
+ * warning, so that inspection and recovery still work on images QEMU
+ * refuses. Guest reads are refused (qk_image_unreadable_reason) only when
+ * the data cannot be interpreted at all. */
+#include <config.h>
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "image/image.h"
+
+int
+qk_image_warn (struct qk_image *img, const char *fmt, ...)
+{
+  va_list ap;
+  char *s;
+  int r;
+
+  va_start (ap, fmt);
+  r = vasprintf (&s, fmt, ap);
+  va_end (ap);
+  if (r < 0)
+    return -1;
+  return qk_strvec_add (&img->warnings, s);
+}
+
+static void
+set_unreadable (struct qk_image *img, const char *fmt, ...)
+{
+  va_list ap;
+  char *s;
+
+  if (img->unreadable)
+    return;
+  va_start (ap, fmt);
+  if (vasprintf (&s, fmt, ap) >= 0)
+    img->unreadable = s;
+  va_end (ap);
+}
+
+static char *
+strndup_printable (const uint8_t *p, size_t n)
+{
+  char *s = malloc (n + 1);
+  if (s) {
+    memcpy (s, p, n);
+    s[n] = '\0';
+  }
+  return s;
+}
+
+/* ---- extensions ---- */
+
+struct ext_ctx {
+  struct qk_image *img;
+  size_t cap;
+};
+
+static int
+ext_cb (void *opaque, const struct qk_ext_raw *e, const uint8_t *payload)
+{
+  struct ext_ctx *c = opaque;
+  struct qk_image *img = c->img;
+  struct qk_extension *x;
+
+  for (size_t i = 0; i < img->n_ext; i++)
+    if (img->ext[i].magic == e->magic) {
+      qk_image_warn (img, "header extension 0x%08x (%s) appears more than "
+                     "once (at 0x%" PRIx64 " and 0x%" PRIx64 "); the first "
+                     "one is used", e->magic, qk_extension_name (e->magic),
+                     img->ext[i].offset, e->offset);
+      break;
+    }
+
+  x = qk_grow (img->ext, &c->cap, img->n_ext + 1, sizeof *x);
+  if (x == NULL)
+    return -1;
+  img->ext = x;
+  x = &img->ext[img->n_ext++];
+  x->magic = e->magic;
+  x->length = e->length;
+  x->offset = e->offset;
+  x->data = payload;
+  x->name = qk_extension_name (e->magic);
+
+  for (size_t i = 0; i + 1 < img->n_ext; i++)
+    if (img->ext[i].magic == e->magic)
+      return 0;   /* duplicates: first one wins, as QEMU */
+
+  switch (e->magic) {
+  case QK_EXT_BACKING_FORMAT:
+    if (e->length >= 16)
+      qk_image_warn (img, "backing format extension is %u bytes long (QEMU "
+                     "accepts at most 15)", e->length);
+    img->backing_format_ext = strndup_printable (payload,
+                                                 MIN (e->length, 1023U));
+    break;
+  case QK_EXT_FEATURE_TABLE:
+    if (e->length % 48)
+      qk_image_warn (img, "feature name table length %u is not a multiple "
+                     "of 48", e->length);
+    for (uint32_t i = 0; i + 48 <= e->length; i += 48) {
+      unsigned type = payload[i], bit = payload[i + 1];
+      size_t n = strnlen ((const char *) payload + i + 2, 46);
+      if (type > 2 || bit > 63) {
+        qk_image_warn (img, "feature name table entry %u has type %u bit %u",
+                       i / 48, type, bit);
+        continue;
+      }
+      free (img->feature_names[type][bit]);
+      img->feature_names[type][bit] = strndup_printable (payload + i + 2, n);
+    }
+    break;
+  case QK_EXT_BITMAPS:
+    if (qk_bitmaps_ext_parse (payload, e->length, &img->bitmaps_ext) < 0)
+      qk_image_warn (img, "%s", qk_get_error ());
+    else
+      img->has_bitmaps_ext = true;
+    break;
+  case QK_EXT_CRYPTO:
+    if (e->length < 16)
+      qk_image_warn (img, "encryption header pointer extension too short");
+    else {
+      img->has_crypto_ext = true;
+      img->crypto_offset = be64_get (payload);
+      img->crypto_length = be64_get (payload + 8);
+    }
+    break;
+  case QK_EXT_DATA_FILE:
+    img->data_file_name = strndup_printable (payload,
+                                             MIN (e->length, QK_MAX_NAME));
+    break;
+  }
+  return 0;
+}
+
+static void
+read_extensions (struct qk_image *img)
+{
+  const struct qk_header *h = &img->hdr;
+  struct ext_ctx c = { img, 0 };
+  size_t start = h->header_length, end = h->cluster_size;
+
+  if (h->backing_file_offset && h->backing_file_offset < h->cluster_size
+      && h->backing_file_offset >= start)
+    end = h->backing_file_offset;
+  if (h->version == 2 && start > end)
+    return;
+  if (qk_extensions_walk (img->cluster0, start, end, ext_cb, &c) < 0)
+    qk_image_warn (img, "%s", qk_get_error ());
+}
+
+/* ---- tables ---- */
+
+static void
+read_l1 (struct qk_image *img)
+{
+  const struct qk_header *h = &img->hdr;
+  uint64_t bytes = (uint64_t) h->l1_size * 8;
+  uint64_t per_l1 = h->cluster_size * h->l2_entries;
+  uint64_t need = h->size / per_l1 + (h->size % per_l1 != 0);
+  uint8_t *buf;
+
+  if (h->l1_size < need)
+    qk_image_warn (img, "L1 table is too small: %u entries for a virtual "
+                   "size needing %" PRIu64, h->l1_size, need);
+  if (bytes > QK_MAX_L1_BYTES) {
+    qk_image_warn (img, "L1 table of %u entries is too large (limit %llu)",
+                   h->l1_size, QK_MAX_L1_BYTES / 8);
+    set_unreadable (img, "the L1 table is too large");
+    return;
+  }
+  if (h->l1_size && !IS_ALIGNED (h->l1_table_offset, h->cluster_size)) {
+    qk_image_warn (img, "L1 table offset 0x%" PRIx64 " is not cluster "
+                   "aligned", h->l1_table_offset);
+    set_unreadable (img, "the L1 table offset is not aligned");
+    return;
+  }
+  img->l1 = calloc (h->l1_size ? h->l1_size : 1, sizeof (uint64_t));
+  buf = malloc (bytes ? bytes : 1);
+  if (img->l1 == NULL || buf == NULL) {
+    free (buf);
+    set_unreadable (img, "out of memory reading the L1 table");
+    return;
+  }
+  if (bytes && qk_source_read_exact (img->src, buf, bytes,
+                                     h->l1_table_offset, "L1 table") < 0) {
+    qk_image_warn (img, "%s", qk_get_error ());
+    set_unreadable (img, "the L1 table cannot be read");
+    free (buf);
+    return;
+  }
+  for (uint32_t i = 0; i < h->l1_size; i++)
+    img->l1[i] = be64_get (buf + 8 * i);
+  free (buf);
+  img->l1_count = h->l1_size;
+  img->l1_ok = true;
+}
+
+/* A window over a table in the file, to parse variable-size entries
+ * without one read per entry. */
+struct window {
+  struct qk_source *src;
+  uint64_t base, limit;  /* table [base, base+limit) */
+  uint8_t *buf;
+  size_t cap;
+  uint64_t woff;         /* window start, relative to base */
+  size_t wlen;
+};
+
+/* Make [rel, rel+len) available; returns a pointer or NULL. */
+static const uint8_t *
+window_get (struct window *w, uint64_t rel, size_t len, size_t *avail)
+{
+  if (rel >= w->limit)
+    return NULL;
+  if (rel < w->woff || rel + len > w->woff + w->wlen) {
+    size_t want = MAX (len, (size_t) 1 << 20);
+    ssize_t r;
+    if (want > w->limit - rel)
+      want = w->limit - rel;
+    if (want > w->cap) {
+      uint8_t *nb = realloc (w->buf, want);
+      if (nb == NULL)
+        return NULL;
+      w->buf = nb;
+      w->cap = want;
+    }
+    r = w->src->ops->pread (w->src, w->buf, want, w->base + rel);
+    if (r < 0)
+      return NULL;
+    w->woff = rel;
+    w->wlen = r;
+  }
+  *avail = w->woff + w->wlen - rel;
+  return w->buf + (rel - w->woff);
+}
+
+static void
+read_snapshots (struct qk_image *img)
+{
+  const struct qk_header *h = &img->hdr;
+  struct window w = { .src = img->src, .base = h->snapshots_offset };
+  uint64_t rel = 0;
+  uint32_t n = h->nb_snapshots;
+
+  img->snaps_ok = true;
+  if (n == 0)
+    return;
+  if (!IS_ALIGNED (h->snapshots_offset, h->cluster_size)) {
+    qk_image_warn (img, "snapshot table offset 0x%" PRIx64 " is not cluster "
+                   "aligned", h->snapshots_offset);
+    img->snaps_ok = false;
+    return;
+  }
+  if (n > QK_MAX_SNAPSHOTS) {
+    qk_image_warn (img, "%u snapshots is more than qcowkit reads (%d); only "
+                   "the first %d are read", n, QK_MAX_SNAPSHOTS,
+                   QK_MAX_SNAPSHOTS);
+    img->snaps_ok = false;
+    n = QK_MAX_SNAPSHOTS;
+  }
+  w.limit = QK_MAX_SNAPSHOT_TABLE;
+  if (h->snapshots_offset >= img->src->size) {
+    qk_image_warn (img, "snapshot table at 0x%" PRIx64 " is past the end of "
+                   "the file", h->snapshots_offset);
+    img->snaps_ok = false;
+    return;
+  }
+  w.limit = MIN (w.limit, img->src->size - h->snapshots_offset);
+  img->snaps = calloc (n, sizeof *img->snaps);
+  if (img->snaps == NULL) {
+    img->snaps_ok = false;
+    return;
+  }
+  for (uint32_t i = 0; i < n; i++) {
+    size_t avail, elen;
+    const uint8_t *p = window_get (&w, rel, 40, &avail);
+    uint64_t full;
+
+    if (p == NULL || avail < 40) {
+      qk_image_warn (img, "snapshot table entry %u at 0x%" PRIx64 " is past "
+                     "the end of the file or the table size limit", i,
+                     h->snapshots_offset + rel);
+      img->snaps_ok = false;
+      break;
+    }
+    full = 40 + (uint64_t) be32_get (p + 36) + be16_get (p + 12)
+           + be16_get (p + 14);
+    if (full > 40 + QK_MAX_SNAPSHOT_EXTRA + 2 * 65535ULL)
+      full = 40;
+    p = window_get (&w, rel, full, &avail);
+    if (p == NULL
+        || qk_snapshot_parse (p, avail, &img->snaps[i], &elen) < 0) {
+      qk_image_warn (img, "snapshot table entry %u at 0x%" PRIx64 ": %s", i,
+                     h->snapshots_offset + rel,
+                     p ? qk_get_error () : "cannot be read");
+      img->snaps_ok = false;
+      break;
+    }
+    img->snaps[i].s.entry_offset = h->snapshots_offset + rel;
+    img->n_snaps++;
+    rel += elen;
+  }
+  free (w.buf);
+}
+
+static void
+read_bitmaps (struct qk_image *img)
+{
+  const struct qk_bitmaps_ext *be = &img->bitmaps_ext;
+  uint8_t *buf;
+  size_t pos = 0;
+
+  if (!img->has_bitmaps_ext)
+    return;
+  if (be->nb_bitmaps == 0 || be->nb_bitmaps > QK_MAX_BITMAPS) {
+    qk_image_warn (img, "bitmaps extension: %u bitmaps is out of range (1 to "
+                   "%d)", be->nb_bitmaps, QK_MAX_BITMAPS);
+    return;
+  }
+  if (be->directory_size > QK_MAX_BITMAP_DIR
+      || !IS_ALIGNED (be->directory_offset, img->hdr.cluster_size)) {
+    qk_image_warn (img, "bitmaps extension: directory at 0x%" PRIx64 " of %"
+                   PRIu64 " bytes is unaligned or too large",
+                   be->directory_offset, be->directory_size);
+    return;
+  }
+  buf = malloc (be->directory_size ? be->directory_size : 1);
+  img->bitmaps = calloc (be->nb_bitmaps, sizeof *img->bitmaps);
+  if (buf == NULL || img->bitmaps == NULL) {
+    free (buf);
+    return;
+  }
+  if (qk_source_read_exact (img->src, buf, be->directory_size,
+                            be->directory_offset, "bitmap directory") < 0) {
+    qk_image_warn (img, "%s", qk_get_error ());
+    free (buf);
+    return;
+  }
+  for (uint32_t i = 0; i < be->nb_bitmaps; i++) {
+    size_t elen;
+    if (qk_bitmap_parse (buf + pos, be->directory_size - pos,
+                         &img->bitmaps[i], &elen) < 0) {
+      qk_image_warn (img, "bitmap directory entry %u: %s", i, qk_get_error ());
+      break;
+    }
+    img->bitmaps[i].b.entry_offset = be->directory_offset + pos;
+    img->n_bitmaps++;
+    pos += elen;
+  }
+  free (buf);
+}
+
+/* ---- paths ---- */
+
+/* A name QEMU would treat as a protocol or JSON specification. */
+static bool
+has_protocol (const char *name)
+{
+  const char *p = name + strcspn (name, ":/");
+  return *p == ':';
+}
+
+/* Resolve name against the directory of base, as QEMU's path_combine. */
+static char *
+path_combine (const char *base, const char *name)
+{
+  const char *slash;
+  char *r;
+
+  if (name[0] == '/' || (slash = strrchr (base, '/')) == NULL)
+    return strdup (name);
+  if (asprintf (&r, "%.*s%s", (int) (slash - base + 1), base, name) < 0)
+    return NULL;
+  return r;
+}
+
+static bool
+under_root (const char *path, const char *root)
+{
+  char rp[PATH_MAX], rr[PATH_MAX];
+  size_t n;
+
+  if (realpath (root, rr) == NULL || realpath (path, rp) == NULL)
+    return false;
+  n = strlen (rr);
+  if (n == 1)
+    return true;
+  return strncmp (rp, rr, n) == 0 && (rp[n] == '/' || rp[n] == '\0');
+}
+
+/* Open a referenced file (backing or data file) with all the checks. */
+static struct qk_source *
+open_ref (struct qk_image *img, struct chain_ctx *cc, const char *what,
+          const char *name, char **pathp)
+{
+  const struct qk_open_options *o = cc->opts;
+  char *path;
+  struct qk_source *s;
+
+  if (name[0] == '\0') {
+    set_error (EBADMSG, "%s name is empty", what);
+    return NULL;
+  }
+  if (has_protocol (name)) {
+    set_error (EPERM, "%s '%s' is a protocol or json: specification; only "
+               "local files are opened (write a relative name with a colon "
+               "as ./NAME)", what, name);
+    return NULL;
+  }
+  path = path_combine (img->filename, name);
+  if (path == NULL) {
+    set_error (ENOMEM, "path_combine");
+    return NULL;
+  }
+  *pathp = path;
+  if (o && o->confine_root && !(o->open_fn)
+      && !under_root (path, o->confine_root)) {
+    set_error (EPERM, "%s '%s' resolves outside %s", what, path,
+               o->confine_root);
+    return NULL;
+  }
+  s = (o && o->open_fn) ? o->open_fn (o->open_opaque, path)
+                        : qk_source_file (path);
+  if (s == NULL)
+    qk_internal_prefix_error ("%s '%s'", what, name);
+  return s;
+}
+
+static struct qk_image *open_source (struct qk_source *src, const char *name,
+                                     const char *format,
+                                     struct chain_ctx *cc);
+
+static void
+open_backing (struct qk_image *img, struct chain_ctx *cc)
+{
+  const struct qk_header *h = &img->hdr;
+  struct qk_source *s;
+  char *path = NULL;
+
+  if (h->backing_file_offset == 0)
+    return;
+  if (h->backing_file_size > 1023
+      || h->backing_file_offset >= h->cluster_size
+      || h->backing_file_size > h->cluster_size - h->backing_file_offset) {
+    qk_image_warn (img, "backing file name (offset 0x%" PRIx64 ", %u bytes) "
+                   "is not within the first cluster or longer than 1023 "
+                   "bytes", h->backing_file_offset, h->backing_file_size);
+    set_unreadable (img, "the backing file name is invalid");
+    return;
+  }
+  img->backing_name = strndup_printable (img->cluster0 + h->backing_file_offset,
+                                         h->backing_file_size);
+  if (img->backing_name == NULL)
+    return;
+  if (memchr (img->backing_name, '\0', h->backing_file_size))
+    qk_image_warn (img, "backing file name contains a NUL byte");
+  if (img->backing_format_ext)
+    img->backing_format = strdup (img->backing_format_ext);
+  if (!has_protocol (img->backing_name))
+    img->backing_path = path_combine (img->filename, img->backing_name);
+
+  if (cc->opts && (cc->opts->flags & QK_OPEN_NO_BACKING))
+    return;
+  if (cc->depth + 1 > cc->max_depth) {
+    qk_image_warn (img, "backing chain is deeper than %u images; not opened "
+                   "further", cc->max_depth);
+    set_unreadable (img, "the backing chain is too deep");
+    return;
+  }
+  s = open_ref (img, cc, "backing file", img->backing_name, &path);
+  if (s == NULL) {
+    qk_image_warn (img, "%s", qk_get_error ());
+    set_unreadable (img, "the backing file cannot be opened");
+    free (path);
+    return;
+  }
+  if (s->has_id) {
+    for (size_t i = 0; i < cc->n; i++)
+      if (cc->dev[i] == s->dev && cc->ino[i] == s->ino) {
+        qk_image_warn (img, "backing file '%s' is already in the chain "
+                       "(a loop)", img->backing_name);
+        set_unreadable (img, "the backing chain has a loop");
+        qk_source_close (s);
+        free (path);
+        return;
+      }
+  }
+  if (img->backing_format && strcmp (img->backing_format, "qcow2") != 0
+      && strcmp (img->backing_format, "raw") != 0) {
+    qk_image_warn (img, "backing file format '%s' is not supported (qcow2 "
+                   "and raw are)", img->backing_format);
+    set_unreadable (img, "the backing file format is not supported");
+    qk_source_close (s);
+    free (path);
+    return;
+  }
+  cc->depth++;
+  img->backing = open_source (s, path, img->backing_format, cc);
+  cc->depth--;
+  free (path);
+  if (img->backing == NULL) {
+    qk_image_warn (img, "backing file '%s': %s", img->backing_name,
+                   qk_get_error ());
+    set_unreadable (img, "the backing file cannot be opened");
+    return;
+  }
+  if (img->backing_format == NULL)
+    img->backing_format = strdup (img->backing->is_qcow2 ? "qcow2" : "raw");
+  else if (strcmp (img->backing_format, "qcow2") == 0
+           && !img->backing->is_qcow2)
+    qk_image_warn (img, "backing format is qcow2 but '%s' is not a qcow2 "
+                   "image", img->backing_name);
+  if (img->backing->unreadable)
+    set_unreadable (img, "backing file '%s': %s", img->backing_name,
+                    img->backing->unreadable);
+}
+
+static void
+open_data_file (struct qk_image *img, struct chain_ctx *cc)
+{
+  char *path = NULL;
+  struct qk_source *s;
+
+  if (!(img->hdr.incompatible_features & QK_INCOMPAT_DATA_FILE)) {
+    if (img->data_file_name)
+      qk_image_warn (img, "external data file name '%s' present but the "
+                     "external data file bit is clear", img->data_file_name);
+    return;
+  }
+  if (img->data_file_name == NULL) {
+    qk_image_warn (img, "external data file bit set but no data file name "
+                   "extension");
+    set_unreadable (img, "the external data file is not named");
+    return;
+  }
+  if (cc->opts && (cc->opts->flags & QK_OPEN_NO_DATA_FILE)) {
+    set_unreadable (img, "the external data file was not opened");
+    return;
+  }
+  s = open_ref (img, cc, "data file", img->data_file_name, &path);
+  free (path);
+  if (s == NULL) {
+    qk_image_warn (img, "%s", qk_get_error ());
+    set_unreadable (img, "the external data file cannot be opened");
+    return;
+  }
+  img->data = s;
+}
+
+/* ---- open ---- */
+
+static struct qk_image *
+new_image (struct qk_source *src, const char *name)
+{
+  struct qk_image *img = calloc (1, sizeof *img);
+
+  if (img == NULL || (img->filename = strdup (name)) == NULL) {
+    free (img);
+    qk_source_close (src);
+    set_error (ENOMEM, "calloc");
+    return NULL;
+  }
+  img->src = img->data = src;
+  img->meta_prealloc = -1;
+  return img;
+}
+
+static int
+open_qcow2 (struct qk_image *img, struct chain_ctx *cc)
+{
+  uint8_t hb[QK_HEADER_KNOWN_LEN + 7];
+  ssize_t n;
+  struct qk_header *h = &img->hdr;
+
+  n = img->src->ops->pread (img->src, hb, sizeof hb, 0);
+  if (n < 0)
+    return -1;
+  if (qk_header_parse (hb, n, h) < 0)
+    return -1;
+  img->cluster0 = calloc (1, h->cluster_size);
+  if (img->cluster0 == NULL) {
+    set_error (ENOMEM, "calloc");
+    return -1;
+  }
+  if (qk_source_read_zeropad (img->src, img->cluster0, h->cluster_size, 0) < 0)
+    return -1;
+  if (img->src->size < h->cluster_size)
+    qk_image_warn (img, "the file (%" PRIu64 " bytes) is shorter than one "
+                   "cluster (%" PRIu64 ")", img->src->size, h->cluster_size);
+
+  read_extensions (img);
+
+  if (h->incompatible_features & ~QK_INCOMPAT_KNOWN) {
+    for (unsigned b = 0; b < 64; b++)
+      if ((h->incompatible_features & ~QK_INCOMPAT_KNOWN) & (1ULL << b)) {
+        const char *nm = img->feature_names[0][b];
+        qk_image_warn (img, "unknown incompatible feature bit %u%s%s%s", b,
+                       nm ? " (" : "", nm ? nm : "", nm ? ")" : "");
+      }
+    if (!(cc->opts && (cc->opts->flags & QK_OPEN_FORCE)))
+      set_unreadable (img, "the image uses unknown incompatible features "
+                      "(--force reads it anyway)");
+  }
+  if (h->refcount_order > 6)
+    qk_image_warn (img, "refcount_order %u is above 6", h->refcount_order);
+  if ((h->incompatible_features & QK_INCOMPAT_COMPRESSION)
+      && h->compression_type == 0)
+    qk_image_warn (img, "compression type bit set but compression_type is 0");
+  if (h->compression_type > 1) {
+    qk_image_warn (img, "unknown compression type %u", h->compression_type);
+    set_unreadable (img, "unknown compression type");
+  }
+  if (h->compression_type != 0
+      && !(h->incompatible_features & QK_INCOMPAT_COMPRESSION))
+    qk_image_warn (img, "compression_type %u without the compression type "
+                   "incompatible bit", h->compression_type);
+  if (h->crypt_method != QK_CRYPT_NONE) {
+    set_unreadable (img, "the image is encrypted (%s); qcowkit does not "
+                    "decrypt", h->crypt_method == QK_CRYPT_LUKS ? "LUKS"
+                    : h->crypt_method == QK_CRYPT_AES ? "AES" : "unknown");
+    if (h->crypt_method == QK_CRYPT_LUKS && !img->has_crypto_ext)
+      qk_image_warn (img, "LUKS encryption without the encryption header "
+                     "pointer extension");
+  }
+  if ((h->incompatible_features & QK_INCOMPAT_EXTL2) && h->cluster_bits < 14)
+    qk_image_warn (img, "extended L2 entries with clusters smaller than "
+                   "16 KiB");
+
+  read_l1 (img);
+  read_snapshots (img);
+  read_bitmaps (img);
+  open_data_file (img, cc);
+  open_backing (img, cc);
+
+  img->rd_l1 = img->l1;
+  img->rd_l1_count = img->l1_count;
+  img->rd_size = h->size;
+  img->cbuf = malloc (h->cluster_size);
+  img->cin = malloc (2 * h->cluster_size);
+  if (img->cbuf == NULL || img->cin == NULL) {
+    set_error (ENOMEM, "malloc");
+    return -1;
+  }
+  return 0;
+}
+
+static struct qk_image *
+open_source (struct qk_source *src, const char *name, const char *format,
+             struct chain_ctx *cc)
+{
+  struct qk_image *img;
+  uint8_t magic[4] = { 0 };
+  ssize_t n;
+
+  if (src->has_id && cc->n < sizeof cc->dev / sizeof cc->dev[0]) {
+    cc->dev[cc->n] = src->dev;
+    cc->ino[cc->n] = src->ino;
+    cc->n++;
+  }
+  img = new_image (src, name);
+  if (img == NULL)
+    return NULL;
+  n = src->ops->pread (src, magic, 4, 0);
+  if (n < 0) {
+    qk_image_close (img);
+    return NULL;
+  }
+  img->is_qcow2 = (format == NULL || strcmp (format, "qcow2") == 0)
+                  && n == 4 && be32_get (magic) == QK_QCOW2_MAGIC;
+  if (format && strcmp (format, "qcow2") == 0 && !img->is_qcow2) {
+    set_error (EBADMSG, "%s: not a qcow2 image", name);
+    qk_image_close (img);
+    return NULL;
+  }
+  if (!img->is_qcow2) {
+    img->rd_size = src->size;
+    return img;
+  }
+  if (open_qcow2 (img, cc) < 0) {
+    qk_internal_prefix_error ("%s", name);
+    qk_image_close (img);
+    return NULL;
+  }
+  return img;
+}
+
+static struct qk_image *
+open_top (struct qk_source *src, const char *name,
+          const struct qk_open_options *opts)
+{
+  struct chain_ctx cc = { .opts = opts };
+
+  cc.max_depth = opts && opts->max_chain_depth ? opts->max_chain_depth
+                                               : QK_DEFAULT_CHAIN_DEPTH;
+  if (cc.max_depth > QK_DEFAULT_CHAIN_DEPTH * 4)
+    cc.max_depth = QK_DEFAULT_CHAIN_DEPTH * 4;
+  return open_source (src, name, NULL, &cc);
+}
+
+QK_EXPORT struct qk_image *
+qk_image_open (const char *path, const struct qk_open_options *opts)
+{
+  struct qk_source *s;
+
+  if (path == NULL) {
+    set_error (EINVAL, "path is NULL");
+    return NULL;
+  }
+  s = (opts && opts->open_fn) ? opts->open_fn (opts->open_opaque, path)
+                              : qk_source_file (path);
+  if (s == NULL)
+    return NULL;
+  return open_top (s, path, opts);
+}
+
+QK_EXPORT struct qk_image *
+qk_image_open_memory (const void *buf, size_t len, const char *name,
+                      const struct qk_open_options *opts)
+{
+  struct qk_source *s = qk_source_memory (buf, len, name);
+
+  if (s == NULL)
+    return NULL;
+  return open_top (s, name ? name : "<memory>", opts);
+}
+
+QK_EXPORT void
+qk_image_close (struct qk_image *img)
+{
+  if (img == NULL)
+    return;
+  qk_image_close (img->backing);
+  if (img->data != img->src)
+    qk_source_close (img->data);
+  qk_source_close (img->src);
+  for (int t = 0; t < 3; t++)
+    for (int b = 0; b < 64; b++)
+      free (img->feature_names[t][b]);
+  for (size_t i = 0; i < img->n_snaps; i++)
+    qk_snapshot_raw_free (&img->snaps[i]);
+  for (size_t i = 0; i < img->n_bitmaps; i++)
+    qk_bitmap_raw_free (&img->bitmaps[i]);
+  for (int i = 0; i < QK_L2_CACHE_SLOTS; i++)
+    free (img->l2c[i].buf);
+  qk_strvec_free (&img->warnings);
+  free (img->snaps);
+  free (img->bitmaps);
+  free (img->ext);
+  free (img->backing_format_ext);
+  free (img->data_file_name);
+  free (img->backing_name);
+  free (img->backing_path);
+  free (img->backing_format);
+  free (img->l1);
+  free (img->snap_l1);
+  free (img->unreadable);
+  free (img->cluster0);
+  free (img->cbuf);
+  free (img->cin);
+  free (img->reftable);
+  free (img->rb_buf);
+  free (img->filename);
+  free (img);
+}
+
+/* ---- accessors ---- */
+
+QK_EXPORT const char *
+qk_image_filename (const struct qk_image *img)
+{
+  return img->filename;
+}
+
+QK_EXPORT const char *
+qk_image_format (const struct qk_image *img)
+{
+  return img->is_qcow2 ? "qcow2" : "raw";
+}
+
+QK_EXPORT const struct qk_header *
+qk_image_header (const struct qk_image *img)
+{
+  return img->is_qcow2 ? &img->hdr : NULL;
+}
+
+QK_EXPORT uint64_t
+qk_image_virtual_size (const struct qk_image *img)
+{
+  return img->is_qcow2 ? img->hdr.size : img->src->size;
+}
+
+QK_EXPORT int64_t
+qk_image_actual_size (const struct qk_image *img)
+{
+  return img->src->allocated;
+}
+
+QK_EXPORT uint64_t
+qk_image_file_size (const struct qk_image *img)
+{
+  return img->src->size;
+}
+
+QK_EXPORT const char *
+qk_image_feature_name (const struct qk_image *img, int type, unsigned bit)
+{
+  if (type < 0 || type > 2 || bit > 63)
+    return NULL;
+  if (img->feature_names[type][bit])
+    return img->feature_names[type][bit];
+  return qk_feature_known_name (type, bit);
+}
+
+QK_EXPORT size_t
+qk_image_extension_count (const struct qk_image *img)
+{
+  return img->n_ext;
+}
+
+QK_EXPORT const struct qk_extension *
+qk_image_extension (const struct qk_image *img, size_t i)
+{
+  return i < img->n_ext ? &img->ext[i] : NULL;
+}
+
+QK_EXPORT const char *
+qk_image_backing_name (const struct qk_image *img)
+{
+  return img->backing_name;
+}
+
+QK_EXPORT const char *
+qk_image_backing_path (const struct qk_image *img)
+{
+  return img->backing_path;
+}
+
+QK_EXPORT const char *
+qk_image_backing_format (const struct qk_image *img)
+{
+  return img->backing_format;
+}
+
+QK_EXPORT struct qk_image *
+qk_image_backing (const struct qk_image *img)
+{
+  return img->backing;
+}
+
+QK_EXPORT const char *
+qk_image_data_file_name (const struct qk_image *img)
+{
+  return img->data_file_name;
+}
+
+QK_EXPORT size_t
+qk_image_warning_count (const struct qk_image *img)
+{
+  return img->warnings.n;
+}
+
+QK_EXPORT const char *
+qk_image_warning (const struct qk_image *img, size_t i)
+{
+  return i < img->warnings.n ? img->warnings.v[i] : NULL;
+}
+
+QK_EXPORT const char *
+qk_image_unreadable_reason (const struct qk_image *img)
+{
+  return img->unreadable;
+}
+
+QK_EXPORT size_t
+qk_image_snapshot_count (const struct qk_image *img)
+{
+  return img->n_snaps;
+}
+
+QK_EXPORT const struct qk_snapshot *
+qk_image_snapshot (const struct qk_image *img, size_t i)
+{
+  return i < img->n_snaps ? &img->snaps[i].s : NULL;
+}
+
+QK_EXPORT bool
+qk_image_snapshots_ok (const struct qk_image *img)
+{
+  return img->snaps_ok;
+}
+
+QK_EXPORT size_t
+qk_image_bitmap_count (const struct qk_image *img)
+{
+  return img->n_bitmaps;
+}
+
+QK_EXPORT const struct qk_bitmap *
+qk_image_bitmap (const struct qk_image *img, size_t i)
+{
+  return i < img->n_bitmaps ? &img->bitmaps[i].b : NULL;
+}

@@ -1,0 +1,262 @@
+/* libqcowkit: offline qcow2 image and libvirt metadata toolkit.
+ *
+ * Public API. See libqcowkit(3).
+ *
+ * Conventions:
+ *  - Functions return -1 (or NULL) on error; the reason is in
+ *    qk_get_error() / qk_get_errno() for the calling thread.
+ *    errno EBADMSG means an on-disk structure is invalid.
+ *  - A returned "const" pointer is borrowed from the image and lives until
+ *    qk_image_close(); a returned non-const pointer belongs to the caller
+ *    and is released with free(3).
+ *  - The library never prints, never reads stdin and never exits.
+ */
+#ifndef QCOWKIT_H
+#define QCOWKIT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define QK_VERSION_MAJOR 0
+#define QK_VERSION_MINOR 1
+#define QK_VERSION_MICRO 0
+
+/* ---- errors ---- */
+extern const char *qk_get_error (void);
+extern int qk_get_errno (void);
+extern const char *qk_version (void);
+
+/* ---- on-disk constants ---- */
+#define QK_QCOW2_MAGIC 0x514649fbU
+
+#define QK_INCOMPAT_DIRTY           (1ULL << 0)
+#define QK_INCOMPAT_CORRUPT         (1ULL << 1)
+#define QK_INCOMPAT_DATA_FILE       (1ULL << 2)
+#define QK_INCOMPAT_COMPRESSION     (1ULL << 3)
+#define QK_INCOMPAT_EXTL2           (1ULL << 4)
+#define QK_INCOMPAT_KNOWN           0x1fULL
+#define QK_COMPAT_LAZY_REFCOUNTS    (1ULL << 0)
+#define QK_COMPAT_KNOWN             0x1ULL
+#define QK_AUTOCLEAR_BITMAPS        (1ULL << 0)
+#define QK_AUTOCLEAR_DATA_FILE_RAW  (1ULL << 1)
+#define QK_AUTOCLEAR_KNOWN          0x3ULL
+
+#define QK_EXT_END             0x00000000U
+#define QK_EXT_BACKING_FORMAT  0xe2792acaU
+#define QK_EXT_FEATURE_TABLE   0x6803f857U
+#define QK_EXT_BITMAPS         0x23852875U
+#define QK_EXT_CRYPTO          0x0537be77U
+#define QK_EXT_DATA_FILE       0x44415441U
+
+#define QK_CRYPT_NONE 0
+#define QK_CRYPT_AES  1
+#define QK_CRYPT_LUKS 2
+
+#define QK_COMPRESSION_DEFLATE 0
+#define QK_COMPRESSION_ZSTD    1
+
+#define QK_FEATURE_INCOMPAT  0
+#define QK_FEATURE_COMPAT    1
+#define QK_FEATURE_AUTOCLEAR 2
+
+/* The qcow2 header, decoded. Fields absent from a short header are 0. */
+struct qk_header {
+  uint32_t magic;
+  uint32_t version;
+  uint64_t backing_file_offset;
+  uint32_t backing_file_size;
+  uint32_t cluster_bits;
+  uint64_t size;
+  uint32_t crypt_method;
+  uint32_t l1_size;
+  uint64_t l1_table_offset;
+  uint64_t refcount_table_offset;
+  uint32_t refcount_table_clusters;
+  uint32_t nb_snapshots;
+  uint64_t snapshots_offset;
+  uint64_t incompatible_features;
+  uint64_t compatible_features;
+  uint64_t autoclear_features;
+  uint32_t refcount_order;
+  uint32_t header_length;
+  uint8_t compression_type;
+  /* Derived. */
+  uint64_t cluster_size;
+  uint32_t refcount_bits;
+  uint32_t l2_entries;          /* entries per L2 table */
+  uint32_t l2_entry_size;       /* 8, or 16 with extended L2 */
+  uint32_t subclusters;         /* 1, or 32 with extended L2 */
+  uint32_t unknown_header_bytes; /* header bytes past the fields we know */
+};
+
+/* One header extension, as stored. */
+struct qk_extension {
+  uint32_t magic;
+  uint32_t length;          /* payload length as stored */
+  uint64_t offset;          /* file offset of the 8-byte extension header */
+  const uint8_t *data;      /* payload (length bytes) */
+  const char *name;         /* "backing format", ..., or "unknown" */
+};
+
+struct qk_snapshot {
+  uint64_t entry_offset;    /* file offset of this table entry */
+  uint32_t entry_size;      /* bytes, padding included */
+  uint64_t l1_table_offset;
+  uint32_t l1_size;
+  const char *id;
+  const char *name;
+  uint32_t date_sec;
+  uint32_t date_nsec;
+  uint64_t vm_clock_nsec;
+  uint64_t vm_state_size;   /* the 64-bit one when present */
+  uint32_t vm_state_size32;
+  uint32_t extra_data_size;
+  bool has_vm_state_size_large;
+  bool has_disk_size;
+  uint64_t disk_size;       /* virtual size at snapshot time (or current size) */
+  bool has_icount;
+  uint64_t icount;          /* UINT64_MAX: disabled */
+};
+
+#define QK_BITMAP_IN_USE        (1U << 0)
+#define QK_BITMAP_AUTO          (1U << 1)
+#define QK_BITMAP_EXTRA_COMPAT  (1U << 2)
+
+struct qk_bitmap {
+  uint64_t entry_offset;
+  uint32_t entry_size;
+  uint64_t table_offset;
+  uint32_t table_size;
+  uint32_t flags;
+  uint8_t type;
+  uint8_t granularity_bits;
+  uint32_t extra_data_size;
+  const char *name;
+};
+
+/* ---- opening ---- */
+struct qk_image;
+
+#define QK_OPEN_NO_BACKING   (1U << 0) /* do not open the backing chain */
+#define QK_OPEN_NO_DATA_FILE (1U << 1) /* do not open an external data file */
+#define QK_OPEN_FORCE        (1U << 2) /* read despite unknown incompatible bits */
+
+/* A caller may supply its own way to open backing and data files (used by
+ * the fuzzers to serve a fake file system). Returns an image source of the
+ * given absolute or image-relative path, or NULL with qk error set. */
+struct qk_source;
+typedef struct qk_source *(*qk_open_fn) (void *opaque, const char *path);
+
+struct qk_open_options {
+  unsigned flags;
+  unsigned max_chain_depth;  /* 0: default (64) */
+  const char *confine_root;  /* when set, backing and data files must resolve below it */
+  qk_open_fn open_fn;        /* NULL: the file system */
+  void *open_opaque;
+};
+
+extern struct qk_image *qk_image_open (const char *path,
+                                       const struct qk_open_options *opts);
+extern struct qk_image *qk_image_open_memory (const void *buf, size_t len,
+                                              const char *name,
+                                              const struct qk_open_options *opts);
+extern void qk_image_close (struct qk_image *img);
+
+/* Image sources for qk_open_fn. */
+extern struct qk_source *qk_source_file (const char *path);
+extern struct qk_source *qk_source_memory (const void *buf, size_t len,
+                                           const char *name);
+
+/* ---- what was found ---- */
+extern const char *qk_image_filename (const struct qk_image *img);
+extern const char *qk_image_format (const struct qk_image *img); /* "qcow2", "raw" */
+extern const struct qk_header *qk_image_header (const struct qk_image *img);
+extern uint64_t qk_image_virtual_size (const struct qk_image *img);
+extern int64_t qk_image_actual_size (const struct qk_image *img);
+extern uint64_t qk_image_file_size (const struct qk_image *img);
+extern const char *qk_image_feature_name (const struct qk_image *img,
+                                          int type, unsigned bit);
+
+extern size_t qk_image_extension_count (const struct qk_image *img);
+extern const struct qk_extension *qk_image_extension (const struct qk_image *img,
+                                                      size_t i);
+
+/* Backing file: the name as stored, the path it resolves to, its format
+ * (from the extension, else probed), and the opened image (or NULL when
+ * not opened or not openable; see the warnings). */
+extern const char *qk_image_backing_name (const struct qk_image *img);
+extern const char *qk_image_backing_path (const struct qk_image *img);
+extern const char *qk_image_backing_format (const struct qk_image *img);
+extern struct qk_image *qk_image_backing (const struct qk_image *img);
+extern const char *qk_image_data_file_name (const struct qk_image *img);
+
+/* Things that could not be read or look wrong, found while opening.
+ * Problems that make reads impossible are also warnings: the image still
+ * opens so that what can be shown is shown. */
+extern size_t qk_image_warning_count (const struct qk_image *img);
+extern const char *qk_image_warning (const struct qk_image *img, size_t i);
+
+/* Whether guest reads are possible, and if not why (a message). */
+extern const char *qk_image_unreadable_reason (const struct qk_image *img);
+
+extern size_t qk_image_snapshot_count (const struct qk_image *img);
+extern const struct qk_snapshot *qk_image_snapshot (const struct qk_image *img,
+                                                    size_t i);
+extern bool qk_image_snapshots_ok (const struct qk_image *img);
+
+extern size_t qk_image_bitmap_count (const struct qk_image *img);
+extern const struct qk_bitmap *qk_image_bitmap (const struct qk_image *img,
+                                                size_t i);
+
+/* ---- raw tables (for dump) ---- */
+/* Borrowed active L1 (NULL if unreadable). */
+extern const uint64_t *qk_image_l1 (const struct qk_image *img, uint32_t *count);
+/* Read the L2 table at a host offset: *count entries; with extended L2
+ * each entry is two words (entry, bitmap). Caller frees *entries. */
+extern int qk_image_read_l2 (struct qk_image *img, uint64_t l2_offset,
+                             uint64_t **entries, size_t *count);
+extern int qk_image_read_refcount_table (struct qk_image *img,
+                                         uint64_t **entries, size_t *count);
+extern int qk_image_read_refblock (struct qk_image *img, uint64_t offset,
+                                   uint64_t **refcounts, size_t *count);
+/* Read a snapshot's L1 table (caller frees). */
+extern int qk_image_read_snapshot_l1 (struct qk_image *img, size_t i,
+                                      uint64_t **entries, uint32_t *count);
+extern int qk_image_read_bitmap_table (struct qk_image *img, size_t i,
+                                       uint64_t **entries, uint32_t *count);
+
+/* ---- guest view ---- */
+/* Read through the L1 of an internal snapshot instead of the active one
+ * (name or ID; NULL selects the active L1 again). */
+extern int qk_image_select_snapshot (struct qk_image *img, const char *name_or_id);
+
+extern int qk_image_read (struct qk_image *img, void *buf, size_t len,
+                          uint64_t offset);
+
+/* Extents with the meaning of `qemu-img map --output=json`. */
+struct qk_extent {
+  uint64_t start;
+  uint64_t length;
+  unsigned depth;
+  bool present;
+  bool zero;
+  bool data;
+  bool compressed;
+  bool has_offset;
+  uint64_t offset;
+  const char *filename;  /* file holding the data when has_offset */
+};
+typedef int (*qk_extent_fn) (void *opaque, const struct qk_extent *e);
+extern int qk_image_map (struct qk_image *img, uint64_t start, uint64_t length,
+                         qk_extent_fn fn, void *opaque);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* QCOWKIT_H */

@@ -1,0 +1,56 @@
+# TAP helpers for shell tests. Source it, then call plan-free helpers and
+# finish with `done_testing`.
+tap_n=0
+tap_failed=0
+
+ok () {  # ok DESCRIPTION COMMAND...
+  _d=$1; shift
+  tap_n=$((tap_n + 1))
+  if "$@"; then
+    echo "ok $tap_n - $_d"
+  else
+    echo "not ok $tap_n - $_d"
+    tap_failed=$((tap_failed + 1))
+  fi
+}
+
+pass () { tap_n=$((tap_n + 1)); echo "ok $tap_n - $1"; }
+fail () {
+  tap_n=$((tap_n + 1)); tap_failed=$((tap_failed + 1))
+  echo "not ok $tap_n - $1"
+  shift
+  for l in "$@"; do echo "#   $l"; done
+}
+diag () { echo "# $*"; }
+
+# is GOT WANT DESCRIPTION
+is () {
+  if [ "$1" = "$2" ]; then pass "$3"; else fail "$3" "got:  $1" "want: $2"; fi
+}
+
+# A missing oracle skips the whole test on a developer machine, but fails
+# under CI=true, where CI must have installed it.
+require () {  # require CMD...
+  for _c in "$@"; do
+    if ! command -v "$_c" >/dev/null 2>&1; then
+      if [ "${CI:-}" = true ]; then
+        echo "1..1"
+        echo "not ok 1 - required oracle '$_c' is missing under CI=true"
+        exit 1
+      fi
+      echo "1..0 # SKIP $_c not installed"
+      exit 0
+    fi
+  done
+}
+
+done_testing () {
+  echo "1..$tap_n"
+  [ "$tap_failed" -eq 0 ]
+}
+
+# A scratch directory removed at exit.
+scratch () {
+  T=$(mktemp -d "${TMPDIR:-/tmp}/qcowkit-test.XXXXXX")
+  trap 'rm -rf "$T"' EXIT
+}

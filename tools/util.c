@@ -1,0 +1,227 @@
+/* qcowkit command-line tool: shared helpers. */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "tool.h"
+
+const char *progname = "qcowkit";
+
+static void
+vmsg (const char *pre, const char *fmt, va_list ap)
+{
+  fprintf (stderr, "%s: %s", progname, pre);
+  vfprintf (stderr, fmt, ap);
+  fputc ('\n', stderr);
+}
+
+void
+warnx_ (const char *fmt, ...)
+{
+  va_list ap;
+  va_start (ap, fmt);
+  vmsg ("warning: ", fmt, ap);
+  va_end (ap);
+}
+
+void
+errx_ (const char *fmt, ...)
+{
+  va_list ap;
+  va_start (ap, fmt);
+  vmsg ("", fmt, ap);
+  va_end (ap);
+}
+
+int
+usage_error (const char *cmd, const char *fmt, ...)
+{
+  va_list ap;
+  va_start (ap, fmt);
+  vmsg ("", fmt, ap);
+  va_end (ap);
+  fprintf (stderr, "Try '%s %s --help' for more information.\n", progname,
+           cmd);
+  return EXIT_USAGE;
+}
+
+bool
+parse_size (const char *s, uint64_t *v)
+{
+  char *end;
+  unsigned long long n;
+  int shift = 0;
+
+  if (s == NULL || *s == '\0' || *s == '-')
+    return false;
+  errno = 0;
+  n = strtoull (s, &end, 0);
+  if (errno || end == s)
+    return false;
+  switch (*end) {
+  case '\0': break;
+  case 'k': case 'K': shift = 10; end++; break;
+  case 'M': shift = 20; end++; break;
+  case 'G': shift = 30; end++; break;
+  case 'T': shift = 40; end++; break;
+  default: return false;
+  }
+  if (*end == 'i' && end[1] == 'B')
+    end += 2;
+  else if (*end == 'B')
+    end++;
+  if (*end != '\0' || (shift && n > (UINT64_MAX >> shift)))
+    return false;
+  *v = (uint64_t) n << shift;
+  return true;
+}
+
+int
+common_option (struct common_opts *o, int argc, char **argv, int *i,
+               const char *cmd)
+{
+  const char *a = argv[*i];
+  const char *val = NULL;
+
+  if (strncmp (a, "--output=", 9) == 0)
+    val = a + 9;
+  else if (strcmp (a, "--output") == 0) {
+    if (*i + 1 >= argc)
+      return usage_error (cmd, "--output needs a value"), -1;
+    val = argv[++*i];
+  }
+  if (val) {
+    if (strcmp (val, "json") == 0)
+      o->output = OUT_JSON;
+    else if (strcmp (val, "human") == 0)
+      o->output = OUT_HUMAN;
+    else
+      return usage_error (cmd, "--output: '%s' is not json or human", val), -1;
+    return 1;
+  }
+  if (strncmp (a, "--root=", 7) == 0) {
+    o->root = a + 7;
+    return 1;
+  }
+  if (strcmp (a, "--root") == 0) {
+    if (*i + 1 >= argc)
+      return usage_error (cmd, "--root needs a directory"), -1;
+    o->root = argv[++*i];
+    return 1;
+  }
+  if (strcmp (a, "--progress") == 0 || strcmp (a, "-p") == 0) {
+    o->progress = 1;
+    return 1;
+  }
+  if (strcmp (a, "--quiet") == 0 || strcmp (a, "-q") == 0) {
+    o->progress = 0;
+    return 1;
+  }
+  return 0;
+}
+
+/* QEMU takes OFD locks on bytes 100.. (permissions) and 200.. (shared
+ * permissions) of an image it has open. A write lock we could not take
+ * means a running QEMU (or qemu-img) is using the image. */
+static bool
+locked_by_qemu (const char *path)
+{
+  struct flock fl;
+  int fd = open (path, O_RDONLY | O_CLOEXEC);
+  bool busy = false;
+
+  if (fd < 0)
+    return false;
+  memset (&fl, 0, sizeof fl);
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = 100;
+  fl.l_len = 200;
+#ifdef F_OFD_GETLK
+  if (fcntl (fd, F_OFD_GETLK, &fl) == 0 && fl.l_type != F_UNLCK)
+    busy = true;
+#endif
+  close (fd);
+  return busy;
+}
+
+struct qk_image *
+open_image (const char *path, const struct common_opts *o, unsigned flags,
+            bool show_warnings)
+{
+  struct qk_open_options oo = { .flags = flags, .confine_root = o->root };
+  struct qk_image *img = qk_image_open (path, &oo);
+
+  if (img == NULL) {
+    errx_ ("%s", qk_get_error ());
+    return NULL;
+  }
+  if (locked_by_qemu (path))
+    warnx_ ("%s is in use by a running QEMU: what is shown may be changing",
+            path);
+  if (show_warnings)
+    for (struct qk_image *i = img; i; i = qk_image_backing (i))
+      for (size_t k = 0; k < qk_image_warning_count (i); k++)
+        warnx_ ("%s: %s", qk_image_filename (i), qk_image_warning (i, k));
+  return img;
+}
+
+const char *
+size_str (uint64_t val)
+{
+  static const char *const suffixes[] = { "", "Ki", "Mi", "Gi", "Ti", "Pi",
+                                          "Ei" };
+  static char buf[64];
+  int i;
+
+  frexp (val / (1000.0 / 1024.0), &i);
+  i = (i - 1) / 10;
+  if (i < 0)
+    i = 0;
+  if (i > 6)
+    i = 6;
+  snprintf (buf, sizeof buf, "%0.3g %sB",
+            (double) val / (double) (1ULL << (i * 10)), suffixes[i]);
+  return buf;
+}
+
+void
+progress_start (struct progress *p, const struct common_opts *o,
+                uint64_t total)
+{
+  p->on = o->progress == 1 || (o->progress == -1 && isatty (2));
+  p->total = total ? total : 1;
+  p->last_permille = -1;
+  progress_update (p, 0);
+}
+
+void
+progress_update (struct progress *p, uint64_t done)
+{
+  int pm;
+
+  if (!p->on)
+    return;
+  pm = (int) (done * 1000.0 / p->total);
+  if (pm == p->last_permille)
+    return;
+  p->last_permille = pm;
+  fprintf (stderr, "\r    (%5.1f/100%%)", pm / 10.0);
+  fflush (stderr);
+}
+
+void
+progress_end (struct progress *p)
+{
+  if (!p->on)
+    return;
+  p->last_permille = -1;
+  progress_update (p, p->total);
+  fputc ('\n', stderr);
+}
