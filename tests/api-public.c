@@ -1,0 +1,137 @@
+/* The public API only, linked against the shared libqcowkit, compiled as
+ * ISO C99 with -pedantic. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qcowkit.h"
+#include "tap.h"
+
+static void
+put32 (unsigned char *p, unsigned long v)
+{
+  p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
+}
+
+static void
+put64 (unsigned char *p, unsigned long long v)
+{
+  put32 (p, (unsigned long) (v >> 32));
+  put32 (p + 4, (unsigned long) (v & 0xffffffffUL));
+}
+
+/* A 4 KiB v3 image with 512-byte clusters: header, reftable, refblock, L1,
+ * L2, one data cluster mapped at guest offset 512 and a zero cluster at
+ * 1024. */
+static unsigned char img[6 * 512];
+
+static void
+build (void)
+{
+  memset (img, 0, sizeof img);
+  put32 (img, 0x514649fbUL);
+  put32 (img + 4, 3);
+  put32 (img + 20, 9);              /* cluster_bits */
+  put64 (img + 24, 4096);           /* size */
+  put32 (img + 36, 1);              /* l1_size */
+  put64 (img + 40, 3 * 512);        /* l1_table_offset */
+  put64 (img + 48, 1 * 512);        /* refcount_table_offset */
+  put32 (img + 56, 1);
+  put32 (img + 96, 4);              /* refcount_order */
+  put32 (img + 100, 104);           /* header_length */
+  put64 (img + 512, 2 * 512);       /* reftable[0] -> refblock */
+  for (int i = 0; i < 6; i++)
+    img[1024 + 2 * i + 1] = 1;      /* refcounts of clusters 0..5 */
+  put64 (img + 3 * 512, (4 * 512) | (1ULL << 63));
+  put64 (img + 4 * 512 + 8, (5 * 512) | (1ULL << 63));  /* L2[1] data */
+  put64 (img + 4 * 512 + 16, 1);                        /* L2[2] zero */
+  memset (img + 5 * 512, 0xa5, 512);
+}
+
+struct ext { unsigned long long start[8], len[8]; int data[8], zero[8], n; };
+
+static int
+collect (void *opaque, const struct qk_extent *e)
+{
+  struct ext *x = opaque;
+  if (x->n < 8) {
+    x->start[x->n] = e->start;
+    x->len[x->n] = e->length;
+    x->data[x->n] = e->data;
+    x->zero[x->n] = e->zero;
+    x->n++;
+  }
+  return 0;
+}
+
+int
+main (void)
+{
+  struct qk_image *i;
+  unsigned char buf[4096];
+  struct ext x;
+  const struct qk_header *h;
+
+  qk_image_close (NULL);
+  ok (1, "qk_image_close (NULL) is a no-op");
+  ok (qk_version () != NULL && strlen (qk_version ()) > 0, "qk_version");
+
+  i = qk_image_open ("/nonexistent/qcowkit-test.qcow2", NULL);
+  ok (i == NULL, "opening a missing file fails");
+  ok (qk_get_errno () == ENOENT, "errno is ENOENT");
+  ok (qk_get_error () && strstr (qk_get_error (), "/nonexistent/"),
+      "the error names the file: %s", qk_get_error ());
+
+  i = qk_image_open_memory ("QFI", 3, "short", NULL);
+  ok (i != NULL, "three bytes open as a raw image");
+  if (i) {
+    is_str (qk_image_format (i), "raw", "format is raw");
+    is_u64 (qk_image_virtual_size (i), 3, "raw virtual size is the length");
+    qk_image_close (i);
+  }
+
+  build ();
+  img[4 + 3] = 9;
+  i = qk_image_open_memory (img, sizeof img, "badver", NULL);
+  ok (i == NULL && qk_get_errno () == EBADMSG, "version 9 fails with EBADMSG");
+  build ();
+
+  i = qk_image_open_memory (img, sizeof img, "mem.qcow2", NULL);
+  ok (i != NULL, "the hand-built image opens");
+  if (i == NULL)
+    return tap_done ();
+  h = qk_image_header (i);
+  is_str (qk_image_format (i), "qcow2", "format is qcow2");
+  is_u64 (h->cluster_size, 512, "cluster size");
+  is_u64 (h->l2_entries, 64, "L2 entries");
+  is_u64 (qk_image_virtual_size (i), 4096, "virtual size");
+  is_u64 (qk_image_warning_count (i), 0, "no warnings");
+  ok (qk_image_unreadable_reason (i) == NULL, "readable");
+
+  memset (buf, 0x77, sizeof buf);
+  ok (qk_image_read (i, buf, 4096, 0) == 0, "read the whole disk");
+  ok (buf[0] == 0 && buf[511] == 0, "unallocated cluster reads as zeros");
+  ok (buf[512] == 0xa5 && buf[1023] == 0xa5, "data cluster reads its data");
+  ok (buf[1024] == 0 && buf[4095] == 0, "zero cluster reads as zeros");
+  ok (qk_image_read (i, buf, 2, 4095) < 0 && qk_get_errno () == EINVAL,
+      "reading past the end fails with EINVAL");
+
+  memset (&x, 0, sizeof x);
+  ok (qk_image_map (i, 0, (unsigned long long) -1, collect, &x) == 0, "map");
+  is_u64 (x.n, 4, "four extents");
+  is_u64 (x.start[1], 512, "extent 1 starts at 512");
+  ok (x.data[1] && !x.zero[1], "extent 1 is data");
+  ok (!x.data[2] && x.zero[2], "extent 2 is zero");
+  ok (!x.data[0] && x.zero[0] && !x.data[3] && x.zero[3],
+      "unallocated extents read as zero");
+  {
+    uint32_t n;
+    const uint64_t *l1 = qk_image_l1 (i, &n);
+    ok (l1 && n == 1 && (l1[0] & 0xffffffffffffULL) == 2048, "L1 is borrowed");
+  }
+  ok (qk_image_select_snapshot (i, "nope") < 0 && qk_get_errno () == ENOENT,
+      "selecting a missing snapshot fails with ENOENT");
+  qk_image_close (i);
+  return tap_done ();
+}
