@@ -255,6 +255,67 @@ typedef int (*qk_extent_fn) (void *opaque, const struct qk_extent *e);
 extern int qk_image_map (struct qk_image *img, uint64_t start, uint64_t length,
                          qk_extent_fn fn, void *opaque);
 
+/* ---- consistency check ---- */
+enum qk_problem_class {
+  QK_CLASS_INFO = 0,
+  QK_CLASS_WARNING = 1,
+  QK_CLASS_LEAK = 2,
+  QK_CLASS_CORRUPTION = 3,
+  QK_CLASS_ERROR = 4,        /* the check could not complete some part */
+};
+
+#define QK_NONE UINT64_MAX   /* a field of struct qk_problem that is unset */
+
+/* One problem found. Everything a repair needs: where (host offset, the
+ * table and index holding the bad entry, the guest offset), what was
+ * expected and what was found. Unset fields are QK_NONE. */
+struct qk_problem {
+  uint32_t code;             /* 0xPPNNNN, see qcowkit-problems(7) */
+  const char *name;          /* e.g. "LEAK" */
+  enum qk_problem_class cls;
+  const char *message;       /* one line, valid during the callback */
+  uint64_t host_offset;
+  uint64_t length;
+  uint64_t guest_offset;
+  uint64_t guest_offset2;    /* a second guest offset (duplicate mappings) */
+  uint64_t table_offset;     /* the table holding the entry */
+  uint64_t index;            /* the entry's index in it */
+  uint64_t expected;
+  uint64_t found;
+  uint64_t count;            /* qemu-img units this adds to its counters */
+};
+typedef int (*qk_problem_fn) (void *opaque, const struct qk_problem *p);
+
+struct qk_check_result {
+  /* qemu-img check's counters, same meanings */
+  uint64_t check_errors;
+  uint64_t corruptions;
+  uint64_t leaks;
+  uint64_t image_end_offset;
+  uint64_t total_clusters;
+  uint64_t allocated_clusters;
+  uint64_t fragmented_clusters;
+  uint64_t compressed_clusters;
+  /* ours */
+  uint64_t warnings;
+  uint64_t infos;
+  uint64_t l2_tables_read;   /* distinct L2 tables read */
+};
+
+#define QK_CHECK_DEEP (1U << 0)  /* decompress every compressed cluster */
+
+/* Check one qcow2 image (not its backing files). Returns 0 when the check
+ * ran (problems go to fn, totals to *res), -1 on an API failure. */
+extern int qk_check_run (struct qk_image *img, unsigned flags,
+                         qk_problem_fn fn, void *opaque,
+                         struct qk_check_result *res);
+/* The problem table: rows 0 .. count-1. */
+extern size_t qk_problem_count (void);
+extern int qk_problem_info (size_t i, uint32_t *code, const char **name,
+                            enum qk_problem_class *cls,
+                            const char **description);
+extern const char *qk_problem_class_name (enum qk_problem_class cls);
+
 #ifdef __cplusplus
 }
 #endif

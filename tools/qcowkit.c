@@ -11,6 +11,8 @@ static const struct {
   const char *summary;
 } commands[] = {
   { "info", cmd_info, "show what an image is (qemu-img info compatible)" },
+  { "check", cmd_check, "check consistency, like fsck (qemu-img check "
+    "compatible)" },
   { "map", cmd_map, "show where guest data lives (qemu-img map compatible)" },
   { "export", cmd_export, "write the guest-visible contents to a raw file" },
   { "dump", cmd_dump, "dump on-disk structures (header, tables, ...)" },

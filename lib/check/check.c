@@ -1,0 +1,1489 @@
+/* The consistency checker: qemu-img check's algorithm, message by message,
+ * plus what it does not look at. Strictly read-only.
+ *
+ * Phases over one shared state (struct ck):
+ *   0 header and extensions; 1+2 the active and snapshot L1 tables and
+ *   every distinct L2 table, read once in offset order however many L1
+ *   tables share it; snapshot table; 3 refcount table and blocks; 4 counted
+ *   references against stored refcounts; 5 COPIED flags (done in the L2
+ *   pass); 6 bitmaps; 7 backing chain and data file; 8 --deep.
+ *
+ * The in-memory refcount table (IMRT) has the image's refcount width and
+ * one entry per host cluster of the file, like qemu-img's. A nibble per
+ * cluster records who claimed it (metadata, data, active data), which
+ * names overlaps and duplicate mappings precisely. */
+#include <config.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "image/image.h"
+
+#pragma GCC diagnostic ignored "-Woverride-init"
+
+/* ---- the problem table ---- */
+
+enum {
+#define PROBLEM(code, name, cls, desc) PR_##name,
+#include "check/problems.def"
+#undef PROBLEM
+  PR__COUNT
+};
+
+static const struct row {
+  uint32_t code;
+  const char *name;
+  enum qk_problem_class cls;
+  const char *desc;
+} rows[] = {
+#define PROBLEM(code, name, cls, desc) { code, #name, QK_CLASS_##cls, desc },
+#include "check/problems.def"
+#undef PROBLEM
+};
+
+QK_EXPORT size_t
+qk_problem_count (void)
+{
+  return PR__COUNT;
+}
+
+QK_EXPORT int
+qk_problem_info (size_t i, uint32_t *code, const char **name,
+                 enum qk_problem_class *cls, const char **description)
+{
+  if (i >= PR__COUNT) {
+    set_error (EINVAL, "no problem %zu", i);
+    return -1;
+  }
+  if (code) *code = rows[i].code;
+  if (name) *name = rows[i].name;
+  if (cls) *cls = rows[i].cls;
+  if (description) *description = rows[i].desc;
+  return 0;
+}
+
+QK_EXPORT const char *
+qk_problem_class_name (enum qk_problem_class cls)
+{
+  switch (cls) {
+  case QK_CLASS_INFO: return "info";
+  case QK_CLASS_WARNING: return "warning";
+  case QK_CLASS_LEAK: return "leak";
+  case QK_CLASS_CORRUPTION: return "corruption";
+  case QK_CLASS_ERROR: return "error";
+  }
+  return "unknown";
+}
+
+/* ---- state ---- */
+
+enum owner_kind {
+  OWN_HEADER, OWN_L1, OWN_L2, OWN_REFTABLE, OWN_REFBLOCK, OWN_SNAPTABLE,
+  OWN_BMDIR, OWN_BMTABLE, OWN_CRYPTO, OWN_DATA, OWN_SNAPDATA, OWN_BMDATA,
+};
+
+struct owner {        /* a metadata structure and the clusters it covers */
+  uint64_t first, n;  /* clusters */
+  enum owner_kind kind;
+  int64_t a;          /* L1: -1 active, else snapshot index; L2: L1 index;
+                         refblock: reftable index; bitmap: bitmap index */
+  int64_t b;          /* L2: source (-1 active, else snapshot index) */
+};
+
+#define CLAIM_META   1
+#define CLAIM_DATA   2
+#define CLAIM_ACTIVE 4
+#define MAX_CONFLICTS 1024
+
+struct conflict {
+  uint64_t cluster;
+  struct owner second;  /* the claim that collided */
+};
+
+struct l2ref {        /* one L1 entry pointing at an L2 table */
+  uint64_t l2_offset;
+  int64_t source;     /* -1 active, else snapshot index */
+  uint32_t l1_index;
+};
+
+struct ck {
+  struct qk_image *img;
+  const struct qk_header *h;
+  uint64_t cs;
+  unsigned cb;
+  unsigned order;     /* IMRT width (the image's) */
+  uint64_t refmax;
+  uint64_t file_len;
+  bool data_file;
+  bool counting;      /* refcounts can be counted at all */
+  unsigned flags;
+
+  uint8_t *imrt;
+  uint64_t nb;        /* clusters covered by the IMRT */
+  uint8_t *claims;    /* a nibble per cluster */
+
+  struct owner *owners;
+  size_t n_owners, cap_owners;
+  struct conflict *conf;
+  size_t n_conf;
+
+  uint64_t *reftable;
+  size_t reftable_n;
+
+  uint64_t max_data_end;   /* for the data file size check */
+
+  qk_problem_fn fn;
+  void *opaque;
+  struct qk_check_result *res;
+  int cb_ret;
+};
+
+#define LOC(...) (&(const struct qk_problem) { \
+    .host_offset = QK_NONE, .length = QK_NONE, .guest_offset = QK_NONE, \
+    .guest_offset2 = QK_NONE, .table_offset = QK_NONE, .index = QK_NONE, \
+    .expected = QK_NONE, .found = QK_NONE, __VA_ARGS__ })
+#define NOLOC LOC (.count = 0)
+
+static void report (struct ck *ck, int pr, uint64_t count,
+                    const struct qk_problem *loc, const char *fmt, ...)
+  __attribute__ ((format (printf, 5, 6)));
+
+static void
+report (struct ck *ck, int pr, uint64_t count, const struct qk_problem *loc,
+        const char *fmt, ...)
+{
+  struct qk_problem p = *loc;
+  char msg[1024];
+  va_list ap;
+
+  va_start (ap, fmt);
+  vsnprintf (msg, sizeof msg, fmt, ap);
+  va_end (ap);
+  p.code = rows[pr].code;
+  p.name = rows[pr].name;
+  p.cls = rows[pr].cls;
+  p.message = msg;
+  p.count = count;
+  switch (p.cls) {
+  case QK_CLASS_CORRUPTION: ck->res->corruptions += count; break;
+  case QK_CLASS_LEAK: ck->res->leaks += count; break;
+  case QK_CLASS_ERROR: ck->res->check_errors += count; break;
+  case QK_CLASS_WARNING: ck->res->warnings++; break;
+  case QK_CLASS_INFO: ck->res->infos++; break;
+  }
+  if (ck->fn && ck->cb_ret == 0)
+    ck->cb_ret = ck->fn (ck->opaque, &p);
+}
+
+/* ---- IMRT ---- */
+
+static int
+imrt_grow (struct ck *ck, uint64_t need)
+{
+  uint64_t old = ((ck->nb << ck->order) + 7) / 8;
+  uint64_t bytes = ((need << ck->order) + 7) / 8;
+  uint8_t *n, *c;
+
+  n = realloc (ck->imrt, bytes ? bytes : 1);
+  if (n == NULL)
+    goto nomem;
+  memset (n + old, 0, bytes - old);
+  ck->imrt = n;
+  c = realloc (ck->claims, (need + 1) / 2 + 1);
+  if (c == NULL)
+    goto nomem;
+  memset (c + (ck->nb + 1) / 2, 0, (need + 1) / 2 + 1 - (ck->nb + 1) / 2);
+  ck->claims = c;
+  ck->nb = need;
+  return 0;
+nomem:
+  set_error (ENOMEM, "cannot grow the in-memory refcount table to %" PRIu64
+             " clusters", need);
+  return -1;
+}
+
+static unsigned
+claim_get (const struct ck *ck, uint64_t k)
+{
+  return (ck->claims[k / 2] >> (4 * (k & 1))) & 15;
+}
+
+static void
+claim_set (struct ck *ck, uint64_t k, unsigned bits)
+{
+  ck->claims[k / 2] |= bits << (4 * (k & 1));
+}
+
+static const char *
+kind_name (enum owner_kind k)
+{
+  static const char *const n[] = {
+    "header", "L1 table", "L2 table", "refcount table", "refcount block",
+    "snapshot table", "bitmap directory", "bitmap table", "encryption header",
+    "data cluster", "snapshot data cluster", "bitmap data",
+  };
+  return n[k];
+}
+
+static void
+add_conflict (struct ck *ck, uint64_t k, const struct owner *o)
+{
+  if (ck->n_conf < MAX_CONFLICTS) {
+    ck->conf[ck->n_conf].cluster = k;
+    ck->conf[ck->n_conf].second = *o;
+    ck->n_conf++;
+  }
+}
+
+static void
+add_owner (struct ck *ck, const struct owner *o)
+{
+  struct owner *n = qk_grow (ck->owners, &ck->cap_owners, ck->n_owners + 1,
+                             sizeof *n);
+  if (n) {
+    ck->owners = n;
+    ck->owners[ck->n_owners++] = *o;
+  }
+}
+
+/* qcow2_inc_refcounts_imrt, with a multiplicity (an L2 table shared by
+ * mult L1 entries counts mult times) and a claim. */
+static int
+inc_refs (struct ck *ck, uint64_t offset, uint64_t size, uint64_t mult,
+          const struct owner *who)
+{
+  uint64_t end, start, last;
+
+  if (size == 0 || !ck->counting)
+    return 0;
+  /* A partial last cluster is fine; a cluster or more past EOF is not. */
+  if (ADD_OVERFLOW (offset, size, &end) || end >= ck->file_len + ck->cs) {
+    report (ck, PR_PAST_EOF, mult,
+            LOC (.host_offset = offset, .length = size),
+            "counting reference for region exceeding the end of the file by "
+            "one cluster or more: offset 0x%" PRIx64 " size 0x%" PRIx64
+            " (%s)", offset, size, kind_name (who->kind));
+    return 0;
+  }
+  start = offset >> ck->cb;
+  last = (end - 1) >> ck->cb;
+  if (last >= ck->nb && imrt_grow (ck, last + 1) < 0)
+    return -1;
+  for (uint64_t k = start; k <= last; k++) {
+    uint64_t rc = qk_refblock_get (ck->imrt, ck->order, k);
+    unsigned cl = claim_get (ck, k);
+
+    if (rc + mult > ck->refmax || rc + mult < rc) {
+      uint64_t over = mult - (ck->refmax - rc);
+      report (ck, PR_REFCOUNT_OVERFLOW, over,
+              LOC (.host_offset = k << ck->cb, .found = rc, .expected = rc + mult),
+              "overflow cluster offset=0x%" PRIx64 ": more references than "
+              "%u-bit refcounts can count; widen them with qemu-img amend "
+              "-o refcount_bits=", k << ck->cb, ck->h->refcount_bits);
+      rc = ck->refmax;
+    }
+    else
+      rc += mult;
+    qk_refblock_set (ck->imrt, ck->order, k, rc);
+
+    switch (who->kind) {
+    case OWN_DATA:
+      if (cl & (CLAIM_META | CLAIM_ACTIVE))
+        add_conflict (ck, k, who);
+      claim_set (ck, k, CLAIM_DATA | CLAIM_ACTIVE);
+      break;
+    case OWN_SNAPDATA:
+    case OWN_BMDATA:
+      if (cl & CLAIM_META)
+        add_conflict (ck, k, who);
+      claim_set (ck, k, CLAIM_DATA);
+      break;
+    default:
+      if (cl)
+        add_conflict (ck, k, who);
+      claim_set (ck, k, CLAIM_META);
+      break;
+    }
+  }
+  if (who->kind != OWN_DATA && who->kind != OWN_SNAPDATA
+      && who->kind != OWN_BMDATA) {
+    struct owner o = *who;
+    o.first = start;
+    o.n = last - start + 1;
+    add_owner (ck, &o);
+  }
+  return 0;
+}
+
+/* ---- phase 0: header and extensions ---- */
+
+static void
+feature_bits (struct ck *ck, int type, uint64_t bits, int pr)
+{
+  for (unsigned b = 0; b < 64; b++)
+    if (bits & (1ULL << b)) {
+      const char *n = ck->img->feature_names[type][b];
+      char what[128];
+      snprintf (what, sizeof what, "%u%s%s%s", b, n ? " (" : "",
+                n ? n : "", n ? ")" : "");
+      report (ck, pr, 1, LOC (.index = b), "unknown %s feature bit %s",
+              type == 0 ? "incompatible" : type == 1 ? "compatible"
+              : "autoclear", what);
+    }
+}
+
+static bool
+has_protocol (const char *name)
+{
+  const char *p = name + strcspn (name, ":/");
+  return *p == ':';
+}
+
+static void
+phase_header (struct ck *ck)
+{
+  const struct qk_header *h = ck->h;
+  struct qk_image *img = ck->img;
+  uint64_t per_l1 = ck->cs * h->l2_entries;
+  uint64_t need_l1 = h->size / per_l1 + (h->size % per_l1 != 0);
+  size_t ext_end = ck->cs;
+
+  if (h->incompatible_features & QK_INCOMPAT_DIRTY)
+    report (ck, PR_HDR_DIRTY, 1, NOLOC,
+            "the dirty bit is set: the image was not closed cleanly and its "
+            "refcounts may be stale (leaks below are expected); QEMU rebuilds "
+            "them on its next read-write open");
+  if (h->incompatible_features & QK_INCOMPAT_CORRUPT)
+    report (ck, PR_HDR_CORRUPT, 1, NOLOC,
+            "the corrupt bit is set: QEMU refuses to open the image read-write "
+            "until it is repaired");
+  feature_bits (ck, 0, h->incompatible_features & ~QK_INCOMPAT_KNOWN,
+                PR_HDR_UNKNOWN_INCOMPAT);
+  feature_bits (ck, 1, h->compatible_features & ~QK_COMPAT_KNOWN,
+                PR_HDR_UNKNOWN_COMPAT);
+  feature_bits (ck, 2, h->autoclear_features & ~QK_AUTOCLEAR_KNOWN,
+                PR_HDR_UNKNOWN_AUTOCLEAR);
+  if (h->header_length % 8)
+    report (ck, PR_HDR_LENGTH, 1, LOC (.found = h->header_length),
+            "header_length %u is not a multiple of 8", h->header_length);
+  if (h->refcount_order > 6)
+    report (ck, PR_HDR_REFCOUNT_ORDER, 1, LOC (.found = h->refcount_order),
+            "refcount_order %u is above 6: refcounts cannot be checked",
+            h->refcount_order);
+  if (h->compression_type > 1
+      || ((h->incompatible_features & QK_INCOMPAT_COMPRESSION) != 0)
+         != (h->compression_type != 0))
+    report (ck, PR_HDR_COMPRESSION, 1, LOC (.found = h->compression_type),
+            "compression type %u %s the compression type incompatible bit",
+            h->compression_type,
+            h->incompatible_features & QK_INCOMPAT_COMPRESSION ? "with"
+                                                               : "without");
+  if ((uint64_t) h->l1_size * 8 > (32ULL << 20))
+    report (ck, PR_HDR_L1_INVALID, 1, LOC (.found = h->l1_size),
+            "the active L1 table has %u entries, more than QEMU's 32 MiB",
+            h->l1_size);
+  else if (h->l1_size && !IS_ALIGNED (h->l1_table_offset, ck->cs))
+    report (ck, PR_HDR_L1_INVALID, 1,
+            LOC (.host_offset = h->l1_table_offset),
+            "the active L1 table offset 0x%" PRIx64 " is not cluster aligned",
+            h->l1_table_offset);
+  else if (h->l1_size < need_l1)
+    report (ck, PR_HDR_L1_INVALID, 1,
+            LOC (.found = h->l1_size, .expected = need_l1),
+            "the active L1 table has %u entries but the virtual size needs %"
+            PRIu64, h->l1_size, need_l1);
+  if ((uint64_t) h->refcount_table_clusters * ck->cs > (8ULL << 20)
+      || !IS_ALIGNED (h->refcount_table_offset, ck->cs)
+      || h->refcount_table_clusters == 0)
+    report (ck, PR_HDR_REFTABLE_INVALID, 1,
+            LOC (.host_offset = h->refcount_table_offset,
+                 .found = h->refcount_table_clusters),
+            "the refcount table (%u clusters at 0x%" PRIx64 ") is empty, "
+            "misaligned or larger than 8 MiB", h->refcount_table_clusters,
+            h->refcount_table_offset);
+  if (h->backing_file_offset
+      && (h->backing_file_size > 1023
+          || h->backing_file_offset >= ck->cs
+          || h->backing_file_size > ck->cs - h->backing_file_offset))
+    report (ck, PR_HDR_BACKING_NAME, 1,
+            LOC (.host_offset = h->backing_file_offset,
+                 .length = h->backing_file_size),
+            "the backing file name (%u bytes at 0x%" PRIx64 ") does not fit "
+            "in the first cluster or is longer than 1023 bytes",
+            h->backing_file_size, h->backing_file_offset);
+  if (h->crypt_method)
+    report (ck, PR_HDR_ENCRYPTED, 1, NOLOC,
+            "the image is encrypted (%s)",
+            h->crypt_method == QK_CRYPT_LUKS ? "LUKS" : "legacy AES");
+  if ((h->autoclear_features & QK_AUTOCLEAR_DATA_FILE_RAW)
+      && !(h->incompatible_features & QK_INCOMPAT_DATA_FILE))
+    report (ck, PR_HDR_FEATURE_DEPENDENCY, 1, NOLOC,
+            "raw external data bit without the external data file bit");
+  if ((h->autoclear_features & QK_AUTOCLEAR_DATA_FILE_RAW)
+      && h->backing_file_offset)
+    report (ck, PR_HDR_FEATURE_DEPENDENCY, 1, NOLOC,
+            "raw external data with a backing file");
+  if ((h->incompatible_features & QK_INCOMPAT_EXTL2) && ck->cb < 14)
+    report (ck, PR_HDR_FEATURE_DEPENDENCY, 1, NOLOC,
+            "extended L2 entries with %" PRIu64 "-byte clusters (at least "
+            "16 KiB needed)", ck->cs);
+  if (h->crypt_method == QK_CRYPT_LUKS && !img->has_crypto_ext)
+    report (ck, PR_HDR_FEATURE_DEPENDENCY, 1, NOLOC,
+            "LUKS encryption without the encryption header pointer");
+
+  /* extensions */
+  if (h->backing_file_offset && h->backing_file_offset < ck->cs)
+    ext_end = h->backing_file_offset;
+  for (size_t i = 0; i < img->n_ext; i++) {
+    const struct qk_extension *e = &img->ext[i];
+    uint64_t e_end = e->offset + 8 + ((e->length + 7ULL) & ~7ULL);
+    for (size_t k = 0; k < i; k++)
+      if (img->ext[k].magic == e->magic) {
+        report (ck, PR_EXT_DUPLICATE, 1, LOC (.host_offset = e->offset),
+                "header extension 0x%08x (%s) at 0x%" PRIx64 " repeats the "
+                "one at 0x%" PRIx64, e->magic, e->name, e->offset,
+                img->ext[k].offset);
+        break;
+      }
+    if (e->magic == QK_EXT_BACKING_FORMAT && e->length >= 16)
+      report (ck, PR_EXT_BACKING_FORMAT_LONG, 1,
+              LOC (.host_offset = e->offset, .found = e->length),
+              "the backing format extension is %u bytes long", e->length);
+    if (e->magic == QK_EXT_FEATURE_TABLE && e->length % 48)
+      report (ck, PR_EXT_FEATURE_TABLE, 1,
+              LOC (.host_offset = e->offset, .found = e->length),
+              "the feature name table is %u bytes, not a multiple of 48",
+              e->length);
+    if (h->backing_file_offset && e_end > h->backing_file_offset
+        && e->offset < h->backing_file_offset + h->backing_file_size)
+      report (ck, PR_EXT_OVERLAPS_BACKING_NAME, 1,
+              LOC (.host_offset = e->offset),
+              "header extension 0x%08x at 0x%" PRIx64 " overlaps the backing "
+              "file name at 0x%" PRIx64, e->magic, e->offset,
+              h->backing_file_offset);
+  }
+  /* An extension walk that stopped early left a warning in the image. */
+  for (size_t i = 0; i < img->warnings.n; i++)
+    if (strstr (img->warnings.v[i], "exceeds the header area")
+        || strstr (img->warnings.v[i], "truncated extension header"))
+      report (ck, PR_EXT_OVERRUN, 1, NOLOC, "%s (area ends at 0x%zx)",
+              img->warnings.v[i], ext_end);
+  if (img->backing_name && img->backing_format_ext == NULL)
+    report (ck, PR_EXT_BACKING_FORMAT_MISSING, 1, NOLOC,
+            "backing file '%s' has no recorded format (QEMU must probe it)",
+            img->backing_name);
+  if ((h->incompatible_features & QK_INCOMPAT_DATA_FILE)
+      != (img->data_file_name ? QK_INCOMPAT_DATA_FILE : 0))
+    report (ck, PR_EXT_DATA_FILE_NAME, 1, NOLOC,
+            img->data_file_name
+            ? "an external data file name without the external data file bit"
+            : "the external data file bit without a data file name");
+}
+
+/* ---- phases 1 and 2: L1 and L2 tables ---- */
+
+static const char *
+source_name (const struct ck *ck, int64_t source, char *buf, size_t len)
+{
+  if (source < 0)
+    return "active";
+  snprintf (buf, len, "snapshot %s (%s)", ck->img->snaps[source].s.id,
+            ck->img->snaps[source].s.name);
+  return buf;
+}
+
+static int
+cmp_l2ref (const void *a, const void *b)
+{
+  const struct l2ref *x = a, *y = b;
+  if (x->l2_offset != y->l2_offset)
+    return x->l2_offset < y->l2_offset ? -1 : 1;
+  if (x->source != y->source)
+    return x->source < y->source ? -1 : 1;
+  return x->l1_index < y->l1_index ? -1 : x->l1_index > y->l1_index;
+}
+
+struct refs {
+  struct l2ref *v;
+  size_t n, cap;
+};
+
+/* check_refcounts_l1: the table itself, each entry, and collect the L2
+ * tables it points to. */
+static int
+walk_l1 (struct ck *ck, const uint64_t *l1, uint32_t n, uint64_t l1_offset,
+         int64_t source, struct refs *refs)
+{
+  struct owner o = { .kind = OWN_L1, .a = source };
+  char sb[200];
+
+  if (n == 0)
+    return 0;
+  if (inc_refs (ck, l1_offset, (uint64_t) n * 8, 1, &o) < 0)
+    return -1;
+  for (uint32_t i = 0; i < n; i++) {
+    uint64_t e = l1[i], l2;
+    struct l2ref *r;
+
+    if (e == 0)
+      continue;
+    if (e & QK_L1E_RESERVED_MASK)
+      report (ck, PR_L1_RESERVED, 1,
+              LOC (.table_offset = l1_offset, .index = i, .found = e),
+              "%s L1[%u] = 0x%016" PRIx64 " has reserved bits set",
+              source_name (ck, source, sb, sizeof sb), i, e);
+    l2 = e & QK_L1E_OFFSET_MASK;
+    if (!IS_ALIGNED (l2, ck->cs))
+      report (ck, PR_L1_UNALIGNED, 1,
+              LOC (.table_offset = l1_offset, .index = i, .host_offset = l2),
+              "l2_offset=0x%" PRIx64 ": the L2 table for %s L1[%u] is not "
+              "cluster aligned", l2, source_name (ck, source, sb, sizeof sb),
+              i);
+    r = qk_grow (refs->v, &refs->cap, refs->n + 1, sizeof *r);
+    if (r == NULL)
+      return -1;
+    refs->v = r;
+    refs->v[refs->n++] = (struct l2ref) { l2, source, i };
+  }
+  return 0;
+}
+
+struct l2group {
+  uint64_t l2_offset;
+  uint64_t mult;          /* L1 entries pointing here */
+  uint64_t active;        /* of which in the active L1 */
+  const struct l2ref *first;
+  const struct l2ref *first_active;
+};
+
+static void
+check_compressed_deep (struct ck *ck, uint64_t entry, uint64_t guest,
+                       uint8_t *in, uint8_t *out)
+{
+  uint64_t coff, clen;
+
+  qk_l2_compressed (entry, ck->cb, &coff, &clen);
+  if (clen > 2 * ck->cs)
+    clen = 2 * ck->cs;
+  if (qk_source_read_zeropad (ck->img->src, in, clen, coff) < 0
+      || qk_decompress (ck->h->compression_type, in, clen, out, ck->cs) < 0)
+    report (ck, PR_COMPRESSED_DAMAGED, 1,
+            LOC (.host_offset = coff, .length = clen, .guest_offset = guest),
+            "compressed cluster at 0x%" PRIx64 " (%" PRIu64 " bytes, guest "
+            "offset 0x%" PRIx64 "): %s", coff, clen, guest, qk_get_error ());
+}
+
+/* check_refcounts_l2 for one distinct table, with multiplicity, plus the
+ * COPIED check of check_oflag_copied when the active L1 uses it. */
+static int
+walk_l2 (struct ck *ck, const struct l2group *g, uint8_t *buf,
+         uint8_t *zin, uint8_t *zout)
+{
+  const struct qk_header *h = ck->h;
+  bool extl2 = h->subclusters > 1;
+  uint64_t next_contig = 0;
+  uint64_t span = (uint64_t) h->l2_entries << ck->cb;
+  const struct l2ref *gr = g->first_active ? g->first_active : g->first;
+  uint64_t guest_base = (uint64_t) gr->l1_index * span;
+  struct owner ol2 = { .kind = OWN_L2, .a = gr->l1_index, .b = gr->source };
+  uint64_t l2off = g->l2_offset;
+
+  if (inc_refs (ck, l2off, ck->cs, g->mult, &ol2) < 0)
+    return -1;
+  if (qk_source_read_zeropad (ck->img->src, buf, ck->cs, l2off) < 0) {
+    report (ck, PR_REFCOUNT_UNREADABLE, g->mult, LOC (.host_offset = l2off),
+            "I/O error reading the L2 table at 0x%" PRIx64 ": %s", l2off,
+            qk_get_error ());
+    return 0;
+  }
+  ck->res->l2_tables_read++;
+
+  /* COPIED on the L1 entries of the active table pointing here */
+  if (g->active && ck->counting && ck->reftable && l2off) {
+    uint64_t rc;
+    if (qk_image_refcount (ck->img, l2off >> ck->cb, &rc) == 0)
+      for (const struct l2ref *r = g->first_active;
+           r < g->first + g->mult && r->l2_offset == l2off; r++) {
+        uint64_t e;
+        if (r->source != -1)
+          continue;
+        e = ck->img->l1[r->l1_index];
+        if ((rc == 1) != ((e & QK_OFLAG_COPIED) != 0))
+          report (ck, PR_COPIED_L2, 1,
+                  LOC (.table_offset = h->l1_table_offset,
+                       .index = r->l1_index, .found = e, .expected = rc),
+                  "OFLAG_COPIED L2 cluster: l1_index=%u l1_entry=%" PRIx64
+                  " refcount=%" PRIu64, r->l1_index, e, rc);
+      }
+  }
+
+  for (uint32_t i = 0; i < h->l2_entries; i++) {
+    const uint8_t *p = buf + (size_t) i * h->l2_entry_size;
+    uint64_t e = be64_get (p);
+    uint64_t bm = extl2 ? be64_get (p + 8) : 0;
+    uint64_t guest = guest_base + ((uint64_t) i << ck->cb);
+    enum qk_cluster_type t = qk_l2_cluster_type (e, extl2, ck->data_file);
+    const struct qk_problem *loc =
+      LOC (.table_offset = l2off, .index = i, .guest_offset = guest,
+           .found = e);
+
+    if (t != QK_CLUSTER_COMPRESSED && (e & QK_L2E_STD_RESERVED))
+      report (ck, PR_L2_RESERVED, g->mult, loc,
+              "found l2 entry with reserved bits set: %" PRIx64 " (L2 table "
+              "0x%" PRIx64 "[%u], guest offset 0x%" PRIx64 ")", e, l2off, i,
+              guest);
+    if (h->version == 2 && (e & QK_OFLAG_ZERO) && t != QK_CLUSTER_COMPRESSED)
+      report (ck, PR_L2_ZERO_FLAG_V2, 1, loc,
+              "L2 table 0x%" PRIx64 "[%u] (guest offset 0x%" PRIx64 ") has "
+              "the zero flag in a version 2 image", l2off, i, guest);
+
+    switch (t) {
+    case QK_CLUSTER_COMPRESSED: {
+      uint64_t coff, clen;
+      /* Compressed data is shared byte-wise between neighbours, so it takes
+       * no part in duplicate-mapping detection. */
+      struct owner od = { .kind = OWN_SNAPDATA };
+      if (e & QK_OFLAG_COPIED) {
+        report (ck, PR_L2_COMPRESSED_COPIED, g->mult, loc,
+                "coffset=0x%" PRIx64 ": copied flag must never be set for "
+                "compressed clusters", e & (((uint64_t) 1 << (62 - (ck->cb - 8))) - 1));
+        e &= ~QK_OFLAG_COPIED;
+      }
+      if (ck->data_file) {
+        report (ck, PR_L2_COMPRESSED_DATA_FILE, g->mult, loc,
+                "compressed cluster %u with data file, entry=0x%" PRIx64, i,
+                e);
+        break;
+      }
+      if (bm) {
+        report (ck, PR_L2_SUBCLUSTER_COMPRESSED, g->mult, loc,
+                "compressed cluster %u with non-zero subcluster allocation "
+                "bitmap, entry=0x%" PRIx64, i, e);
+        break;
+      }
+      qk_l2_compressed (e, ck->cb, &coff, &clen);
+      if (inc_refs (ck, coff, clen, g->mult, &od) < 0)
+        return -1;
+      if (g->active) {
+        ck->res->allocated_clusters += g->active;
+        ck->res->compressed_clusters += g->active;
+        ck->res->fragmented_clusters += g->active;
+      }
+      if (ck->flags & QK_CHECK_DEEP)
+        check_compressed_deep (ck, e, guest, zin, zout);
+      break;
+    }
+    case QK_CLUSTER_ZERO_ALLOC:
+    case QK_CLUSTER_NORMAL: {
+      uint64_t off = e & QK_L2E_OFFSET_MASK;
+      struct owner od = { .kind = g->active ? OWN_DATA : OWN_SNAPDATA,
+                          .a = guest };
+      if ((bm >> 32) & bm)
+        report (ck, PR_L2_SUBCLUSTER_BOTH, g->mult, loc,
+                "offset=%" PRIx64 ": Allocated cluster has corrupted "
+                "subcluster allocation bitmap 0x%016" PRIx64, off, bm);
+      if (!IS_ALIGNED (off, ck->cs)) {
+        bool data = extl2 ? (bm & QK_L2_BITMAP_ALL_ALLOC) != 0
+                          : !(e & QK_OFLAG_ZERO);
+        if (data)
+          report (ck, PR_L2_DATA_UNALIGNED, g->mult, loc,
+                  "offset=%" PRIx64 ": Data cluster is not properly aligned; "
+                  "L2 entry corrupted (guest offset 0x%" PRIx64 ")", off,
+                  guest);
+        else
+          report (ck, PR_L2_PREALLOC_UNALIGNED, g->mult, loc,
+                  "offset=%" PRIx64 ": Preallocated cluster is not properly "
+                  "aligned; L2 entry corrupted (guest offset 0x%" PRIx64 ")",
+                  off, guest);
+      }
+      if (g->active) {
+        ck->res->allocated_clusters += g->active;
+        if (next_contig && off != next_contig)
+          ck->res->fragmented_clusters += g->active;
+        next_contig = off + ck->cs;
+      }
+      if (ck->data_file) {
+        if (g->mult == 1 && off != guest && t == QK_CLUSTER_NORMAL)
+          report (ck, PR_L2_DATA_FILE_OFFSET, 1, loc,
+                  "data file cluster 0x%" PRIx64 " does not match its guest "
+                  "offset 0x%" PRIx64, off, guest);
+        if (off + ck->cs > ck->max_data_end)
+          ck->max_data_end = off + ck->cs;
+      }
+      else {
+        /* An active table referenced twice counts as two owners. */
+        if (g->active) {
+          for (uint64_t k = 0; k < g->active; k++)
+            if (inc_refs (ck, off, ck->cs, 1, &od) < 0)
+              return -1;
+          if (g->mult > g->active) {
+            od.kind = OWN_SNAPDATA;
+            if (inc_refs (ck, off, ck->cs, g->mult - g->active, &od) < 0)
+              return -1;
+          }
+        }
+        else if (inc_refs (ck, off, ck->cs, g->mult, &od) < 0)
+          return -1;
+      }
+      /* COPIED (check_oflag_copied), on the active tables only */
+      if (g->active && ck->counting && ck->reftable) {
+        uint64_t rc = 1;
+        if (ck->data_file || qk_image_refcount (ck->img, off >> ck->cb,
+                                                &rc) == 0) {
+          if ((rc == 1) != ((e & QK_OFLAG_COPIED) != 0))
+            report (ck, PR_COPIED_DATA, g->active, loc,
+                    "OFLAG_COPIED data cluster: l2_entry=%" PRIx64
+                    " refcount=%" PRIu64 " (guest offset 0x%" PRIx64 ")", e,
+                    rc, guest);
+        }
+      }
+      break;
+    }
+    case QK_CLUSTER_ZERO_PLAIN:
+      break;
+    case QK_CLUSTER_UNALLOCATED:
+      if (bm & QK_L2_BITMAP_ALL_ALLOC)
+        report (ck, PR_L2_SUBCLUSTER_UNALLOCATED, g->mult, loc,
+                "Unallocated cluster has non-zero subcluster allocation map "
+                "0x%016" PRIx64 " (guest offset 0x%" PRIx64 ")", bm, guest);
+      break;
+    }
+  }
+  return 0;
+}
+
+static int
+walk_tables (struct ck *ck, struct refs *refs)
+{
+  uint8_t *buf = malloc (ck->cs), *zin = NULL, *zout = NULL;
+  int r = 0;
+
+  if (buf == NULL) {
+    set_error (ENOMEM, "malloc");
+    return -1;
+  }
+  if (ck->flags & QK_CHECK_DEEP) {
+    zin = malloc (2 * ck->cs);
+    zout = malloc (ck->cs);
+    if (!zin || !zout) {
+      free (buf); free (zin); free (zout);
+      set_error (ENOMEM, "malloc");
+      return -1;
+    }
+  }
+  /* Offset order: every distinct L2 table read once, sequentially. */
+  qsort (refs->v, refs->n, sizeof *refs->v, cmp_l2ref);
+  for (size_t i = 0; i < refs->n && r == 0;) {
+    struct l2group g = { .l2_offset = refs->v[i].l2_offset,
+                         .first = &refs->v[i] };
+    size_t j = i;
+    for (; j < refs->n && refs->v[j].l2_offset == g.l2_offset; j++) {
+      g.mult++;
+      if (refs->v[j].source == -1) {
+        if (!g.first_active)
+          g.first_active = &refs->v[j];
+        g.active++;
+      }
+    }
+    r = walk_l2 (ck, &g, buf, zin, zout);
+    i = j;
+  }
+  free (buf);
+  free (zin);
+  free (zout);
+  return r;
+}
+
+static int
+phase_tables (struct ck *ck)
+{
+  struct qk_image *img = ck->img;
+  const struct qk_header *h = ck->h;
+  struct refs refs = { 0 };
+  int r = -1;
+  uint64_t snap_bytes = 0;
+  bool snaps = img->snaps_ok;
+
+  /* the header */
+  {
+    struct owner o = { .kind = OWN_HEADER };
+    if (inc_refs (ck, 0, ck->cs, 1, &o) < 0)
+      goto out;
+  }
+  /* the active L1 (qemu-img walks whatever l1_size says) */
+  if (img->l1_ok) {
+    if (walk_l1 (ck, img->l1, img->l1_count, h->l1_table_offset, -1, &refs) < 0)
+      goto out;
+  }
+  else if (IS_ALIGNED (h->l1_table_offset, ck->cs)
+           && (uint64_t) h->l1_size * 8 <= QK_MAX_L1_BYTES) {
+    /* past EOF: QEMU reads zeros; count the table (and say it is past EOF) */
+    struct owner o = { .kind = OWN_L1, .a = -1 };
+    if (inc_refs (ck, h->l1_table_offset, (uint64_t) h->l1_size * 8, 1,
+                  &o) < 0)
+      goto out;
+  }
+
+  /* the snapshot table (qcow2_check_read_snapshot_table) */
+  if (h->nb_snapshots > 65536) {
+    report (ck, PR_SN_TOO_MANY, 1, LOC (.found = h->nb_snapshots),
+            "%u snapshots: the snapshot table is too large (%u overhanging "
+            "snapshots; qemu-img check -r all discards them)",
+            h->nb_snapshots, h->nb_snapshots - 65536);
+    snaps = false;
+  }
+  else if (h->nb_snapshots && !IS_ALIGNED (h->snapshots_offset, ck->cs)) {
+    report (ck, PR_SN_TABLE_INVALID, 1,
+            LOC (.host_offset = h->snapshots_offset),
+            "invalid snapshot table offset 0x%" PRIx64, h->snapshots_offset);
+    snaps = false;
+  }
+  else if (!img->snaps_ok) {
+    const char *why = "an entry is damaged";
+    for (size_t i = 0; i < img->warnings.n; i++)
+      if (strstr (img->warnings.v[i], "snapshot table"))
+        why = img->warnings.v[i];
+    report (ck, PR_SN_TABLE_UNREADABLE, 1,
+            LOC (.host_offset = h->snapshots_offset),
+            "failed to read the snapshot table: %s", why);
+  }
+  if (snaps && ck->data_file && img->n_snaps)
+    report (ck, PR_SN_DATA_FILE, 1, LOC (.found = img->n_snaps),
+            "%zu snapshots in image with data file", img->n_snaps);
+
+  for (size_t i = 0; snaps && i < img->n_snaps; i++) {
+    const struct qk_snapshot *s = &img->snaps[i].s;
+    uint64_t *l1 = NULL;
+    uint32_t n;
+    const struct qk_problem *loc = LOC (.table_offset = s->entry_offset,
+                                        .index = i);
+
+    if (s->extra_data_size > 1024)
+      report (ck, PR_SN_EXTRA_TOO_BIG, 1, loc,
+              "snapshot table entry %zu has too much extra metadata (%u > "
+              "1024)", i, s->extra_data_size);
+    else if (h->version >= 3 && s->extra_data_size < 16)
+      report (ck, PR_SN_EXTRA_INCOMPLETE, 1, loc,
+              "snapshot table entry %zu is incomplete (%u bytes of extra data, "
+              "version 3 needs 16)", i, s->extra_data_size);
+    for (size_t k = 0; k < i; k++) {
+      if (strcmp (img->snaps[k].s.id, s->id) == 0)
+        report (ck, PR_SN_DUPLICATE_ID, 1, loc,
+                "snapshot table entries %zu and %zu have the same ID '%s'",
+                k, i, s->id);
+      if (strcmp (img->snaps[k].s.name, s->name) == 0)
+        report (ck, PR_SN_DUPLICATE_NAME, 1, loc,
+                "snapshot table entries %zu and %zu have the same name '%s'",
+                k, i, s->name);
+    }
+    if (s->has_vm_state_size_large && s->vm_state_size32
+        && s->vm_state_size32 != s->vm_state_size)
+      report (ck, PR_SN_VM_STATE, 1, loc,
+              "snapshot %s (%s): VM state size %u disagrees with the 64-bit "
+              "one %" PRIu64, s->id, s->name, s->vm_state_size32,
+              s->vm_state_size);
+    snap_bytes += s->entry_size;
+    if (i + 1 == img->n_snaps)   /* the last entry is not padded */
+      snap_bytes -= s->entry_size
+                    - (40 + s->extra_data_size + strlen (s->id)
+                       + strlen (s->name));
+
+    if (!IS_ALIGNED (s->l1_table_offset, ck->cs)) {
+      report (ck, PR_SN_L1_UNALIGNED, 1,
+              LOC (.table_offset = s->entry_offset, .index = i,
+                   .host_offset = s->l1_table_offset),
+              "snapshot %s (%s) l1_offset=%#" PRIx64 ": L1 table is not "
+              "cluster aligned; snapshot table entry corrupted", s->id,
+              s->name, s->l1_table_offset);
+      continue;
+    }
+    if (s->l1_size > (32U << 20) / 8) {
+      report (ck, PR_SN_L1_TOO_LARGE, 1,
+              LOC (.table_offset = s->entry_offset, .index = i,
+                   .found = s->l1_size),
+              "snapshot %s (%s) l1_size=%#" PRIx32 ": L1 table is too large; "
+              "snapshot table entry corrupted", s->id, s->name, s->l1_size);
+      continue;
+    }
+    {
+      uint64_t dsize = s->has_disk_size ? s->disk_size : h->size;
+      uint64_t per = ck->cs * h->l2_entries;
+      uint64_t need = dsize / per + (dsize % per != 0);
+      if (s->l1_size < need)
+        report (ck, PR_SN_L1_SIZE, 1,
+                LOC (.table_offset = s->entry_offset, .index = i,
+                     .found = s->l1_size, .expected = need),
+                "snapshot %s (%s): L1 table of %u entries is too small for "
+                "its disk size %" PRIu64 " (needs %" PRIu64 ")", s->id,
+                s->name, s->l1_size, dsize, need);
+    }
+    if (s->l1_size == 0)
+      continue;
+    if (qk_image_read_snapshot_l1 (img, i, &l1, &n) < 0) {
+      /* qemu-img reads past EOF as zeros: count the table, no entries */
+      struct owner o = { .kind = OWN_L1, .a = (int64_t) i };
+      if (inc_refs (ck, s->l1_table_offset, (uint64_t) s->l1_size * 8, 1,
+                    &o) < 0)
+        goto out;
+      continue;
+    }
+    r = walk_l1 (ck, l1, n, s->l1_table_offset, (int64_t) i, &refs);
+    free (l1);
+    if (r < 0)
+      goto out;
+    r = -1;
+  }
+  if (snaps && img->n_snaps) {
+    struct owner o = { .kind = OWN_SNAPTABLE };
+    if (inc_refs (ck, h->snapshots_offset, snap_bytes, 1, &o) < 0)
+      goto out;
+  }
+  r = walk_tables (ck, &refs);
+out:
+  free (refs.v);
+  return r;
+}
+
+/* ---- phase 3: refcount structures ---- */
+
+static int
+phase_refcount_structs (struct ck *ck)
+{
+  const struct qk_header *h = ck->h;
+  struct owner o = { .kind = OWN_REFTABLE };
+
+  if (inc_refs (ck, h->refcount_table_offset, ck->reftable_n * 8, 1, &o) < 0)
+    return -1;
+  if (ck->img->has_crypto_ext && ck->img->crypto_length) {
+    struct owner oc = { .kind = OWN_CRYPTO };
+    if (inc_refs (ck, ck->img->crypto_offset, ck->img->crypto_length, 1,
+                  &oc) < 0)
+      return -1;
+  }
+  return 0;
+}
+
+static int
+phase_refblocks (struct ck *ck)
+{
+  for (size_t i = 0; i < ck->reftable_n; i++) {
+    uint64_t e = ck->reftable[i];
+    uint64_t off = e & QK_REFT_OFFSET_MASK;
+    uint64_t cl = off >> ck->cb;
+    const struct qk_problem *loc =
+      LOC (.table_offset = ck->h->refcount_table_offset, .index = i,
+           .found = e);
+
+    if (e & QK_REFT_RESERVED_MASK) {
+      report (ck, PR_REFT_RESERVED, 1, loc,
+              "refcount table entry %zu has reserved bits set (0x%016" PRIx64
+              ")", i, e);
+      continue;
+    }
+    if (!IS_ALIGNED (off, ck->cs)) {
+      report (ck, PR_REFT_UNALIGNED, 1, loc,
+              "refcount block %zu (0x%" PRIx64 ") is not cluster aligned; "
+              "refcount table entry corrupted", i, off);
+      continue;
+    }
+    if (cl >= ck->nb) {
+      report (ck, PR_REFT_OUTSIDE, 1, loc,
+              "refcount block %zu (0x%" PRIx64 ") is outside image", i, off);
+      continue;
+    }
+    if (off) {
+      struct owner o = { .kind = OWN_REFBLOCK, .a = (int64_t) i };
+      uint64_t rc;
+      if (inc_refs (ck, off, ck->cs, 1, &o) < 0)
+        return -1;
+      rc = qk_refblock_get (ck->imrt, ck->order, cl);
+      if (rc != 1)
+        report (ck, PR_REFBLOCK_REFCOUNT, 1,
+                LOC (.table_offset = ck->h->refcount_table_offset, .index = i,
+                     .host_offset = off, .found = rc, .expected = 1),
+                "refcount block %zu refcount=%" PRIu64, i, rc);
+    }
+  }
+  return 0;
+}
+
+/* ---- phase 6: bitmaps ---- */
+
+static int
+phase_bitmaps (struct ck *ck)
+{
+  struct qk_image *img = ck->img;
+  const struct qk_header *h = ck->h;
+  const struct qk_bitmaps_ext *be = &img->bitmaps_ext;
+  bool consistent = (h->autoclear_features & QK_AUTOCLEAR_BITMAPS) != 0;
+  bool failed = false;
+
+  if (!img->has_bitmaps_ext) {
+    if (consistent)
+      report (ck, PR_BM_AUTOCLEAR_NO_EXT, 1, NOLOC,
+              "the 'bitmaps' autoclear bit is set but there is no bitmaps "
+              "extension");
+    return 0;
+  }
+  if (!consistent)
+    report (ck, PR_BM_AUTOCLEAR, 1, NOLOC,
+            "the bitmaps extension is present but the 'bitmaps' autoclear bit "
+            "is clear: all %u bitmaps must be considered inconsistent",
+            be->nb_bitmaps);
+  if (be->nb_bitmaps == 0)
+    return 0;
+  {
+    struct owner o = { .kind = OWN_BMDIR };
+    if (inc_refs (ck, be->directory_offset, be->directory_size, 1, &o) < 0)
+      return -1;
+  }
+  if (img->n_bitmaps < be->nb_bitmaps) {
+    report (ck, PR_BM_DIRECTORY, 1,
+            LOC (.host_offset = be->directory_offset,
+                 .length = be->directory_size, .found = img->n_bitmaps,
+                 .expected = be->nb_bitmaps),
+            "the bitmap directory at 0x%" PRIx64 " (%" PRIu64 " bytes) holds "
+            "%zu readable entries of %u", be->directory_offset,
+            be->directory_size, img->n_bitmaps, be->nb_bitmaps);
+    failed = true;
+  }
+  for (size_t i = 0; i < img->n_bitmaps; i++) {
+    const struct qk_bitmap *b = &img->bitmaps[i].b;
+    uint64_t phys = (uint64_t) b->table_size * ck->cs;
+    const struct qk_problem *loc = LOC (.table_offset = b->entry_offset,
+                                        .index = i);
+    const char *bad = NULL;
+
+    if (b->table_size == 0) bad = "its table is empty";
+    else if (b->table_offset == 0 || !IS_ALIGNED (b->table_offset, ck->cs))
+      bad = "its table offset is zero or not cluster aligned";
+    else if (b->table_size > QK_MAX_BITMAP_TABLE_ENTRIES)
+      bad = "its table is too large";
+    else if (b->granularity_bits < 9 || b->granularity_bits > 31)
+      bad = "its granularity is outside 512 B to 2 GiB";
+    else if (b->flags & QK_BME_RESERVED_FLAGS)
+      bad = "it has reserved flags set";
+    else if (strlen (b->name) > 1023) bad = "its name is too long";
+    else if (b->type != 1) bad = "its type is not dirty tracking";
+    else if (b->extra_data_size) bad = "it has extra data";
+    else if (phys > 0x20000000ULL) bad = "its table covers too much";
+    else if (!(b->flags & QK_BITMAP_IN_USE)
+             && h->size > ((phys * 8) << b->granularity_bits))
+      bad = "its table is too small for the virtual size";
+    if (bad) {
+      /* qemu-img counts one corruption for the whole directory */
+      report (ck, PR_BM_ENTRY, failed ? 0 : 1, loc,
+              "bitmap '%s' (directory entry %zu): %s", b->name, i, bad);
+      failed = true;
+    }
+    if (b->flags & QK_BITMAP_IN_USE)
+      report (ck, PR_BM_IN_USE, 1, loc,
+              "bitmap '%s' is in use: the VM did not close it; incremental "
+              "backups based on it will fail", b->name);
+    for (size_t k = 0; k < i; k++)
+      if (strcmp (img->bitmaps[k].b.name, b->name) == 0)
+        report (ck, PR_BM_DUPLICATE_NAME, 1, loc,
+                "bitmaps %zu and %zu are both named '%s'", k, i, b->name);
+  }
+  if (failed)
+    return 0;   /* qemu-img stops at a bad directory */
+  for (size_t i = 0; i < img->n_bitmaps; i++) {
+    const struct qk_bitmap *b = &img->bitmaps[i].b;
+    struct owner ot = { .kind = OWN_BMTABLE, .a = (int64_t) i };
+    struct owner od = { .kind = OWN_BMDATA, .a = (int64_t) i };
+    uint64_t *tab;
+    uint32_t n;
+
+    if (inc_refs (ck, b->table_offset, (uint64_t) b->table_size * 8, 1,
+                  &ot) < 0)
+      return -1;
+    if (qk_image_read_bitmap_table (img, i, &tab, &n) < 0) {
+      report (ck, PR_BM_TABLE_ENTRY, 1,
+              LOC (.host_offset = b->table_offset),
+              "bitmap '%s': its table cannot be read: %s", b->name,
+              qk_get_error ());
+      continue;
+    }
+    for (uint32_t k = 0; k < n; k++) {
+      uint64_t e = tab[k], off = e & QK_BME_TABLE_OFFSET_MASK;
+      if ((e & QK_BME_TABLE_RESERVED)
+          || (off && ((e & 1) || !IS_ALIGNED (off, ck->cs)))) {
+        report (ck, PR_BM_TABLE_ENTRY, 1,
+                LOC (.table_offset = b->table_offset, .index = k, .found = e),
+                "bitmap '%s': table entry %u = 0x%016" PRIx64 " is invalid",
+                b->name, k, e);
+        continue;
+      }
+      if (off && inc_refs (ck, off, ck->cs, 1, &od) < 0) {
+        free (tab);
+        return -1;
+      }
+    }
+    free (tab);
+  }
+  return 0;
+}
+
+/* ---- phase 4: compare ---- */
+
+static int
+phase_compare (struct ck *ck)
+{
+  const struct qk_header *h = ck->h;
+  uint64_t per = ck->cs * 8 >> h->refcount_order;
+  uint64_t highest = 0;
+  bool any = false;
+  uint8_t *blk = malloc (ck->cs);
+
+  if (blk == NULL) {
+    set_error (ENOMEM, "malloc");
+    return -1;
+  }
+  for (uint64_t t = 0; t * per < ck->nb; t++) {
+    uint64_t first = t * per, end = MIN (ck->nb, first + per);
+    uint64_t rbo = t < ck->reftable_n ? ck->reftable[t] & QK_REFT_OFFSET_MASK
+                                      : 0;
+    bool have = false;
+
+    if (rbo && !IS_ALIGNED (rbo, ck->cs)) {
+      report (ck, PR_REFCOUNT_UNREADABLE, end - first,
+              LOC (.host_offset = first << ck->cb, .length = (end - first) << ck->cb),
+              "Can't get refcount for clusters %" PRIu64 "..%" PRIu64 ": "
+              "refcount block offset 0x%" PRIx64 " is not aligned", first,
+              end - 1, rbo);
+      for (uint64_t k = first; k < end; k++)
+        if (qk_refblock_get (ck->imrt, ck->order, k)) {
+          highest = k;
+          any = true;
+        }
+      continue;
+    }
+    if (rbo) {
+      if (qk_source_read_zeropad (ck->img->src, blk, ck->cs, rbo) < 0) {
+        free (blk);
+        return -1;
+      }
+      have = true;
+    }
+    for (uint64_t k = first; k < end; k++) {
+      uint64_t stored = have ? qk_refblock_get (blk, h->refcount_order,
+                                                k - first) : 0;
+      uint64_t counted = qk_refblock_get (ck->imrt, ck->order, k);
+      if (stored || counted) {
+        highest = k;
+        any = true;
+      }
+      if (stored == counted)
+        continue;
+      if (stored < counted)
+        report (ck, PR_REFCOUNT_LOW, 1,
+                LOC (.host_offset = k << ck->cb, .found = stored,
+                     .expected = counted),
+                "cluster %" PRIu64 " (0x%" PRIx64 ") refcount=%" PRIu64
+                " reference=%" PRIu64, k, k << ck->cb, stored, counted);
+      else
+        report (ck, PR_LEAK, 1,
+                LOC (.host_offset = k << ck->cb, .found = stored,
+                     .expected = counted),
+                "Leaked cluster %" PRIu64 " (0x%" PRIx64 ") refcount=%" PRIu64
+                " reference=%" PRIu64, k, k << ck->cb, stored, counted);
+    }
+  }
+  free (blk);
+  (void) any;
+  ck->res->image_end_offset = (highest + 1) * ck->cs;
+  return 0;
+}
+
+/* ---- overlaps and duplicate mappings ---- */
+
+static void
+describe (const struct ck *ck, const struct owner *o, char *buf, size_t len)
+{
+  char sb[200];
+  const struct qk_image *img = ck->img;
+
+  switch (o->kind) {
+  case OWN_HEADER: snprintf (buf, len, "the image header"); break;
+  case OWN_L1:
+    if (o->a < 0) snprintf (buf, len, "the active L1 table");
+    else snprintf (buf, len, "the L1 table of snapshot %s (%s)",
+                   img->snaps[o->a].s.id, img->snaps[o->a].s.name);
+    break;
+  case OWN_L2:
+    snprintf (buf, len, "the L2 table for %s L1[%" PRId64 "]",
+              source_name (ck, o->b, sb, sizeof sb), o->a);
+    break;
+  case OWN_REFTABLE: snprintf (buf, len, "the refcount table"); break;
+  case OWN_REFBLOCK:
+    snprintf (buf, len, "refcount block %" PRId64, o->a);
+    break;
+  case OWN_SNAPTABLE: snprintf (buf, len, "the snapshot table"); break;
+  case OWN_BMDIR: snprintf (buf, len, "the bitmap directory"); break;
+  case OWN_BMTABLE:
+    snprintf (buf, len, "the table of bitmap '%s'", img->bitmaps[o->a].b.name);
+    break;
+  case OWN_CRYPTO: snprintf (buf, len, "the encryption header"); break;
+  case OWN_DATA:
+    snprintf (buf, len, "guest data at 0x%" PRIx64, (uint64_t) o->a);
+    break;
+  case OWN_SNAPDATA: snprintf (buf, len, "snapshot guest data"); break;
+  case OWN_BMDATA:
+    snprintf (buf, len, "the data of bitmap '%s'", img->bitmaps[o->a].b.name);
+    break;
+  }
+}
+
+/* The first metadata owner of cluster k other than o. */
+static const struct owner *
+meta_owner (const struct ck *ck, uint64_t k, const struct owner *o)
+{
+  for (size_t i = 0; i < ck->n_owners; i++) {
+    const struct owner *w = &ck->owners[i];
+    if (k >= w->first && k < w->first + w->n
+        && !(w->kind == o->kind && w->a == o->a && w->b == o->b))
+      return w;
+  }
+  return NULL;
+}
+
+static int
+cmp_u64 (const void *a, const void *b)
+{
+  uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+  return x < y ? -1 : x > y;
+}
+
+/* Guest offsets in the active tables mapping to host cluster k (up to 2). */
+static int
+active_guests (struct ck *ck, const uint64_t *ks, size_t nk,
+               uint64_t (*found)[2])
+{
+  const struct qk_header *h = ck->h;
+  uint64_t span = (uint64_t) h->l2_entries << ck->cb;
+  uint8_t *buf = malloc (ck->cs);
+
+  if (buf == NULL)
+    return -1;
+  for (size_t i = 0; i < nk; i++)
+    found[i][0] = found[i][1] = QK_NONE;
+  for (uint32_t l = 0; ck->img->l1_ok && l < ck->img->l1_count; l++) {
+    uint64_t l2 = ck->img->l1[l] & QK_L1E_OFFSET_MASK;
+    if (l2 == 0 || qk_source_read_zeropad (ck->img->src, buf, ck->cs, l2) < 0)
+      continue;
+    for (uint32_t j = 0; j < h->l2_entries; j++) {
+      uint64_t e = be64_get (buf + (size_t) j * h->l2_entry_size);
+      enum qk_cluster_type t = qk_l2_cluster_type (e, h->subclusters > 1,
+                                                   ck->data_file);
+      uint64_t k, *hit;
+      if (t != QK_CLUSTER_NORMAL && t != QK_CLUSTER_ZERO_ALLOC)
+        continue;
+      k = (e & QK_L2E_OFFSET_MASK) >> ck->cb;
+      hit = bsearch (&k, ks, nk, sizeof *ks, cmp_u64);
+      if (hit) {
+        uint64_t *f = found[hit - ks];
+        uint64_t g = (uint64_t) l * span + ((uint64_t) j << ck->cb);
+        if (f[0] == QK_NONE) f[0] = g;
+        else if (f[1] == QK_NONE) f[1] = g;
+      }
+    }
+  }
+  free (buf);
+  return 0;
+}
+
+static void
+phase_overlaps (struct ck *ck)
+{
+  uint64_t *ks;
+  uint64_t (*guests)[2];
+  size_t nk = 0;
+
+  if (ck->n_conf == 0)
+    return;
+  ks = malloc (ck->n_conf * sizeof *ks);
+  guests = malloc (ck->n_conf * sizeof *guests);
+  if (ks && guests) {
+    for (size_t i = 0; i < ck->n_conf; i++)
+      ks[nk++] = ck->conf[i].cluster;
+    qsort (ks, nk, sizeof *ks, cmp_u64);
+    if (active_guests (ck, ks, nk, guests) < 0)
+      nk = 0;
+  }
+  for (size_t i = 0; i < ck->n_conf; i++) {
+    const struct conflict *c = &ck->conf[i];
+    const struct owner *first = meta_owner (ck, c->cluster, &c->second);
+    char a[256], b[256];
+    uint64_t *gs = NULL;
+
+    if (ks && guests) {
+      uint64_t *hit = bsearch (&c->cluster, ks, nk, sizeof *ks, cmp_u64);
+      if (hit)
+        gs = guests[hit - ks];
+    }
+    if (first == NULL && c->second.kind == OWN_DATA && gs && gs[1] != QK_NONE) {
+      report (ck, PR_DUPLICATE_MAPPING, 1,
+              LOC (.host_offset = c->cluster << ck->cb, .guest_offset = gs[0],
+                   .guest_offset2 = gs[1]),
+              "host cluster 0x%" PRIx64 " is mapped at guest offsets 0x%"
+              PRIx64 " and 0x%" PRIx64 " of the active tables: one of them "
+              "has lost its data (qemu-img check -r all would make them share "
+              "it silently)", c->cluster << ck->cb, gs[0], gs[1]);
+      continue;
+    }
+    describe (ck, &c->second, b, sizeof b);
+    if (first)
+      describe (ck, first, a, sizeof a);
+    else if (gs && gs[0] != QK_NONE)
+      snprintf (a, sizeof a, "guest data at 0x%" PRIx64, gs[0]);
+    else
+      snprintf (a, sizeof a, "snapshot guest data");
+    if (c->second.kind == OWN_DATA && first == NULL)
+      continue;   /* active data shared with snapshot data: legitimate */
+    report (ck, PR_METADATA_OVERLAP, 1,
+            LOC (.host_offset = c->cluster << ck->cb),
+            "%s overlaps %s at host cluster 0x%" PRIx64, b, a,
+            c->cluster << ck->cb);
+  }
+  free (ks);
+  free (guests);
+}
+
+/* ---- phase 7: backing chain and data file ---- */
+
+static void
+phase_chain (struct ck *ck)
+{
+  struct qk_image *img = ck->img;
+  const char *why = img->unreadable ? img->unreadable : "";
+
+  if (img->backing_name && img->backing == NULL) {
+    if (has_protocol (img->backing_name))
+      report (ck, PR_BACKING_PROTOCOL, 1, NOLOC,
+              "backing file '%s' is a protocol or json: specification",
+              img->backing_name);
+    else if (strstr (why, "loop"))
+      report (ck, PR_BACKING_LOOP, 1, NOLOC,
+              "backing file '%s': the backing chain loops",
+              img->backing_name);
+    else if (strstr (why, "too deep"))
+      report (ck, PR_BACKING_TOO_DEEP, 1, NOLOC,
+              "backing file '%s': the backing chain is too deep",
+              img->backing_name);
+    else if (strstr (why, "format"))
+      report (ck, PR_BACKING_FORMAT, 1, NOLOC,
+              "backing file '%s': format '%s' is not supported",
+              img->backing_name,
+              img->backing_format ? img->backing_format : "?");
+    else if (!strstr (why, "name is invalid")) {
+      const char *w = "cannot be opened";
+      for (size_t i = 0; i < img->warnings.n; i++)
+        if (strstr (img->warnings.v[i], "backing file"))
+          w = img->warnings.v[i];
+      report (ck, PR_BACKING_MISSING, 1, NOLOC, "%s", w);
+    }
+  }
+  if (img->backing) {
+    if (img->backing_format_ext
+        && strcmp (img->backing_format_ext, "qcow2") == 0
+        && !img->backing->is_qcow2)
+      report (ck, PR_BACKING_FORMAT, 1, NOLOC,
+              "backing file '%s' is recorded as qcow2 but is not a qcow2 "
+              "image", img->backing_name);
+    else if (img->backing_format_ext
+             && strcmp (img->backing_format_ext, "raw") == 0
+             && img->backing->is_qcow2)
+      report (ck, PR_BACKING_FORMAT, 1, NOLOC,
+              "backing file '%s' is recorded as raw but is a qcow2 image "
+              "(the guest sees its qcow2 metadata as data)",
+              img->backing_name);
+    if (img->backing->unreadable)
+      report (ck, PR_BACKING_PROBLEM, 1, NOLOC,
+              "backing file '%s': %s", img->backing_name,
+              img->backing->unreadable);
+  }
+  if (ck->data_file) {
+    if (img->data == img->src)
+      report (ck, PR_DATA_FILE_MISSING, 1, NOLOC,
+              "external data file '%s' cannot be opened",
+              img->data_file_name ? img->data_file_name : "(unnamed)");
+    else if (ck->max_data_end > img->data->size)
+      report (ck, PR_DATA_FILE_SHORT, 1,
+              LOC (.found = img->data->size, .expected = ck->max_data_end),
+              "external data file '%s' is %" PRIu64 " bytes but data is "
+              "mapped up to %" PRIu64, img->data_file_name, img->data->size,
+              ck->max_data_end);
+  }
+}
+
+/* ---- driver ---- */
+
+QK_EXPORT int
+qk_check_run (struct qk_image *img, unsigned flags, qk_problem_fn fn,
+              void *opaque, struct qk_check_result *res)
+{
+  struct ck ck = { .img = img, .fn = fn, .opaque = opaque, .res = res,
+                   .flags = flags };
+  int r = -1;
+
+  memset (res, 0, sizeof *res);
+  if (!img->is_qcow2) {
+    set_error (ENOTSUP, "%s is not a qcow2 image", img->filename);
+    return -1;
+  }
+  ck.h = &img->hdr;
+  ck.cs = ck.h->cluster_size;
+  ck.cb = ck.h->cluster_bits;
+  ck.file_len = img->src->size;
+  ck.data_file = (ck.h->incompatible_features & QK_INCOMPAT_DATA_FILE) != 0;
+  ck.counting = ck.h->refcount_order <= 6;
+  ck.order = ck.counting ? ck.h->refcount_order : 4;
+  ck.refmax = ck.order == 6 ? UINT64_MAX : (1ULL << (1U << ck.order)) - 1;
+  ck.conf = malloc (MAX_CONFLICTS * sizeof *ck.conf);
+  res->total_clusters = DIV_ROUND_UP (ck.h->size, ck.cs);
+  if (ck.conf == NULL) {
+    set_error (ENOMEM, "malloc");
+    return -1;
+  }
+
+  phase_header (&ck);
+
+  if (ck.counting) {
+    uint64_t n = DIV_ROUND_UP (ck.file_len, ck.cs);
+    if (n > (1ULL << 40)) {
+      set_error (EFBIG, "%s: %" PRIu64 " clusters is too many to check",
+                 img->filename, n);
+      goto out;
+    }
+    if (imrt_grow (&ck, n) < 0)
+      goto out;
+    if (qk_image_read_refcount_table (img, &ck.reftable, &ck.reftable_n) < 0) {
+      ck.reftable = NULL;
+      ck.reftable_n = 0;
+      report (&ck, PR_HDR_REFTABLE_INVALID, 1, NOLOC,
+              "the refcount table cannot be read: %s", qk_get_error ());
+    }
+  }
+  if (phase_tables (&ck) < 0)
+    goto out;
+  if (ck.counting) {
+    if (phase_refcount_structs (&ck) < 0 || phase_bitmaps (&ck) < 0
+        || phase_refblocks (&ck) < 0)
+      goto out;
+    if (ck.reftable && phase_compare (&ck) < 0)
+      goto out;
+  }
+  else if (phase_bitmaps (&ck) < 0)
+    goto out;
+  phase_overlaps (&ck);
+  phase_chain (&ck);
+  r = 0;
+out:
+  free (ck.imrt);
+  free (ck.claims);
+  free (ck.owners);
+  free (ck.conf);
+  free (ck.reftable);
+  return r;
+}

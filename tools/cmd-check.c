@@ -1,0 +1,355 @@
+/* qcowkit check: a read-only, fsck-like consistency check with qemu-img
+ * check's exit codes and JSON, and a stable problem code on every line. */
+#include <config.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "tool.h"
+#include "util/json.h"
+
+#define EXIT_CHECK_CLEAN      0
+#define EXIT_CHECK_FAILED     1
+#define EXIT_CHECK_CORRUPT    2
+#define EXIT_CHECK_LEAKS      3
+#define EXIT_CHECK_UNCHECKABLE 63
+
+struct seen {
+  uint32_t code;
+  uint64_t n;
+};
+
+struct check_ctx {
+  enum output_fmt output;
+  unsigned max_per_code;   /* human output: lines per code before grouping */
+  struct seen *seen;
+  size_t n_seen, cap_seen;
+  struct qk_json *j;       /* JSON: the "problems" array is open */
+};
+
+static struct seen *
+seen_of (struct check_ctx *c, uint32_t code)
+{
+  for (size_t i = 0; i < c->n_seen; i++)
+    if (c->seen[i].code == code)
+      return &c->seen[i];
+  if (c->n_seen == c->cap_seen) {
+    size_t nc = c->cap_seen ? 2 * c->cap_seen : 16;
+    struct seen *n = realloc (c->seen, nc * sizeof *n);
+    if (n == NULL)
+      return NULL;
+    c->seen = n;
+    c->cap_seen = nc;
+  }
+  c->seen[c->n_seen] = (struct seen) { code, 0 };
+  return &c->seen[c->n_seen++];
+}
+
+static const char *
+class_label (enum qk_problem_class cls)
+{
+  switch (cls) {
+  case QK_CLASS_CORRUPTION: return "ERROR";
+  case QK_CLASS_LEAK: return "Leak";
+  case QK_CLASS_ERROR: return "FAILED";
+  case QK_CLASS_WARNING: return "Warning";
+  default: return "Info";
+  }
+}
+
+static void
+json_opt (struct qk_json *j, const char *key, uint64_t v)
+{
+  if (v != QK_NONE)
+    qk_json_uint (j, key, v);
+}
+
+static int
+on_problem (void *opaque, const struct qk_problem *p)
+{
+  struct check_ctx *c = opaque;
+  struct seen *s = seen_of (c, p->code);
+
+  if (s)
+    s->n++;
+  if (s && s->n > c->max_per_code)
+    return 0;
+  fprintf (stderr, "%s 0x%06x: %s\n", class_label (p->cls), p->code,
+           p->message);
+  return 0;
+}
+
+/* In JSON every problem is listed; the code is a string "0x040001", as the
+ * man page writes it. */
+static int
+on_problem_json (void *opaque, const struct qk_problem *p)
+{
+  struct check_ctx *c = opaque;
+  struct qk_json *j = c->j;
+  char code[16];
+
+  snprintf (code, sizeof code, "0x%06x", p->code);
+  qk_json_object_begin (j, NULL);
+  qk_json_string (j, "code", code);
+  qk_json_string (j, "name", p->name);
+  qk_json_string (j, "class", qk_problem_class_name (p->cls));
+  qk_json_string (j, "message", p->message);
+  json_opt (j, "host-offset", p->host_offset);
+  json_opt (j, "length", p->length);
+  json_opt (j, "guest-offset", p->guest_offset);
+  json_opt (j, "guest-offset-2", p->guest_offset2);
+  json_opt (j, "table-offset", p->table_offset);
+  json_opt (j, "index", p->index);
+  json_opt (j, "expected", p->expected);
+  json_opt (j, "found", p->found);
+  if (p->cls == QK_CLASS_CORRUPTION || p->cls == QK_CLASS_LEAK
+      || p->cls == QK_CLASS_ERROR)
+    qk_json_uint (j, "count", p->count);
+  qk_json_object_end (j);
+  return 0;
+}
+
+static void
+human_summary (struct check_ctx *c, const struct qk_check_result *r)
+{
+  for (size_t i = 0; i < c->n_seen; i++)
+    if (c->seen[i].n > c->max_per_code)
+      fprintf (stderr, "... %" PRIu64 " more of problem 0x%06x not shown "
+               "(--max-per-code raises the limit)\n",
+               c->seen[i].n - c->max_per_code, c->seen[i].code);
+
+  if (!(r->corruptions || r->leaks || r->check_errors))
+    printf ("No errors were found on the image.\n");
+  else {
+    if (r->corruptions)
+      printf ("\n%" PRIu64 " errors were found on the image.\n"
+              "Data may be corrupted, or further writes to the image may "
+              "corrupt it.\n", r->corruptions);
+    if (r->leaks)
+      printf ("\n%" PRIu64 " leaked clusters were found on the image.\n"
+              "This means waste of disk space, but no harm to data.\n",
+              r->leaks);
+    if (r->check_errors)
+      printf ("\n%" PRIu64 " internal errors have occurred during the "
+              "check.\n", r->check_errors);
+  }
+  if (r->total_clusters && r->allocated_clusters)
+    printf ("%" PRIu64 "/%" PRIu64 " = %0.2f%% allocated, %0.2f%% fragmented, "
+            "%0.2f%% compressed clusters\n", r->allocated_clusters,
+            r->total_clusters,
+            r->allocated_clusters * 100.0 / r->total_clusters,
+            r->fragmented_clusters * 100.0 / r->allocated_clusters,
+            r->compressed_clusters * 100.0 / r->allocated_clusters);
+  if (r->image_end_offset)
+    printf ("Image end offset: %" PRIu64 "\n", r->image_end_offset);
+  if (r->warnings)
+    printf ("%" PRIu64 " warnings (problems qemu-img does not count; see "
+            "above).\n", r->warnings);
+}
+
+static void
+json_result (struct qk_json *j, const struct qk_check_result *r)
+{
+  /* qemu-img's ImageCheck: the optional members only when non-zero */
+  qk_json_uint (j, "check-errors", r->check_errors);
+  if (r->image_end_offset)
+    qk_json_uint (j, "image-end-offset", r->image_end_offset);
+  if (r->corruptions)
+    qk_json_uint (j, "corruptions", r->corruptions);
+  if (r->leaks)
+    qk_json_uint (j, "leaks", r->leaks);
+  if (r->total_clusters)
+    qk_json_uint (j, "total-clusters", r->total_clusters);
+  if (r->allocated_clusters)
+    qk_json_uint (j, "allocated-clusters", r->allocated_clusters);
+  if (r->fragmented_clusters)
+    qk_json_uint (j, "fragmented-clusters", r->fragmented_clusters);
+  if (r->compressed_clusters)
+    qk_json_uint (j, "compressed-clusters", r->compressed_clusters);
+}
+
+static int
+exit_code (const struct qk_check_result *r)
+{
+  if (r->check_errors)
+    return EXIT_CHECK_FAILED;
+  if (r->corruptions)
+    return EXIT_CHECK_CORRUPT;
+  if (r->leaks)
+    return EXIT_CHECK_LEAKS;
+  return EXIT_CHECK_CLEAN;
+}
+
+/* --list-problems[=man]: the table, for people and for qcowkit-problems(7). */
+static int
+list_problems (bool man)
+{
+  if (man) {
+    printf (".\\\" Generated from lib/check/problems.def by "
+            "'qcowkit check --list-problems=man'. Do not edit.\n"
+            ".TH QCOWKIT-PROBLEMS 7 \"\" \"qcowkit %s\" \"qcowkit\"\n"
+            ".SH NAME\nqcowkit-problems \\- the problems qcowkit check "
+            "reports\n.SH DESCRIPTION\n"
+            "Every problem \\fBqcowkit check\\fR(1) reports has a stable "
+            "code 0xPPNNNN: PP is the phase that finds it, NNNN a number. A "
+            "code is never reused or renumbered.\n.PP\n"
+            "The class says what a problem does to the result: "
+            "\\fBcorruption\\fR and \\fBleak\\fR are what qemu-img check "
+            "counts as corruptions and leaks (exit status 2 and 3); "
+            "\\fBerror\\fR means a part of the check could not be done "
+            "(qemu-img's check-errors, exit status 1); \\fBwarning\\fR and "
+            "\\fBinfo\\fR are findings qemu-img does not count, and never "
+            "change the exit status.\n.SH PROBLEMS\n", PACKAGE_VERSION);
+  }
+  for (size_t i = 0; i < qk_problem_count (); i++) {
+    uint32_t code;
+    const char *name, *desc;
+    enum qk_problem_class cls;
+
+    qk_problem_info (i, &code, &name, &cls, &desc);
+    if (man)
+      printf (".TP\n.B 0x%06x %s\n(%s) %s\n", code, name,
+              qk_problem_class_name (cls), desc);
+    else
+      printf ("0x%06x  %-28s %-10s %s\n", code, name,
+              qk_problem_class_name (cls), desc);
+  }
+  if (man)
+    printf (".SH SEE ALSO\n.BR qcowkit (1),\n.BR qcowkit-check (1),\n"
+            ".BR qemu-img (1)\n");
+  return EXIT_OK;
+}
+
+static const char help[] =
+  "Usage: qcowkit check [--output=json|human] [--chain] [--deep] "
+  "[--max-per-code N] [--root DIR] IMAGE\n"
+  "       qcowkit check --list-problems[=man]\n"
+  "Check IMAGE read-only, like qemu-img check (same exit codes: 0 clean,\n"
+  "1 check could not complete, 2 corruptions, 3 leaks only, 63 not\n"
+  "checkable) and more; each problem carries a code (qcowkit-problems(7)).\n"
+  "--chain checks every image of the backing chain; --deep decompresses\n"
+  "every compressed cluster.\n";
+
+int
+cmd_check (int argc, char **argv)
+{
+  struct common_opts o = { .progress = -1 };
+  struct check_ctx c = { .max_per_code = 10 };
+  bool chain = false;
+  unsigned flags = 0;
+  const char *path = NULL;
+  struct qk_image *img;
+  int r, worst = EXIT_CHECK_CLEAN;
+
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (strcmp (a, "--help") == 0 || strcmp (a, "-h") == 0) {
+      fputs (help, stdout);
+      return EXIT_OK;
+    }
+    if (strcmp (a, "--list-problems") == 0)
+      return list_problems (false);
+    if (strcmp (a, "--list-problems=man") == 0)
+      return list_problems (true);
+    if ((r = common_option (&o, argc, argv, &i, "check")) < 0)
+      return EXIT_USAGE;
+    if (r)
+      continue;
+    if (strcmp (a, "--chain") == 0)
+      chain = true;
+    else if (strcmp (a, "--deep") == 0)
+      flags |= QK_CHECK_DEEP;
+    else if (strcmp (a, "--max-per-code") == 0) {
+      uint64_t v;
+      if (i + 1 >= argc || !parse_size (argv[i + 1], &v) || v > 1000000000)
+        return usage_error ("check", "--max-per-code needs a number");
+      c.max_per_code = v;
+      i++;
+    }
+    else if (strcmp (a, "-r") == 0 || strncmp (a, "--repair", 8) == 0)
+      return usage_error ("check", "qcowkit check never writes; repair is "
+                          "not available yet");
+    else if (a[0] == '-' && a[1])
+      return usage_error ("check", "unknown option '%s'", a);
+    else if (path)
+      return usage_error ("check", "too many arguments");
+    else
+      path = a;
+  }
+  if (path == NULL)
+    return usage_error ("check", "no image given");
+  c.output = o.output;
+
+  img = open_image (path, &o, QK_OPEN_FORCE, false);
+  if (img == NULL)
+    return EXIT_CHECK_FAILED;
+  if (qk_image_header (img) == NULL) {
+    errx_ ("%s: the %s format has no check", path, qk_image_format (img));
+    qk_image_close (img);
+    return EXIT_CHECK_UNCHECKABLE;
+  }
+
+  if (o.output == OUT_JSON) {
+    c.j = qk_json_new (stdout, 4);
+    if (chain)
+      qk_json_array_begin (c.j, NULL);
+  }
+  for (struct qk_image *i = img; i; i = chain ? qk_image_backing (i) : NULL) {
+    struct qk_check_result res;
+    int rc;
+
+    if (qk_image_header (i) == NULL)   /* raw backing files have no check */
+      continue;
+    c.n_seen = 0;
+    if (c.j) {
+      qk_json_object_begin (c.j, NULL);
+      qk_json_string (c.j, "filename", qk_image_filename (i));
+      qk_json_string (c.j, "format", "qcow2");
+      qk_json_array_begin (c.j, "problems");
+    }
+    else if (chain)
+      printf ("%s%s:\n", i == img ? "" : "\n", qk_image_filename (i));
+    r = qk_check_run (i, flags, c.j ? on_problem_json : on_problem, &c, &res);
+    if (c.j)
+      qk_json_array_end (c.j);
+    if (r < 0) {
+      errx_ ("%s", qk_get_error ());
+      if (c.j) {
+        qk_json_uint (c.j, "check-errors", 1);
+        qk_json_object_end (c.j);
+      }
+      rc = EXIT_CHECK_FAILED;
+    }
+    else {
+      if (c.j) {
+        json_result (c.j, &res);
+        qk_json_object_begin (c.j, "qcowkit");
+        qk_json_uint (c.j, "warnings", res.warnings);
+        qk_json_uint (c.j, "infos", res.infos);
+        qk_json_uint (c.j, "l2-tables-read", res.l2_tables_read);
+        qk_json_object_end (c.j);
+        qk_json_object_end (c.j);
+      }
+      else
+        human_summary (&c, &res);
+      rc = exit_code (&res);
+      if (rc == EXIT_CHECK_FAILED && c.output == OUT_HUMAN)
+        errx_ ("Check failed");
+    }
+    /* the worst result wins: failed > corrupt > leaks > clean */
+    if (rc == EXIT_CHECK_FAILED || worst == EXIT_CHECK_FAILED)
+      worst = EXIT_CHECK_FAILED;
+    else if (rc == EXIT_CHECK_CORRUPT || worst == EXIT_CHECK_CORRUPT)
+      worst = EXIT_CHECK_CORRUPT;
+    else if (rc == EXIT_CHECK_LEAKS)
+      worst = EXIT_CHECK_LEAKS;
+  }
+  if (c.j) {
+    if (chain)
+      qk_json_array_end (c.j);
+    qk_json_free (c.j);
+  }
+  free (c.seen);
+  qk_image_close (img);
+  return worst;
+}
