@@ -20,6 +20,7 @@ struct common_opts {
   enum output_fmt output;
   const char *root;        /* --root: confine backing/data files */
   int progress;            /* -1 auto (terminal), 0 off, 1 on */
+  bool quiet;              /* --quiet: no progress, no open warnings */
   bool force;
 };
 

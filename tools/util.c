@@ -60,10 +60,17 @@ parse_size (const char *s, uint64_t *v)
 
   if (s == NULL || *s == '\0' || *s == '-')
     return false;
-  errno = 0;
-  n = strtoull (s, &end, 0);
-  if (errno || end == s)
-    return false;
+  /* decimal as qemu-img reads it (010 is ten); 0x for hexadecimal */
+  {
+    bool hex = s[0] == '0' && (s[1] == 'x' || s[1] == 'X');
+    const char *digits = hex ? s + 2 : s;
+    if (*digits == '\0' || *digits == '-' || *digits == '+')
+      return false;
+    errno = 0;
+    n = strtoull (digits, &end, hex ? 16 : 10);
+    if (errno || end == digits)
+      return false;
+  }
   switch (*end) {
   case '\0': break;
   case 'k': case 'K': shift = 10; end++; break;
@@ -121,6 +128,7 @@ common_option (struct common_opts *o, int argc, char **argv, int *i,
   }
   if (strcmp (a, "--quiet") == 0 || strcmp (a, "-q") == 0) {
     o->progress = 0;
+    o->quiet = true;
     return 1;
   }
   return 0;
@@ -165,7 +173,7 @@ open_image (const char *path, const struct common_opts *o, unsigned flags,
   if (locked_by_qemu (path))
     warnx_ ("%s is in use by a running QEMU: what is shown may be changing",
             path);
-  if (show_warnings)
+  if (show_warnings && !o->quiet)
     for (struct qk_image *i = img; i; i = qk_image_backing (i))
       for (size_t k = 0; k < qk_image_warning_count (i); k++)
         warnx_ ("%s: %s", qk_image_filename (i), qk_image_warning (i, k));
