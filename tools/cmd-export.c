@@ -21,6 +21,7 @@ struct export_ctx {
   struct qk_image *img;
   int fd;
   bool sparse;           /* holes may be left (regular file, fresh) */
+  bool stream;           /* not seekable (a pipe): write in order */
   uint8_t *buf;
   uint64_t done, total;
   struct progress prog;
@@ -42,11 +43,16 @@ all_zero (const uint8_t *p, size_t n)
   return true;
 }
 
+/* Extents come in guest order and every byte is written when holes are not
+ * allowed, so a stream (a pipe) gets the bytes in order with write(2). */
 static int
-write_all (int fd, const uint8_t *p, size_t n, uint64_t off, const char *out)
+write_all (struct export_ctx *c, const uint8_t *p, size_t n, uint64_t off)
 {
+  int fd = c->fd;
+  const char *out = c->out;
+
   while (n) {
-    ssize_t r = pwrite (fd, p, n, (off_t) off);
+    ssize_t r = c->stream ? write (fd, p, n) : pwrite (fd, p, n, (off_t) off);
     if (r < 0) {
       if (errno == EINTR)
         continue;
@@ -67,7 +73,7 @@ write_sparse (struct export_ctx *c, const uint8_t *p, size_t n, uint64_t off)
   size_t i = 0;
 
   if (!c->sparse)
-    return write_all (c->fd, p, n, off, c->out);
+    return write_all (c, p, n, off);
   while (i < n) {
     size_t g = MIN ((size_t) ZERO_GRAIN - (size_t) ((off + i) % ZERO_GRAIN),
                     n - i);
@@ -81,7 +87,7 @@ write_sparse (struct export_ctx *c, const uint8_t *p, size_t n, uint64_t off)
         break;
       j += gl;
     }
-    if (!z && write_all (c->fd, p + i, j - i, off + i, c->out) < 0)
+    if (!z && write_all (c, p + i, j - i, off + i) < 0)
       return -1;
     i = j;
   }
@@ -96,7 +102,7 @@ zero_range (struct export_ctx *c, uint64_t off, uint64_t len)
   memset (c->buf, 0, MIN ((uint64_t) CHUNK, len));
   while (len) {
     size_t n = MIN ((uint64_t) CHUNK, len);
-    if (write_all (c->fd, c->buf, n, off, c->out) < 0)
+    if (write_all (c, c->buf, n, off) < 0)
       return -1;
     off += n;
     len -= n;
@@ -233,6 +239,8 @@ cmd_export (int argc, char **argv)
     }
     c.sparse = true;
   }
+  else if (lseek (c.fd, 0, SEEK_CUR) < 0 && errno == ESPIPE)
+    c.stream = true;
   c.buf = aligned_alloc (4096, CHUNK);
   if (c.buf == NULL) {
     errx_ ("out of memory");

@@ -23,6 +23,19 @@ compression_str (const struct qk_header *h)
   }
 }
 
+/* The backing format stored in the header (the backing format extension),
+ * or NULL. qk_image_backing_format() also gives a probed one. */
+static const char *
+stored_backing_format (struct qk_image *img)
+{
+  for (size_t i = 0; i < qk_image_extension_count (img); i++) {
+    const struct qk_extension *e = qk_image_extension (img, i);
+    if (e->magic == QK_EXT_BACKING_FORMAT)
+      return qk_image_backing_format (img);
+  }
+  return NULL;
+}
+
 /* ---- JSON ---- */
 
 static void
@@ -160,6 +173,9 @@ json_qcowkit (struct qk_json *j, struct qk_image *img)
       qk_json_array_end (j);
     }
     qk_json_bool (j, "snapshot-table-readable", qk_image_snapshots_ok (img));
+    if (qk_image_backing_format (img) && !stored_backing_format (img))
+      qk_json_string (j, "backing-format-probed",
+                      qk_image_backing_format (img));
   }
   qk_json_array_begin (j, "warnings");
   for (size_t i = 0; i < qk_image_warning_count (img); i++)
@@ -211,12 +227,17 @@ json_info (struct qk_json *j, struct qk_image *img)
       qk_json_bool (j, "encrypted", true);
     if (qk_image_backing_name (img)) {
       qk_json_string (j, "backing-filename", qk_image_backing_name (img));
-      if (qk_image_backing_path (img))
-        qk_json_string (j, "full-backing-filename",
-                        qk_image_backing_path (img));
-      if (qk_image_backing_format (img))
+      /* A protocol or json: name is not combined with the image's
+       * directory: QEMU shows it unchanged as the full name. */
+      qk_json_string (j, "full-backing-filename",
+                      qk_image_backing_path (img)
+                      ? qk_image_backing_path (img)
+                      : qk_image_backing_name (img));
+      /* As qemu-img: only the format the image names (a probed one is
+       * in "qcowkit" as "backing-format-probed"). */
+      if (stored_backing_format (img))
         qk_json_string (j, "backing-filename-format",
-                        qk_image_backing_format (img));
+                        stored_backing_format (img));
     }
     if (qk_image_snapshot_count (img))
       json_snapshots (j, img);
@@ -323,7 +344,8 @@ human_info (struct qk_image *img)
       printf (" (actual path: %s)", p);
     printf ("\n");
     if (qk_image_backing_format (img))
-      printf ("backing file format: %s\n", qk_image_backing_format (img));
+      printf ("backing file format: %s%s\n", qk_image_backing_format (img),
+              stored_backing_format (img) ? "" : " (probed)");
   }
   if (qk_image_snapshot_count (img))
     print_snapshot_table (img);

@@ -89,12 +89,27 @@ cmd_map (int argc, char **argv)
   img = open_image (path, &o, 0, true);
   if (img == NULL)
     return EXIT_ERR;
+  {
+    const char *why = qk_image_unreadable_reason (img);
+    if (why) {
+      errx_ ("%s: cannot map: %s", path, why);
+      qk_image_close (img);
+      return EXIT_ERR;
+    }
+  }
   c.output = o.output;
   if (o.output == OUT_HUMAN)
     printf ("%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File");
   r = qk_image_map (img, start, len, print_extent, &c);
   if (o.output == OUT_JSON) {
-    if (c.first)
+    /* Like qemu-img, an empty range (an empty image, a start at or past
+     * the end, --max-length 0) is one empty extent at the start asked
+     * for, not an empty list. */
+    if (c.first && r == 0)
+      printf ("[{ \"start\": %" PRIu64 ", \"length\": 0, \"depth\": 0, "
+              "\"present\": false, \"zero\": false, \"data\": false}",
+              start);
+    else if (c.first)
       printf ("[");
     printf ("]\n");
   }

@@ -405,14 +405,17 @@ open_ref (struct qk_image *img, struct chain_ctx *cc, const char *what,
   char *path;
   struct qk_source *s;
 
+  /* Errors here name qk_image_open, the call the user made. */
   if (name[0] == '\0') {
-    set_error (EBADMSG, "%s name is empty", what);
+    qk_internal_set_error (EBADMSG, "qk_image_open", "%s name is empty",
+                           what);
     return NULL;
   }
   if (has_protocol (name)) {
-    set_error (EPERM, "%s '%s' is a protocol or json: specification; only "
-               "local files are opened (write a relative name with a colon "
-               "as ./NAME)", what, name);
+    qk_internal_set_error (EPERM, "qk_image_open", "%s '%s' is a protocol "
+                           "or json: specification; only local files are "
+                           "opened (write a relative name with a colon as "
+                           "./NAME)", what, name);
     return NULL;
   }
   path = path_combine (img->filename, name);
@@ -423,8 +426,8 @@ open_ref (struct qk_image *img, struct chain_ctx *cc, const char *what,
   *pathp = path;
   if (o && o->confine_root && !(o->open_fn)
       && !under_root (path, o->confine_root)) {
-    set_error (EPERM, "%s '%s' resolves outside %s", what, path,
-               o->confine_root);
+    qk_internal_set_error (EPERM, "qk_image_open", "%s '%s' resolves "
+                           "outside %s", what, path, o->confine_root);
     return NULL;
   }
   s = (o && o->open_fn) ? o->open_fn (o->open_opaque, path)
@@ -681,7 +684,7 @@ open_source (struct qk_source *src, const char *name, const char *format,
     return NULL;
   }
   if (!img->is_qcow2) {
-    img->rd_size = src->size;
+    img->rd_size = qk_image_virtual_size (img);
     return img;
   }
   if (open_qcow2 (img, cc) < 0) {
@@ -794,7 +797,10 @@ qk_image_header (const struct qk_image *img)
 QK_EXPORT uint64_t
 qk_image_virtual_size (const struct qk_image *img)
 {
-  return img->is_qcow2 ? img->hdr.size : img->src->size;
+  /* QEMU sizes a raw image in whole 512-byte sectors: a file of 3100000
+   * bytes is a disk of 3100160, the tail reading as zeros. */
+  return img->is_qcow2 ? img->hdr.size
+                       : DIV_ROUND_UP (img->src->size, 512) * 512;
 }
 
 QK_EXPORT int64_t

@@ -41,15 +41,29 @@ lookup (struct qk_image *img, uint64_t off, uint64_t max, struct run *r)
   uint64_t idx, pos;
 
   span_end = (l1_idx + 1) * l2_span - off;
-  if (max > span_end)
-    max = span_end;
   memset (r, 0, sizeof *r);
   if (l1_idx >= img->rd_l1_count
       || (l2_off = img->rd_l1[l1_idx] & QK_L1E_OFFSET_MASK) == 0) {
+    /* Unallocated up to the next L1 entry with an L2 table (past the L1
+     * table, to the end): one run, not one per L2 table, so that a huge
+     * sparse disk is mapped in few steps. */
+    uint64_t i = l1_idx + 1, bytes = span_end;
+    while (bytes < max) {
+      if (i >= img->rd_l1_count) {
+        bytes = max;
+        break;
+      }
+      if (img->rd_l1[i] & QK_L1E_OFFSET_MASK)
+        break;
+      bytes += l2_span;
+      i++;
+    }
     r->type = QK_SUB_UNALLOCATED_PLAIN;
-    r->bytes = max;
+    r->bytes = MIN (bytes, max);
     return 0;
   }
+  if (max > span_end)
+    max = span_end;
   if (!IS_ALIGNED (l2_off, cs)) {
     set_error (EBADMSG, "L2 table offset 0x%" PRIx64 " for L1[%" PRIu64 "] "
                "is not cluster aligned", l2_off, l1_idx);
@@ -202,15 +216,18 @@ read_chain (struct qk_image *img, uint8_t *buf, uint64_t len, uint64_t off,
   return 0;
 }
 
+/* api: the public call to name in the error. */
 static int
-readable (const struct qk_image *img)
+readable (const struct qk_image *img, const char *api)
 {
   if (img->unreadable) {
-    set_error (ENOTSUP, "%s: %s", img->filename, img->unreadable);
+    qk_internal_set_error (ENOTSUP, api, "%s: %s", img->filename,
+                           img->unreadable);
     return -1;
   }
   if (img->is_qcow2 && !img->l1_ok) {
-    set_error (EBADMSG, "%s: the L1 table cannot be read", img->filename);
+    qk_internal_set_error (EBADMSG, api, "%s: the L1 table cannot be read",
+                           img->filename);
     return -1;
   }
   return 0;
@@ -219,9 +236,9 @@ readable (const struct qk_image *img)
 QK_EXPORT int
 qk_image_read (struct qk_image *img, void *buf, size_t len, uint64_t offset)
 {
-  uint64_t size = img->is_qcow2 ? img->rd_size : img->src->size;
+  uint64_t size = img->is_qcow2 ? img->rd_size : qk_image_virtual_size (img);
 
-  if (readable (img) < 0)
+  if (readable (img, __func__) < 0)
     return -1;
   if (offset > size || len > size - offset) {
     set_error (EINVAL, "read of %zu bytes at %" PRIu64 " is beyond the "
@@ -303,13 +320,14 @@ metadata_prealloc (struct qk_image *img)
     real = (uint64_t) real_alloc / cs;
     threshold = MAX (real * 10 / 9, real + 2);
     end = DIV_ROUND_UP (img->src->size, cs);
-    for (uint64_t i = 0; i < end && count <= threshold; i++) {
+    /* As QEMU: at least threshold refcounted clusters (>=, not >). */
+    for (uint64_t i = 0; i < end && count < threshold; i++) {
       uint64_t rc;
       if (qk_image_refcount (img, i, &rc) < 0)
         return false;
       count += rc != 0;
     }
-    img->meta_prealloc = count > threshold;
+    img->meta_prealloc = count >= threshold;
   }
   return img->meta_prealloc == 1;
 }
@@ -438,7 +456,7 @@ qk_image_map (struct qk_image *img, uint64_t start, uint64_t length,
   uint64_t end;
   struct qk_extent cur, next;
 
-  if (img->is_qcow2 && readable (img) < 0)
+  if (img->is_qcow2 && readable (img, __func__) < 0)
     return -1;
   if (start > size)
     start = size;
@@ -447,7 +465,10 @@ qk_image_map (struct qk_image *img, uint64_t start, uint64_t length,
   cur.start = start;
   while (cur.start + cur.length < end) {
     uint64_t off = cur.start + cur.length;
-    uint64_t n = MIN (1ULL << 30, end - off);
+    /* No 1 GiB steps as qemu-img: lookup() bounds each step by an L2
+     * table, or by a run of unallocated L1 entries, and adjacent extents
+     * are merged anyway. */
+    uint64_t n = end - off;
     if (chain_status (img, off, n, &next) < 0)
       return -1;
     if (next.length == 0) {

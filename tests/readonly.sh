@@ -1,0 +1,150 @@
+#!/bin/bash
+# Read-only commands never modify anything: every read-only command (info,
+# map, export, dump, snapshot list; human and JSON) runs on every image of
+# the matrix, and afterwards every file under the matrix directory (the
+# image, its backing files, its external data file, the others) has the
+# same sha256, mtime, ctime and size, and no file appeared or vanished.
+# Where strace is installed, no image file is even opened for writing.
+# Also: with a QEMU process holding the image, reads work and warn.
+srcdir=${srcdir:-.}
+. "$srcdir/tests/tap.sh"
+. "$srcdir/tests/functions.sh"
+require qemu-img qemu-io jq
+scratch
+
+# (not in a || list: that would turn off the set -e inside build_matrix)
+build_matrix "$T/m"
+[ $? -eq 0 ] || { fail "build the image matrix"; done_testing; exit 1; }
+cd "$T/m" || exit 1
+
+# The state of every file here: names, mtimes, ctimes and sizes (any write
+# changes mtime and ctime), with the sha256 of each file when "full".
+tree_state () {
+  find . \( -type f -o -type l \) -printf '%p %T@ %C@ %s\n' | LC_ALL=C sort
+  [ "${1:-}" = full ] || return 0
+  find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
+}
+
+# ro_commands IMG [SNAPSHOT...]: the read-only command lines, one a line,
+# arguments separated by tabs
+ro_commands () {
+  local i=$1 s
+  shift
+  local t=$'\t'
+  cat <<EOF
+info${t}$i
+info${t}--output=json${t}$i
+info${t}--backing-chain${t}$i
+info${t}--backing-chain${t}--output=json${t}$i
+map${t}$i
+map${t}--output=json${t}$i
+map${t}--output=json${t}--start-offset${t}4097${t}--max-length${t}1M${t}$i
+export${t}$i${t}$T/out.raw
+snapshot${t}list${t}$i
+snapshot${t}list${t}--output=json${t}$i
+dump${t}$i${t}header
+dump${t}--output=json${t}$i${t}header
+dump${t}$i${t}extensions
+dump${t}$i${t}l1
+dump${t}--output=json${t}$i${t}l1
+dump${t}$i${t}refcount-table
+dump${t}--output=json${t}$i${t}refcount-table
+dump${t}$i${t}refblock${t}0
+dump${t}$i${t}snapshots
+dump${t}--output=json${t}$i${t}snapshots
+dump${t}$i${t}bitmaps
+dump${t}--output=json${t}$i${t}bitmaps
+EOF
+  # (an empty disk has no L2 table to show)
+  if [ "$(qemu-img info --output=json "$i" | jq '."virtual-size"')" -gt 0 ]; then
+    printf 'dump%s%s%sl2%s0\n' "$t" "$i" "$t" "$t"
+  fi
+  for s in "$@"; do
+    printf 'export%s--snapshot%s%s%s%s%s%s\n' "$t" "$t" "$s" "$t" "$i" "$t" "$T/out.raw"
+  done
+  if [ $# -gt 0 ]; then
+    printf 'dump%s%s%ssnapshot-l1%s0\n' "$t" "$i" "$t" "$t"
+  fi
+  if [ "$(qcowkit info --output=json "$i" | jq '."format-specific".data.bitmaps // [] | length')" -gt 0 ]; then
+    printf 'dump%s%s%sbitmap-table%s0\n' "$t" "$i" "$t" "$t"
+  fi
+}
+
+# Under strace when it is installed: then also no image file may be opened
+# for writing (the export's own output aside).
+if command -v strace > /dev/null 2>&1; then
+  tracer=(strace -f -qq -e trace=open,openat,creat -o "$T/st")
+else
+  tracer=()
+  diag "strace not installed: the open flags are not checked"
+fi
+
+before=$(tree_state full)
+while IFS=$'\t' read -r -a f; do
+  i=${f[0]}
+  pre=$(tree_state)
+  pre_img=$(file_state "$i")
+  bad=""
+  : > "$T/opens"
+  while IFS=$'\t' read -r -a c; do
+    "${tracer[@]}" qcowkit "${c[@]}" > /dev/null 2> "$T/err"
+    rc=$?
+    [ $rc -eq 0 ] || bad="$bad${bad:+; }qcowkit ${c[*]} -> $rc: $(head -c 300 "$T/err")"
+    [ ${#tracer[@]} -eq 0 ] ||
+      grep -v "$T/out.raw" "$T/st" |
+        grep -E 'O_WRONLY|O_RDWR|O_CREAT|O_TRUNC|creat\(' |
+        grep -vE '"/(dev|proc|sys)/' >> "$T/opens"
+  done < <(ro_commands "$i" "${f[@]:1}")
+  if [ -z "$bad" ]; then
+    pass "$i: every read-only command exits 0"
+  else
+    fail "$i: every read-only command exits 0" "$bad"
+  fi
+  is "$(file_state "$i")" "$pre_img" "$i: sha256 and mtime unchanged"
+  post=$(tree_state)
+  if [ "$pre" = "$post" ]; then
+    pass "$i: no file here changed (mtime, ctime, size, names)"
+  else
+    fail "$i: no file here changed (mtime, ctime, size, names)" \
+      "$(diff <(echo "$pre") <(echo "$post") | head -10)"
+  fi
+  if [ ${#tracer[@]} -gt 0 ]; then
+    if [ ! -s "$T/opens" ]; then
+      pass "$i: no file opened for writing (strace)"
+    else
+      fail "$i: no file opened for writing (strace)" "$(head -5 "$T/opens")"
+    fi
+  fi
+done < MANIFEST
+after=$(tree_state full)
+if [ "$before" = "$after" ]; then
+  pass "the whole matrix is unchanged (sha256, mtime, ctime, size, names)"
+else
+  fail "the whole matrix is unchanged (sha256, mtime, ctime, size, names)" \
+    "$(diff <(echo "$before") <(echo "$after") | head)"
+fi
+
+# The dirty image stays dirty: QEMU repairs a dirty image on any
+# read-write open; qcowkit must not (the refcounts are evidence).
+is "$(qemu-img info --output=json dirty.qcow2 | jq '."dirty-flag"')" true \
+  "dirty.qcow2 is still dirty"
+
+# An image in use by QEMU: the commands still read it, and warn.
+qemu-io -f qcow2 -c 'sleep 4000' cs4k.qcow2 > /dev/null 2>&1 &
+qpid=$!
+for _ in $(seq 50); do
+  qemu-img info cs4k.qcow2 > /dev/null 2>&1 || break   # locked now
+  sleep 0.1
+done
+pre=$(file_state cs4k.qcow2)
+qcowkit info cs4k.qcow2 > /dev/null 2> "$T/err"
+is "$?" 0 "image held by QEMU: info exits 0"
+ok "... and warns that it is in use" grep -q 'in use by a running QEMU' "$T/err"
+qcowkit export cs4k.qcow2 "$T/out.raw" 2> "$T/err"
+is "$?" 0 "image held by QEMU: export exits 0"
+ok "... and warns that it is in use" grep -q 'in use by a running QEMU' "$T/err"
+is "$(file_state cs4k.qcow2)" "$pre" "image held by QEMU: unchanged by us"
+kill "$qpid" 2> /dev/null
+wait "$qpid" 2> /dev/null
+
+done_testing
