@@ -32,4 +32,36 @@ is "$(code qcowkit info "$T/dir")" 1 "info of a directory: 1"
 : > "$T/empty"
 is "$(code qcowkit info "$T/empty")" 0 "an empty file is a (raw) image"
 is "$(code qcowkit export "$T/empty" "$T/out")" 0 "exporting an empty raw image works"
+
+# Options and sizes as qemu-img reads them
+if command -v qemu-img >/dev/null; then
+  qemu-img create -q -f qcow2 "$T/a.qcow2" 4M
+  qemu-img create -q -f qcow2 -b a.qcow2 -F qcow2 "$T/b.qcow2"
+  a=$(qcowkit map --output=json --start-offset 1M --max-length 64k "$T/a.qcow2")
+  b=$(qcowkit map --output=json --start-offset=1M --max-length=64k "$T/a.qcow2")
+  is "$b" "$a" "map takes --opt=N as well as --opt N"
+  case "$(qcowkit map --output=json --max-length 010 "$T/a.qcow2")" in
+    *'"length": 10,'*) pass "sizes are decimal: 010 is ten";;
+    *) fail "sizes are decimal: 010 is ten";;
+  esac
+  is "$(code qcowkit map --max-length 0x "$T/a.qcow2")" 2 "0x alone is not a size"
+  # export never writes over an image it reads
+  before=$(sha256sum < "$T/a.qcow2")
+  is "$(code qcowkit export "$T/b.qcow2" "$T/b.qcow2")" 1 "export over its own image is refused"
+  is "$(code qcowkit export "$T/b.qcow2" "$T/a.qcow2")" 1 "export over its backing file is refused"
+  is "$(sha256sum < "$T/a.qcow2")" "$before" "the backing file is untouched"
+  ln -s a.qcow2 "$T/link.qcow2"
+  is "$(code qcowkit export "$T/b.qcow2" "$T/link.qcow2")" 1 "export over a symlink to an input is refused"
+  err=$(qcowkit export "$T/b.qcow2" "$T/a.qcow2" 2>&1)
+  case "$err" in *"refusing"*) pass "the refusal says why";; *) fail "the refusal says why" "$err";; esac
+  # threads: the same bytes whatever the number of workers
+  qemu-io -f qcow2 -c 'write -P 7 0 1M' -c 'write -P 9 3M 512k' "$T/b.qcow2" >/dev/null
+  for n in 1 2 4; do
+    QCOWKIT_THREADS=$n qcowkit export -q "$T/b.qcow2" "$T/out$n.raw"
+  done
+  qemu-img convert -O raw "$T/b.qcow2" "$T/ref.raw"
+  for n in 1 2 4; do ok "export with $n worker(s) equals qemu-img convert" cmp -s "$T/ref.raw" "$T/out$n.raw"; done
+else
+  require qemu-img
+fi
 done_testing

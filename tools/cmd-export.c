@@ -5,6 +5,8 @@
 #include <config.h>
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,17 +17,36 @@
 #include "util/checked.h"
 
 #define CHUNK (4U << 20)
-#define ZERO_GRAIN 4096  /* like qemu-img convert's default -S 4k */
+#define SEGMENT (32ULL << 20)  /* unit of work handed to a worker thread */
+#define ZERO_GRAIN 4096        /* like qemu-img convert's default -S 4k */
+#define MAX_WORKERS 4
 
-struct export_ctx {
-  struct qk_image *img;
+/* What the workers share. Each worker has its own image handle (handles
+ * are not thread-safe, and are cheap), its own buffer, and takes the next
+ * SEGMENT of the guest disk until none is left; writes go to their own
+ * offsets with pwrite, so no ordering is needed except for a stream. */
+struct export_job {
+  const char *path, *snap, *out;
+  const struct common_opts *o;
+  unsigned open_flags;
   int fd;
-  bool sparse;           /* holes may be left (regular file, fresh) */
-  bool stream;           /* not seekable (a pipe): write in order */
-  uint8_t *buf;
-  uint64_t done, total;
+  bool sparse;           /* holes may be left (a regular file, truncated) */
+  bool stream;           /* not seekable (a pipe): one worker, in order */
+  uint64_t size;
+  uint64_t nsegs;
+  _Atomic uint64_t next_seg;
+  _Atomic int failed;
+  pthread_mutex_t lock;  /* progress */
+  uint64_t done;
   struct progress prog;
-  const char *out;
+};
+
+struct export_worker {
+  struct export_job *job;
+  struct qk_image *img;
+  uint8_t *buf;
+  int ret;
+  pthread_t tid;
 };
 
 static bool
@@ -43,20 +64,18 @@ all_zero (const uint8_t *p, size_t n)
   return true;
 }
 
-/* Extents come in guest order and every byte is written when holes are not
- * allowed, so a stream (a pipe) gets the bytes in order with write(2). */
+/* A stream (a pipe) is written by one worker in guest order with write(2),
+ * every byte included. */
 static int
-write_all (struct export_ctx *c, const uint8_t *p, size_t n, uint64_t off)
+write_all (struct export_job *j, const uint8_t *p, size_t n, uint64_t off)
 {
-  int fd = c->fd;
-  const char *out = c->out;
-
   while (n) {
-    ssize_t r = c->stream ? write (fd, p, n) : pwrite (fd, p, n, (off_t) off);
+    ssize_t r = j->stream ? write (j->fd, p, n)
+                          : pwrite (j->fd, p, n, (off_t) off);
     if (r < 0) {
       if (errno == EINTR)
         continue;
-      errx_ ("write %s: %s", out, strerror (errno));
+      errx_ ("write %s: %s", j->out, strerror (errno));
       return -1;
     }
     p += r;
@@ -68,83 +87,182 @@ write_all (struct export_ctx *c, const uint8_t *p, size_t n, uint64_t off)
 
 /* Write buf, skipping all-zero grains when holes are allowed. */
 static int
-write_sparse (struct export_ctx *c, const uint8_t *p, size_t n, uint64_t off)
+write_sparse (struct export_job *j, const uint8_t *p, size_t n, uint64_t off)
 {
   size_t i = 0;
 
-  if (!c->sparse)
-    return write_all (c, p, n, off);
+  if (!j->sparse)
+    return write_all (j, p, n, off);
   while (i < n) {
     size_t g = MIN ((size_t) ZERO_GRAIN - (size_t) ((off + i) % ZERO_GRAIN),
                     n - i);
-    size_t j = i;
+    size_t k = i;
     bool z = all_zero (p + i, g);
     /* Extend the run of grains with the same zeroness. */
-    while (j < n) {
-      size_t gl = MIN ((size_t) ZERO_GRAIN - (size_t) ((off + j) % ZERO_GRAIN),
-                       n - j);
-      if (all_zero (p + j, gl) != z)
+    while (k < n) {
+      size_t gl = MIN ((size_t) ZERO_GRAIN - (size_t) ((off + k) % ZERO_GRAIN),
+                       n - k);
+      if (all_zero (p + k, gl) != z)
         break;
-      j += gl;
+      k += gl;
     }
-    if (!z && write_all (c, p + i, j - i, off + i) < 0)
+    if (!z && write_all (j, p + i, k - i, off + i) < 0)
       return -1;
-    i = j;
+    i = k;
   }
   return 0;
 }
 
-static int
-zero_range (struct export_ctx *c, uint64_t off, uint64_t len)
+static void
+advance (struct export_job *j, uint64_t n)
 {
-  if (c->sparse)
-    return 0;
-  memset (c->buf, 0, MIN ((uint64_t) CHUNK, len));
-  while (len) {
-    size_t n = MIN ((uint64_t) CHUNK, len);
-    if (write_all (c, c->buf, n, off) < 0)
-      return -1;
-    off += n;
-    len -= n;
+  pthread_mutex_lock (&j->lock);
+  j->done += n;
+  progress_update (&j->prog, j->done);
+  pthread_mutex_unlock (&j->lock);
+}
+
+static int
+zero_range (struct export_worker *w, uint64_t off, uint64_t len)
+{
+  struct export_job *j = w->job;
+
+  if (!j->sparse) {
+    memset (w->buf, 0, MIN ((uint64_t) CHUNK, len));
+    for (uint64_t o = off, l = len; l;) {
+      size_t n = MIN ((uint64_t) CHUNK, l);
+      if (write_all (j, w->buf, n, o) < 0)
+        return -1;
+      o += n;
+      l -= n;
+    }
   }
+  advance (j, len);
   return 0;
 }
 
 static int
 export_extent (void *opaque, const struct qk_extent *e)
 {
-  struct export_ctx *c = opaque;
+  struct export_worker *w = opaque;
+  struct export_job *j = w->job;
   uint64_t off = e->start, end = e->start + e->length;
 
-  if (e->zero) {
-    if (zero_range (c, off, e->length) < 0)
-      return -1;
-    c->done += e->length;
-    progress_update (&c->prog, c->done);
-    return 0;
-  }
+  if (j->failed)
+    return -1;
+  if (e->zero)
+    return zero_range (w, off, e->length);
   while (off < end) {
     size_t n = MIN ((uint64_t) CHUNK, end - off);
-    if (qk_image_read (c->img, c->buf, n, off) < 0) {
+    if (qk_image_read (w->img, w->buf, n, off) < 0) {
       errx_ ("%s", qk_get_error ());
       return -1;
     }
-    if (write_sparse (c, c->buf, n, off) < 0)
+    if (write_sparse (j, w->buf, n, off) < 0)
       return -1;
     off += n;
-    c->done += n;
-    progress_update (&c->prog, c->done);
+    advance (j, n);
   }
   return 0;
 }
 
-/* Exporting a snapshot: no block status through a snapshot's L1, so read
- * everything and let the zero detection make the holes. */
-static int
-export_all (struct export_ctx *c, uint64_t size)
+static void *
+worker_main (void *arg)
 {
-  struct qk_extent e = { .start = 0, .length = size, .data = true };
-  return export_extent (c, &e);
+  struct export_worker *w = arg;
+  struct export_job *j = w->job;
+
+  for (;;) {
+    uint64_t seg = atomic_fetch_add (&j->next_seg, 1);
+    uint64_t start = seg * SEGMENT, len;
+    int r;
+
+    if (seg >= j->nsegs || j->failed)
+      break;
+    len = MIN (SEGMENT, j->size - start);
+    if (j->snap) {
+      /* No block status through a snapshot's L1: read everything and let
+       * the zero detection make the holes. */
+      struct qk_extent e = { .start = start, .length = len, .data = true };
+      r = export_extent (w, &e);
+    }
+    else {
+      r = qk_image_map (w->img, start, len, export_extent, w);
+      if (r < 0 && qk_get_errno ())
+        errx_ ("%s", qk_get_error ());
+    }
+    if (r) {
+      j->failed = 1;
+      w->ret = -1;
+      break;
+    }
+  }
+  return NULL;
+}
+
+/* Refuse to write over the image itself or any file it reads from. */
+static int
+output_is_input (struct qk_image *img, const char *out)
+{
+  struct stat so, si;
+
+  if (stat (out, &so) < 0)
+    return 0;
+  for (struct qk_image *i = img; i; i = qk_image_backing (i)) {
+    const char *df = qk_image_data_file_name (i);
+    if (stat (qk_image_filename (i), &si) == 0 && si.st_dev == so.st_dev
+        && si.st_ino == so.st_ino) {
+      errx_ ("%s is %s: refusing to export over an image being read", out,
+             qk_image_filename (i));
+      return -1;
+    }
+    if (df) {
+      char p[4096];
+      const char *f = qk_image_filename (i), *slash = strrchr (f, '/');
+      if (df[0] != '/' && slash)
+        snprintf (p, sizeof p, "%.*s%s", (int) (slash - f + 1), f, df);
+      else
+        snprintf (p, sizeof p, "%s", df);
+      if (stat (p, &si) == 0 && si.st_dev == so.st_dev
+          && si.st_ino == so.st_ino) {
+        errx_ ("%s is the data file of %s: refusing to export over it", out,
+               f);
+        return -1;
+      }
+    }
+  }
+  return 0;
+}
+
+/* The size a snapshot is exported at: looked up as qk_image_select_snapshot
+ * does (ID first, then name). */
+static uint64_t
+snapshot_size (struct qk_image *img, const char *snap)
+{
+  for (int by_name = 0; by_name < 2; by_name++)
+    for (size_t i = 0; i < qk_image_snapshot_count (img); i++) {
+      const struct qk_snapshot *s = qk_image_snapshot (img, i);
+      if (strcmp (by_name ? s->name : s->id, snap) == 0)
+        return s->has_disk_size ? s->disk_size : qk_image_virtual_size (img);
+    }
+  return qk_image_virtual_size (img);
+}
+
+static unsigned
+worker_count (const struct export_job *j)
+{
+  long n = sysconf (_SC_NPROCESSORS_ONLN);
+  const char *e = getenv ("QCOWKIT_THREADS");
+
+  if (e && atoi (e) > 0)
+    n = atoi (e);
+  if (j->stream || n < 1)
+    n = 1;
+  if (n > MAX_WORKERS)
+    n = MAX_WORKERS;
+  if ((uint64_t) n > j->nsegs)
+    n = j->nsegs ? j->nsegs : 1;
+  return n;
 }
 
 static const char help[] =
@@ -159,12 +277,14 @@ int
 cmd_export (int argc, char **argv)
 {
   struct common_opts o = { .progress = -1 };
-  struct export_ctx c = { .fd = -1 };
-  const char *snap = NULL, *path = NULL, *out = NULL;
+  struct export_job j = { .fd = -1, .lock = PTHREAD_MUTEX_INITIALIZER };
+  struct export_worker w[MAX_WORKERS];
+  struct qk_image *img;
   struct stat st;
-  uint64_t size;
+  unsigned nw = 0;
   int r, ret = EXIT_ERR;
 
+  memset (w, 0, sizeof w);
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (strcmp (a, "--help") == 0 || strcmp (a, "-h") == 0) {
@@ -178,96 +298,106 @@ cmd_export (int argc, char **argv)
     if (strcmp (a, "--snapshot") == 0 || strcmp (a, "-l") == 0) {
       if (i + 1 >= argc)
         return usage_error ("export", "%s needs a snapshot name", a);
-      snap = argv[++i];
+      j.snap = argv[++i];
     }
     else if (strncmp (a, "--snapshot=", 11) == 0)
-      snap = a + 11;
+      j.snap = a + 11;
     else if (strcmp (a, "--force") == 0)
       o.force = true;
     else if (a[0] == '-' && a[1])
       return usage_error ("export", "unknown option '%s'", a);
-    else if (!path)
-      path = a;
-    else if (!out)
-      out = a;
+    else if (!j.path)
+      j.path = a;
+    else if (!j.out)
+      j.out = a;
     else
       return usage_error ("export", "too many arguments");
   }
-  if (path == NULL || out == NULL)
+  if (j.path == NULL || j.out == NULL)
     return usage_error ("export", "need IMAGE and OUTPUT");
+  j.o = &o;
+  j.open_flags = o.force ? QK_OPEN_FORCE : 0;
 
-  c.img = open_image (path, &o, o.force ? QK_OPEN_FORCE : 0, true);
-  if (c.img == NULL)
+  img = open_image (j.path, &o, j.open_flags, true);
+  if (img == NULL)
     return EXIT_ERR;
   {
-    const char *why = qk_image_unreadable_reason (c.img);
+    const char *why = qk_image_unreadable_reason (img);
     if (why) {
-      errx_ ("%s: cannot export: %s", path, why);
+      errx_ ("%s: cannot export: %s", j.path, why);
       goto out;
     }
   }
-  if (snap && qk_image_select_snapshot (c.img, snap) < 0) {
+  if (j.snap && qk_image_select_snapshot (img, j.snap) < 0) {
     errx_ ("%s", qk_get_error ());
     goto out;
   }
-  size = qk_image_virtual_size (c.img);
-  if (snap) {
-    for (size_t i = 0; i < qk_image_snapshot_count (c.img); i++) {
-      const struct qk_snapshot *s = qk_image_snapshot (c.img, i);
-      if ((strcmp (s->id, snap) == 0 || strcmp (s->name, snap) == 0)
-          && s->has_disk_size) {
-        size = s->disk_size;
-        break;
-      }
-    }
-  }
+  j.size = j.snap ? snapshot_size (img, j.snap) : qk_image_virtual_size (img);
+  if (output_is_input (img, j.out) < 0)
+    goto out;
 
-  c.out = out;
-  c.fd = open (out, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
-  if (c.fd < 0) {
-    errx_ ("open %s: %s", out, strerror (errno));
+  j.fd = open (j.out, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  if (j.fd < 0) {
+    errx_ ("open %s: %s", j.out, strerror (errno));
     goto out;
   }
-  if (fstat (c.fd, &st) < 0) {
-    errx_ ("fstat %s: %s", out, strerror (errno));
+  if (fstat (j.fd, &st) < 0) {
+    errx_ ("fstat %s: %s", j.out, strerror (errno));
     goto out;
   }
   if (S_ISREG (st.st_mode)) {
-    if (ftruncate (c.fd, 0) < 0 || ftruncate (c.fd, (off_t) size) < 0) {
-      errx_ ("truncate %s: %s", out, strerror (errno));
+    if (ftruncate (j.fd, 0) < 0 || ftruncate (j.fd, (off_t) j.size) < 0) {
+      errx_ ("truncate %s: %s", j.out, strerror (errno));
       goto out;
     }
-    c.sparse = true;
+    j.sparse = true;
   }
-  else if (lseek (c.fd, 0, SEEK_CUR) < 0 && errno == ESPIPE)
-    c.stream = true;
-  c.buf = aligned_alloc (4096, CHUNK);
-  if (c.buf == NULL) {
-    errx_ ("out of memory");
-    goto out;
+  else if (lseek (j.fd, 0, SEEK_CUR) < 0 && errno == ESPIPE)
+    j.stream = true;
+
+  j.nsegs = DIV_ROUND_UP (j.size, SEGMENT);
+  nw = worker_count (&j);
+  for (unsigned i = 0; i < nw; i++) {
+    w[i].job = &j;
+    /* worker 0 uses the handle already open; the others open their own */
+    w[i].img = i == 0 ? img : open_image (j.path, &o, j.open_flags, false);
+    w[i].buf = aligned_alloc (4096, CHUNK);
+    if (w[i].img == NULL || w[i].buf == NULL
+        || (i && j.snap && qk_image_select_snapshot (w[i].img, j.snap) < 0)) {
+      errx_ ("cannot set up export worker %u: %s", i,
+             w[i].buf ? qk_get_error () : "out of memory");
+      goto out;
+    }
   }
-  c.total = size;
-  progress_start (&c.prog, &o, size);
-  if (snap)
-    r = export_all (&c, size);
-  else {
-    r = qk_image_map (c.img, 0, size, export_extent, &c);
-    if (r < 0 && qk_get_error ())
-      errx_ ("%s", qk_get_error ());
-  }
-  progress_end (&c.prog);
-  if (r == 0 && fsync (c.fd) < 0 && errno != EINVAL) {
-    errx_ ("fsync %s: %s", out, strerror (errno));
+  progress_start (&j.prog, &o, j.size);
+  for (unsigned i = 1; i < nw; i++)
+    if (pthread_create (&w[i].tid, NULL, worker_main, &w[i]) != 0) {
+      errx_ ("pthread_create failed");
+      j.failed = 1;
+      nw = i;
+      break;
+    }
+  worker_main (&w[0]);
+  for (unsigned i = 1; i < nw; i++)
+    pthread_join (w[i].tid, NULL);
+  progress_end (&j.prog);
+  r = j.failed ? -1 : 0;
+  if (r == 0 && fsync (j.fd) < 0 && errno != EINVAL) {
+    errx_ ("fsync %s: %s", j.out, strerror (errno));
     r = -1;
   }
   if (r == 0)
     ret = EXIT_OK;
 out:
-  if (c.fd >= 0 && close (c.fd) < 0 && ret == EXIT_OK) {
-    errx_ ("close %s: %s", out, strerror (errno));
+  if (j.fd >= 0 && close (j.fd) < 0 && ret == EXIT_OK) {
+    errx_ ("close %s: %s", j.out, strerror (errno));
     ret = EXIT_ERR;
   }
-  free (c.buf);
-  qk_image_close (c.img);
+  for (unsigned i = 0; i < MAX_WORKERS; i++) {
+    free (w[i].buf);
+    if (i > 0)
+      qk_image_close (w[i].img);
+  }
+  qk_image_close (img);
   return ret;
 }

@@ -67,11 +67,20 @@ cmd_map (int argc, char **argv)
       return EXIT_USAGE;
     if (r)
       continue;
-    if (strcmp (a, "--start-offset") == 0 || strcmp (a, "--max-length") == 0) {
+    if (strncmp (a, "--start-offset", 14) == 0
+        || strncmp (a, "--max-length", 12) == 0) {
+      /* --opt N or --opt=N */
+      const char *eq = strchr (a, '=');
+      const char *val = eq ? eq + 1 : (i + 1 < argc ? argv[i + 1] : NULL);
+      size_t nl = eq ? (size_t) (eq - a) : strlen (a);
       uint64_t v;
-      if (i + 1 >= argc || !parse_size (argv[i + 1], &v))
-        return usage_error ("map", "%s needs a size", a);
-      i++;
+      if ((nl != 14 && nl != 12) || (nl == 14 && a[2] != 's')
+          || (nl == 12 && a[2] != 'm'))
+        return usage_error ("map", "unknown option '%s'", a);
+      if (!val || !parse_size (val, &v))
+        return usage_error ("map", "%.*s needs a size", (int) nl, a);
+      if (!eq)
+        i++;
       if (a[2] == 's')
         start = v;
       else

@@ -305,6 +305,10 @@ read_snapshots (struct qk_image *img)
       break;
     }
     img->snaps[i].s.entry_offset = h->snapshots_offset + rel;
+    if (img->snaps[i].s.extra_data_size > 1024)
+      qk_image_warn (img, "snapshot table entry %u has %u bytes of extra data "
+                     "(QEMU refuses more than 1024 and will not open the "
+                     "image)", i, img->snaps[i].s.extra_data_size);
     img->n_snaps++;
     rel += elen;
   }
