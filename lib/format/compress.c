@@ -42,7 +42,7 @@ zstd_cluster (const uint8_t *in, size_t inlen, uint8_t *out, size_t outlen)
 {
   ZSTD_inBuffer ib = { in, inlen, 0 };
   ZSTD_outBuffer ob = { out, outlen, 0 };
-  size_t r;
+  size_t r = 0;
 
   if (dctx == NULL && (dctx = ZSTD_createDCtx ()) == NULL) {
     set_error (ENOMEM, "ZSTD_createDCtx");
@@ -68,6 +68,13 @@ zstd_cluster (const uint8_t *in, size_t inlen, uint8_t *out, size_t outlen)
                  ob.pos, ob.size);
       return -1;
     }
+  }
+  /* The frame must be fully flushed once the cluster is full: more data
+   * means the cluster decompresses to more than a cluster (damage). */
+  if (r != 0) {
+    set_error (EBADMSG, "zstd data decompresses to more than %zu bytes",
+               ob.size);
+    return -1;
   }
   return 0;
 }

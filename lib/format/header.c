@@ -182,8 +182,10 @@ qk_extensions_walk (const uint8_t *buf, size_t start, size_t end,
     e.offset = pos;
     if (e.magic == QK_EXT_END)
       return 0;
-    padded = ((uint64_t) e.length + 7) & ~7ULL;
-    if (padded > end - pos - 8) {
+    /* Like QEMU, only the payload must fit: the padding of the last
+     * extension may run past the end of the area (e.g. an unaligned
+     * backing_file_offset). */
+    if (e.length > end - pos - 8) {
       set_error (EBADMSG, "header extension 0x%08x at 0x%zx: length %u "
                  "exceeds the header area (%zu bytes left)",
                  e.magic, pos, e.length, end - pos - 8);
@@ -191,6 +193,9 @@ qk_extensions_walk (const uint8_t *buf, size_t start, size_t end,
     }
     if (fn (opaque, &e, buf + pos + 8) < 0)
       return -1;
+    padded = ((uint64_t) e.length + 7) & ~7ULL;
+    if (padded >= end - pos - 8)
+      return 0;
     pos += 8 + padded;
   }
   return 0;

@@ -11,9 +11,13 @@
 size_t
 qk_snapshot_entry_size (uint32_t extra, size_t idlen, size_t namelen)
 {
-  uint64_t n = (uint64_t) SN_FIXED + extra + idlen + namelen;
-  n = (n + 7) & ~7ULL;
-  return n > SIZE_MAX ? 0 : (size_t) n;
+  uint64_t n;
+
+  if (ADD_OVERFLOW ((uint64_t) SN_FIXED + extra, (uint64_t) idlen, &n)
+      || ADD_OVERFLOW (n, (uint64_t) namelen, &n)
+      || align_up_overflow (n, 8, &n) || n > SIZE_MAX)
+    return 0;
+  return (size_t) n;
 }
 
 static char *

@@ -58,6 +58,7 @@ load_reftable (struct qk_image *img)
     return -1;
   }
   buf = malloc (bytes ? bytes : 1);
+  free (img->reftable);
   img->reftable = calloc (bytes / 8 + 1, sizeof (uint64_t));
   if (buf == NULL || img->reftable == NULL) {
     free (buf);
@@ -137,6 +138,13 @@ read_words (struct qk_image *img, uint64_t off, uint64_t n, const char *what,
 
   if (n > QK_MAX_L1_BYTES / 8) {
     set_error (EFBIG, "%s of %" PRIu64 " entries is too large", what, n);
+    return -1;
+  }
+  /* Never allocate for a table the file cannot hold. */
+  if (off > img->src->size || n * 8 > img->src->size - off) {
+    set_error (EBADMSG, "%s: %s at offset 0x%" PRIx64 " (%" PRIu64 " bytes) "
+               "extends past the end of the file (%" PRIu64 " bytes)",
+               img->src->name, what, off, n * 8, img->src->size);
     return -1;
   }
   buf = malloc (n * 8 + 1);
@@ -221,6 +229,7 @@ qk_image_read_refblock (struct qk_image *img, uint64_t offset,
   if (buf == NULL || *refcounts == NULL) {
     free (buf);
     free (*refcounts);
+    *refcounts = NULL;
     set_error (ENOMEM, "malloc");
     return -1;
   }
@@ -228,6 +237,7 @@ qk_image_read_refblock (struct qk_image *img, uint64_t offset,
                             "refcount block") < 0) {
     free (buf);
     free (*refcounts);
+    *refcounts = NULL;   /* callers may free it again */
     return -1;
   }
   for (uint64_t i = 0; i < n; i++)

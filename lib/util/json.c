@@ -41,6 +41,37 @@ qk_json_free (struct qk_json *j)
   return r;
 }
 
+/* The length of the well-formed UTF-8 sequence at s[0..n) (RFC 3629,
+ * table 3-7: no overlong forms, no surrogates, nothing above U+10FFFF),
+ * or 0. */
+static size_t
+utf8_seq (const unsigned char *s, size_t n)
+{
+  unsigned char c = s[0], lo = 0x80, hi = 0xbf;
+  size_t len;
+
+  if (c >= 0xc2 && c <= 0xdf)
+    len = 2;
+  else if (c >= 0xe0 && c <= 0xef) {
+    len = 3;
+    if (c == 0xe0) lo = 0xa0;        /* overlong */
+    if (c == 0xed) hi = 0x9f;        /* surrogates */
+  }
+  else if (c >= 0xf0 && c <= 0xf4) {
+    len = 4;
+    if (c == 0xf0) lo = 0x90;        /* overlong */
+    if (c == 0xf4) hi = 0x8f;        /* above U+10FFFF */
+  }
+  else
+    return 0;
+  if (len > n || s[1] < lo || s[1] > hi)
+    return 0;
+  for (size_t k = 2; k < len; k++)
+    if ((s[k] & 0xc0) != 0x80)
+      return 0;
+  return len;
+}
+
 void
 qk_json_quote (FILE *out, const char *s, size_t n)
 {
@@ -59,12 +90,11 @@ qk_json_quote (FILE *out, const char *s, size_t n)
       if (c < 0x20 || c == 0x7f)
         fprintf (out, "\\u%04x", c);
       else if (c >= 0x80) {
-        /* Pass valid UTF-8 through; escape stray bytes as U+FFFD. */
-        size_t len = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 0;
-        bool ok = len && c < 0xf5 && i + len <= n;
-        for (size_t k = 1; ok && k < len; k++)
-          ok = ((unsigned char) s[i + k] & 0xc0) == 0x80;
-        if (ok) {
+        /* Pass well-formed UTF-8 through; each byte of anything else
+         * (from a hostile image) becomes U+FFFD, so the output is always
+         * valid JSON in valid UTF-8. */
+        size_t len = utf8_seq ((const unsigned char *) s + i, n - i);
+        if (len) {
           fwrite (s + i, 1, len, out);
           i += len - 1;
         }
