@@ -61,6 +61,13 @@ if command -v qemu-img >/dev/null; then
   done
   qemu-img convert -O raw "$T/b.qcow2" "$T/ref.raw"
   for n in 1 2 4; do ok "export with $n worker(s) equals qemu-img convert" cmp -s "$T/ref.raw" "$T/out$n.raw"; done
+  # names from an image never reach the terminal raw
+  qemu-img snapshot -c "$(printf 'evil\033]0;x\007name')" "$T/a.qcow2"
+  out=$(qcowkit snapshot list "$T/a.qcow2"; qcowkit info "$T/a.qcow2")
+  case "$out" in *$'\033'*) fail "control characters in names are escaped";;
+    *'evil\x1b]0;x\x07name'*) pass "control characters in names are escaped";;
+    *) fail "control characters in names are escaped" "$out";; esac
+  ok "JSON keeps the name exactly" test "$(qcowkit snapshot list --output=json "$T/a.qcow2" | jq -r '.[0].name')" = "$(printf 'evil\033]0;x\007name')"
 else
   require qemu-img
 fi

@@ -186,8 +186,8 @@ dump_snapshots (struct qk_image *img, struct qk_json *j)
       continue;
     }
     printf ("Snapshot %zu at %#" PRIx64 ":\n", i, s->entry_offset);
-    printf ("%-28s %s\n", "id", s->id);
-    printf ("%-28s %s\n", "name", s->name);
+    printf ("%-28s %s\n", "id", printable (s->id));
+    printf ("%-28s %s\n", "name", printable (s->name));
     printf ("%-28s %#" PRIx64 "\n", "l1_table_offset", s->l1_table_offset);
     printf ("%-28s %u\n", "l1_size", s->l1_size);
     printf ("%-28s %u.%09u\n", "date", s->date_sec, s->date_nsec);
@@ -227,7 +227,7 @@ dump_bitmaps (struct qk_image *img, struct qk_json *j)
       continue;
     }
     printf ("Bitmap %zu at %#" PRIx64 ":\n", i, b->entry_offset);
-    printf ("%-28s %s\n", "name", b->name);
+    printf ("%-28s %s\n", "name", printable (b->name));
     printf ("%-28s %#" PRIx64 "\n", "bitmap_table_offset", b->table_offset);
     printf ("%-28s %u\n", "bitmap_table_size", b->table_size);
     printf ("%-28s %#x%s%s\n", "flags", b->flags,

@@ -339,9 +339,9 @@ human_info (struct qk_image *img)
     printf ("cleanly shut down: no\n");
   if (qk_image_backing_name (img)) {
     const char *p = qk_image_backing_path (img);
-    printf ("backing file: %s", qk_image_backing_name (img));
+    printf ("backing file: %s", printable (qk_image_backing_name (img)));
     if (p && strcmp (p, qk_image_backing_name (img)) != 0)
-      printf (" (actual path: %s)", p);
+      printf (" (actual path: %s)", printable (p));
     printf ("\n");
     if (qk_image_backing_format (img))
       printf ("backing file format: %s%s\n", qk_image_backing_format (img),
@@ -366,7 +366,7 @@ human_info (struct qk_image *img)
           printf ("                [%d]: in-use\n", k++);
         if (b->flags & QK_BITMAP_AUTO)
           printf ("                [%d]: auto\n", k++);
-        printf ("            name: %s\n", b->name);
+        printf ("            name: %s\n", printable (b->name));
         printf ("            granularity: %llu\n",
                 b->granularity_bits < 64 ? 1ULL << b->granularity_bits : 0);
       }
@@ -375,7 +375,7 @@ human_info (struct qk_image *img)
   printf ("    refcount bits: %u\n", h->refcount_bits);
   if (h->incompatible_features & QK_INCOMPAT_DATA_FILE) {
     if (qk_image_data_file_name (img))
-      printf ("    data file: %s\n", qk_image_data_file_name (img));
+      printf ("    data file: %s\n", printable (qk_image_data_file_name (img)));
     printf ("    data file raw: %s\n",
             h->autoclear_features & QK_AUTOCLEAR_DATA_FILE_RAW ? "true"
                                                                : "false");

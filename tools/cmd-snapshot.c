@@ -30,8 +30,8 @@ print_snapshot_table (struct qk_image *img)
     if (s->has_icount && s->icount != UINT64_MAX)
       snprintf (ic, sizeof ic, "%" PRId64, (int64_t) s->icount);
     snprintf (size, sizeof size, "%s", size_str (s->vm_state_size));
-    printf ("%-9s %-16s %8s%20s%13s%11s\n", s->id, s->name, size, date, clk,
-            ic);
+    printf ("%-9s %-16s %8s%20s%13s%11s\n", printable (s->id),
+            printable (s->name), size, date, clk, ic);
   }
 }
 

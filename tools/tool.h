@@ -46,6 +46,8 @@ extern struct qk_image *open_image (const char *path,
 
 /* qemu's size_to_str: "216 KiB". Returns a static buffer. */
 extern const char *size_str (uint64_t v);
+/* Image-supplied text made safe for a terminal (rotating static buffers). */
+extern const char *printable (const char *s);
 
 /* Progress on stderr. */
 struct progress {
@@ -65,6 +67,7 @@ extern int cmd_export (int argc, char **argv);
 extern int cmd_dump (int argc, char **argv);
 extern int cmd_snapshot (int argc, char **argv);
 extern int cmd_check (int argc, char **argv);
+extern int cmd_meta (int argc, char **argv);
 
 /* Shared by info and snapshot list. */
 extern void print_snapshot_table (struct qk_image *img);

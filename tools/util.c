@@ -233,3 +233,25 @@ progress_end (struct progress *p)
   progress_update (p, p->total);
   fputc ('\n', stderr);
 }
+
+/* A string from an image, safe to print on a terminal: control bytes are
+ * shown as \xNN (UTF-8 passes). Returns one of 4 rotating static buffers. */
+const char *
+printable (const char *s)
+{
+  static char bufs[4][4 * 1024 + 1];
+  static unsigned next;
+  char *b = bufs[next++ % 4], *p = b;
+
+  if (s == NULL)
+    return "(null)";
+  for (; *s && p < b + sizeof bufs[0] - 5; s++) {
+    unsigned char c = *s;
+    if (c < 0x20 || c == 0x7f || c == '\\')
+      p += sprintf (p, c == '\\' ? "\\\\" : "\\x%02x", c);
+    else
+      *p++ = c;
+  }
+  *p = '\0';
+  return b;
+}

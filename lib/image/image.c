@@ -182,6 +182,13 @@ read_l1 (struct qk_image *img)
     set_unreadable (img, "the L1 table offset is not aligned");
     return;
   }
+  if (bytes && (h->l1_table_offset >= img->src->size
+                || bytes > img->src->size - h->l1_table_offset)) {
+    qk_image_warn (img, "L1 table at 0x%" PRIx64 " (%u entries) extends past "
+                   "the end of the file", h->l1_table_offset, h->l1_size);
+    set_unreadable (img, "the L1 table cannot be read");
+    return;
+  }
   img->l1 = calloc (h->l1_size ? h->l1_size : 1, sizeof (uint64_t));
   buf = malloc (bytes ? bytes : 1);
   if (img->l1 == NULL || buf == NULL) {
