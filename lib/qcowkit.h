@@ -316,6 +316,122 @@ extern int qk_problem_info (size_t i, uint32_t *code, const char **name,
                             const char **description);
 extern const char *qk_problem_class_name (enum qk_problem_class cls);
 
+/* ---- libvirt metadata ---- */
+/* A domain's libvirt snapshot and checkpoint metadata (see
+ * qcowkit-meta(1)): loaded from the per-file layout libvirt writes
+ * (KIND/DOMAIN/NAME.xml) or the bulk layout (KIND/DOMAIN.xml), checked,
+ * cross-checked against the images and converted between the two. */
+#define QK_META_SNAPSHOT   0
+#define QK_META_CHECKPOINT 1
+
+#define QK_META_LAYOUT_NONE     0   /* no metadata of this kind */
+#define QK_META_LAYOUT_PER_FILE 1   /* KIND/DOMAIN/NAME.xml, <active> marks current */
+#define QK_META_LAYOUT_BULK     2   /* KIND/DOMAIN.xml, current='NAME' on the root */
+
+#define QK_META_NONE SIZE_MAX       /* no such index */
+
+struct qk_meta;
+
+struct qk_meta_options {
+  const char *libvirt_root;  /* embedded driver root: ROOT/etc/qemu, ROOT/lib/qemu */
+  const char *config_dir;    /* domain definitions (default /etc/libvirt/qemu) */
+  const char *state_dir;     /* holds snapshot/ and checkpoint/ (default
+                                /var/lib/libvirt/qemu) */
+  const char *sysroot;       /* every absolute path, image paths included,
+                                resolves under it */
+  uint64_t max_file_size;    /* per file or bulk element; 0: 16 MiB */
+  unsigned max_depth;        /* XML nesting; 0: 128 */
+};
+
+/* A <disk> of a snapshot's or checkpoint's <disks> (or <revertDisks>). */
+struct qk_meta_disk {
+  const char *name;          /* name=: target dev or path */
+  const char *mode;          /* snapshot= or checkpoint= (NULL: absent) */
+  const char *type;          /* type= (file, block, network) */
+  const char *source;        /* external: <source file= or dev=> */
+  const char *format;        /* <driver type=> */
+  const char *bitmap;        /* checkpoints: bitmap= */
+  bool delete_in_progress;   /* <snapshotDeleteInProgress/> */
+  bool revert;               /* listed under <revertDisks> */
+};
+
+/* A disk of a <domain> (the definition's, or one recorded in a moment). */
+struct qk_meta_domain_disk {
+  const char *target;        /* <target dev=> */
+  const char *device;        /* device= (disk, cdrom, ...) */
+  const char *source;        /* <source file= or dev=> */
+  const char *format;        /* <driver type=> */
+};
+
+/* One snapshot or checkpoint. Links are what libvirt makes at load:
+ * moments with a missing parent or in a cycle are roots. */
+struct qk_meta_moment {
+  int kind;                  /* QK_META_SNAPSHOT or QK_META_CHECKPOINT */
+  const char *name;          /* NULL when missing */
+  const char *parent;        /* <parent><name>, NULL for none */
+  const char *state;         /* snapshots: <state> */
+  int64_t creation_time;
+  bool has_creation_time;
+  int active;                /* <active>: 0, 1, or -1 when absent */
+  bool loaded;               /* libvirt would load it (else skipped) */
+  const char *file;          /* the file it was read from */
+  uint64_t offset;           /* its bytes in that file */
+  uint64_t length;
+  const char *domain_uuid;   /* <domain><uuid> (NULL: none) */
+  size_t n_disks;
+  const struct qk_meta_disk *disks;
+  size_t n_domain_disks;     /* disks of its <domain> */
+  const struct qk_meta_domain_disk *domain_disks;
+  size_t parent_index;       /* QK_META_NONE for roots */
+  size_t first_child;
+  size_t next_sibling;
+};
+
+extern struct qk_meta *qk_meta_open (const char *domain,
+                                     const struct qk_meta_options *opts);
+extern void qk_meta_close (struct qk_meta *m);
+extern const char *qk_meta_domain_name (const struct qk_meta *m);
+extern const char *qk_meta_domain_uuid (const struct qk_meta *m);
+extern size_t qk_meta_domain_disk_count (const struct qk_meta *m);
+extern const struct qk_meta_domain_disk *qk_meta_domain_disk (const struct qk_meta *m,
+                                                              size_t i);
+extern int qk_meta_layout (const struct qk_meta *m, int kind);
+/* The directory (per-file) or file (bulk) holding this kind, as a path on
+ * the host (sysroot applied). */
+extern const char *qk_meta_location (const struct qk_meta *m, int kind);
+extern size_t qk_meta_count (const struct qk_meta *m, int kind);
+extern const struct qk_meta_moment *qk_meta_moment (const struct qk_meta *m,
+                                                    int kind, size_t i);
+/* The index of the current moment as libvirt would see it, or QK_META_NONE. */
+extern size_t qk_meta_current (const struct qk_meta *m, int kind);
+
+#define QK_META_CHECK_IMAGES (1U << 0)  /* cross-check against the images */
+
+/* Report every problem through fn (codes 0x10NNNN-0x12NNNN). Returns the
+ * number of problems of class CORRUPTION or ERROR, or -1 on an API failure. */
+extern int qk_meta_check (struct qk_meta *m, unsigned flags,
+                          qk_problem_fn fn, void *opaque);
+
+#define QK_META_CONVERT_NO_BACKUP (1U << 0) /* do not keep the old layout */
+#define QK_META_CONVERT_FORCE     (1U << 1) /* despite load problems */
+
+/* Convert one kind to layout (QK_META_LAYOUT_PER_FILE or _BULK),
+ * crash-safely; completes or rolls back an interrupted conversion first.
+ * Refuses (EBUSY) while a libvirt daemon for the location appears to run.
+ * The metadata of m is reloaded afterwards. */
+extern int qk_meta_convert (struct qk_meta *m, int kind, int layout,
+                            unsigned flags);
+/* Whether a libvirt daemon appears to run for m's location: 1 (and *why, a
+ * message to free), 0, or -1. */
+extern int qk_meta_daemon_running (const struct qk_meta *m, char **why);
+
+/* The metadata problem table (rows 0 .. count-1), like qk_problem_info. */
+extern size_t qk_meta_problem_count (void);
+extern int qk_meta_problem_info (size_t i, uint32_t *code, const char **name,
+                                 enum qk_problem_class *cls,
+                                 const char **description);
+/* ---- end of libvirt metadata ---- */
+
 #ifdef __cplusplus
 }
 #endif

@@ -17,6 +17,7 @@ static const struct {
   { "export", cmd_export, "write the guest-visible contents to a raw file" },
   { "dump", cmd_dump, "dump on-disk structures (header, tables, ...)" },
   { "snapshot", cmd_snapshot, "list internal snapshots" },
+  { "meta", cmd_meta, "check, show and convert libvirt snapshot metadata" },
 };
 
 static void

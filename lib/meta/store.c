@@ -1,0 +1,1206 @@
+/* lib/meta: where libvirt keeps a domain's metadata, which layout is there,
+ * and loading it (per-file directory or streamed bulk file). */
+#include <config.h>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <libxml/tree.h>
+
+#include "meta/meta.h"
+
+#define DEFAULT_MAX_FILE (16ULL << 20)
+#define DEFAULT_MAX_DEPTH 128
+#define LIBVIRT_MAX_FILE (1ULL << 20)   /* virFileReadAll limit at load */
+#define CHUNK (256U << 10)
+
+/* ---- the problem table ---- */
+
+static const struct row {
+  uint32_t code;
+  const char *name;
+  enum qk_problem_class cls;
+  const char *desc;
+} rows[] = {
+#define PROBLEM(code, name, cls, desc) { code, #name, QK_CLASS_##cls, desc },
+#include "meta/problems.def"
+#undef PROBLEM
+};
+
+QK_EXPORT size_t
+qk_meta_problem_count (void)
+{
+  return MP__COUNT;
+}
+
+QK_EXPORT int
+qk_meta_problem_info (size_t i, uint32_t *code, const char **name,
+                      enum qk_problem_class *cls, const char **description)
+{
+  if (i >= MP__COUNT) {
+    set_error (EINVAL, "no metadata problem %zu", i);
+    return -1;
+  }
+  if (code) *code = rows[i].code;
+  if (name) *name = rows[i].name;
+  if (cls) *cls = rows[i].cls;
+  if (description) *description = rows[i].desc;
+  return 0;
+}
+
+void
+meta_report (struct meta_report *r, int pr, const char *fmt, ...)
+{
+  struct qk_problem p = {
+    .host_offset = QK_NONE, .length = QK_NONE, .guest_offset = QK_NONE,
+    .guest_offset2 = QK_NONE, .table_offset = QK_NONE, .index = QK_NONE,
+    .expected = QK_NONE, .found = QK_NONE, .count = 1,
+  };
+  char msg[1536];
+  va_list ap;
+
+  va_start (ap, fmt);
+  vsnprintf (msg, sizeof msg, fmt, ap);
+  va_end (ap);
+  p.code = rows[pr].code;
+  p.name = rows[pr].name;
+  p.cls = rows[pr].cls;
+  p.message = msg;
+  if (p.cls == QK_CLASS_CORRUPTION || p.cls == QK_CLASS_ERROR)
+    r->errors++;
+  if (r->fn && r->cb_ret == 0)
+    r->cb_ret = r->fn (r->opaque, &p);
+}
+
+int
+meta_add_finding (struct qk_meta *m, int pr, int kind, uint64_t offset,
+                  const char *fmt, ...)
+{
+  struct meta_finding *f;
+  va_list ap;
+  char *msg;
+  int r;
+
+  va_start (ap, fmt);
+  r = vasprintf (&msg, fmt, ap);
+  va_end (ap);
+  if (r < 0)
+    return -1;
+  f = qk_grow (m->f, &m->capf, m->nf + 1, sizeof *f);
+  if (f == NULL) {
+    free (msg);
+    return -1;
+  }
+  m->f = f;
+  m->f[m->nf++] = (struct meta_finding) { pr, kind, msg, offset };
+  return 0;
+}
+
+/* ---- names ---- */
+
+const char *
+meta_kind_name (int kind)
+{
+  return kind == QK_META_CHECKPOINT ? "checkpoint" : "snapshot";
+}
+
+const char *
+meta_elem_name (int kind)
+{
+  return kind == QK_META_CHECKPOINT ? "domaincheckpoint" : "domainsnapshot";
+}
+
+const char *
+meta_bulk_root (int kind)
+{
+  return kind == QK_META_CHECKPOINT ? "checkpoints" : "snapshots";
+}
+
+/* ---- paths under a sysroot ---- */
+
+/* Resolve path as if root were "/": absolute symlinks and ".." never
+ * leave root. Components that do not exist are kept as written. */
+static char *
+resolve_under (const char *root, const char *path)
+{
+  char *todo = NULL, *res = NULL;
+  size_t rootlen = strlen (root);
+  int links = 0;
+
+  while (rootlen > 1 && root[rootlen - 1] == '/')
+    rootlen--;
+  todo = strdup (path);
+  res = strndup (root, rootlen);
+  if (todo == NULL || res == NULL)
+    goto fail;
+  for (;;) {
+    char *p = todo, *comp, *slash, *next;
+    char target[PATH_MAX];
+    struct stat st;
+    ssize_t n;
+
+    while (*p == '/')
+      p++;
+    if (*p == '\0')
+      break;
+    slash = strchr (p, '/');
+    comp = strndup (p, slash ? (size_t) (slash - p) : strlen (p));
+    if (comp == NULL)
+      goto fail;
+    next = strdup (slash ? slash : "");
+    free (todo);
+    todo = next;
+    if (todo == NULL) {
+      free (comp);
+      goto fail;
+    }
+    if (strcmp (comp, ".") == 0) {
+      free (comp);
+      continue;
+    }
+    if (strcmp (comp, "..") == 0) {
+      char *s = strrchr (res, '/');
+      if (s && (size_t) (s - res) >= rootlen)
+        *s = '\0';
+      free (comp);
+      continue;
+    }
+    char *cand;
+    if (asprintf (&cand, "%s/%s", res, comp) < 0) {
+      free (comp);
+      goto fail;
+    }
+    free (comp);
+    if (lstat (cand, &st) == 0 && S_ISLNK (st.st_mode)) {
+      if (++links > 40) {
+        free (cand);
+        errno = ELOOP;
+        goto fail;
+      }
+      n = readlink (cand, target, sizeof target - 1);
+      free (cand);
+      if (n < 0)
+        goto fail;
+      target[n] = '\0';
+      if (target[0] == '/')
+        res[rootlen] = '\0';
+      if (asprintf (&next, "%s/%s", target, todo) < 0)
+        goto fail;
+      free (todo);
+      todo = next;
+      continue;
+    }
+    free (res);
+    res = cand;
+  }
+  free (todo);
+  if (res[0] == '\0') {
+    free (res);
+    return strdup ("/");
+  }
+  return res;
+fail:
+  free (todo);
+  free (res);
+  return NULL;
+}
+
+char *
+meta_host_path (const struct qk_meta *m, const char *path)
+{
+  if (m->sysroot && path[0] == '/')
+    return resolve_under (m->sysroot, path);
+  return strdup (path);
+}
+
+static char *
+joinf (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
+
+static char *
+joinf (const char *fmt, ...)
+{
+  va_list ap;
+  char *s;
+  int r;
+
+  va_start (ap, fmt);
+  r = vasprintf (&s, fmt, ap);
+  va_end (ap);
+  return r < 0 ? NULL : s;
+}
+
+/* ---- reading files ---- */
+
+/* Read a whole file, at most max bytes. Returns 0, -1 (errno), or 1 when
+ * the file is larger than max (*size is set). */
+static int
+read_limited (const char *path, uint64_t max, char **buf, size_t *len,
+              uint64_t *size)
+{
+  int fd = open (path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  struct stat st;
+  char *b;
+  size_t got = 0;
+
+  if (fd < 0)
+    return -1;
+  if (fstat (fd, &st) < 0) {
+    close (fd);
+    return -1;
+  }
+  *size = st.st_size;
+  if ((uint64_t) st.st_size > max) {
+    close (fd);
+    return 1;
+  }
+  b = malloc (st.st_size + 1);
+  if (b == NULL) {
+    close (fd);
+    return -1;
+  }
+  while (got < (size_t) st.st_size) {
+    ssize_t n = read (fd, b + got, st.st_size - got);
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      free (b);
+      close (fd);
+      return -1;
+    }
+    if (n == 0)
+      break;
+    got += n;
+  }
+  close (fd);
+  b[got] = '\0';
+  *buf = b;
+  *len = got;
+  return 0;
+}
+
+/* ---- the moment set ---- */
+
+static uint64_t
+hash_str (const char *s)
+{
+  uint64_t h = 1469598103934665603ULL;
+  for (; *s; s++)
+    h = (h ^ (unsigned char) *s) * 1099511628211ULL;
+  return h;
+}
+
+size_t
+meta_lookup (const struct meta_set *s, const char *name)
+{
+  if (s->hash_cap == 0 || name == NULL)
+    return QK_META_NONE;
+  for (size_t h = hash_str (name) & (s->hash_cap - 1);;
+       h = (h + 1) & (s->hash_cap - 1)) {
+    size_t v = s->hash[h];
+    if (v == 0)
+      return QK_META_NONE;
+    if (strcmp (s->m[v - 1].pub.name, name) == 0)
+      return v - 1;
+  }
+}
+
+/* Index the loaded moments by name; later duplicates are not loaded. */
+static int
+build_hash (struct qk_meta *m, struct meta_set *s)
+{
+  size_t cap = 16;
+
+  while (cap < s->n * 2 + 2)
+    cap *= 2;
+  free (s->hash);
+  s->hash = calloc (cap, sizeof *s->hash);
+  if (s->hash == NULL)
+    return -1;
+  s->hash_cap = cap;
+  for (size_t i = 0; i < s->n; i++) {
+    struct meta_moment_priv *mp = &s->m[i];
+    size_t j;
+
+    if (!mp->pub.loaded || mp->pub.name == NULL)
+      continue;
+    j = meta_lookup (s, mp->pub.name);
+    if (j != QK_META_NONE) {
+      mp->dup = true;
+      mp->pub.loaded = false;
+      meta_add_finding (m, MP_DUPLICATE_NAME, s->kind, mp->pub.offset,
+                        "%s '%s' is defined twice: in %s%s and in %s%s; "
+                        "libvirt drops one", meta_kind_name (s->kind),
+                        mp->pub.name, s->m[j].pub.file,
+                        s->layout == QK_META_LAYOUT_BULK ? " (earlier)" : "",
+                        mp->pub.file,
+                        s->layout == QK_META_LAYOUT_BULK ? " (later)" : "");
+      continue;
+    }
+    for (size_t h = hash_str (mp->pub.name) & (cap - 1);;
+         h = (h + 1) & (cap - 1))
+      if (s->hash[h] == 0) {
+        s->hash[h] = i + 1;
+        break;
+      }
+  }
+  return 0;
+}
+
+static struct meta_moment_priv *
+new_moment (struct meta_set *s)
+{
+  struct meta_moment_priv *n = qk_grow (s->m, &s->cap, s->n + 1, sizeof *n);
+
+  if (n == NULL)
+    return NULL;
+  s->m = n;
+  n = &s->m[s->n++];
+  memset (n, 0, sizeof *n);
+  n->pub.kind = s->kind;
+  n->pub.active = -1;
+  n->pub.parent_index = n->pub.first_child = n->pub.next_sibling =
+    QK_META_NONE;
+  return n;
+}
+
+static void
+free_moment (struct meta_moment_priv *mp)
+{
+  free (mp->disks);
+  free (mp->ddisks);
+  free (mp->disk_invalid_msg);
+  qk_strvec_free (&mp->strs);
+}
+
+uint64_t
+meta_hash (uint64_t h, const char *p, size_t n)
+{
+  for (size_t i = 0; i < n; i++)
+    h = (h ^ (unsigned char) p[i]) * 1099511628211ULL;
+  return h;
+}
+
+struct doc_tags {
+  uint64_t root_start, root_end;
+  uint64_t act_start, act_end;
+  bool act;
+};
+
+static int
+doc_on_tag (void *opaque, bool end, bool empty, unsigned depth,
+            const char *name, uint64_t start, uint64_t stop)
+{
+  struct doc_tags *t = opaque;
+
+  if (depth == 1) {
+    if (!end)
+      t->root_start = start;
+    if (end || empty)
+      t->root_end = stop;
+  }
+  else if (depth == 2 && !t->act && strcmp (name, "active") == 0) {
+    if (!end)
+      t->act_start = start;
+    if (end || empty) {
+      t->act_end = stop;
+      t->act = true;
+    }
+  }
+  return 0;
+}
+
+static void
+widen_active (const char *buf, size_t len, size_t *a, size_t *b)
+{
+  size_t x = *a, y = *b;
+
+  while (x > 0 && (buf[x - 1] == ' ' || buf[x - 1] == '\t'))
+    x--;
+  if ((x == 0 || buf[x - 1] == '\n') && y < len && buf[y] == '\n')
+    y++;
+  else
+    x = *a;
+  *a = x;
+  *b = y;
+}
+
+void
+meta_active_range (const char *elem, size_t len, size_t *a, size_t *b)
+{
+  struct doc_tags t = { 0 };
+  struct xml_scan sc;
+
+  xml_scan_init (&sc, 1u << 30);
+  sc.on_tag = doc_on_tag;
+  sc.opaque = &t;
+  *a = *b = 0;
+  if (xml_scan_feed (&sc, elem, len) < 0 || !t.act)
+    return;
+  *a = t.act_start;
+  *b = t.act_end;
+  widen_active (elem, len, a, b);
+}
+
+/* Scan and parse one document held in memory; extract into mp. */
+static int
+load_doc (struct qk_meta *m, struct meta_set *s, struct meta_moment_priv *mp,
+          const char *buf, size_t len, const char *what,
+          const struct doc_tags *pre)
+{
+  struct xml_scan sc;
+  struct doc_tags t = { 0 };
+  char err[256];
+  xmlDocPtr doc;
+  int r;
+
+  xml_scan_init (&sc, m->lim.max_depth);
+  sc.on_tag = doc_on_tag;
+  sc.opaque = &t;
+  if (pre)
+    t = *pre;     /* the bulk reader scanned these bytes already */
+  else if (xml_scan_feed (&sc, buf, len) < 0 || xml_scan_finish (&sc) < 0) {
+    meta_add_finding (m, sc.err == SCAN_HOSTILE ? MP_HOSTILE : MP_PARSE,
+                      s->kind, mp->pub.offset, "%s: %s", what, sc.errmsg);
+    mp->parse_failed = true;
+    return 0;
+  }
+  doc = meta_xml_parse (buf, len, what, err, sizeof err);
+  if (doc == NULL) {
+    meta_add_finding (m, MP_PARSE, s->kind, mp->pub.offset, "%s: %s", what,
+                      err);
+    mp->parse_failed = true;
+    return 0;
+  }
+  mp->pub.offset += t.root_start;
+  mp->pub.length = t.root_end - t.root_start;
+  {
+    const char *e = buf + t.root_start;
+    size_t n = t.root_end - t.root_start, a = 0, b = 0;
+    if (t.act && s->kind == QK_META_SNAPSHOT) {
+      a = t.act_start - t.root_start;
+      b = t.act_end - t.root_start;
+      widen_active (e, n, &a, &b);
+    }
+    mp->hash = meta_hash (meta_hash (META_HASH_INIT, e, a), e + b, n - b);
+  }
+  r = meta_extract_moment (m, s, doc, mp);
+  meta_xml_free_doc (doc);
+  return r;
+}
+
+static int
+cmp_str (const void *a, const void *b)
+{
+  return strcmp (*(char *const *) a, *(char *const *) b);
+}
+
+static int
+load_per_file (struct qk_meta *m, struct meta_set *s)
+{
+  struct qk_strvec names = { 0 };
+  DIR *d = opendir (s->dir);
+  struct dirent *e;
+  int ret = -1;
+
+  if (d == NULL) {
+    set_error (errno, "opendir %s", s->dir);
+    return -1;
+  }
+  while ((e = readdir (d)) != NULL) {
+    if (strcmp (e->d_name, ".") == 0 || strcmp (e->d_name, "..") == 0)
+      continue;
+    if (qk_strvec_addf (&names, "%s", e->d_name) < 0) {
+      closedir (d);
+      goto out;
+    }
+  }
+  closedir (d);
+  if (names.n)
+    qsort (names.v, names.n, sizeof *names.v, cmp_str);
+  for (size_t i = 0; i < names.n; i++) {
+    struct meta_moment_priv *mp;
+    char *path = joinf ("%s/%s", s->dir, names.v[i]);
+    char *buf = NULL, *want;
+    size_t len;
+    uint64_t size = 0;
+    struct stat st;
+    int r;
+
+    if (path == NULL)
+      goto out;
+    if (m->sysroot && lstat (path, &st) == 0 && S_ISLNK (st.st_mode)) {
+      meta_add_finding (m, MP_NOT_A_FILE, s->kind, QK_NONE, "%s is a "
+                        "symbolic link; not followed under a sysroot", path);
+      free (path);
+      continue;
+    }
+    if (stat (path, &st) < 0 || !S_ISREG (st.st_mode)) {
+      meta_add_finding (m, MP_NOT_A_FILE, s->kind, QK_NONE, "%s is not a "
+                        "regular file", path);
+      free (path);
+      continue;
+    }
+    mp = new_moment (s);
+    if (mp == NULL || qk_strvec_add (&mp->strs, path) < 0) {
+      free (path);
+      goto out;
+    }
+    mp->pub.file = path;
+    r = read_limited (path, m->lim.max_size, &buf, &len, &size);
+    mp->file_size = size;
+    if (r < 0) {
+      meta_add_finding (m, MP_PARSE, s->kind, QK_NONE, "%s: %s", path,
+                        strerror (errno));
+      mp->parse_failed = true;
+      continue;
+    }
+    if (r > 0) {
+      meta_add_finding (m, MP_TOO_LARGE, s->kind, QK_NONE, "%s: %" PRIu64
+                        " bytes is over the %" PRIu64 "-byte limit", path,
+                        size, m->lim.max_size);
+      mp->parse_failed = true;
+      continue;
+    }
+    r = load_doc (m, s, mp, buf, len, path, NULL);
+    free (buf);
+    if (r < 0)
+      goto out;
+    if (mp->parse_failed)
+      continue;
+    if (size > LIBVIRT_MAX_FILE) {
+      meta_add_finding (m, MP_LIBVIRT_SIZE, s->kind, QK_NONE, "%s: %" PRIu64
+                        " bytes; libvirt reads at most %llu", path, size,
+                        LIBVIRT_MAX_FILE);
+      mp->pub.loaded = false;
+    }
+    if (mp->pub.name && !mp->unsafe_name) {
+      want = joinf ("%s.xml", mp->pub.name);
+      if (want == NULL)
+        goto out;
+      if (strcmp (want, names.v[i]) != 0)
+        meta_add_finding (m, MP_FILE_NAME, s->kind, QK_NONE, "%s holds %s "
+                          "'%s': the file should be named %s", path,
+                          meta_kind_name (s->kind), mp->pub.name, want);
+      free (want);
+    }
+  }
+  ret = 0;
+out:
+  qk_strvec_free (&names);
+  return ret;
+}
+
+/* ---- the streaming bulk reader ---- */
+
+struct bulk {
+  struct qk_meta *m;
+  struct meta_set *s;
+  char *acc;              /* bytes [acc_off, acc_off + acc_len) */
+  size_t acc_len, acc_cap;
+  uint64_t acc_off;
+  bool in_elem, elem_skip, elem_bad;
+  uint64_t elem_start;
+  bool root_ok;
+  struct doc_tags tags;   /* of the element being read, relative to it */
+  bool stop;              /* structure error: stop */
+  int fail;               /* allocation failure */
+};
+
+static void
+bulk_invalid (struct bulk *b, uint64_t at, const char *fmt, ...)
+  __attribute__ ((format (printf, 3, 4)));
+
+static void
+bulk_invalid (struct bulk *b, uint64_t at, const char *fmt, ...)
+{
+  char msg[512];
+  va_list ap;
+
+  va_start (ap, fmt);
+  vsnprintf (msg, sizeof msg, fmt, ap);
+  va_end (ap);
+  meta_add_finding (b->m, MP_BULK_INVALID, b->s->kind, at, "%s: %s",
+                    b->s->bulk, msg);
+}
+
+static int
+bulk_root (struct bulk *b, uint64_t start, uint64_t stop, bool empty)
+{
+  /* Parse the root start tag alone, closed, to read current=. */
+  size_t off = start - b->acc_off, len = stop - start;
+  char *t = malloc (len + 2), err[256];
+  xmlDocPtr doc;
+
+  if (t == NULL)
+    return -1;
+  memcpy (t, b->acc + off, len);
+  if (!empty) {
+    t[len - 1] = '/';
+    t[len] = '>';
+    len++;
+  }
+  doc = meta_xml_parse (t, len, b->s->bulk, err, sizeof err);
+  free (t);
+  if (doc == NULL) {
+    bulk_invalid (b, start, "the root element: %s", err);
+    b->stop = true;
+    return -1;
+  }
+  xmlChar *cur = xmlGetProp (xmlDocGetRootElement (doc), BAD_CAST "current");
+  if (cur) {
+    b->s->bulk_current = strdup ((const char *) cur);
+    b->s->bulk_current_seen = true;
+    xmlFree (cur);
+  }
+  meta_xml_free_doc (doc);
+  b->root_ok = true;
+  return 0;
+}
+
+static int
+bulk_element (struct bulk *b, uint64_t start, uint64_t stop)
+{
+  struct meta_moment_priv *mp = new_moment (b->s);
+  char what[64];
+
+  if (mp == NULL) {
+    b->fail = 1;
+    return -1;
+  }
+  mp->pub.file = b->s->bulk;
+  mp->pub.offset = start;
+  mp->pub.length = stop - start;
+  if (b->elem_skip || stop - start > b->m->lim.max_size) {
+    meta_add_finding (b->m, MP_TOO_LARGE, b->s->kind, start, "%s: the "
+                      "element at offset %" PRIu64 " is %" PRIu64 " bytes, "
+                      "over the %" PRIu64 "-byte limit", b->s->bulk, start,
+                      stop - start, b->m->lim.max_size);
+    mp->parse_failed = true;
+    return 0;
+  }
+  snprintf (what, sizeof what, "element at offset %" PRIu64, start);
+  {
+    char *full = joinf ("%s (%s)", b->s->bulk, what);
+    int r;
+    if (full == NULL) {
+      b->fail = 1;
+      return -1;
+    }
+    b->tags.root_start = 0;
+    b->tags.root_end = stop - start;
+    r = load_doc (b->m, b->s, mp, b->acc + (start - b->acc_off),
+                  stop - start, full, &b->tags);
+    free (full);
+    if (r < 0) {
+      b->fail = 1;
+      return -1;
+    }
+  }
+  return 0;
+}
+
+static int
+bulk_on_tag (void *opaque, bool end, bool empty, unsigned depth,
+             const char *name, uint64_t start, uint64_t stop)
+{
+  struct bulk *b = opaque;
+
+  if (depth == 1) {
+    if (end)
+      return 0;
+    if (strcmp (name, meta_bulk_root (b->s->kind)) != 0) {
+      bulk_invalid (b, start, "the root element is <%s>, not <%s>", name,
+                    meta_bulk_root (b->s->kind));
+      b->stop = true;
+      return -1;
+    }
+    return bulk_root (b, start, stop, empty);
+  }
+  if (depth == 3 && !b->tags.act && strcmp (name, "active") == 0) {
+    if (!end)
+      b->tags.act_start = start - b->elem_start;
+    if (end || empty) {
+      b->tags.act_end = stop - b->elem_start;
+      b->tags.act = true;
+    }
+    return 0;
+  }
+  if (depth != 2)
+    return 0;
+  if (!end) {
+    memset (&b->tags, 0, sizeof b->tags);
+    if (strcmp (name, meta_elem_name (b->s->kind)) != 0) {
+      bulk_invalid (b, start, "<%s> at offset %" PRIu64 " in <%s>", name,
+                    start, meta_bulk_root (b->s->kind));
+      b->elem_bad = true;
+    }
+    b->in_elem = true;
+    b->elem_skip = false;
+    b->elem_start = start;
+    if (!empty)
+      return 0;
+  }
+  b->in_elem = false;
+  if (b->elem_bad) {
+    b->elem_bad = false;
+    return 0;
+  }
+  return bulk_element (b, b->elem_start, stop);
+}
+
+static int
+bulk_on_text (void *opaque, unsigned depth, uint64_t at)
+{
+  struct bulk *b = opaque;
+
+  if (depth == 1) {
+    bulk_invalid (b, at, "text at offset %" PRIu64 " in <%s>", at,
+                  meta_bulk_root (b->s->kind));
+    b->stop = true;
+    return -1;
+  }
+  return 0;
+}
+
+static int
+load_bulk (struct qk_meta *m, struct meta_set *s)
+{
+  struct bulk b = { .m = m, .s = s };
+  struct xml_scan sc;
+  int fd = open (s->bulk, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  int ret = -1;
+
+  if (fd < 0) {
+    meta_add_finding (m, MP_BULK_INVALID, s->kind, QK_NONE, "%s: %s",
+                      s->bulk, strerror (errno));
+    return 0;
+  }
+  xml_scan_init (&sc, m->lim.max_depth);
+  sc.on_tag = bulk_on_tag;
+  sc.on_text = bulk_on_text;
+  sc.opaque = &b;
+  for (;;) {
+    uint64_t keep;
+    ssize_t n;
+
+    /* Drop what is no longer needed: everything before the element being
+     * read, or before the tag being scanned. */
+    if (b.in_elem && !b.elem_skip)
+      keep = b.elem_start;
+    else if (!xml_scan_idle (&sc))
+      keep = sc.tag_start;
+    else
+      keep = sc.pos;
+    if (keep > b.acc_off) {
+      size_t drop = keep - b.acc_off;
+      if (drop > b.acc_len)
+        drop = b.acc_len;
+      memmove (b.acc, b.acc + drop, b.acc_len - drop);
+      b.acc_len -= drop;
+      b.acc_off += drop;
+    }
+    if (b.in_elem && !b.elem_skip && b.acc_len > m->lim.max_size) {
+      b.elem_skip = true;       /* keep scanning, stop keeping */
+      b.acc_off += b.acc_len;
+      b.acc_len = 0;
+    }
+    if (b.acc_len + CHUNK > b.acc_cap) {
+      size_t nc = b.acc_len + CHUNK;
+      char *na = realloc (b.acc, nc);
+      if (na == NULL)
+        goto out;
+      b.acc = na;
+      b.acc_cap = nc;
+    }
+    n = read (fd, b.acc + b.acc_len, CHUNK);
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      meta_add_finding (m, MP_BULK_INVALID, s->kind, sc.pos, "%s: %s",
+                        s->bulk, strerror (errno));
+      break;
+    }
+    if (n == 0) {
+      if (xml_scan_finish (&sc) < 0)
+        bulk_invalid (&b, sc.pos, "%s", sc.errmsg);
+      break;
+    }
+    b.acc_len += n;
+    if (xml_scan_feed (&sc, b.acc + b.acc_len - n, n) < 0) {
+      if (b.fail)
+        goto out;
+      if (!b.stop)
+        meta_add_finding (m, sc.err == SCAN_HOSTILE ? MP_HOSTILE
+                          : MP_BULK_INVALID, s->kind, sc.pos, "%s: %s",
+                          s->bulk, sc.errmsg);
+      break;
+    }
+  }
+  ret = 0;
+out:
+  free (b.acc);
+  close (fd);
+  if (ret < 0)
+    set_error (ENOMEM, "reading %s", s->bulk);
+  return ret;
+}
+
+/* ---- loading a domain ---- */
+
+static int
+load_domain (struct qk_meta *m)
+{
+  char *buf = NULL, err[256];
+  size_t len;
+  uint64_t size;
+  struct xml_scan sc;
+  xmlDocPtr doc;
+  int r;
+
+  r = read_limited (m->config_file, m->lim.max_size, &buf, &len, &size);
+  if (r != 0) {
+    meta_add_finding (m, MP_NO_DOMAIN, -1, QK_NONE, "%s: %s", m->config_file,
+                      r > 0 ? "too large" : strerror (errno));
+    return 0;
+  }
+  xml_scan_init (&sc, m->lim.max_depth);
+  if (xml_scan_feed (&sc, buf, len) < 0 || xml_scan_finish (&sc) < 0) {
+    meta_add_finding (m, MP_NO_DOMAIN, -1, QK_NONE, "%s: %s", m->config_file,
+                      sc.errmsg);
+    free (buf);
+    return 0;
+  }
+  doc = meta_xml_parse (buf, len, m->config_file, err, sizeof err);
+  free (buf);
+  if (doc == NULL) {
+    meta_add_finding (m, MP_NO_DOMAIN, -1, QK_NONE, "%s: %s", m->config_file,
+                      err);
+    return 0;
+  }
+  r = meta_extract_domain (m, doc);
+  meta_xml_free_doc (doc);
+  if (r == 0 && !m->domain_ok)
+    meta_add_finding (m, MP_NO_DOMAIN, -1, QK_NONE, "%s: not a <domain>",
+                      m->config_file);
+  return r;
+}
+
+static int
+load_set (struct qk_meta *m, int kind)
+{
+  struct meta_set *s = &m->set[kind];
+  struct stat st;
+  bool is_dir, bulk_file, bulk_dir;
+  char *base, *tmp;
+
+  s->kind = kind;
+  s->current = QK_META_NONE;
+  base = joinf ("%s/%s", m->state_dir, meta_kind_name (kind));
+  if (base == NULL)
+    return -1;
+  {
+    char *l = joinf ("%s/%s/%s", m->state_logical, meta_kind_name (kind),
+                     m->domain);
+    char *lb = l ? joinf ("%s.xml", l) : NULL;
+    s->dir = l ? meta_host_path (m, l) : NULL;
+    s->bulk = lb ? meta_host_path (m, lb) : NULL;
+    free (l);
+    free (lb);
+  }
+  if (s->dir == NULL || s->bulk == NULL) {
+    free (base);
+    return -1;
+  }
+  is_dir = stat (s->dir, &st) == 0 && S_ISDIR (st.st_mode);
+  bulk_file = stat (s->bulk, &st) == 0 && S_ISREG (st.st_mode);
+  bulk_dir = !bulk_file && stat (s->bulk, &st) == 0 && S_ISDIR (st.st_mode);
+  if (bulk_dir)
+    meta_add_finding (m, MP_LAYOUT_COLLISION, kind, QK_NONE, "%s is a "
+                      "directory: the per-file %ss of a domain named "
+                      "'%s.xml', not a bulk file of '%s'", s->bulk,
+                      meta_kind_name (kind), m->domain, m->domain);
+  for (int i = 0; i < 3; i++) {
+    tmp = i == 0 ? joinf ("%s/.%s.qk-new", base, m->domain)
+        : i == 1 ? joinf ("%s/.%s.xml.qk-new", base, m->domain)
+        : joinf ("%s/.%s.qk-old", base, m->domain);
+    if (tmp && lstat (tmp, &st) == 0)
+      meta_add_finding (m, MP_LEFTOVER_TEMPORARY, kind, QK_NONE, "%s is left "
+                        "from an interrupted conversion", tmp);
+    free (tmp);
+  }
+  free (base);
+  if (is_dir && bulk_file)
+    meta_add_finding (m, MP_BOTH_LAYOUTS, kind, QK_NONE, "both %s/ and %s "
+                      "exist; the directory is read (as libvirt 9 does)",
+                      s->dir, s->bulk);
+  if (is_dir) {
+    s->layout = QK_META_LAYOUT_PER_FILE;
+    s->location = s->dir;
+  }
+  else if (bulk_file) {
+    s->layout = QK_META_LAYOUT_BULK;
+    s->location = s->bulk;
+  }
+  else {
+    s->layout = QK_META_LAYOUT_NONE;
+    s->location = s->dir;
+  }
+  return meta_load_set_at (m, s);
+}
+
+int
+meta_load_set_at (struct qk_meta *m, struct meta_set *s)
+{
+  s->current = s->claimed = QK_META_NONE;
+  if (s->layout == QK_META_LAYOUT_PER_FILE) {
+    if (load_per_file (m, s) < 0)
+      return -1;
+  }
+  else if (s->layout == QK_META_LAYOUT_BULK) {
+    if (load_bulk (m, s) < 0)
+      return -1;
+  }
+  if (build_hash (m, s) < 0)
+    return -1;
+  meta_link (s);
+  return 0;
+}
+
+void
+meta_unload (struct qk_meta *m)
+{
+  for (int k = 0; k < 2; k++) {
+    struct meta_set *s = &m->set[k];
+    for (size_t i = 0; i < s->n; i++)
+      free_moment (&s->m[i]);
+    free (s->m);
+    free (s->dir);
+    free (s->bulk);
+    free (s->bulk_current);
+    free (s->hash);
+    memset (s, 0, sizeof *s);
+  }
+  for (size_t i = 0; i < m->nf; i++)
+    free (m->f[i].msg);
+  free (m->f);
+  m->f = NULL;
+  m->nf = m->capf = 0;
+  free (m->ddisks);
+  m->ddisks = NULL;
+  m->n_ddisks = 0;
+  qk_strvec_free (&m->dstrs);
+  m->uuid = NULL;
+  m->domain_ok = false;
+}
+
+int
+meta_load (struct qk_meta *m)
+{
+  if (load_domain (m) < 0)
+    return -1;
+  for (int k = 0; k < 2; k++)
+    if (load_set (m, k) < 0)
+      return -1;
+  return 0;
+}
+
+static bool
+domain_name_ok (const char *d)
+{
+  return d && d[0] != '\0' && d[0] != '.' && strchr (d, '/') == NULL;
+}
+
+QK_EXPORT struct qk_meta *
+qk_meta_open (const char *domain, const struct qk_meta_options *opts)
+{
+  struct qk_meta_options o = { 0 };
+  struct qk_meta *m;
+  char *cfg = NULL, *state = NULL;
+
+  if (opts)
+    o = *opts;
+  if (!domain_name_ok (domain)) {
+    set_error (EINVAL, "domain name '%s' cannot be a file name",
+               domain ? domain : "(null)");
+    return NULL;
+  }
+  m = calloc (1, sizeof *m);
+  if (m == NULL) {
+    set_error (ENOMEM, "calloc");
+    return NULL;
+  }
+  m->domain = strdup (domain);
+  m->sysroot = o.sysroot ? strdup (o.sysroot) : NULL;
+  m->lim.max_size = o.max_file_size ? o.max_file_size : DEFAULT_MAX_FILE;
+  m->lim.max_depth = o.max_depth ? o.max_depth : DEFAULT_MAX_DEPTH;
+  if (o.libvirt_root) {
+    cfg = joinf ("%s/etc/qemu", o.libvirt_root);
+    state = joinf ("%s/lib/qemu", o.libvirt_root);
+  }
+  else {
+    cfg = strdup ("/etc/libvirt/qemu");
+    state = strdup ("/var/lib/libvirt/qemu");
+  }
+  if (o.config_dir) {
+    free (cfg);
+    cfg = strdup (o.config_dir);
+  }
+  if (o.state_dir) {
+    free (state);
+    state = strdup (o.state_dir);
+  }
+  if (m->domain == NULL || cfg == NULL || state == NULL
+      || (o.sysroot && m->sysroot == NULL)) {
+    set_error (ENOMEM, "strdup");
+    goto fail;
+  }
+  m->config_dir = meta_host_path (m, cfg);
+  m->state_dir = meta_host_path (m, state);
+  m->libvirt_root = o.libvirt_root ? meta_host_path (m, o.libvirt_root)
+                                   : NULL;
+  if (m->config_dir == NULL || m->state_dir == NULL
+      || (o.libvirt_root && m->libvirt_root == NULL)) {
+    set_error (errno ? errno : ENOMEM, "resolving the metadata directories");
+    goto fail;
+  }
+  /* every file name is resolved whole, so that a symlink in its last
+   * component cannot leave the sysroot either */
+  {
+    char *l = joinf ("%s/%s.xml", cfg, domain);
+    m->config_file = l ? meta_host_path (m, l) : NULL;
+    free (l);
+  }
+  m->state_logical = strdup (state);
+  if (m->config_file == NULL || m->state_logical == NULL) {
+    set_error (ENOMEM, "asprintf");
+    goto fail;
+  }
+  free (cfg);
+  free (state);
+  cfg = state = NULL;
+  if (meta_load (m) < 0)
+    goto fail;
+  return m;
+fail:
+  free (cfg);
+  free (state);
+  qk_meta_close (m);
+  return NULL;
+}
+
+QK_EXPORT void
+qk_meta_close (struct qk_meta *m)
+{
+  if (m == NULL)
+    return;
+  meta_unload (m);
+  free (m->domain);
+  free (m->sysroot);
+  free (m->config_dir);
+  free (m->state_dir);
+  free (m->libvirt_root);
+  free (m->config_file);
+  free (m->state_logical);
+  free (m);
+}
+
+QK_EXPORT const char *
+qk_meta_domain_name (const struct qk_meta *m)
+{
+  return m->domain;
+}
+
+QK_EXPORT const char *
+qk_meta_domain_uuid (const struct qk_meta *m)
+{
+  return m->uuid;
+}
+
+QK_EXPORT size_t
+qk_meta_domain_disk_count (const struct qk_meta *m)
+{
+  return m->n_ddisks;
+}
+
+QK_EXPORT const struct qk_meta_domain_disk *
+qk_meta_domain_disk (const struct qk_meta *m, size_t i)
+{
+  if (i >= m->n_ddisks) {
+    set_error (EINVAL, "no disk %zu", i);
+    return NULL;
+  }
+  return &m->ddisks[i];
+}
+
+static bool
+kind_ok (int kind)
+{
+  if (kind == QK_META_SNAPSHOT || kind == QK_META_CHECKPOINT)
+    return true;
+  set_error (EINVAL, "unknown kind %d", kind);
+  return false;
+}
+
+QK_EXPORT int
+qk_meta_layout (const struct qk_meta *m, int kind)
+{
+  if (!kind_ok (kind))
+    return -1;
+  return m->set[kind].layout;
+}
+
+QK_EXPORT const char *
+qk_meta_location (const struct qk_meta *m, int kind)
+{
+  if (!kind_ok (kind))
+    return NULL;
+  return m->set[kind].location;
+}
+
+QK_EXPORT size_t
+qk_meta_count (const struct qk_meta *m, int kind)
+{
+  if (!kind_ok (kind))
+    return 0;
+  return m->set[kind].n;
+}
+
+QK_EXPORT const struct qk_meta_moment *
+qk_meta_moment (const struct qk_meta *m, int kind, size_t i)
+{
+  if (!kind_ok (kind))
+    return NULL;
+  if (i >= m->set[kind].n) {
+    set_error (EINVAL, "no %s %zu", meta_kind_name (kind), i);
+    return NULL;
+  }
+  return &m->set[kind].m[i].pub;
+}
+
+QK_EXPORT size_t
+qk_meta_current (const struct qk_meta *m, int kind)
+{
+  if (!kind_ok (kind))
+    return QK_META_NONE;
+  return m->set[kind].current;
+}
+
+QK_EXPORT int
+qk_meta_check (struct qk_meta *m, unsigned flags, qk_problem_fn fn,
+               void *opaque)
+{
+  struct meta_report r = { .fn = fn, .opaque = opaque };
+
+  for (size_t i = 0; i < m->nf; i++)
+    meta_report (&r, m->f[i].pr, "%s", m->f[i].msg);
+  meta_check_relations (m, &r);
+  if (flags & QK_META_CHECK_IMAGES)
+    meta_check_images (m, &r);
+  return r.errors;
+}

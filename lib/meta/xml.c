@@ -1,0 +1,694 @@
+/* The safe XML layer of lib/meta.
+ *
+ * Every metadata byte goes first through a small tokenizer (xml_scan) that
+ * only finds tags: it rejects any <!DOCTYPE (so no entity can be declared:
+ * no external entities, no expansion bombs, nothing to fetch), enforces the
+ * depth limit, and reports element boundaries as byte offsets. The bulk
+ * reader uses those offsets to cut one <domainsnapshot> at a time out of a
+ * file of any size; the per-file reader uses the same pass on the whole
+ * file. Only then does libxml2 parse the bytes, with no network, no DTD
+ * loading, no entity substitution, forced UTF-8 and its default limits. */
+#include <config.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libxml/parser.h>
+#include <libxml/tree.h>
+
+#include "meta/meta.h"
+
+/* ---- tokenizer ---- */
+
+enum {
+  S_TEXT, S_LT, S_BANG, S_COMMENT, S_CDATA, S_PI, S_TAG, S_TAG_ATTRS, S_ETAG,
+  S_ETAG_SPACE,
+};
+
+void
+xml_scan_init (struct xml_scan *sc, unsigned max_depth)
+{
+  memset (sc, 0, sizeof *sc);
+  sc->st = S_TEXT;
+  sc->max_depth = max_depth;
+}
+
+static int
+scan_fail (struct xml_scan *sc, enum scan_err e, const char *fmt, ...)
+  __attribute__ ((format (printf, 3, 4)));
+
+static int
+scan_fail (struct xml_scan *sc, enum scan_err e, const char *fmt, ...)
+{
+  va_list ap;
+
+  sc->err = e;
+  va_start (ap, fmt);
+  vsnprintf (sc->errmsg, sizeof sc->errmsg, fmt, ap);
+  va_end (ap);
+  return -1;
+}
+
+static bool
+is_space (unsigned char c)
+{
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+static bool
+is_name_char (unsigned char c)
+{
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+    || (c >= '0' && c <= '9') || c == '_' || c == ':' || c == '-' || c == '.'
+    || c >= 0x80;
+}
+
+static bool
+is_name_start (unsigned char c)
+{
+  return is_name_char (c) && !(c >= '0' && c <= '9') && c != '-' && c != '.';
+}
+
+static int
+tag_done (struct xml_scan *sc, bool end, bool empty)
+{
+  unsigned d;
+
+  sc->tag[sc->ntag < sizeof sc->tag ? sc->ntag : sizeof sc->tag - 1] = '\0';
+  if (end) {
+    if (sc->depth == 0)
+      return scan_fail (sc, SCAN_SYNTAX, "end tag </%s> at offset %" PRIu64
+                        " closes nothing", sc->tag, sc->tag_start);
+    d = sc->depth;
+    if (sc->on_tag && sc->on_tag (sc->opaque, true, false, d, sc->tag,
+                                  sc->tag_start, sc->pos + 1) < 0)
+      return -1;
+    sc->depth--;
+    if (sc->depth == 0)
+      sc->root_closed = true;
+    return 0;
+  }
+  if (sc->depth == 0 && sc->root_seen)
+    return scan_fail (sc, SCAN_SYNTAX, "a second root element <%s> at offset "
+                      "%" PRIu64, sc->tag, sc->tag_start);
+  d = sc->depth + 1;
+  if (d > sc->max_depth)
+    return scan_fail (sc, SCAN_HOSTILE, "elements nest deeper than %u "
+                      "levels (at offset %" PRIu64 ")", sc->max_depth,
+                      sc->tag_start);
+  sc->root_seen = true;
+  if (sc->on_tag && sc->on_tag (sc->opaque, false, empty, d, sc->tag,
+                                sc->tag_start, sc->pos + 1) < 0)
+    return -1;
+  if (!empty)
+    sc->depth++;
+  else if (d == 1)
+    sc->root_closed = true;
+  return 0;
+}
+
+int
+xml_scan_feed (struct xml_scan *sc, const char *buf, size_t len)
+{
+  static const char doctype[] = "DOCTYPE";
+  static const char cdata[] = "[CDATA[";
+
+  if (sc->err)
+    return -1;
+  for (size_t i = 0; i < len; i++, sc->pos++) {
+    unsigned char c = buf[i];
+
+    switch (sc->st) {
+    case S_TEXT:
+      if (sc->depth >= 2 || (sc->depth == 1 && sc->on_text == NULL)) {
+        /* inside the elements nothing but '<' matters here */
+        const char *lt = memchr (buf + i, '<', len - i);
+        size_t skip = lt ? (size_t) (lt - (buf + i)) : len - i;
+        i += skip;
+        sc->pos += skip;
+        if (lt == NULL) {
+          i--;
+          sc->pos--;
+          break;
+        }
+        c = '<';
+      }
+      if (c == '<') {
+        sc->st = S_LT;
+        sc->tag_start = sc->pos;
+      }
+      else if (!is_space (c)) {
+        if (sc->depth == 0)
+          return scan_fail (sc, SCAN_SYNTAX, "text outside the root element "
+                            "at offset %" PRIu64, sc->pos);
+        if (sc->on_text && sc->on_text (sc->opaque, sc->depth, sc->pos) < 0)
+          return -1;
+      }
+      break;
+    case S_LT:
+      if (c == '!') {
+        sc->st = S_BANG;
+        sc->nbang = 0;
+      }
+      else if (c == '?') {
+        sc->st = S_PI;
+        sc->match = 0;
+      }
+      else if (c == '/') {
+        sc->st = S_ETAG;
+        sc->ntag = 0;
+      }
+      else if (is_name_start (c)) {
+        sc->st = S_TAG;
+        sc->tag[0] = c;
+        sc->ntag = 1;
+        sc->last_slash = false;
+        sc->quote = 0;
+      }
+      else
+        return scan_fail (sc, SCAN_SYNTAX, "'<' not starting a tag at offset "
+                          "%" PRIu64, sc->tag_start);
+      break;
+    case S_BANG:
+      sc->bang[sc->nbang++] = c;
+      if (sc->nbang == 2 && memcmp (sc->bang, "--", 2) == 0) {
+        sc->st = S_COMMENT;
+        sc->match = 0;
+      }
+      else if (sc->nbang <= 7 && memcmp (sc->bang, cdata, sc->nbang) == 0) {
+        if (sc->nbang == 7) {
+          if (sc->depth == 0)
+            return scan_fail (sc, SCAN_SYNTAX, "CDATA outside the root "
+                              "element at offset %" PRIu64, sc->tag_start);
+          if (sc->on_text && sc->on_text (sc->opaque, sc->depth,
+                                          sc->tag_start) < 0)
+            return -1;
+          sc->st = S_CDATA;
+          sc->match = 0;
+        }
+      }
+      else if (sc->nbang <= 7 && memcmp (sc->bang, doctype, sc->nbang) == 0) {
+        if (sc->nbang == 7)
+          return scan_fail (sc, SCAN_HOSTILE, "a document type declaration "
+                            "(<!DOCTYPE) at offset %" PRIu64, sc->tag_start);
+      }
+      else if (!(sc->nbang == 1 && sc->bang[0] == '-'))
+        return scan_fail (sc, SCAN_SYNTAX, "markup declaration <!%.*s at "
+                          "offset %" PRIu64 " is not allowed", (int) sc->nbang,
+                          sc->bang, sc->tag_start);
+      break;
+    case S_COMMENT:
+      if (c == '-')
+        sc->match = sc->match < 2 ? sc->match + 1 : 2;
+      else if (c == '>' && sc->match == 2)
+        sc->st = S_TEXT;
+      else
+        sc->match = 0;
+      break;
+    case S_CDATA:
+      if (c == ']')
+        sc->match = sc->match < 2 ? sc->match + 1 : 2;
+      else if (c == '>' && sc->match == 2)
+        sc->st = S_TEXT;
+      else
+        sc->match = 0;
+      break;
+    case S_PI:
+      if (c == '?')
+        sc->match = 1;
+      else if (c == '>' && sc->match)
+        sc->st = S_TEXT;
+      else
+        sc->match = 0;
+      break;
+    case S_TAG:
+      if (is_name_char (c)) {
+        if (sc->ntag < sizeof sc->tag - 1)
+          sc->tag[sc->ntag++] = c;
+        break;
+      }
+      sc->st = S_TAG_ATTRS;
+      /* fall through */
+    case S_TAG_ATTRS:
+      if (sc->quote) {
+        const char *q = memchr (buf + i, sc->quote, len - i);
+        size_t skip = q ? (size_t) (q - (buf + i)) : len - i;
+        if (memchr (buf + i, '<', skip))
+          return scan_fail (sc, SCAN_SYNTAX, "'<' in an attribute value at "
+                            "offset %" PRIu64, sc->pos);
+        i += skip;
+        sc->pos += skip;
+        if (q == NULL) {
+          i--;
+          sc->pos--;
+          break;
+        }
+        sc->quote = 0;
+      }
+      else if (c == '"' || c == '\'')
+        sc->quote = c, sc->last_slash = false;
+      else if (c == '>') {
+        sc->st = S_TEXT;
+        if (tag_done (sc, false, sc->last_slash) < 0)
+          return -1;
+      }
+      else if (c == '<')
+        return scan_fail (sc, SCAN_SYNTAX, "'<' inside a tag at offset %"
+                          PRIu64, sc->pos);
+      else if (c == '/')
+        sc->last_slash = true;
+      else if (!is_space (c))
+        sc->last_slash = false;
+      break;
+    case S_ETAG:
+      if (is_name_char (c)) {
+        if (sc->ntag < sizeof sc->tag - 1)
+          sc->tag[sc->ntag++] = c;
+        break;
+      }
+      sc->st = S_ETAG_SPACE;
+      /* fall through */
+    case S_ETAG_SPACE:
+      if (c == '>') {
+        sc->st = S_TEXT;
+        if (tag_done (sc, true, false) < 0)
+          return -1;
+      }
+      else if (!is_space (c))
+        return scan_fail (sc, SCAN_SYNTAX, "bad end tag at offset %" PRIu64,
+                          sc->tag_start);
+      break;
+    }
+  }
+  return 0;
+}
+
+bool
+xml_scan_idle (const struct xml_scan *sc)
+{
+  return sc->st == S_TEXT;
+}
+
+int
+xml_scan_finish (struct xml_scan *sc)
+{
+  if (sc->err)
+    return -1;
+  if (!sc->root_seen)
+    return scan_fail (sc, SCAN_SYNTAX, "no root element");
+  if (!sc->root_closed || sc->st != S_TEXT)
+    return scan_fail (sc, SCAN_SYNTAX, "the document ends inside an element "
+                      "(truncated?)");
+  return 0;
+}
+
+/* ---- libxml2 with safe options ---- */
+
+#define PARSE_OPTS (XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING)
+
+struct _xmlDoc *
+meta_xml_parse (const char *buf, size_t len, const char *url, char *err,
+                size_t errlen)
+{
+  xmlParserCtxtPtr ctxt;
+  xmlDocPtr doc;
+
+  if (len > INT_MAX) {
+    snprintf (err, errlen, "too large for libxml2");
+    return NULL;
+  }
+  ctxt = xmlNewParserCtxt ();
+  if (ctxt == NULL) {
+    snprintf (err, errlen, "out of memory");
+    return NULL;
+  }
+  doc = xmlCtxtReadMemory (ctxt, buf, (int) len, url, "UTF-8", PARSE_OPTS);
+  if (doc == NULL || !ctxt->wellFormed) {
+    const xmlError *e = &ctxt->lastError;
+    snprintf (err, errlen, "line %d: %s", e->line,
+              e->message ? e->message : "not well-formed");
+    /* libxml2 messages end with a newline */
+    size_t n = strlen (err);
+    while (n && (err[n - 1] == '\n' || err[n - 1] == ' '))
+      err[--n] = '\0';
+    if (doc)
+      xmlFreeDoc (doc);
+    doc = NULL;
+  }
+  else if (doc->intSubset || doc->extSubset) {
+    snprintf (err, errlen, "document type declaration");
+    xmlFreeDoc (doc);
+    doc = NULL;
+  }
+  xmlFreeParserCtxt (ctxt);
+  return doc;
+}
+
+void
+meta_xml_free_doc (struct _xmlDoc *doc)
+{
+  if (doc)
+    xmlFreeDoc (doc);
+}
+
+/* ---- extraction ---- */
+
+static xmlNodePtr
+child (xmlNodePtr n, const char *name)
+{
+  if (n == NULL)
+    return NULL;
+  for (xmlNodePtr c = n->children; c; c = c->next)
+    if (c->type == XML_ELEMENT_NODE && xmlStrcmp (c->name, BAD_CAST name) == 0)
+      return c;
+  return NULL;
+}
+
+/* Keep a libxml2 string: moved into the moment's string list. */
+static const char *
+keep (struct qk_strvec *sv, xmlChar *s)
+{
+  char *d;
+
+  if (s == NULL)
+    return NULL;
+  d = strdup ((const char *) s);
+  xmlFree (s);
+  if (d == NULL || qk_strvec_add (sv, d) < 0) {
+    free (d);
+    return NULL;
+  }
+  return d;
+}
+
+static const char *
+text_of (struct qk_strvec *sv, xmlNodePtr n)
+{
+  xmlChar *s;
+  char *p, *e;
+
+  if (n == NULL)
+    return NULL;
+  s = xmlNodeGetContent (n);
+  if (s == NULL)
+    return NULL;
+  /* libvirt reads these with XPath string(): trim as it effectively does
+   * for numbers and names written by itself */
+  p = (char *) s;
+  while (is_space (*p))
+    p++;
+  e = p + strlen (p);
+  while (e > p && is_space (e[-1]))
+    e--;
+  *e = '\0';
+  memmove (s, p, e - p + 1);
+  return keep (sv, s);
+}
+
+static const char *
+attr (struct qk_strvec *sv, xmlNodePtr n, const char *name)
+{
+  if (n == NULL)
+    return NULL;
+  return keep (sv, xmlGetProp (n, BAD_CAST name));
+}
+
+static bool
+parse_int64 (const char *s, int64_t *v)
+{
+  char *end;
+  long long x;
+
+  if (s == NULL || *s == '\0')
+    return false;
+  errno = 0;
+  x = strtoll (s, &end, 10);
+  if (errno || *end != '\0')
+    return false;
+  *v = x;
+  return true;
+}
+
+static int
+domain_disks (struct qk_strvec *sv, xmlNodePtr dom,
+              struct qk_meta_domain_disk **out, size_t *n)
+{
+  xmlNodePtr devs = child (dom, "devices");
+  size_t cap = 0;
+
+  *out = NULL;
+  *n = 0;
+  if (devs == NULL)
+    return 0;
+  for (xmlNodePtr d = devs->children; d; d = d->next) {
+    struct qk_meta_domain_disk *dd;
+    xmlNodePtr src;
+
+    if (d->type != XML_ELEMENT_NODE || xmlStrcmp (d->name, BAD_CAST "disk"))
+      continue;
+    dd = qk_grow (*out, &cap, *n + 1, sizeof **out);
+    if (dd == NULL)
+      return -1;
+    *out = dd;
+    dd = &(*out)[(*n)++];
+    memset (dd, 0, sizeof *dd);
+    dd->device = attr (sv, d, "device");
+    dd->target = attr (sv, child (d, "target"), "dev");
+    src = child (d, "source");
+    dd->source = attr (sv, src, "file");
+    if (dd->source == NULL)
+      dd->source = attr (sv, src, "dev");
+    if (dd->source == NULL)
+      dd->source = attr (sv, src, "name");
+    dd->format = attr (sv, child (d, "driver"), "type");
+  }
+  return 0;
+}
+
+static bool
+safe_name (const char *s)
+{
+  return s[0] != '\0' && s[0] != '.' && strchr (s, '/') == NULL;
+}
+
+static const char *const states[] = {
+  "nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed",
+  "disk-snapshot", "pmsuspended", NULL
+};
+
+static bool
+in_list (const char *s, const char *const *list)
+{
+  for (; *list; list++)
+    if (strcmp (s, *list) == 0)
+      return true;
+  return false;
+}
+
+static void set_msg (struct meta_moment_priv *mp, const char *fmt, ...)
+  __attribute__ ((format (printf, 2, 3)));
+
+static void
+set_msg (struct meta_moment_priv *mp, const char *fmt, ...)
+{
+  va_list ap;
+
+  va_start (ap, fmt);
+  if (vasprintf (&mp->disk_invalid_msg, fmt, ap) < 0)
+    mp->disk_invalid_msg = NULL;
+  va_end (ap);
+}
+
+static int
+add_disks (struct qk_meta *m, struct meta_moment_priv *mp, xmlNodePtr list,
+           bool revert, size_t *cap)
+{
+  static const char *const snap_modes[] = { "no", "internal", "manual",
+                                            "external", NULL };
+  static const char *const ck_modes[] = { "no", "bitmap", NULL };
+  struct qk_strvec *sv = &mp->strs;
+  bool ck = mp->pub.kind == QK_META_CHECKPOINT;
+
+  if (list == NULL)
+    return 0;
+  for (xmlNodePtr d = list->children; d; d = d->next) {
+    struct qk_meta_disk *k;
+    xmlNodePtr src;
+
+    if (d->type != XML_ELEMENT_NODE || xmlStrcmp (d->name, BAD_CAST "disk"))
+      continue;
+    k = qk_grow (mp->disks, cap, mp->pub.n_disks + 1, sizeof *k);
+    if (k == NULL)
+      return -1;
+    mp->disks = k;
+    k = &mp->disks[mp->pub.n_disks++];
+    memset (k, 0, sizeof *k);
+    k->revert = revert;
+    k->name = attr (sv, d, "name");
+    k->mode = attr (sv, d, ck ? "checkpoint" : "snapshot");
+    k->type = attr (sv, d, "type");
+    src = child (d, "source");
+    k->source = attr (sv, src, "file");
+    if (k->source == NULL)
+      k->source = attr (sv, src, "dev");
+    k->format = attr (sv, child (d, "driver"), "type");
+    k->bitmap = attr (sv, d, "bitmap");
+    k->delete_in_progress = child (d, "snapshotDeleteInProgress") != NULL;
+    if (ck && k->bitmap == NULL && k->mode && strcmp (k->mode, "bitmap") == 0)
+      k->bitmap = mp->pub.name;
+    if (ck && k->mode == NULL)
+      k->mode = k->bitmap ? "bitmap" : NULL;
+    if (!ck && k->mode == NULL && (k->source || k->format))
+      k->mode = "external";
+    if (mp->disk_invalid)
+      continue;
+    if (k->name == NULL || k->name[0] == '\0') {
+      mp->disk_invalid = true;
+      set_msg (mp, "a <disk> without name=");
+    }
+    else if (k->mode && !in_list (k->mode, ck ? ck_modes : snap_modes)) {
+      mp->disk_invalid = true;
+      set_msg (mp, "disk '%s' has an unknown %s='%s'",
+                k->name, ck ? "checkpoint" : "snapshot", k->mode);
+    }
+  }
+  (void) m;
+  return 0;
+}
+
+/* Fill mp from a parsed <domainsnapshot>/<domaincheckpoint> document.
+ * Records what libvirt would make of it (loaded or skipped) and the
+ * findings. Returns -1 only on allocation failure. */
+int
+meta_extract_moment (struct qk_meta *m, struct meta_set *s,
+                     struct _xmlDoc *doc, struct meta_moment_priv *mp)
+{
+  struct qk_strvec *sv = &mp->strs;
+  struct qk_meta_moment *p = &mp->pub;
+  xmlNodePtr root = xmlDocGetRootElement (doc);
+  const char *where = p->file;
+  bool ck = s->kind == QK_META_CHECKPOINT;
+  const char *t, *kname = ck ? "checkpoint" : "snapshot";
+  xmlNodePtr dom, act;
+  size_t cap = 0;
+  char off[48] = "";
+
+  if (s->layout == QK_META_LAYOUT_BULK)
+    snprintf (off, sizeof off, " (element at offset %" PRIu64 ")", p->offset);
+  if (root == NULL
+      || xmlStrcmp (root->name, BAD_CAST meta_elem_name (s->kind)) != 0) {
+    meta_add_finding (m, MP_PARSE, s->kind, p->offset, "%s%s: the root element "
+                      "is <%s>, not <%s>", where, off,
+                      root ? (const char *) root->name : "", meta_elem_name (s->kind));
+    mp->parse_failed = true;
+    p->loaded = false;
+    return 0;
+  }
+  p->loaded = true;
+  p->name = text_of (sv, child (root, "name"));
+  p->parent = text_of (sv, child (child (root, "parent"), "name"));
+  if (p->parent && p->parent[0] == '\0')
+    p->parent = NULL;
+  if (p->name == NULL || p->name[0] == '\0') {
+    p->name = NULL;
+    meta_add_finding (m, MP_MISSING_NAME, s->kind, p->offset,
+                      "%s%s: the %s has no <name>", where, off, kname);
+    p->loaded = false;
+  }
+  else if (!safe_name (p->name) || strcmp (p->name, "..") == 0) {
+    mp->unsafe_name = true;
+    meta_add_finding (m, MP_UNSAFE_NAME, s->kind, p->offset,
+                      "%s%s: %s name '%s' cannot be a file name", where, off,
+                      kname, p->name);
+    p->loaded = false;
+  }
+  if (!ck) {
+    p->state = text_of (sv, child (root, "state"));
+    if (p->state == NULL || !in_list (p->state, states)) {
+      mp->bad_state = true;
+      if (p->state)
+        meta_add_finding (m, MP_MISSING_STATE, s->kind, p->offset,
+                          "%s%s: snapshot '%s' has an unknown state '%s'",
+                          where, off, p->name ? p->name : "?", p->state);
+      else
+        meta_add_finding (m, MP_MISSING_STATE, s->kind, p->offset,
+                          "%s%s: snapshot '%s' has no <state>", where, off,
+                          p->name ? p->name : "?");
+      p->loaded = false;
+    }
+  }
+  t = text_of (sv, child (root, "creationTime"));
+  p->has_creation_time = parse_int64 (t, &p->creation_time);
+  if (!p->has_creation_time) {
+    mp->bad_ctime = true;
+    meta_add_finding (m, MP_MISSING_CTIME, s->kind, p->offset,
+                      "%s%s: %s '%s' has %s", where, off, kname,
+                      p->name ? p->name : "?",
+                      t ? "a <creationTime> that is not a number"
+                        : "no <creationTime>");
+    p->loaded = false;
+  }
+  act = child (root, "active");
+  p->active = -1;
+  if (act) {
+    int64_t a;
+    t = text_of (sv, act);
+    if (parse_int64 (t, &a))
+      p->active = a != 0;
+    else
+      mp->bad_active = true;
+  }
+  if (ck && act) {
+    mp->has_active_elem = true;
+    meta_add_finding (m, MP_CHECKPOINT_ACTIVE, s->kind, p->offset,
+                      "%s%s: checkpoint '%s' has an <active> element (an "
+                      "early on-disk format)", where, off,
+                      p->name ? p->name : "?");
+  }
+  if (!ck && s->layout == QK_META_LAYOUT_PER_FILE
+      && (act == NULL || mp->bad_active)) {
+    meta_add_finding (m, MP_MISSING_ACTIVE, s->kind, p->offset,
+                      "%s: snapshot '%s' has %s", where,
+                      p->name ? p->name : "?",
+                      act ? "an <active> that is not a number"
+                          : "no <active> element");
+    p->loaded = false;
+  }
+  if (add_disks (m, mp, child (root, "disks"), false, &cap) < 0
+      || add_disks (m, mp, child (root, "revertDisks"), true, &cap) < 0)
+    return -1;
+  p->disks = mp->disks;
+  if (mp->disk_invalid) {
+    meta_add_finding (m, MP_DISK_INVALID, s->kind, p->offset, "%s%s: %s '%s': "
+                      "%s", where, off, kname, p->name ? p->name : "?",
+                      mp->disk_invalid_msg ? mp->disk_invalid_msg : "bad disk");
+    p->loaded = false;
+  }
+  dom = child (root, "domain");
+  if (dom == NULL)
+    dom = child (root, "inactiveDomain");
+  if (dom) {
+    p->domain_uuid = text_of (sv, child (dom, "uuid"));
+    if (domain_disks (sv, dom, &mp->ddisks, &p->n_domain_disks) < 0)
+      return -1;
+    p->domain_disks = mp->ddisks;
+  }
+  return 0;
+}
+
+/* The domain definition: UUID and disks. */
+int
+meta_extract_domain (struct qk_meta *m, struct _xmlDoc *doc)
+{
+  struct qk_strvec *sv = &m->dstrs;
+  xmlNodePtr root = xmlDocGetRootElement (doc);
+
+  if (root == NULL || xmlStrcmp (root->name, BAD_CAST "domain") != 0)
+    return 0;
+  m->uuid = (char *) text_of (sv, child (root, "uuid"));
+  if (domain_disks (sv, root, &m->ddisks, &m->n_ddisks) < 0)
+    return -1;
+  m->domain_ok = true;
+  return 0;
+}

@@ -1,0 +1,80 @@
+# Shared helpers for the lib/meta tests and benchmarks (sourced).
+
+# meta_gen ROOT DOMAIN N LAYOUT [SHAPE [PAD [KIND]]]
+# An embedded-driver-shaped tree under ROOT (ROOT/etc/qemu/DOMAIN.xml and
+# ROOT/lib/qemu/KIND/...) with N snapshots (or checkpoints) s0..s(N-1), in
+# LAYOUT per-file or bulk. SHAPE chain (each the child of the previous) or
+# binary (s_i the child of s_((i-1)/2)). PAD filler lines in every <domain>
+# (each about 90 bytes) to make large domains. The last one is current.
+meta_gen () {
+  local root=$1 dom=$2 n=$3 layout=$4 shape=${5:-chain} pad=${6:-0}
+  local kind=${7:-snapshot}
+  mkdir -p "$root/etc/qemu" "$root/lib/qemu/$kind"
+  cat > "$root/etc/qemu/$dom.xml" <<XML
+<domain type='qemu'>
+  <name>$dom</name>
+  <uuid>6b1c2a2e-1d0a-4c57-9d0a-3e2b5f0c9a11</uuid>
+  <memory unit='KiB'>65536</memory>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+  </devices>
+</domain>
+XML
+  awk -v n="$n" -v layout="$layout" -v shape="$shape" -v pad="$pad" \
+      -v dom="$dom" -v kind="$kind" -v dir="$root/lib/qemu/$kind" '
+    function hdr(f) {
+      print "<!--" > f
+      print "WARNING: THIS IS AN AUTO-GENERATED FILE. CHANGES TO IT ARE LIKELY TO BE" > f
+      print "OVERWRITTEN AND LOST. Changes to this xml configuration should be made using:" > f
+      print "  virsh " kind "-edit" > f
+      print "or other application using the libvirt API." > f
+      print "-->" > f
+      print "" > f
+    }
+    function body(f, i, ind,   p, k) {
+      el = (kind == "snapshot") ? "domainsnapshot" : "domaincheckpoint"
+      print ind "<" el ">" > f
+      print ind "  <name>s" i "</name>" > f
+      if (kind == "snapshot") print ind "  <state>shutoff</state>" > f
+      if (i > 0) {
+        p = (shape == "binary") ? int((i - 1) / 2) : i - 1
+        print ind "  <parent>" > f
+        print ind "    <name>s" p "</name>" > f
+        print ind "  </parent>" > f
+      }
+      print ind "  <creationTime>" (1700000000 + i) "</creationTime>" > f
+      if (kind == "snapshot") print ind "  <memory snapshot=\x27no\x27/>" > f
+      print ind "  <domain type=\x27qemu\x27>" > f
+      print ind "    <name>" dom "</name>" > f
+      print ind "    <uuid>6b1c2a2e-1d0a-4c57-9d0a-3e2b5f0c9a11</uuid>" > f
+      print ind "    <memory unit=\x27KiB\x27>65536</memory>" > f
+      print ind "    <os><type arch=\x27x86_64\x27 machine=\x27pc\x27>hvm</type></os>" > f
+      print ind "    <devices>" > f
+      for (k = 0; k < pad; k++)
+        printf "%s      <interface type=\x27user\x27><mac address=\x2752:54:00:00:%02x:%02x\x27/><model type=\x27virtio\x27/></interface>\n", ind, int(k / 256) % 256, k % 256 > f
+      print ind "    </devices>" > f
+      print ind "  </domain>" > f
+      if (layout == "per-file" && kind == "snapshot")
+        print ind "  <active>" (i == n - 1 ? 1 : 0) "</active>" > f
+      print ind "</" el ">" > f
+    }
+    BEGIN {
+      if (layout == "bulk") {
+        f = dir "/" dom ".xml"
+        hdr(f)
+        print "<" kind "s current=\x27s" (n - 1) "\x27>" > f
+        for (i = 0; i < n; i++) body(f, i, "  ")
+        print "</" kind "s>" > f
+        close(f)
+      } else {
+        system("mkdir -p \"" dir "/" dom "\"")
+        for (i = 0; i < n; i++) {
+          f = dir "/" dom "/s" i ".xml"
+          hdr(f); body(f, i, ""); close(f)
+        }
+      }
+    }'
+}
+
+# problems JSONFILE: the sorted problem names of a meta check --output=json
+problems () { jq -r '[.problems[].name] | sort | join(" ")' "$1"; }

@@ -1,0 +1,562 @@
+/* qcowkit meta: libvirt snapshot and checkpoint metadata: check, tree,
+ * convert between the per-file and the bulk layouts. */
+#include <config.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "tool.h"
+#include "util/json.h"
+
+#define EXIT_META_CLEAN   0
+#define EXIT_META_FAILED  1
+#define EXIT_META_ERRORS  2
+
+static const char help[] =
+  "Usage: qcowkit meta check [OPTIONS] [--no-images] DOMAIN\n"
+  "       qcowkit meta tree [OPTIONS] [--kind snapshot|checkpoint|all] DOMAIN\n"
+  "       qcowkit meta convert [OPTIONS] --to bulk|per-file [--kind snapshot|checkpoint|all]\n"
+  "                            [--no-backup] [--force] DOMAIN\n"
+  "       qcowkit meta check --list-problems[=man]\n"
+  "Read, check and convert a domain's libvirt snapshot and checkpoint\n"
+  "metadata (see qcowkit-meta(1)). OPTIONS:\n"
+  "  --output=json|human   output format\n"
+  "  --libvirt-root DIR    an embedded driver's root (DIR/etc/qemu, DIR/lib/qemu)\n"
+  "  --sysroot DIR         a host's disk mounted at DIR: every absolute path,\n"
+  "                        image paths inside the XML included, is under DIR\n"
+  "  --config-dir DIR      domain definitions (default /etc/libvirt/qemu)\n"
+  "  --state-dir DIR       snapshot/ and checkpoint/ (default /var/lib/libvirt/qemu)\n"
+  "  --max-file-size SIZE  per-file (and per bulk element) limit, default 16M\n"
+  "check exits 0 when libvirt would load everything, 2 when problems of class\n"
+  "corruption were found, 1 when part of the check could not be done.\n";
+
+struct meta_cli {
+  struct common_opts o;
+  struct qk_meta_options mo;
+  const char *domain;
+  int kind;                 /* -1: all */
+  bool kind_given;
+  bool no_images;
+  bool no_backup, force;
+  int to;                   /* layout */
+};
+
+static const char *
+layout_name (int l)
+{
+  switch (l) {
+  case QK_META_LAYOUT_PER_FILE: return "per-file";
+  case QK_META_LAYOUT_BULK: return "bulk";
+  default: return "none";
+  }
+}
+
+static const char *
+kind_plural (int k)
+{
+  return k == QK_META_CHECKPOINT ? "checkpoints" : "snapshots";
+}
+
+static const char *
+class_label (enum qk_problem_class cls)
+{
+  switch (cls) {
+  case QK_CLASS_CORRUPTION: return "ERROR";
+  case QK_CLASS_LEAK: return "Leak";
+  case QK_CLASS_ERROR: return "FAILED";
+  case QK_CLASS_WARNING: return "Warning";
+  default: return "Info";
+  }
+}
+
+static int
+list_problems (bool man)
+{
+  if (man)
+    printf (".\\\" Generated from lib/meta/problems.def by "
+            "'qcowkit meta check --list-problems=man'.\n.SH METADATA PROBLEMS\n");
+  for (size_t i = 0; i < qk_meta_problem_count (); i++) {
+    uint32_t code;
+    const char *name, *desc;
+    enum qk_problem_class cls;
+
+    qk_meta_problem_info (i, &code, &name, &cls, &desc);
+    if (man)
+      printf (".TP\n.B 0x%06x %s\n(%s) %s\n", code, name,
+              qk_problem_class_name (cls), desc);
+    else
+      printf ("0x%06x  %-26s %-10s %s\n", code, name,
+              qk_problem_class_name (cls), desc);
+  }
+  return EXIT_OK;
+}
+
+static int
+parse_args (struct meta_cli *c, int argc, char **argv, const char *cmd,
+            bool *listp, bool *listman)
+{
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i], *v = NULL;
+    int r;
+
+    if ((r = common_option (&c->o, argc, argv, &i, cmd)) < 0)
+      return -1;
+    if (r)
+      continue;
+#define VALOPT(opt) \
+    ((strncmp (a, opt "=", sizeof opt) == 0 && (v = a + sizeof opt)) \
+     || (strcmp (a, opt) == 0 && i + 1 < argc && (v = argv[++i])))
+    if (strcmp (a, "--help") == 0 || strcmp (a, "-h") == 0) {
+      fputs (help, stdout);
+      exit (EXIT_OK);
+    }
+    else if (listp && strcmp (a, "--list-problems") == 0)
+      *listp = true;
+    else if (listp && strcmp (a, "--list-problems=man") == 0)
+      *listp = *listman = true;
+    else if (VALOPT ("--libvirt-root"))
+      c->mo.libvirt_root = v;
+    else if (VALOPT ("--sysroot"))
+      c->mo.sysroot = v;
+    else if (VALOPT ("--config-dir"))
+      c->mo.config_dir = v;
+    else if (VALOPT ("--state-dir"))
+      c->mo.state_dir = v;
+    else if (VALOPT ("--max-file-size")) {
+      if (!parse_size (v, &c->mo.max_file_size) || c->mo.max_file_size == 0)
+        return usage_error (cmd, "--max-file-size: bad size '%s'", v), -1;
+    }
+    else if (VALOPT ("--kind")) {
+      c->kind_given = true;
+      if (strcmp (v, "snapshot") == 0 || strcmp (v, "snapshots") == 0)
+        c->kind = QK_META_SNAPSHOT;
+      else if (strcmp (v, "checkpoint") == 0
+               || strcmp (v, "checkpoints") == 0)
+        c->kind = QK_META_CHECKPOINT;
+      else if (strcmp (v, "all") == 0)
+        c->kind = -1;
+      else
+        return usage_error (cmd, "--kind: '%s' is not snapshot, checkpoint "
+                            "or all", v), -1;
+    }
+    else if (VALOPT ("--to")) {
+      if (strcmp (v, "bulk") == 0)
+        c->to = QK_META_LAYOUT_BULK;
+      else if (strcmp (v, "per-file") == 0)
+        c->to = QK_META_LAYOUT_PER_FILE;
+      else
+        return usage_error (cmd, "--to: '%s' is not bulk or per-file", v), -1;
+    }
+    else if (strcmp (a, "--no-images") == 0)
+      c->no_images = true;
+    else if (strcmp (a, "--no-backup") == 0)
+      c->no_backup = true;
+    else if (strcmp (a, "--force") == 0)
+      c->force = true;
+    else if (a[0] == '-' && a[1] != '\0')
+      return usage_error (cmd, "unknown option '%s'", a), -1;
+    else if (c->domain == NULL)
+      c->domain = a;
+    else
+      return usage_error (cmd, "too many arguments"), -1;
+#undef VALOPT
+  }
+  return 0;
+}
+
+static struct qk_meta *
+open_meta (struct meta_cli *c)
+{
+  struct qk_meta *m = qk_meta_open (c->domain, &c->mo);
+
+  if (m == NULL)
+    errx_ ("%s", qk_get_error ());
+  return m;
+}
+
+/* ---- check ---- */
+
+struct check_ctx {
+  struct qk_json *j;
+  uint64_t n[5];
+};
+
+static int
+on_problem (void *opaque, const struct qk_problem *p)
+{
+  struct check_ctx *c = opaque;
+
+  if (p->cls <= QK_CLASS_ERROR)
+    c->n[p->cls]++;
+  if (c->j) {
+    char code[16];
+    snprintf (code, sizeof code, "0x%06x", p->code);
+    qk_json_object_begin (c->j, NULL);
+    qk_json_string (c->j, "code", code);
+    qk_json_string (c->j, "name", p->name);
+    qk_json_string (c->j, "class", qk_problem_class_name (p->cls));
+    qk_json_string (c->j, "message", p->message);
+    qk_json_object_end (c->j);
+  }
+  else
+    printf ("%s 0x%06x %s: %s\n", class_label (p->cls), p->code, p->name,
+            p->message);
+  return 0;
+}
+
+static void
+describe_kind (struct qk_meta *m, int k, struct qk_json *j)
+{
+  size_t n = qk_meta_count (m, k), cur = qk_meta_current (m, k);
+  const char *curname = cur != QK_META_NONE ? qk_meta_moment (m, k, cur)->name
+                                            : NULL;
+
+  if (j) {
+    qk_json_object_begin (j, kind_plural (k));
+    qk_json_string (j, "layout", layout_name (qk_meta_layout (m, k)));
+    qk_json_string (j, "location", qk_meta_location (m, k));
+    qk_json_uint (j, "count", n);
+    if (curname)
+      qk_json_string (j, "current", curname);
+    else
+      qk_json_null (j, "current");
+    qk_json_object_end (j);
+  }
+  else if (qk_meta_layout (m, k) == QK_META_LAYOUT_NONE)
+    printf ("%s: none\n", kind_plural (k));
+  else
+    printf ("%s: %s layout, %s: %zu, current %s%s%s\n", kind_plural (k),
+            layout_name (qk_meta_layout (m, k)), qk_meta_location (m, k), n,
+            curname ? "'" : "", curname ? curname : "none",
+            curname ? "'" : "");
+}
+
+static int
+meta_check_cmd (struct meta_cli *c)
+{
+  struct check_ctx cc = { 0 };
+  struct qk_meta *m = open_meta (c);
+  int r;
+
+  if (m == NULL)
+    return EXIT_META_FAILED;
+  if (c->o.output == OUT_JSON) {
+    cc.j = qk_json_new (stdout, 4);
+    qk_json_object_begin (cc.j, NULL);
+    qk_json_string (cc.j, "domain", c->domain);
+    if (qk_meta_domain_uuid (m))
+      qk_json_string (cc.j, "uuid", qk_meta_domain_uuid (m));
+    describe_kind (m, QK_META_SNAPSHOT, cc.j);
+    describe_kind (m, QK_META_CHECKPOINT, cc.j);
+    qk_json_array_begin (cc.j, "problems");
+  }
+  else {
+    printf ("domain %s", c->domain);
+    if (qk_meta_domain_uuid (m))
+      printf (" (%s)", qk_meta_domain_uuid (m));
+    printf ("\n");
+    describe_kind (m, QK_META_SNAPSHOT, NULL);
+    describe_kind (m, QK_META_CHECKPOINT, NULL);
+  }
+  r = qk_meta_check (m, c->no_images ? 0 : QK_META_CHECK_IMAGES, on_problem,
+                     &cc);
+  if (cc.j) {
+    qk_json_array_end (cc.j);
+    qk_json_uint (cc.j, "errors", cc.n[QK_CLASS_CORRUPTION]);
+    qk_json_uint (cc.j, "check-errors", cc.n[QK_CLASS_ERROR]);
+    qk_json_uint (cc.j, "warnings", cc.n[QK_CLASS_WARNING]);
+    qk_json_uint (cc.j, "infos", cc.n[QK_CLASS_INFO]);
+    qk_json_object_end (cc.j);
+    qk_json_free (cc.j);
+    putchar ('\n');
+  }
+  else if (r >= 0) {
+    if (cc.n[QK_CLASS_CORRUPTION] == 0 && cc.n[QK_CLASS_ERROR] == 0)
+      printf ("No errors were found in the metadata.\n");
+    printf ("%" PRIu64 " errors, %" PRIu64 " check failures, %" PRIu64
+            " warnings, %" PRIu64 " notes.\n", cc.n[QK_CLASS_CORRUPTION],
+            cc.n[QK_CLASS_ERROR], cc.n[QK_CLASS_WARNING],
+            cc.n[QK_CLASS_INFO]);
+  }
+  if (r < 0)
+    errx_ ("%s", qk_get_error ());
+  qk_meta_close (m);
+  if (r < 0)
+    return EXIT_META_FAILED;
+  if (cc.n[QK_CLASS_CORRUPTION])
+    return EXIT_META_ERRORS;
+  if (cc.n[QK_CLASS_ERROR])
+    return EXIT_META_FAILED;
+  return EXIT_META_CLEAN;
+}
+
+/* ---- tree ---- */
+
+struct tree {
+  struct qk_meta *m;
+  int kind;
+  size_t *order;     /* indices sorted by name */
+  size_t n;
+  char *indent;
+  size_t ilen, icap;
+};
+
+static int
+by_name (const void *a, const void *b, void *opaque)
+{
+  struct tree *t = opaque;
+  const struct qk_meta_moment *x = qk_meta_moment (t->m, t->kind,
+                                                   *(const size_t *) a);
+  const struct qk_meta_moment *y = qk_meta_moment (t->m, t->kind,
+                                                   *(const size_t *) b);
+  return strcmp (x->name ? x->name : "", y->name ? y->name : "");
+}
+
+static void
+ind_push (struct tree *t, const char *s)
+{
+  size_t n = strlen (s);
+  if (t->ilen + n + 1 > t->icap) {
+    t->icap = (t->ilen + n + 1) * 2;
+    t->indent = realloc (t->indent, t->icap);
+    if (t->indent == NULL)
+      abort ();
+  }
+  memcpy (t->indent + t->ilen, s, n + 1);
+  t->ilen += n;
+}
+
+static void
+ind_trim (struct tree *t, size_t n)
+{
+  t->ilen -= n;
+  t->indent[t->ilen] = '\0';
+}
+
+/* Children of i in name order: positions in t->order. */
+static size_t
+last_child (struct tree *t, size_t id)
+{
+  size_t last = QK_META_NONE;
+  for (size_t c = qk_meta_moment (t->m, t->kind, id)->first_child;
+       c != QK_META_NONE; c = qk_meta_moment (t->m, t->kind, c)->next_sibling)
+    if (last == QK_META_NONE || by_name (&c, &last, t) > 0)
+      last = c;
+  return last;
+}
+
+/* virsh's vshTreePrintInternal, so that the output compares equal. */
+static void
+tree_print (struct tree *t, size_t id, size_t lastdev, bool root)
+{
+  const struct qk_meta_moment *p = qk_meta_moment (t->m, t->kind, id);
+  size_t next_last = last_child (t, id);
+  size_t *kids = NULL, nk = 0, cap = 0;
+
+  printf ("%s%s%s\n", t->indent, root ? "" : "+- ", p->name);
+  if (!root)
+    ind_push (t, id == lastdev ? "  " : "| ");
+  if (next_last != QK_META_NONE)
+    printf ("%s  |\n", t->indent);
+  ind_push (t, "  ");
+  for (size_t c = p->first_child; c != QK_META_NONE;
+       c = qk_meta_moment (t->m, t->kind, c)->next_sibling) {
+    if (nk == cap) {
+      cap = cap ? 2 * cap : 8;
+      kids = realloc (kids, cap * sizeof *kids);
+      if (kids == NULL)
+        abort ();
+    }
+    kids[nk++] = c;
+  }
+  if (nk)
+    qsort_r (kids, nk, sizeof *kids, by_name, t);
+  for (size_t k = 0; k < nk; k++)
+    tree_print (t, kids[k], next_last, false);
+  free (kids);
+  ind_trim (t, 2);
+  if (next_last == QK_META_NONE && id == lastdev)
+    printf ("%s\n", t->indent);
+  if (!root)
+    ind_trim (t, 2);
+}
+
+static void
+tree_kind (struct meta_cli *c, struct qk_meta *m, int k, struct qk_json *j)
+{
+  struct tree t = { .m = m, .kind = k };
+  size_t n = qk_meta_count (m, k), cur = qk_meta_current (m, k);
+
+  t.order = malloc ((n ? n : 1) * sizeof *t.order);
+  if (t.order == NULL)
+    abort ();
+  for (size_t i = 0; i < n; i++)
+    if (qk_meta_moment (m, k, i)->loaded)
+      t.order[t.n++] = i;
+  qsort_r (t.order, t.n, sizeof *t.order, by_name, &t);
+  if (j) {
+    qk_json_object_begin (j, kind_plural (k));
+    qk_json_string (j, "layout", layout_name (qk_meta_layout (m, k)));
+    if (cur != QK_META_NONE)
+      qk_json_string (j, "current", qk_meta_moment (m, k, cur)->name);
+    else
+      qk_json_null (j, "current");
+    qk_json_array_begin (j, "moments");
+    for (size_t i = 0; i < t.n; i++) {
+      const struct qk_meta_moment *p = qk_meta_moment (m, k, t.order[i]);
+      qk_json_object_begin (j, NULL);
+      qk_json_string (j, "name", p->name);
+      if (p->parent_index != QK_META_NONE)
+        qk_json_string (j, "parent",
+                        qk_meta_moment (m, k, p->parent_index)->name);
+      else
+        qk_json_null (j, "parent");
+      if (p->state)
+        qk_json_string (j, "state", p->state);
+      if (p->has_creation_time)
+        qk_json_int (j, "creation-time", p->creation_time);
+      qk_json_bool (j, "current", t.order[i] == cur);
+      qk_json_array_begin (j, "children");
+      for (size_t ch = p->first_child; ch != QK_META_NONE;
+           ch = qk_meta_moment (m, k, ch)->next_sibling)
+        qk_json_string (j, NULL, qk_meta_moment (m, k, ch)->name);
+      qk_json_array_end (j);
+      qk_json_object_end (j);
+    }
+    qk_json_array_end (j);
+    qk_json_object_end (j);
+  }
+  else {
+    if (c->kind == -1)
+      printf ("%s%s:\n", k == QK_META_CHECKPOINT ? "\n" : "", kind_plural (k));
+    ind_push (&t, "");
+    for (size_t i = 0; i < t.n; i++)
+      if (qk_meta_moment (m, k, t.order[i])->parent_index == QK_META_NONE)
+        tree_print (&t, t.order[i], t.order[i], true);
+    free (t.indent);
+  }
+  free (t.order);
+}
+
+static int
+meta_tree_cmd (struct meta_cli *c)
+{
+  struct qk_meta *m = open_meta (c);
+  struct qk_json *j = NULL;
+
+  if (m == NULL)
+    return EXIT_ERR;
+  if (c->o.output == OUT_JSON) {
+    j = qk_json_new (stdout, 4);
+    qk_json_object_begin (j, NULL);
+    qk_json_string (j, "domain", c->domain);
+  }
+  for (int k = 0; k < 2; k++)
+    if (c->kind == -1 || c->kind == k)
+      tree_kind (c, m, k, j);
+  if (j) {
+    qk_json_object_end (j);
+    qk_json_free (j);
+    putchar ('\n');
+  }
+  qk_meta_close (m);
+  return EXIT_OK;
+}
+
+/* ---- convert ---- */
+
+static int
+meta_convert_cmd (struct meta_cli *c)
+{
+  struct qk_meta *m;
+  unsigned flags = (c->no_backup ? QK_META_CONVERT_NO_BACKUP : 0)
+                   | (c->force ? QK_META_CONVERT_FORCE : 0);
+  int ret = EXIT_OK;
+  struct qk_json *j = NULL;
+
+  if (c->to == QK_META_LAYOUT_NONE)
+    return usage_error ("meta", "convert needs --to bulk|per-file");
+  m = open_meta (c);
+  if (m == NULL)
+    return EXIT_ERR;
+  if (c->o.output == OUT_JSON) {
+    j = qk_json_new (stdout, 4);
+    qk_json_object_begin (j, NULL);
+    qk_json_string (j, "domain", c->domain);
+    qk_json_string (j, "to", layout_name (c->to));
+  }
+  for (int k = 0; k < 2; k++) {
+    int from;
+    if (!(c->kind == -1 || c->kind == k))
+      continue;
+    from = qk_meta_layout (m, k);
+    if (qk_meta_convert (m, k, c->to, flags) < 0) {
+      errx_ ("%s: %s", kind_plural (k), qk_get_error ());
+      ret = EXIT_ERR;
+      if (j) {
+        qk_json_object_begin (j, kind_plural (k));
+        qk_json_string (j, "error", qk_get_error ());
+        qk_json_object_end (j);
+      }
+      continue;
+    }
+    if (j) {
+      qk_json_object_begin (j, kind_plural (k));
+      qk_json_string (j, "from", layout_name (from));
+      qk_json_string (j, "layout", layout_name (qk_meta_layout (m, k)));
+      qk_json_string (j, "location", qk_meta_location (m, k));
+      qk_json_uint (j, "count", qk_meta_count (m, k));
+      qk_json_object_end (j);
+    }
+    else if (qk_meta_layout (m, k) == QK_META_LAYOUT_NONE)
+      printf ("%s: none to convert\n", kind_plural (k));
+    else if (from == qk_meta_layout (m, k))
+      printf ("%s: already %s: %s (%zu)\n", kind_plural (k),
+              layout_name (from), qk_meta_location (m, k),
+              qk_meta_count (m, k));
+    else
+      printf ("%s: %s -> %s: %s (%zu)\n", kind_plural (k), layout_name (from),
+              layout_name (qk_meta_layout (m, k)), qk_meta_location (m, k),
+              qk_meta_count (m, k));
+  }
+  if (j) {
+    qk_json_bool (j, "ok", ret == EXIT_OK);
+    qk_json_object_end (j);
+    qk_json_free (j);
+    putchar ('\n');
+  }
+  qk_meta_close (m);
+  return ret;
+}
+
+int
+cmd_meta (int argc, char **argv)
+{
+  struct meta_cli c = { .o = { .progress = -1 }, .kind = -1 };
+  bool list = false, man = false;
+  const char *sub;
+
+  if (argc < 2 || strcmp (argv[1], "--help") == 0
+      || strcmp (argv[1], "-h") == 0) {
+    fputs (help, argc < 2 ? stderr : stdout);
+    return argc < 2 ? EXIT_USAGE : EXIT_OK;
+  }
+  sub = argv[1];
+  if (strcmp (sub, "check") && strcmp (sub, "tree") && strcmp (sub, "convert"))
+    return usage_error ("meta", "unknown subcommand '%s' (check, tree, "
+                        "convert)", sub);
+  if (strcmp (sub, "tree") == 0)
+    c.kind = QK_META_SNAPSHOT;
+  if (parse_args (&c, argc - 1, argv + 1, "meta",
+                  strcmp (sub, "check") == 0 ? &list : NULL, &man) < 0)
+    return EXIT_USAGE;
+  if (list)
+    return list_problems (man);
+  if (c.domain == NULL)
+    return usage_error ("meta", "a DOMAIN is needed");
+  if (strcmp (sub, "check") == 0)
+    return meta_check_cmd (&c);
+  if (strcmp (sub, "tree") == 0)
+    return meta_tree_cmd (&c);
+  return meta_convert_cmd (&c);
+}
