@@ -773,7 +773,8 @@ walk_tables (struct ck *ck, struct refs *refs)
     }
   }
   /* Offset order: every distinct L2 table read once, sequentially. */
-  qsort (refs->v, refs->n, sizeof *refs->v, cmp_l2ref);
+  if (refs->n)   /* qsort (NULL, 0, ...) is undefined */
+    qsort (refs->v, refs->n, sizeof *refs->v, cmp_l2ref);
   for (size_t i = 0; i < refs->n && r == 0;) {
     struct l2group g = { .l2_offset = refs->v[i].l2_offset,
                          .first = &refs->v[i] };
