@@ -220,6 +220,10 @@ list_problems (bool man)
   return EXIT_OK;
 }
 
+/* A usage error exits 1, as qemu-img check does: 2 would say "corruptions
+ * found" to a script. */
+#define check_usage(...) (usage_error ("check", __VA_ARGS__), EXIT_CHECK_FAILED)
+
 static const char help[] =
   "Usage: qcowkit check [--output=json|human] [--chain] [--deep] "
   "[--max-per-code N] [--root DIR] IMAGE\n"
@@ -252,7 +256,7 @@ cmd_check (int argc, char **argv)
     if (strcmp (a, "--list-problems=man") == 0)
       return list_problems (true);
     if ((r = common_option (&o, argc, argv, &i, "check")) < 0)
-      return EXIT_USAGE;
+      return EXIT_CHECK_FAILED;
     if (r)
       continue;
     if (strcmp (a, "--chain") == 0)
@@ -262,22 +266,22 @@ cmd_check (int argc, char **argv)
     else if (strcmp (a, "--max-per-code") == 0) {
       uint64_t v;
       if (i + 1 >= argc || !parse_size (argv[i + 1], &v) || v > 1000000000)
-        return usage_error ("check", "--max-per-code needs a number");
+        return check_usage ("--max-per-code needs a number");
       c.max_per_code = v;
       i++;
     }
     else if (strcmp (a, "-r") == 0 || strncmp (a, "--repair", 8) == 0)
-      return usage_error ("check", "qcowkit check never writes; repair is "
+      return check_usage ("qcowkit check never writes; repair is "
                           "not available yet");
     else if (a[0] == '-' && a[1])
-      return usage_error ("check", "unknown option '%s'", a);
+      return check_usage ("unknown option '%s'", a);
     else if (path)
-      return usage_error ("check", "too many arguments");
+      return check_usage ("too many arguments");
     else
       path = a;
   }
   if (path == NULL)
-    return usage_error ("check", "no image given");
+    return check_usage ("no image given");
   c.output = o.output;
 
   img = open_image (path, &o, QK_OPEN_FORCE, false);

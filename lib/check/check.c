@@ -81,6 +81,7 @@ qk_problem_class_name (enum qk_problem_class cls)
 enum owner_kind {
   OWN_HEADER, OWN_L1, OWN_L2, OWN_REFTABLE, OWN_REFBLOCK, OWN_SNAPTABLE,
   OWN_BMDIR, OWN_BMTABLE, OWN_CRYPTO, OWN_DATA, OWN_SNAPDATA, OWN_BMDATA,
+  OWN_CDATA,
 };
 
 struct owner {        /* a metadata structure and the clusters it covers */
@@ -117,6 +118,9 @@ struct ck {
   uint64_t file_len;
   bool data_file;
   bool counting;      /* refcounts can be counted at all */
+  bool reftable_invalid;  /* phase_header reported the refcount table */
+  const char *missing; /* metadata that could not be read (so an excess
+                           refcount may be its, not a leak), or NULL */
   unsigned flags;
 
   uint8_t *imrt;
@@ -221,7 +225,7 @@ kind_name (enum owner_kind k)
   static const char *const n[] = {
     "header", "L1 table", "L2 table", "refcount table", "refcount block",
     "snapshot table", "bitmap directory", "bitmap table", "encryption header",
-    "data cluster", "snapshot data cluster", "bitmap data",
+    "data cluster", "snapshot data cluster", "bitmap data", "compressed data",
   };
   return n[k];
 }
@@ -295,6 +299,7 @@ inc_refs (struct ck *ck, uint64_t offset, uint64_t size, uint64_t mult,
       break;
     case OWN_SNAPDATA:
     case OWN_BMDATA:
+    case OWN_CDATA:
       if (cl & CLAIM_META)
         add_conflict (ck, k, who);
       claim_set (ck, k, CLAIM_DATA);
@@ -307,7 +312,7 @@ inc_refs (struct ck *ck, uint64_t offset, uint64_t size, uint64_t mult,
     }
   }
   if (who->kind != OWN_DATA && who->kind != OWN_SNAPDATA
-      && who->kind != OWN_BMDATA) {
+      && who->kind != OWN_BMDATA && who->kind != OWN_CDATA) {
     struct owner o = *who;
     o.first = start;
     o.n = last - start + 1;
@@ -379,40 +384,63 @@ phase_header (struct ck *ck)
             h->compression_type,
             h->incompatible_features & QK_INCOMPAT_COMPRESSION ? "with"
                                                                : "without");
-  if ((uint64_t) h->l1_size * 8 > (32ULL << 20))
+  /* qcow2_validate_table: the offset is checked even for an empty table */
+  if ((uint64_t) h->l1_size * 8 > (32ULL << 20)) {
+    ck->missing = "the active L1 table";
     report (ck, PR_HDR_L1_INVALID, 1, LOC (.found = h->l1_size),
             "the active L1 table has %u entries, more than QEMU's 32 MiB",
             h->l1_size);
-  else if (h->l1_size && !IS_ALIGNED (h->l1_table_offset, ck->cs))
+  }
+  else if (!IS_ALIGNED (h->l1_table_offset, ck->cs)
+           || h->l1_table_offset > INT64_MAX - (uint64_t) h->l1_size * 8) {
+    ck->missing = "the active L1 table";
     report (ck, PR_HDR_L1_INVALID, 1,
             LOC (.host_offset = h->l1_table_offset),
-            "the active L1 table offset 0x%" PRIx64 " is not cluster aligned",
-            h->l1_table_offset);
-  else if (h->l1_size < need_l1)
+            "the active L1 table offset 0x%" PRIx64 " is not cluster aligned "
+            "or too large", h->l1_table_offset);
+  }
+  else if (h->l1_size < need_l1) {
+    /* QEMU refuses the image; the entries past l1_size are unknown */
+    ck->missing = "the active L1 table";
     report (ck, PR_HDR_L1_INVALID, 1,
             LOC (.found = h->l1_size, .expected = need_l1),
             "the active L1 table has %u entries but the virtual size needs %"
             PRIu64, h->l1_size, need_l1);
-  if ((uint64_t) h->refcount_table_clusters * ck->cs > (8ULL << 20)
-      || !IS_ALIGNED (h->refcount_table_offset, ck->cs)
-      || h->refcount_table_clusters == 0)
+  }
+  if (h->refcount_table_clusters == 0
+      && IS_ALIGNED (h->refcount_table_offset, ck->cs))
+    /* qemu-img check (BDRV_O_CHECK) accepts it and counts on */
+    report (ck, PR_REFTABLE_EMPTY, 1, LOC (.host_offset = h->refcount_table_offset),
+            "the refcount table is empty (refcount_table_clusters is 0): "
+            "every refcount reads as 0");
+  else if ((uint64_t) h->refcount_table_clusters * ck->cs > (8ULL << 20)
+           || !IS_ALIGNED (h->refcount_table_offset, ck->cs)
+           || h->refcount_table_offset
+              > INT64_MAX - (uint64_t) h->refcount_table_clusters * ck->cs
+           || h->refcount_table_clusters == 0) {
+    ck->reftable_invalid = true;
     report (ck, PR_HDR_REFTABLE_INVALID, 1,
             LOC (.host_offset = h->refcount_table_offset,
                  .found = h->refcount_table_clusters),
             "the refcount table (%u clusters at 0x%" PRIx64 ") is empty, "
             "misaligned or larger than 8 MiB", h->refcount_table_clusters,
             h->refcount_table_offset);
+  }
+  /* qcow2_do_open: the offset may be the end of cluster 0 (with an empty
+   * name), the name at most 1023 bytes and within cluster 0 */
   if (h->backing_file_offset
-      && (h->backing_file_size > 1023
-          || h->backing_file_offset >= ck->cs
-          || h->backing_file_size > ck->cs - h->backing_file_offset))
+      && (h->backing_file_offset > ck->cs
+          || h->backing_file_size > MIN (1023, ck->cs - h->backing_file_offset)))
     report (ck, PR_HDR_BACKING_NAME, 1,
             LOC (.host_offset = h->backing_file_offset,
                  .length = h->backing_file_size),
             "the backing file name (%u bytes at 0x%" PRIx64 ") does not fit "
             "in the first cluster or is longer than 1023 bytes",
             h->backing_file_size, h->backing_file_offset);
-  if (h->crypt_method)
+  if (h->crypt_method > QK_CRYPT_LUKS)
+    report (ck, PR_HDR_CRYPT_METHOD, 1, LOC (.found = h->crypt_method),
+            "unknown encryption method %u", h->crypt_method);
+  else if (h->crypt_method)
     report (ck, PR_HDR_ENCRYPTED, 1, NOLOC,
             "the image is encrypted (%s)",
             h->crypt_method == QK_CRYPT_LUKS ? "LUKS" : "legacy AES");
@@ -433,11 +461,10 @@ phase_header (struct ck *ck)
             "LUKS encryption without the encryption header pointer");
 
   /* extensions */
-  if (h->backing_file_offset && h->backing_file_offset < ck->cs)
+  if (h->backing_file_offset && h->backing_file_offset <= ck->cs)
     ext_end = h->backing_file_offset;
   for (size_t i = 0; i < img->n_ext; i++) {
     const struct qk_extension *e = &img->ext[i];
-    uint64_t e_end = e->offset + 8 + ((e->length + 7ULL) & ~7ULL);
     for (size_t k = 0; k < i; k++)
       if (img->ext[k].magic == e->magic) {
         report (ck, PR_EXT_DUPLICATE, 1, LOC (.host_offset = e->offset),
@@ -455,13 +482,41 @@ phase_header (struct ck *ck)
               LOC (.host_offset = e->offset, .found = e->length),
               "the feature name table is %u bytes, not a multiple of 48",
               e->length);
-    if (h->backing_file_offset && e_end > h->backing_file_offset
-        && e->offset < h->backing_file_offset + h->backing_file_size)
-      report (ck, PR_EXT_OVERLAPS_BACKING_NAME, 1,
-              LOC (.host_offset = e->offset),
-              "header extension 0x%08x at 0x%" PRIx64 " overlaps the backing "
-              "file name at 0x%" PRIx64, e->magic, e->offset,
-              h->backing_file_offset);
+  }
+  /* qcow2_read_extensions' own walk over the raw headers: it checks an
+   * extension's length before its magic, so even the end marker must fit
+   * in the area (else "Header extension too large"). And the area ends
+   * where the backing file name starts, so the image's walk never holds
+   * an extension overlapping the name: say when one runs into it. */
+  {
+    uint64_t off = h->header_length;
+    while (off < ext_end && off + 8 <= ck->cs) {
+      uint32_t magic = be32_get (img->cluster0 + off);
+      uint64_t len = be32_get (img->cluster0 + off + 4);
+      uint64_t e_end = off + 8 + ((len + 7) & ~7ULL);
+      if (magic == 0) {
+        if (off + 8 > ext_end || len > ext_end - off - 8)
+          report (ck, PR_EXT_OVERRUN, 1,
+                  LOC (.host_offset = off, .found = len),
+                  "the end marker of the header extensions at 0x%" PRIx64
+                  " has length %" PRIu64 ", past the end of the extension "
+                  "area at 0x%zx (QEMU: Header extension too large)", off,
+                  len, ext_end);
+        break;
+      }
+      if (h->backing_file_offset && e_end > h->backing_file_offset
+          && off < h->backing_file_offset) {
+        report (ck, PR_EXT_OVERLAPS_BACKING_NAME, 1,
+                LOC (.host_offset = off, .length = e_end - off),
+                "header extension 0x%08x at 0x%" PRIx64 " (%" PRIu64
+                " bytes) runs into the backing file name at 0x%" PRIx64,
+                magic, off, len, h->backing_file_offset);
+        break;
+      }
+      if (e_end > ext_end)
+        break;    /* the image's walk left a warning (below) */
+      off = e_end;
+    }
   }
   /* An extension walk that stopped early left a warning in the image. */
   for (size_t i = 0; i < img->warnings.n; i++)
@@ -469,7 +524,8 @@ phase_header (struct ck *ck)
         || strstr (img->warnings.v[i], "truncated extension header"))
       report (ck, PR_EXT_OVERRUN, 1, NOLOC, "%s (area ends at 0x%zx)",
               img->warnings.v[i], ext_end);
-  if (img->backing_name && img->backing_format_ext == NULL)
+  if (img->backing_name && img->backing_name[0]
+      && img->backing_format_ext == NULL)
     report (ck, PR_EXT_BACKING_FORMAT_MISSING, 1, NOLOC,
             "backing file '%s' has no recorded format (QEMU must probe it)",
             img->backing_name);
@@ -508,6 +564,22 @@ struct refs {
   struct l2ref *v;
   size_t n, cap;
 };
+
+/* qcow2_get_refcount as check_oflag_copied sees it: a refcount in a refcount
+ * block whose offset is not cluster aligned cannot be read (QEMU signals
+ * corruption and fails), and such entries are skipped. */
+static int
+stored_refcount (struct ck *ck, uint64_t cluster, uint64_t *rc)
+{
+  uint64_t per = ck->cs * 8 >> ck->h->refcount_order;
+  uint64_t t = cluster / per;
+
+  if (t < ck->reftable_n
+      && (!IS_ALIGNED (ck->reftable[t] & QK_REFT_OFFSET_MASK, ck->cs)
+          || (ck->reftable[t] & QK_REFT_OFFSET_MASK) > INT64_MAX - ck->cs))
+    return -1;
+  return qk_image_refcount (ck->img, cluster, rc);
+}
 
 /* check_refcounts_l1: the table itself, each entry, and collect the L2
  * tables it points to. */
@@ -602,7 +674,7 @@ walk_l2 (struct ck *ck, const struct l2group *g, uint8_t *buf,
   /* COPIED on the L1 entries of the active table pointing here */
   if (g->active && ck->counting && ck->reftable && l2off) {
     uint64_t rc;
-    if (qk_image_refcount (ck->img, l2off >> ck->cb, &rc) == 0)
+    if (stored_refcount (ck, l2off >> ck->cb, &rc) == 0)
       for (const struct l2ref *r = g->first_active;
            r < g->first + g->mult && r->l2_offset == l2off; r++) {
         uint64_t e;
@@ -643,7 +715,8 @@ walk_l2 (struct ck *ck, const struct l2group *g, uint8_t *buf,
       uint64_t coff, clen;
       /* Compressed data is shared byte-wise between neighbours, so it takes
        * no part in duplicate-mapping detection. */
-      struct owner od = { .kind = OWN_SNAPDATA };
+      struct owner od = { .kind = OWN_CDATA, .a = (int64_t) guest,
+                          .b = g->active ? -1 : gr->source };
       if (e & QK_OFLAG_COPIED) {
         report (ck, PR_L2_COMPRESSED_COPIED, g->mult, loc,
                 "coffset=0x%" PRIx64 ": copied flag must never be set for "
@@ -726,11 +799,11 @@ walk_l2 (struct ck *ck, const struct l2group *g, uint8_t *buf,
         else if (inc_refs (ck, off, ck->cs, g->mult, &od) < 0)
           return -1;
       }
-      /* COPIED (check_oflag_copied), on the active tables only */
-      if (g->active && ck->counting && ck->reftable) {
+      /* COPIED (check_oflag_copied), on the active tables only; it skips
+       * an L1 entry whose offset is 0 (reserved bits only) */
+      if (g->active && ck->counting && ck->reftable && l2off) {
         uint64_t rc = 1;
-        if (ck->data_file || qk_image_refcount (ck->img, off >> ck->cb,
-                                                &rc) == 0) {
+        if (ck->data_file || stored_refcount (ck, off >> ck->cb, &rc) == 0) {
           if ((rc == 1) != ((e & QK_OFLAG_COPIED) != 0))
             report (ck, PR_COPIED_DATA, g->active, loc,
                     "OFLAG_COPIED data cluster: l2_entry=%" PRIx64
@@ -796,6 +869,50 @@ walk_tables (struct ck *ck, struct refs *refs)
   return r;
 }
 
+struct snapkey {
+  const char *key;
+  size_t i;
+};
+
+static int
+cmp_snapkey (const void *a, const void *b)
+{
+  const struct snapkey *x = a, *y = b;
+  int c = strcmp (x->key, y->key);
+  if (c)
+    return c;
+  return x->i < y->i ? -1 : x->i > y->i;
+}
+
+/* Snapshots sharing an ID (or a name): each one after the first is
+ * reported once, against the first (sorted, so a table of 65536 entries
+ * all with the same empty ID costs n log n, not n squared). */
+static void
+duplicate_snapshots (struct ck *ck, bool names)
+{
+  const struct qk_image *img = ck->img;
+  struct snapkey *v = malloc (img->n_snaps * sizeof *v);
+
+  if (v == NULL)
+    return;
+  for (size_t i = 0; i < img->n_snaps; i++)
+    v[i] = (struct snapkey) { names ? img->snaps[i].s.name
+                                    : img->snaps[i].s.id, i };
+  qsort (v, img->n_snaps, sizeof *v, cmp_snapkey);
+  for (size_t j = 1, first = 0; j < img->n_snaps; j++) {
+    size_t i = v[j].i;
+    if (strcmp (v[j].key, v[first].key) != 0) {
+      first = j;
+      continue;
+    }
+    report (ck, names ? PR_SN_DUPLICATE_NAME : PR_SN_DUPLICATE_ID, 1,
+            LOC (.table_offset = img->snaps[i].s.entry_offset, .index = i),
+            "snapshot table entries %zu and %zu have the same %s '%s'",
+            v[first].i, i, names ? "name" : "ID", v[j].key);
+  }
+  free (v);
+}
+
 static int
 phase_tables (struct ck *ck)
 {
@@ -813,6 +930,8 @@ phase_tables (struct ck *ck)
       goto out;
   }
   /* the active L1 (qemu-img walks whatever l1_size says) */
+  if (!img->l1_ok && h->l1_size)
+    ck->missing = "the active L1 table";
   if (img->l1_ok) {
     if (walk_l1 (ck, img->l1, img->l1_count, h->l1_table_offset, -1, &refs) < 0)
       goto out;
@@ -834,7 +953,9 @@ phase_tables (struct ck *ck)
             h->nb_snapshots, h->nb_snapshots - 65536);
     snaps = false;
   }
-  else if (h->nb_snapshots && !IS_ALIGNED (h->snapshots_offset, ck->cs)) {
+  else if (!IS_ALIGNED (h->snapshots_offset, ck->cs)
+           || h->snapshots_offset > INT64_MAX - (uint64_t) h->nb_snapshots * 40) {
+    /* qcow2_validate_table: even with no snapshots */
     report (ck, PR_SN_TABLE_INVALID, 1,
             LOC (.host_offset = h->snapshots_offset),
             "invalid snapshot table offset 0x%" PRIx64, h->snapshots_offset);
@@ -849,6 +970,9 @@ phase_tables (struct ck *ck)
             LOC (.host_offset = h->snapshots_offset),
             "failed to read the snapshot table: %s", why);
   }
+  if (h->nb_snapshots && !snaps)
+    ck->missing = ck->missing ? "the active L1 table and the snapshot table"
+                              : "the snapshot table";
   if (snaps && ck->data_file && img->n_snaps)
     report (ck, PR_SN_DATA_FILE, 1, LOC (.found = img->n_snaps),
             "%zu snapshots in image with data file", img->n_snaps);
@@ -868,16 +992,6 @@ phase_tables (struct ck *ck)
       report (ck, PR_SN_EXTRA_INCOMPLETE, 1, loc,
               "snapshot table entry %zu is incomplete (%u bytes of extra data, "
               "version 3 needs 16)", i, s->extra_data_size);
-    for (size_t k = 0; k < i; k++) {
-      if (strcmp (img->snaps[k].s.id, s->id) == 0)
-        report (ck, PR_SN_DUPLICATE_ID, 1, loc,
-                "snapshot table entries %zu and %zu have the same ID '%s'",
-                k, i, s->id);
-      if (strcmp (img->snaps[k].s.name, s->name) == 0)
-        report (ck, PR_SN_DUPLICATE_NAME, 1, loc,
-                "snapshot table entries %zu and %zu have the same name '%s'",
-                k, i, s->name);
-    }
     if (s->has_vm_state_size_large && s->vm_state_size32
         && s->vm_state_size32 != s->vm_state_size)
       report (ck, PR_SN_VM_STATE, 1, loc,
@@ -885,10 +999,17 @@ phase_tables (struct ck *ck)
               "one %" PRIu64, s->id, s->name, s->vm_state_size32,
               s->vm_state_size);
     snap_bytes += s->entry_size;
-    if (i + 1 == img->n_snaps)   /* the last entry is not padded */
-      snap_bytes -= s->entry_size
-                    - (40 + s->extra_data_size + strlen (s->id)
-                       + strlen (s->name));
+    if (i + 1 == img->n_snaps) {
+      /* The last entry is not padded. Its ID and name sizes as stored
+       * (they may hold NUL bytes, which strlen would stop at). */
+      uint8_t sz[4];
+      uint64_t raw = 40 + (uint64_t) s->extra_data_size + strlen (s->id)
+                     + strlen (s->name);
+      if (qk_source_read_zeropad (img->src, sz, 4, s->entry_offset + 12) == 0)
+        raw = 40 + (uint64_t) s->extra_data_size + be16_get (sz)
+              + be16_get (sz + 2);
+      snap_bytes -= s->entry_size - raw;
+    }
 
     if (!IS_ALIGNED (s->l1_table_offset, ck->cs)) {
       report (ck, PR_SN_L1_UNALIGNED, 1,
@@ -934,6 +1055,10 @@ phase_tables (struct ck *ck)
     if (r < 0)
       goto out;
     r = -1;
+  }
+  if (snaps && img->n_snaps > 1) {
+    duplicate_snapshots (ck, false);
+    duplicate_snapshots (ck, true);
   }
   if (snaps && img->n_snaps) {
     struct owner o = { .kind = OWN_SNAPTABLE };
@@ -1011,6 +1136,28 @@ phase_refblocks (struct ck *ck)
 
 /* ---- phase 6: bitmaps ---- */
 
+static void
+add_missing (struct ck *ck, const char *what)
+{
+  if (ck->missing == NULL)
+    ck->missing = what;
+  else if (strcmp (ck->missing, what) != 0)
+    ck->missing = "part of the metadata";
+}
+
+/* The bitmap table size QEMU requires (load_bitmap_data): the bitmap
+ * serialized in 64-bit words, in whole clusters. */
+static uint64_t
+bitmap_table_clusters (const struct ck *ck, unsigned gran_bits)
+{
+  uint64_t bits = ck->h->size / (1ULL << gran_bits)
+                  + (ck->h->size % (1ULL << gran_bits) != 0);
+  uint64_t bytes = (bits + 63) / 64 * 8;
+  return DIV_ROUND_UP (bytes, ck->cs);
+}
+
+/* qcow2_check_bitmaps_refcounts, plus what QEMU checks when it loads the
+ * bitmaps on open (check_dir_entry, load_bitmap_data) and the flags. */
 static int
 phase_bitmaps (struct ck *ck)
 {
@@ -1027,13 +1174,28 @@ phase_bitmaps (struct ck *ck)
               "extension");
     return 0;
   }
-  if (!consistent)
+  if (!consistent) {
+    /* QEMU ignores the extension (and drops it on its next read-write
+     * open), so what it points to is not referenced: leaks, as qemu-img
+     * check counts them. */
     report (ck, PR_BM_AUTOCLEAR, 1, NOLOC,
             "the bitmaps extension is present but the 'bitmaps' autoclear bit "
-            "is clear: all %u bitmaps must be considered inconsistent",
-            be->nb_bitmaps);
-  if (be->nb_bitmaps == 0)
+            "is clear: all %u bitmaps must be considered inconsistent, and "
+            "QEMU ignores them (their clusters are leaks)", be->nb_bitmaps);
     return 0;
+  }
+  if (be->nb_bitmaps == 0 || be->nb_bitmaps > QK_MAX_BITMAPS
+      || be->directory_size > QK_MAX_BITMAP_DIR
+      || !IS_ALIGNED (be->directory_offset, ck->cs)) {
+    report (ck, PR_BM_DIRECTORY, 1,
+            LOC (.host_offset = be->directory_offset,
+                 .length = be->directory_size, .found = be->nb_bitmaps),
+            "the bitmaps extension is invalid: %u bitmaps, directory of %"
+            PRIu64 " bytes at 0x%" PRIx64, be->nb_bitmaps,
+            be->directory_size, be->directory_offset);
+    add_missing (ck, "the bitmap directory");
+    return 0;
+  }
   {
     struct owner o = { .kind = OWN_BMDIR };
     if (inc_refs (ck, be->directory_offset, be->directory_size, 1, &o) < 0)
@@ -1047,6 +1209,7 @@ phase_bitmaps (struct ck *ck)
             "the bitmap directory at 0x%" PRIx64 " (%" PRIu64 " bytes) holds "
             "%zu readable entries of %u", be->directory_offset,
             be->directory_size, img->n_bitmaps, be->nb_bitmaps);
+    add_missing (ck, "the bitmap directory");
     failed = true;
   }
   for (size_t i = 0; i < img->n_bitmaps; i++) {
@@ -1055,13 +1218,14 @@ phase_bitmaps (struct ck *ck)
     const struct qk_problem *loc = LOC (.table_offset = b->entry_offset,
                                         .index = i);
     const char *bad = NULL;
+    bool gran_ok = b->granularity_bits >= 9 && b->granularity_bits <= 31;
 
     if (b->table_size == 0) bad = "its table is empty";
     else if (b->table_offset == 0 || !IS_ALIGNED (b->table_offset, ck->cs))
       bad = "its table offset is zero or not cluster aligned";
     else if (b->table_size > QK_MAX_BITMAP_TABLE_ENTRIES)
       bad = "its table is too large";
-    else if (b->granularity_bits < 9 || b->granularity_bits > 31)
+    else if (!gran_ok)
       bad = "its granularity is outside 512 B to 2 GiB";
     else if (b->flags & QK_BME_RESERVED_FLAGS)
       bad = "it has reserved flags set";
@@ -1078,6 +1242,16 @@ phase_bitmaps (struct ck *ck)
               "bitmap '%s' (directory entry %zu): %s", b->name, i, bad);
       failed = true;
     }
+    else if (b->table_size != bitmap_table_clusters (ck, b->granularity_bits))
+      report (ck, PR_BM_TABLE_SIZE, 1,
+              LOC (.table_offset = b->entry_offset, .index = i,
+                   .found = b->table_size,
+                   .expected = bitmap_table_clusters (ck,
+                                                      b->granularity_bits)),
+              "bitmap '%s': its table has %u entries where the virtual size "
+              "at its granularity needs %" PRIu64 " (QEMU refuses to load "
+              "it)", b->name, b->table_size,
+              bitmap_table_clusters (ck, b->granularity_bits));
     if (b->flags & QK_BITMAP_IN_USE)
       report (ck, PR_BM_IN_USE, 1, loc,
               "bitmap '%s' is in use: the VM did not close it; incremental "
@@ -1085,10 +1259,13 @@ phase_bitmaps (struct ck *ck)
     for (size_t k = 0; k < i; k++)
       if (strcmp (img->bitmaps[k].b.name, b->name) == 0)
         report (ck, PR_BM_DUPLICATE_NAME, 1, loc,
-                "bitmaps %zu and %zu are both named '%s'", k, i, b->name);
+                "bitmaps %zu and %zu are both named '%s' (QEMU refuses to "
+                "open the image)", k, i, b->name);
   }
-  if (failed)
-    return 0;   /* qemu-img stops at a bad directory */
+  /* The tables: every one whose pointer is usable is counted, even when
+   * its directory entry is bad in other ways (qemu-img stops at a bad
+   * directory and counts nothing; what the entries point to is still in
+   * use, not leaked). */
   for (size_t i = 0; i < img->n_bitmaps; i++) {
     const struct qk_bitmap *b = &img->bitmaps[i].b;
     struct owner ot = { .kind = OWN_BMTABLE, .a = (int64_t) i };
@@ -1096,6 +1273,13 @@ phase_bitmaps (struct ck *ck)
     uint64_t *tab;
     uint32_t n;
 
+    if (b->table_size == 0 || b->table_offset == 0
+        || !IS_ALIGNED (b->table_offset, ck->cs)
+        || b->table_size > QK_MAX_BITMAP_TABLE_ENTRIES) {
+      if (b->table_size || b->table_offset)
+        add_missing (ck, "a bitmap table");
+      continue;
+    }
     if (inc_refs (ck, b->table_offset, (uint64_t) b->table_size * 8, 1,
                   &ot) < 0)
       return -1;
@@ -1104,19 +1288,21 @@ phase_bitmaps (struct ck *ck)
               LOC (.host_offset = b->table_offset),
               "bitmap '%s': its table cannot be read: %s", b->name,
               qk_get_error ());
+      add_missing (ck, "a bitmap table");
       continue;
     }
     for (uint32_t k = 0; k < n; k++) {
       uint64_t e = tab[k], off = e & QK_BME_TABLE_OFFSET_MASK;
       if ((e & QK_BME_TABLE_RESERVED)
-          || (off && ((e & 1) || !IS_ALIGNED (off, ck->cs)))) {
+          || (off && ((e & 1) || !IS_ALIGNED (off, ck->cs))))
         report (ck, PR_BM_TABLE_ENTRY, 1,
                 LOC (.table_offset = b->table_offset, .index = k, .found = e),
                 "bitmap '%s': table entry %u = 0x%016" PRIx64 " is invalid",
                 b->name, k, e);
-        continue;
-      }
-      if (off && inc_refs (ck, off, ck->cs, 1, &od) < 0) {
+      /* A cluster an entry points to is in use even when the entry has
+       * bad bits (qemu-img skips it, so it would call it leaked). */
+      if (off && IS_ALIGNED (off, ck->cs)
+          && inc_refs (ck, off, ck->cs, 1, &od) < 0) {
         free (tab);
         return -1;
       }
@@ -1153,20 +1339,23 @@ phase_compare (struct ck *ck)
               "Can't get refcount for clusters %" PRIu64 "..%" PRIu64 ": "
               "refcount block offset 0x%" PRIx64 " is not aligned", first,
               end - 1, rbo);
-      for (uint64_t k = first; k < end; k++)
-        if (qk_refblock_get (ck->imrt, ck->order, k)) {
-          highest = k;
-          any = true;
-        }
+      /* qemu-img leaves these clusters out of image-end-offset */
       continue;
     }
-    if (rbo) {
-      if (qk_source_read_zeropad (ck->img->src, blk, ck->cs, rbo) < 0) {
-        free (blk);
-        return -1;
-      }
-      have = true;
+    if (rbo && qk_source_read_zeropad (ck->img->src, blk, ck->cs, rbo) < 0) {
+      /* e.g. an offset past what a file can hold: qemu-img cannot get
+       * these refcounts either (a check error per cluster) */
+      report (ck, PR_REFCOUNT_UNREADABLE, end - first,
+              LOC (.host_offset = first << ck->cb,
+                   .length = (end - first) << ck->cb),
+              "Can't get refcount for clusters %" PRIu64 "..%" PRIu64 ": "
+              "refcount block 0x%" PRIx64 " cannot be read: %s", first,
+              end - 1, rbo, qk_get_error ());
+      /* qemu-img leaves these clusters out of image-end-offset */
+      continue;
     }
+    if (rbo)
+      have = true;
     for (uint64_t k = first; k < end; k++) {
       uint64_t stored = have ? qk_refblock_get (blk, h->refcount_order,
                                                 k - first) : 0;
@@ -1183,6 +1372,13 @@ phase_compare (struct ck *ck)
                      .expected = counted),
                 "cluster %" PRIu64 " (0x%" PRIx64 ") refcount=%" PRIu64
                 " reference=%" PRIu64, k, k << ck->cb, stored, counted);
+      else if (ck->missing)
+        report (ck, PR_LEAK_UNCERTAIN, 1,
+                LOC (.host_offset = k << ck->cb, .found = stored,
+                     .expected = counted),
+                "cluster %" PRIu64 " (0x%" PRIx64 ") refcount=%" PRIu64
+                " reference=%" PRIu64 ": not counted as a leak, %s could not "
+                "be read in full", k, k << ck->cb, stored, counted, ck->missing);
       else
         report (ck, PR_LEAK, 1,
                 LOC (.host_offset = k << ck->cb, .found = stored,
@@ -1230,6 +1426,14 @@ describe (const struct ck *ck, const struct owner *o, char *buf, size_t len)
     snprintf (buf, len, "guest data at 0x%" PRIx64, (uint64_t) o->a);
     break;
   case OWN_SNAPDATA: snprintf (buf, len, "snapshot guest data"); break;
+  case OWN_CDATA:
+    if (o->b < 0)
+      snprintf (buf, len, "compressed guest data at 0x%" PRIx64,
+                (uint64_t) o->a);
+    else
+      snprintf (buf, len, "compressed guest data of %s at 0x%" PRIx64,
+                source_name (ck, o->b, sb, sizeof sb), (uint64_t) o->a);
+    break;
   case OWN_BMDATA:
     snprintf (buf, len, "the data of bitmap '%s'", img->bitmaps[o->a].b.name);
     break;
@@ -1277,16 +1481,25 @@ active_guests (struct ck *ck, const uint64_t *ks, size_t nk,
       uint64_t e = be64_get (buf + (size_t) j * h->l2_entry_size);
       enum qk_cluster_type t = qk_l2_cluster_type (e, h->subclusters > 1,
                                                    ck->data_file);
-      uint64_t k, *hit;
-      if (t != QK_CLUSTER_NORMAL && t != QK_CLUSTER_ZERO_ALLOC)
+      uint64_t k, last, *hit;
+      if (t == QK_CLUSTER_COMPRESSED) {
+        uint64_t coff, clen;
+        qk_l2_compressed (e & ~QK_OFLAG_COPIED, ck->cb, &coff, &clen);
+        k = coff >> ck->cb;
+        last = (coff + clen - 1) >> ck->cb;
+      }
+      else if (t == QK_CLUSTER_NORMAL || t == QK_CLUSTER_ZERO_ALLOC)
+        k = last = (e & QK_L2E_OFFSET_MASK) >> ck->cb;
+      else
         continue;
-      k = (e & QK_L2E_OFFSET_MASK) >> ck->cb;
-      hit = bsearch (&k, ks, nk, sizeof *ks, cmp_u64);
-      if (hit) {
-        uint64_t *f = found[hit - ks];
-        uint64_t g = (uint64_t) l * span + ((uint64_t) j << ck->cb);
-        if (f[0] == QK_NONE) f[0] = g;
-        else if (f[1] == QK_NONE) f[1] = g;
+      for (; k <= last; k++) {
+        hit = bsearch (&k, ks, nk, sizeof *ks, cmp_u64);
+        if (hit) {
+          uint64_t *f = found[hit - ks];
+          uint64_t g = (uint64_t) l * span + ((uint64_t) j << ck->cb);
+          if (f[0] == QK_NONE) f[0] = g;
+          else if (f[1] == QK_NONE) f[1] = g;
+        }
       }
     }
   }
@@ -1353,56 +1566,83 @@ phase_overlaps (struct ck *ck)
 
 /* ---- phase 7: backing chain and data file ---- */
 
+/* The backing chain must open as a whole for QEMU to open the image: a
+ * missing file, a loop, a protocol name or too deep a chain anywhere in it
+ * is reported here, naming the image where the chain breaks. Damage of a
+ * backing file's own is only mentioned (check it with --chain). */
+static void
+chain_break (struct ck *ck, const struct qk_image *at)
+{
+  const char *why = at->unreadable ? at->unreadable : "";
+  char where[600] = "";
+
+  if (at != ck->img)
+    snprintf (where, sizeof where, " (in the chain, below '%s')",
+              at->filename);
+  if (has_protocol (at->backing_name))
+    report (ck, PR_BACKING_PROTOCOL, 1, NOLOC,
+            "backing file '%s'%s is a protocol or json: specification",
+            at->backing_name, where);
+  else if (strstr (why, "loop"))
+    report (ck, PR_BACKING_LOOP, 1, NOLOC,
+            "backing file '%s'%s: the backing chain loops back to an image "
+            "already in it", at->backing_name, where);
+  else if (strstr (why, "too deep"))
+    report (ck, PR_BACKING_TOO_DEEP, 1, NOLOC,
+            "backing file '%s'%s: the backing chain is deeper than %u "
+            "images", at->backing_name, where, QK_DEFAULT_CHAIN_DEPTH);
+  else if (strstr (why, "format is not supported"))
+    report (ck, PR_BACKING_FORMAT, 1, NOLOC,
+            "backing file '%s'%s: format '%s' is not supported",
+            at->backing_name, where,
+            at->backing_format ? at->backing_format : "?");
+  else if (!strstr (why, "name is invalid")) {
+    const char *w = "cannot be opened";
+    for (size_t i = 0; i < at->warnings.n; i++)
+      if (strstr (at->warnings.v[i], "backing file"))
+        w = at->warnings.v[i];
+    report (ck, PR_BACKING_MISSING, 1, NOLOC, "%s%s", w, where);
+    if (strstr (w, "not a qcow2 image"))
+      report (ck, PR_EXT_BACKING_FORMAT_MISMATCH, 1, NOLOC,
+              "backing file '%s'%s is recorded as qcow2 but is not a qcow2 "
+              "image", at->backing_name, where);
+  }
+}
+
 static void
 phase_chain (struct ck *ck)
 {
   struct qk_image *img = ck->img;
-  const char *why = img->unreadable ? img->unreadable : "";
+  const struct qk_image *at;
 
-  if (img->backing_name && img->backing == NULL) {
-    if (has_protocol (img->backing_name))
-      report (ck, PR_BACKING_PROTOCOL, 1, NOLOC,
-              "backing file '%s' is a protocol or json: specification",
-              img->backing_name);
-    else if (strstr (why, "loop"))
-      report (ck, PR_BACKING_LOOP, 1, NOLOC,
-              "backing file '%s': the backing chain loops",
-              img->backing_name);
-    else if (strstr (why, "too deep"))
-      report (ck, PR_BACKING_TOO_DEEP, 1, NOLOC,
-              "backing file '%s': the backing chain is too deep",
-              img->backing_name);
-    else if (strstr (why, "format"))
-      report (ck, PR_BACKING_FORMAT, 1, NOLOC,
-              "backing file '%s': format '%s' is not supported",
-              img->backing_name,
-              img->backing_format ? img->backing_format : "?");
-    else if (!strstr (why, "name is invalid")) {
-      const char *w = "cannot be opened";
-      for (size_t i = 0; i < img->warnings.n; i++)
-        if (strstr (img->warnings.v[i], "backing file"))
-          w = img->warnings.v[i];
-      report (ck, PR_BACKING_MISSING, 1, NOLOC, "%s", w);
+  for (at = img; at; at = at->backing)
+    if (at->backing_name && at->backing_name[0] && at->backing == NULL) {
+      chain_break (ck, at);
+      break;
     }
-  }
   if (img->backing) {
+    uint8_t magic[4] = { 0 };
+    bool is_qcow2 = img->backing->is_qcow2;
+
+    if (!is_qcow2
+        && qk_source_read_zeropad (img->backing->src, magic, 4, 0) == 0)
+      is_qcow2 = be32_get (magic) == QK_QCOW2_MAGIC;
     if (img->backing_format_ext
-        && strcmp (img->backing_format_ext, "qcow2") == 0
-        && !img->backing->is_qcow2)
-      report (ck, PR_BACKING_FORMAT, 1, NOLOC,
-              "backing file '%s' is recorded as qcow2 but is not a qcow2 "
-              "image", img->backing_name);
-    else if (img->backing_format_ext
-             && strcmp (img->backing_format_ext, "raw") == 0
-             && img->backing->is_qcow2)
-      report (ck, PR_BACKING_FORMAT, 1, NOLOC,
+        && strcmp (img->backing_format_ext, "raw") == 0 && is_qcow2)
+      report (ck, PR_EXT_BACKING_FORMAT_MISMATCH, 1, NOLOC,
               "backing file '%s' is recorded as raw but is a qcow2 image "
               "(the guest sees its qcow2 metadata as data)",
               img->backing_name);
-    if (img->backing->unreadable)
-      report (ck, PR_BACKING_PROBLEM, 1, NOLOC,
-              "backing file '%s': %s", img->backing_name,
-              img->backing->unreadable);
+    /* Damage of a backing file's own (the chain itself opened). */
+    for (at = img->backing; at; at = at->backing)
+      if (at->unreadable
+          && !(at->backing_name && at->backing_name[0] && at->backing == NULL)
+          && !(at->backing && at->backing->unreadable)) {
+        report (ck, PR_BACKING_PROBLEM, 1, NOLOC,
+                "backing file '%s': %s (check it with --chain)",
+                at->filename, at->unreadable);
+        break;
+      }
   }
   if (ck->data_file) {
     if (img->data == img->src)
@@ -1462,8 +1702,9 @@ qk_check_run (struct qk_image *img, unsigned flags, qk_problem_fn fn,
     if (qk_image_read_refcount_table (img, &ck.reftable, &ck.reftable_n) < 0) {
       ck.reftable = NULL;
       ck.reftable_n = 0;
-      report (&ck, PR_HDR_REFTABLE_INVALID, 1, NOLOC,
-              "the refcount table cannot be read: %s", qk_get_error ());
+      if (!ck.reftable_invalid)   /* else phase_header said why */
+        report (&ck, PR_HDR_REFTABLE_INVALID, 1, NOLOC,
+                "the refcount table cannot be read: %s", qk_get_error ());
     }
   }
   if (phase_tables (&ck) < 0)
