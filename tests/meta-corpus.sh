@@ -1,6 +1,6 @@
 #!/bin/bash
 # Every file of libvirt's own snapshot and checkpoint XML tests
-# (shared/corpus/libvirt) loads, or is rejected with the right problems,
+# (a copy in tests/corpus/libvirt, see its README.md) loads, or is rejected with the right problems,
 # in the per-file layout and inside a bulk file; and every file with a
 # usable name survives bulk -> per-file -> bulk byte for byte (the
 # elements qcowkit does not interpret included).
@@ -10,11 +10,11 @@ srcdir=${srcdir:-.}
 require jq
 scratch
 
-corpus=${QCOWKIT_CORPUS:-$srcdir/../shared/corpus/libvirt}
-[ -d "$corpus" ] || corpus=/work/shared/corpus/libvirt
+corpus=${QCOWKIT_CORPUS:-$srcdir/tests/corpus/libvirt}
 if [ ! -d "$corpus" ]; then
-  echo "1..0 # SKIP the libvirt corpus is not there (QCOWKIT_CORPUS)"
-  exit 0
+  echo "1..1"
+  echo "not ok 1 - the libvirt corpus is not at $corpus"
+  exit 1
 fi
 
 R=$T/r
