@@ -46,4 +46,59 @@ else
 fi
 run qcowkit map vm.qcow2
 
+say "6. qcowkit check: what is wrong, with a stable code per problem (read-only)"
+run qcowkit check vm.qcow2 || echo "(qcowkit check: exit $?, as qemu-img check would)"
+
+say "7. A second VM whose libvirt snapshot metadata went wrong"
+# web.qcow2 has internal snapshots s1 and s2, plus one taken by hand
+rm -rf web.qcow2 libvirt
+qemu-img create -q -f qcow2 web.qcow2 16M
+qemu-img snapshot -c s1 web.qcow2
+qemu-img snapshot -c s2 web.qcow2
+qemu-img snapshot -c manual web.qcow2
+# the embedded driver's layout: libvirt/etc/qemu/web.xml and
+# libvirt/lib/qemu/snapshot/web/NAME.xml
+mkdir -p libvirt/etc/qemu libvirt/lib/qemu/snapshot/web
+domain () {
+  cat <<XML
+<domain type='kvm'>
+  <name>web</name>
+  <uuid>3f1e5d3c-8a46-4c7e-9a3b-2f8d7c1e6b01</uuid>
+  <memory unit='KiB'>1048576</memory>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='$D/web.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+  </devices>
+</domain>
+XML
+}
+domain > libvirt/etc/qemu/web.xml
+# snapshot NAME PARENT TIME ACTIVE
+snapshot () {
+  {
+    echo "<domainsnapshot>"
+    echo "  <name>$1</name>"
+    echo "  <state>shutoff</state>"
+    [ -z "$2" ] || echo "  <parent><name>$2</name></parent>"
+    echo "  <creationTime>$3</creationTime>"
+    echo "  <memory snapshot='no'/>"
+    echo "  <disks><disk name='vda' snapshot='internal'/></disks>"
+    domain | sed 's/^/  /'
+    echo "  <active>$4</active>"
+    echo "</domainsnapshot>"
+  } > "libvirt/lib/qemu/snapshot/web/$1.xml"
+}
+snapshot s1 "" 1700000000 0
+snapshot s2 s1 1700000100 1
+# s3's parent was deleted by hand, s3 is not in the image, and it is
+# marked current as well as s2
+snapshot s3 s-gone 1700000200 1
+echo "s1 <- s2 (current), s3 (parent s-gone missing, also marked current)"
+run qcowkit meta tree web --libvirt-root libvirt || true
+run qcowkit meta check web --libvirt-root libvirt || echo "(qcowkit meta check: exit $?)"
+
 say "Files are in $D"
