@@ -178,6 +178,8 @@ awk '/^\.SH EXAMPLE/ { s = 1; next } s && /^\.SH / { s = 0 }
   sed -e 's/\\e/\\/g' -e 's/\\-/-/g' -e "s/\\\\(aq/'/g" -e 's/\\(dq/"/g' \
       -e 's/\\&//g' -e 's/\\%//g' > "$T/example.c"
 cc=${CC:-cc}
+# a sanitizer build's library needs the program built the same way
+san=$(sed -n 's/^SAN_CFLAGS = //p' "${top_builddir:-.}/Makefile" 2>/dev/null)
 libdir=${top_builddir:+$top_builddir/lib/.libs}
 if ! grep -q 'main' "$T/example.c"; then
   fail "libqcowkit(3) has an example program"
@@ -186,7 +188,7 @@ elif ! command -v "$cc" >/dev/null 2>&1; then
 elif [ -z "$libdir" ] || ! ls "$libdir"/libqcowkit.so* >/dev/null 2>&1; then
   pass "libqcowkit(3) example compiles # SKIP the shared library is not built"
 else
-  if err=$("$cc" -std=c99 -Wall -Wextra -Werror -I"$srcdir/lib" \
+  if err=$("$cc" -std=c99 -Wall -Wextra -Werror $san -I"$srcdir/lib" \
              -o "$T/example" "$T/example.c" -L"$libdir" -lqcowkit 2>&1); then
     pass "libqcowkit(3) example compiles cleanly"
     head -c 2048 /dev/zero > "$T/disk.raw"

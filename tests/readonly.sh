@@ -74,6 +74,8 @@ EOF
 # for writing (the export's own output aside).
 if command -v strace > /dev/null 2>&1; then
   tracer=(strace -f -qq -e trace=open,openat,creat -o "$T/st")
+  # LeakSanitizer cannot run under ptrace (sanitizer builds)
+  export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
 else
   tracer=()
   diag "strace not installed: the open flags are not checked"
