@@ -26,8 +26,19 @@ if command -v groff >/dev/null; then
   w=$(groff -man -Tutf8 -ww -z "$T/man" 2>&1)
   is "$w" "" "qcowkit-problems(7) renders without warnings"
 fi
+# The metadata checker's table is in the same page, with its own codes
+qcowkit meta check --list-problems > "$T/mlist" || fail "meta check --list-problems runs"
+mcodes=$(awk '{print $1}' "$T/mlist")
+ok "the metadata table has rows" test "$(wc -l < "$T/mlist")" -gt 20
+ok "metadata codes are 0x10NNNN and above" test -z "$(echo "$mcodes" | cut -c3-4 | grep -vE '^1[0-9a-f]$')"
+is "$(echo "$mcodes" | sort -c 2>&1 && echo sorted)" "sorted" "metadata codes are sorted"
+is "$(printf '%s\n%s\n' "$codes" "$mcodes" | sort | uniq -d)" "" "no code is in both tables"
+missing=0
+for c in $mcodes; do grep -q "^.B $c " "$T/man" || { missing=1; diag "$c missing from the man page"; }; done
+is "$missing" 0 "every metadata code is in qcowkit-problems(7)"
+is "$(grep -c '^\.B 0x' "$T/man")" "$(cat "$T/list" "$T/mlist" | wc -l)" "the page has exactly the rows of both tables"
 # The shipped codes never change: this list only grows.
-for c in 0x000001 0x010001 0x01000c 0x020003 0x030004 0x040001 0x040002 0x050001 0x060004 0x070001 0x080001; do
-  ok "shipped code $c still exists" grep -q "^$c " "$T/list"
+for c in 0x000001 0x010001 0x01000c 0x020003 0x030004 0x040001 0x040002 0x050001 0x060004 0x070001 0x080001 0x100001 0x10000c 0x10000f 0x110002 0x110004; do
+  ok "shipped code $c still exists" grep -q "^$c " "$T/list" "$T/mlist"
 done
 done_testing

@@ -180,33 +180,19 @@ exit_code (const struct qk_check_result *r)
   return EXIT_CHECK_CLEAN;
 }
 
-/* --list-problems[=man]: the table, for people and for qcowkit-problems(7). */
-static int
-list_problems (bool man)
+/* Print one problem table, as text or as man page entries. */
+static void
+print_problem_table (size_t (*count) (void),
+                     int (*info) (size_t, uint32_t *, const char **,
+                                  enum qk_problem_class *, const char **),
+                     bool man)
 {
-  if (man) {
-    printf (".\\\" Generated from lib/check/problems.def by "
-            "'qcowkit check --list-problems=man'. Do not edit.\n"
-            ".TH QCOWKIT-PROBLEMS 7 \"\" \"qcowkit %s\" \"qcowkit\"\n"
-            ".SH NAME\nqcowkit-problems \\- the problems qcowkit check "
-            "reports\n.SH DESCRIPTION\n"
-            "Every problem \\fBqcowkit check\\fR(1) reports has a stable "
-            "code 0xPPNNNN: PP is the phase that finds it, NNNN a number. A "
-            "code is never reused or renumbered.\n.PP\n"
-            "The class says what a problem does to the result: "
-            "\\fBcorruption\\fR and \\fBleak\\fR are what qemu-img check "
-            "counts as corruptions and leaks (exit status 2 and 3); "
-            "\\fBerror\\fR means a part of the check could not be done "
-            "(qemu-img's check-errors, exit status 1); \\fBwarning\\fR and "
-            "\\fBinfo\\fR are findings qemu-img does not count, and never "
-            "change the exit status.\n.SH PROBLEMS\n", PACKAGE_VERSION);
-  }
-  for (size_t i = 0; i < qk_problem_count (); i++) {
+  for (size_t i = 0; i < count (); i++) {
     uint32_t code;
     const char *name, *desc;
     enum qk_problem_class cls;
 
-    qk_problem_info (i, &code, &name, &cls, &desc);
+    info (i, &code, &name, &cls, &desc);
     if (man)
       printf (".TP\n.B 0x%06x %s\n(%s) %s\n", code, name,
               qk_problem_class_name (cls), desc);
@@ -214,9 +200,48 @@ list_problems (bool man)
       printf ("0x%06x  %-28s %-10s %s\n", code, name,
               qk_problem_class_name (cls), desc);
   }
-  if (man)
+}
+
+/* --list-problems[=man]: the table, for people and for qcowkit-problems(7),
+ * which documents both tables: the image checker's and the libvirt
+ * metadata checker's (qcowkit meta check --list-problems lists the
+ * latter alone). */
+static int
+list_problems (bool man)
+{
+  if (man) {
+    printf (".\\\" Generated from lib/check/problems.def and "
+            "lib/meta/problems.def by\n"
+            ".\\\" 'qcowkit check --list-problems=man'. Do not edit.\n"
+            ".TH QCOWKIT-PROBLEMS 7 \"\" \"qcowkit %s\" \"qcowkit\"\n"
+            ".SH NAME\nqcowkit-problems \\- the problems qcowkit check and "
+            "qcowkit meta check report\n.SH DESCRIPTION\n"
+            "Every problem \\fBqcowkit check\\fR(1) and \\fBqcowkit meta "
+            "check\\fR (\\fBqcowkit-meta\\fR(1)) report has a stable "
+            "code 0xPPNNNN: PP is the phase that finds it, NNNN a number. A "
+            "code is never reused or renumbered. Phases 00 to 0f are the "
+            "image checker's, 10 and above the libvirt metadata checker's.\n"
+            ".PP\n"
+            "The class says what a problem does to the result: "
+            "\\fBcorruption\\fR and \\fBleak\\fR are what qemu-img check "
+            "counts as corruptions and leaks (exit status 2 and 3); "
+            "\\fBerror\\fR means a part of the check could not be done "
+            "(qemu-img's check-errors, exit status 1); \\fBwarning\\fR and "
+            "\\fBinfo\\fR are findings qemu-img does not count, and never "
+            "change the exit status.\n.SH IMAGE PROBLEMS\n", PACKAGE_VERSION);
+  }
+  print_problem_table (qk_problem_count, qk_problem_info, man);
+  if (man) {
+    printf (".SH METADATA PROBLEMS\n"
+            "What \\fBqcowkit meta check\\fR finds in libvirt's snapshot and "
+            "checkpoint metadata and between it and the images. There, "
+            "\\fBcorruption\\fR is what libvirt drops, skips or detaches "
+            "when it loads the metadata, or what makes a revert, delete or "
+            "backup go wrong (exit status 2).\n");
+    print_problem_table (qk_meta_problem_count, qk_meta_problem_info, true);
     printf (".SH SEE ALSO\n.BR qcowkit (1),\n.BR qcowkit-check (1),\n"
-            ".BR qemu-img (1)\n");
+            ".BR qcowkit-meta (1),\n.BR qemu-img (1)\n");
+  }
   return EXIT_OK;
 }
 
