@@ -305,6 +305,22 @@ is "$(jv 0)" "$(peek base.qcow2 "$snl1")" "base: snapshot L1[0] equals the bytes
 dh base.qcow2 snapshot-l1 0
 is "$(awk '$1 == "L1[0]" { print $3 }' "$T/human" | xargs -r printf '%u')" \
   "$(peek base.qcow2 "$snl1")" "base: human snapshot L1[0]"
+# @OFFSET: the snapshot whose L1 table is at that host offset
+dj base base.qcow2 snapshot-l1 0
+cp "$T/flat" "$T/flat.idx"
+dj "base @offset" base.qcow2 snapshot-l1 "@$snl1"
+ok "base: snapshot-l1 @$snl1 (its l1_table_offset) is snapshot-l1 0" \
+  cmp -s "$T/flat" "$T/flat.idx"
+sn1=$(( (sn + 40 + $(peek base.qcow2 $((sn + 36)) be32) + $(peek base.qcow2 $((sn + 12)) be16) + $(peek base.qcow2 $((sn + 14)) be16) + 7) / 8 * 8 ))
+snl1b=$(peek base.qcow2 "$sn1")
+dj base base.qcow2 snapshot-l1 1
+cp "$T/flat" "$T/flat.idx"
+dj "base @hex" base.qcow2 snapshot-l1 "@$(printf '0x%x' "$snl1b")"
+ok "base: snapshot-l1 @0x... of the second entry is snapshot-l1 1" \
+  cmp -s "$T/flat" "$T/flat.idx"
+dh base.qcow2 snapshot-l1 "@$snl1"
+is "$(awk '$1 == "L1[0]" { print $3 }' "$T/human" | xargs -r printf '%u')" \
+  "$(peek base.qcow2 "$snl1")" "base: human snapshot-l1 @OFFSET"
 dj v2 v2.qcow2 snapshots
 is "$(jlen)" 0 "v2: no snapshots: an empty array"
 
@@ -338,6 +354,21 @@ for ((k = 0; k < bts; k++)); do
 done
 is "$bad" "" "base: bitmap table entries equal the bytes ($nz non-zero)"
 ok "base: the bitmap recorded qemu-io's writes" [ "$nz" -gt 0 ]
+cp "$T/flat" "$T/flat.idx"
+dj "base @offset" base.qcow2 bitmap-table "@$bt"
+ok "base: bitmap-table @$bt (its bitmap_table_offset) is bitmap-table 0" \
+  cmp -s "$T/flat" "$T/flat.idx"
+
+# ---- 64-bit values: exact decimal digits in the JSON text ----
+# L1[0] has the COPIED flag (bit 63): above 2^53, where doubles round
+l1e=$(peek base.qcow2 "$(peek base.qcow2 40)")
+ok "base: L1[0] ($l1e) is above 2^53" [ "${#l1e}" -ge 19 ]
+qcowkit dump --output=json base.qcow2 l1 > "$T/doc.json"
+ok "base: the JSON text has L1[0]'s exact decimal digits" \
+  grep -qx "    $l1e,\{0,1\}" "$T/doc.json"
+qcowkit dump base.qcow2 l1 > "$T/human"
+is "$(awk '$1 == "L1[0]" { print $3 }' "$T/human")" "$(printf '0x%016x' "$l1e")" \
+  "base: the human dump has it in hexadecimal"
 
 # ---- errors: exit 1 with a message ----
 err1 () {  # err1 LABEL ARGS...
@@ -359,6 +390,13 @@ err1 "refblock past EOF (no double free)" base.qcow2 refblock @$(( (size / 65536
 err1 "refblock unaligned" base.qcow2 refblock @512
 err1 "snapshot-l1 of a missing snapshot" base.qcow2 snapshot-l1 2
 err1 "bitmap-table of a missing bitmap" base.qcow2 bitmap-table 1
+err1 "snapshot-l1 @OFFSET where no L1 table is" base.qcow2 snapshot-l1 @0x10000
+err1 "bitmap-table @OFFSET where no bitmap table is" base.qcow2 bitmap-table @0
+qcowkit dump --output=json base.qcow2 snapshot-l1 @0x10000 >"$T/out" 2>"$T/err"
+ok "snapshot-l1 @OFFSET not found: the message names the offset" \
+  grep -q 'no snapshot has its L1 table at 0x10000' "$T/err"
+ok "snapshot-l1 @OFFSET not found: the JSON is still valid (null)" \
+  python3 -m json.tool "$T/out"
 err1 "a missing file" missing.qcow2 header
 err1 "a raw file" raw.img header
 err1 "a directory" . header

@@ -255,7 +255,8 @@ static const char help[] =
   "WHAT: header | extensions | l1 | l2 N | refcount-table | refblock N |\n"
   "      snapshots | snapshot-l1 N | bitmaps | bitmap-table N\n"
   "For l2 and refblock, N is an L1 or refcount table index, or @OFFSET for a\n"
-  "host offset; for snapshot-l1 and bitmap-table, the entry's index.\n";
+  "host offset; for snapshot-l1 and bitmap-table, the entry's index, or\n"
+  "@OFFSET for the entry whose table is at that host offset.\n";
 
 int
 cmd_dump (int argc, char **argv)
@@ -395,16 +396,32 @@ cmd_dump (int argc, char **argv)
       }
     }
     else {
+      bool snap = strcmp (what, "snapshot-l1") == 0;
+      size_t k = v;
       uint32_t cnt;
-      int rr = strcmp (what, "snapshot-l1") == 0
-               ? qk_image_read_snapshot_l1 (img, v, &w, &cnt)
-               : qk_image_read_bitmap_table (img, v, &w, &cnt);
-      if (rr < 0) {
+      if (is_off) {
+        /* @OFFSET: the entry whose table is at that host offset */
+        size_t nent = snap ? qk_image_snapshot_count (img)
+                           : qk_image_bitmap_count (img);
+        for (k = 0; k < nent; k++)
+          if ((snap ? qk_image_snapshot (img, k)->l1_table_offset
+                    : qk_image_bitmap (img, k)->table_offset) == v)
+            break;
+        if (k == nent) {
+          errx_ ("no %s has its %s at 0x%" PRIx64, snap ? "snapshot"
+                 : "bitmap", snap ? "L1 table" : "bitmap table", v);
+          ret = EXIT_ERR;
+        }
+      }
+      if (ret != EXIT_OK)
+        ;
+      else if ((snap ? qk_image_read_snapshot_l1 (img, k, &w, &cnt)
+                     : qk_image_read_bitmap_table (img, k, &w, &cnt)) < 0) {
         errx_ ("%s", qk_get_error ());
         ret = EXIT_ERR;
       }
       else
-        dump_words (w, cnt, 1, j, what[0] == 's' ? "L1" : "bitmap-table");
+        dump_words (w, cnt, 1, j, snap ? "L1" : "bitmap-table");
     }
   }
   if (j) {

@@ -6,6 +6,8 @@
 #include "tool.h"
 #include "util/json.h"
 #include "util/byteorder.h"
+/* qk_image_luks(): internal until the LUKS header has a public API */
+#include "image/image.h"
 
 static const char *
 compat_str (const struct qk_header *h)
@@ -36,7 +38,99 @@ stored_backing_format (struct qk_image *img)
   return NULL;
 }
 
+static const char *
+crypt_format (const struct qk_header *h)
+{
+  return h->crypt_method == QK_CRYPT_LUKS ? "luks"
+         : h->crypt_method == QK_CRYPT_AES ? "aes" : "unknown";
+}
+
 /* ---- JSON ---- */
+
+/* format-specific.data.encrypt, as qemu-img info (QCryptoBlockInfo): the
+ * format, and for LUKS what QEMU decodes from the LUKS header. */
+static void
+json_encrypt (struct qk_json *j, struct qk_image *img)
+{
+  const struct qk_header *h = qk_image_header (img);
+  const struct qk_luks *l = qk_image_luks (img);
+
+  qk_json_object_begin (j, "encrypt");
+  qk_json_string (j, "format", crypt_format (h));
+  if (h->crypt_method == QK_CRYPT_LUKS && l) {
+    if (l->cipher_alg)
+      qk_json_string (j, "cipher-alg", l->cipher_alg);
+    if (l->mode)
+      qk_json_string (j, "cipher-mode", l->mode);
+    if (l->ivgen_alg)
+      qk_json_string (j, "ivgen-alg", l->ivgen_alg);
+    if (l->ivgen_hash_alg)
+      qk_json_string (j, "ivgen-hash-alg", l->ivgen_hash_alg);
+    if (l->hash_alg)
+      qk_json_string (j, "hash-alg", l->hash_alg);
+    qk_json_uint (j, "payload-offset", (uint64_t) l->payload_offset_sector * 512);
+    qk_json_uint (j, "master-key-iters", l->master_key_iterations);
+    qk_json_string (j, "uuid", l->uuid);
+    qk_json_array_begin (j, "slots");
+    for (int i = 0; i < QK_LUKS_SLOTS; i++) {
+      const struct qk_luks_slot *k = &l->slot[i];
+      qk_json_object_begin (j, NULL);
+      qk_json_bool (j, "active", k->active);
+      if (k->active)
+        qk_json_uint (j, "iters", k->iterations);
+      qk_json_uint (j, "key-offset", (uint64_t) k->key_offset_sector * 512);
+      if (k->active)
+        qk_json_uint (j, "stripes", k->stripes);
+      qk_json_object_end (j);
+    }
+    qk_json_array_end (j);
+  }
+  qk_json_object_end (j);
+}
+
+/* qcowkit.luks-header: where the LUKS header is and its fields as stored. */
+static void
+json_luks_header (struct qk_json *j, struct qk_image *img)
+{
+  const struct qk_header *h = qk_image_header (img);
+  const struct qk_luks *l = qk_image_luks (img);
+
+  if (h->crypt_method != QK_CRYPT_LUKS)
+    return;
+  qk_json_object_begin (j, "luks-header");
+  for (size_t i = 0; i < qk_image_extension_count (img); i++) {
+    const struct qk_extension *e = qk_image_extension (img, i);
+    if (e->magic == QK_EXT_CRYPTO && e->length >= 16) {
+      qk_json_uint (j, "offset", be64_get (e->data));
+      qk_json_uint (j, "length", be64_get (e->data + 8));
+      break;
+    }
+  }
+  qk_json_bool (j, "readable", l != NULL);
+  if (l) {
+    qk_json_uint (j, "version", l->version);
+    qk_json_string (j, "cipher-name", l->cipher_name);
+    qk_json_string (j, "cipher-mode", l->cipher_mode);
+    qk_json_string (j, "hash-spec", l->hash_spec);
+    qk_json_uint (j, "key-bytes", l->key_bytes);
+    qk_json_uint (j, "payload-offset", (uint64_t) l->payload_offset_sector * 512);
+    qk_json_uint (j, "master-key-iters", l->master_key_iterations);
+    qk_json_string (j, "uuid", l->uuid);
+    qk_json_array_begin (j, "slots");
+    for (int i = 0; i < QK_LUKS_SLOTS; i++) {
+      const struct qk_luks_slot *k = &l->slot[i];
+      qk_json_object_begin (j, NULL);
+      qk_json_hex (j, "state", k->state);
+      qk_json_bool (j, "active", k->active);
+      qk_json_uint (j, "iters", k->iterations);
+      qk_json_uint (j, "key-offset", (uint64_t) k->key_offset_sector * 512);
+      qk_json_uint (j, "stripes", k->stripes);
+      qk_json_object_end (j);
+    }
+    qk_json_array_end (j);
+  }
+  qk_json_object_end (j);
+}
 
 static void
 json_features (struct qk_json *j, struct qk_image *img, const char *key,
@@ -137,6 +231,8 @@ json_qcowkit (struct qk_json *j, struct qk_image *img)
     }
     qk_json_uint (j, "file-length", qk_image_file_size (img));
     qk_json_object_end (j);
+
+    json_luks_header (j, img);
 
     if (qk_image_bitmap_count (img)) {
       qk_json_array_begin (j, "bitmaps");
@@ -277,12 +373,8 @@ json_info (struct qk_json *j, struct qk_image *img)
       qk_json_bool (j, "data-file-raw",
                     (h->autoclear_features & QK_AUTOCLEAR_DATA_FILE_RAW) != 0);
     }
-    if (h->crypt_method) {
-      qk_json_object_begin (j, "encrypt");
-      qk_json_string (j, "format", h->crypt_method == QK_CRYPT_LUKS ? "luks"
-                      : h->crypt_method == QK_CRYPT_AES ? "aes" : "unknown");
-      qk_json_object_end (j);
-    }
+    if (h->crypt_method)
+      json_encrypt (j, img);
     if (h->version >= 3) {
       qk_json_bool (j, "corrupt",
                     (h->incompatible_features & QK_INCOMPAT_CORRUPT) != 0);
@@ -316,6 +408,48 @@ human_features (struct qk_image *img, const char *label, int type,
   printf ("%s\n", any ? "" : " none");
 }
 
+/* The encrypt section of qemu-img info, in its order (that of QEMU's
+ * QDict, so fixed). */
+static void
+human_encrypt (struct qk_image *img)
+{
+  const struct qk_header *h = qk_image_header (img);
+  const struct qk_luks *l = qk_image_luks (img);
+
+  printf ("    encrypt:\n");
+  if (h->crypt_method != QK_CRYPT_LUKS || l == NULL) {
+    printf ("        format: %s\n", crypt_format (h));
+    return;
+  }
+  if (l->ivgen_alg)
+    printf ("        ivgen alg: %s\n", l->ivgen_alg);
+  if (l->hash_alg)
+    printf ("        hash alg: %s\n", l->hash_alg);
+  if (l->cipher_alg)
+    printf ("        cipher alg: %s\n", l->cipher_alg);
+  printf ("        uuid: %s\n", printable (l->uuid));
+  if (l->ivgen_hash_alg)
+    printf ("        ivgen hash alg: %s\n", l->ivgen_hash_alg);
+  printf ("        format: luks\n");
+  if (l->mode)
+    printf ("        cipher mode: %s\n", l->mode);
+  printf ("        slots:\n");
+  for (int i = 0; i < QK_LUKS_SLOTS; i++) {
+    const struct qk_luks_slot *k = &l->slot[i];
+    printf ("            [%d]:\n", i);
+    printf ("                active: %s\n", k->active ? "true" : "false");
+    if (k->active)
+      printf ("                iters: %u\n", k->iterations);
+    printf ("                key offset: %" PRIu64 "\n",
+            (uint64_t) k->key_offset_sector * 512);
+    if (k->active)
+      printf ("                stripes: %u\n", k->stripes);
+  }
+  printf ("        payload offset: %" PRIu64 "\n",
+          (uint64_t) l->payload_offset_sector * 512);
+  printf ("        master key iters: %u\n", l->master_key_iterations);
+}
+
 static void
 human_info (struct qk_image *img)
 {
@@ -332,9 +466,10 @@ human_info (struct qk_image *img)
     printf ("disk size: unavailable\n");
   if (h == NULL)
     return;
-  printf ("cluster_size: %" PRIu64 "\n", h->cluster_size);
+  /* qemu-img's order: encrypted, then cluster_size */
   if (h->crypt_method)
     printf ("encrypted: yes\n");
+  printf ("cluster_size: %" PRIu64 "\n", h->cluster_size);
   if (h->incompatible_features & QK_INCOMPAT_DIRTY)
     printf ("cleanly shut down: no\n");
   if (qk_image_backing_name (img)) {
@@ -373,13 +508,16 @@ human_info (struct qk_image *img)
     }
   }
   printf ("    refcount bits: %u\n", h->refcount_bits);
-  if (h->incompatible_features & QK_INCOMPAT_DATA_FILE) {
-    if (qk_image_data_file_name (img))
-      printf ("    data file: %s\n", printable (qk_image_data_file_name (img)));
+  /* qemu-img prints "encrypt" between "data file" and "data file raw" */
+  if ((h->incompatible_features & QK_INCOMPAT_DATA_FILE)
+      && qk_image_data_file_name (img))
+    printf ("    data file: %s\n", printable (qk_image_data_file_name (img)));
+  if (h->crypt_method)
+    human_encrypt (img);
+  if (h->incompatible_features & QK_INCOMPAT_DATA_FILE)
     printf ("    data file raw: %s\n",
             h->autoclear_features & QK_AUTOCLEAR_DATA_FILE_RAW ? "true"
                                                                : "false");
-  }
   if (h->version >= 3) {
     printf ("    corrupt: %s\n",
             h->incompatible_features & QK_INCOMPAT_CORRUPT ? "true" : "false");
@@ -416,6 +554,30 @@ human_info (struct qk_image *img)
       printf ("    bitmap directory: %u bitmaps, %" PRIu64 " bytes at 0x%"
               PRIx64 "\n", be32_get (e->data), be64_get (e->data + 8),
               be64_get (e->data + 16));
+  }
+  if (h->crypt_method == QK_CRYPT_LUKS) {
+    const struct qk_luks *l = qk_image_luks (img);
+    bool found = false;
+    for (size_t i = 0; i < qk_image_extension_count (img) && !found; i++) {
+      const struct qk_extension *e = qk_image_extension (img, i);
+      if (e->magic == QK_EXT_CRYPTO && e->length >= 16) {
+        printf ("    LUKS header: %" PRIu64 " bytes at 0x%" PRIx64,
+                be64_get (e->data + 8), be64_get (e->data));
+        found = true;
+      }
+    }
+    if (!found)
+      printf ("    LUKS header: no encryption header pointer");
+    if (l) {
+      int active = 0;
+      for (int i = 0; i < QK_LUKS_SLOTS; i++)
+        active += l->slot[i].active;
+      printf (", LUKS%u %s %s %s, %d of %d key slots active\n", l->version,
+              printable (l->cipher_name), printable (l->cipher_mode),
+              printable (l->hash_spec), active, QK_LUKS_SLOTS);
+    }
+    else
+      printf (found ? " (NOT readable)\n" : "\n");
   }
   if (qk_image_unreadable_reason (img))
     printf ("    guest data: NOT readable: %s\n",

@@ -43,9 +43,10 @@ print_extent (void *opaque, const struct qk_extent *e)
 
 static const char help[] =
   "Usage: qcowkit map [--output=json|human] [--start-offset N] "
-  "[--max-length N] [--root DIR] IMAGE\n"
+  "[--max-length N] [--force] [--root DIR] IMAGE\n"
   "Show where each guest byte range lives, through the backing chain.\n"
-  "The JSON is that of `qemu-img map --output=json`, plus \"compressed\".\n";
+  "The JSON is that of `qemu-img map --output=json`, plus \"compressed\".\n"
+  "--force maps even with unknown incompatible feature bits.\n";
 
 int
 cmd_map (int argc, char **argv)
@@ -86,6 +87,8 @@ cmd_map (int argc, char **argv)
       else
         len = v;
     }
+    else if (strcmp (a, "--force") == 0)
+      o.force = true;
     else if (a[0] == '-' && a[1])
       return usage_error ("map", "unknown option '%s'", a);
     else if (path)
@@ -95,7 +98,7 @@ cmd_map (int argc, char **argv)
   }
   if (path == NULL)
     return usage_error ("map", "no image given");
-  img = open_image (path, &o, 0, true);
+  img = open_image (path, &o, o.force ? QK_OPEN_FORCE : 0, true);
   if (img == NULL)
     return EXIT_ERR;
   {

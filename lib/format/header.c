@@ -180,17 +180,26 @@ qk_extensions_walk (const uint8_t *buf, size_t start, size_t end,
     e.magic = be32_get (buf + pos);
     e.length = be32_get (buf + pos + 4);
     e.offset = pos;
-    if (e.magic == QK_EXT_END)
-      return 0;
-    /* Like QEMU, only the payload must fit: the padding of the last
-     * extension may run past the end of the area (e.g. an unaligned
-     * backing_file_offset). */
+    /* qcow2_read_extensions checks the length before it looks at the
+     * type, so an end marker whose length runs past the area makes QEMU
+     * refuse the image ("Header extension too large") just as any other
+     * extension would. Like QEMU, only the payload must fit: the padding
+     * of the last extension may run past the end of the area (e.g. an
+     * unaligned backing_file_offset). */
     if (e.length > end - pos - 8) {
-      set_error (EBADMSG, "header extension 0x%08x at 0x%zx: length %u "
-                 "exceeds the header area (%zu bytes left)",
-                 e.magic, pos, e.length, end - pos - 8);
+      if (e.magic == QK_EXT_END)
+        set_error (EBADMSG, "header extensions: the end marker at 0x%zx has "
+                   "length %u, past the end of the extension area (%zu "
+                   "bytes left; QEMU: Header extension too large)",
+                   pos, e.length, end - pos - 8);
+      else
+        set_error (EBADMSG, "header extension 0x%08x at 0x%zx: length %u "
+                   "exceeds the header area (%zu bytes left)",
+                   e.magic, pos, e.length, end - pos - 8);
       return -1;
     }
+    if (e.magic == QK_EXT_END)
+      return 0;
     if (fn (opaque, &e, buf + pos + 8) < 0)
       return -1;
     padded = ((uint64_t) e.length + 7) & ~7ULL;

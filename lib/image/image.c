@@ -156,6 +156,269 @@ read_extensions (struct qk_image *img)
     qk_image_warn (img, "%s", qk_get_error ());
 }
 
+/* ---- the LUKS header ---- */
+
+/* QEMU's names (crypto/block-luks.c, qapi/crypto.json). */
+static const char *const luks_modes[] = { "ecb", "cbc", "xts", "ctr" };
+static const char *const luks_ivgens[] = { "plain", "plain64", "essiv" };
+static const struct {
+  const char *name;
+  unsigned digest;
+} luks_hashes[] = {
+  { "md5", 16 }, { "sha1", 20 }, { "sha224", 28 }, { "sha256", 32 },
+  { "sha384", 48 }, { "sha512", 64 }, { "ripemd160", 20 },
+};
+static const struct {
+  const char *name;        /* as in the header */
+  unsigned key_bytes;
+  const char *alg;         /* QEMU's QCryptoCipherAlgorithm */
+} luks_ciphers[] = {
+  { "aes", 16, "aes-128" }, { "aes", 24, "aes-192" }, { "aes", 32, "aes-256" },
+  { "cast5", 16, "cast5-128" },
+  { "serpent", 16, "serpent-128" }, { "serpent", 24, "serpent-192" },
+  { "serpent", 32, "serpent-256" },
+  { "twofish", 16, "twofish-128" }, { "twofish", 24, "twofish-192" },
+  { "twofish", 32, "twofish-256" },
+};
+
+static const char *
+luks_lookup (const char *const *names, size_t n, const char *s)
+{
+  for (size_t i = 0; i < n; i++)
+    if (strcmp (names[i], s) == 0)
+      return names[i];
+  return NULL;
+}
+
+static int
+luks_hash (const char *s)
+{
+  for (size_t i = 0; i < sizeof luks_hashes / sizeof luks_hashes[0]; i++)
+    if (strcmp (luks_hashes[i].name, s) == 0)
+      return (int) i;
+  return -1;
+}
+
+static void
+luks_string (char *dst, const uint8_t *src, size_t n)
+{
+  size_t k = strnlen ((const char *) src, n);
+  memcpy (dst, src, k);
+  dst[k] = '\0';
+}
+
+int
+qk_luks_parse (const uint8_t *buf, size_t len, struct qk_luks *l)
+{
+  static const uint8_t magic[6] = { 'L', 'U', 'K', 'S', 0xba, 0xbe };
+  char mode[33], *ivgen, *ivhash;
+  int hi;
+
+  memset (l, 0, sizeof *l);
+  if (len < QK_LUKS_HEADER_LEN) {
+    set_error (EBADMSG, "LUKS header: %zu bytes, not %d", len,
+               QK_LUKS_HEADER_LEN);
+    return -1;
+  }
+  if (memcmp (buf, magic, 6) != 0) {
+    set_error (EBADMSG, "not a LUKS header (bad magic %02x%02x%02x%02x%02x%02x)",
+               buf[0], buf[1], buf[2], buf[3], buf[4], buf[5]);
+    return -1;
+  }
+  l->version = be16_get (buf + 6);
+  if (l->version != 1) {
+    set_error (EBADMSG, "LUKS version %u is not supported (QEMU reads "
+               "LUKS1)", l->version);
+    return -1;
+  }
+  luks_string (l->cipher_name, buf + 8, 32);
+  luks_string (l->cipher_mode, buf + 40, 32);
+  luks_string (l->hash_spec, buf + 72, 32);
+  l->payload_offset_sector = be32_get (buf + 104);
+  l->key_bytes = be32_get (buf + 108);
+  /* 112: master key digest (20), 132: its salt (32) */
+  l->master_key_iterations = be32_get (buf + 164);
+  luks_string (l->uuid, buf + 168, 40);
+  for (int i = 0; i < QK_LUKS_SLOTS; i++) {
+    const uint8_t *k = buf + 208 + 48 * i;
+    l->slot[i].state = be32_get (k);
+    l->slot[i].active = l->slot[i].state == QK_LUKS_SLOT_ENABLED;
+    l->slot[i].iterations = be32_get (k + 4);
+    /* k + 8: salt (32) */
+    l->slot[i].key_offset_sector = be32_get (k + 40);
+    l->slot[i].stripes = be32_get (k + 44);
+  }
+
+  /* qcrypto_block_luks_parse_header: "<mode>-<ivgen>[:<ivhash>]" */
+  memcpy (mode, l->cipher_mode, sizeof mode);
+  ivgen = strchr (mode, '-');
+  if (ivgen) {
+    *ivgen++ = '\0';
+    ivhash = strchr (ivgen, ':');
+    if (ivhash)
+      *ivhash++ = '\0';
+    l->mode = luks_lookup (luks_modes, 4, mode);
+    l->ivgen_alg = luks_lookup (luks_ivgens, 3, ivgen);
+    if (ivhash && (hi = luks_hash (ivhash)) >= 0
+        && l->ivgen_alg && strcmp (l->ivgen_alg, "essiv") == 0)
+      l->ivgen_hash_alg = luks_hashes[hi].name;
+  }
+  if ((hi = luks_hash (l->hash_spec)) >= 0)
+    l->hash_alg = luks_hashes[hi].name;
+  if (l->mode) {
+    /* XTS keys are two keys of the cipher */
+    uint32_t kb = strcmp (l->mode, "xts") == 0 ? l->key_bytes / 2
+                                                : l->key_bytes;
+    for (size_t i = 0; i < sizeof luks_ciphers / sizeof luks_ciphers[0]; i++)
+      if (strcmp (luks_ciphers[i].name, l->cipher_name) == 0
+          && luks_ciphers[i].key_bytes == kb)
+        l->cipher_alg = luks_ciphers[i].alg;
+  }
+  return 0;
+}
+
+/* Sectors of key material of a slot: qcrypto_block_luks_splitkeylen_sectors
+ * (the split key in whole sectors, rounded up to the 4 KiB header). */
+static uint64_t
+luks_slot_sectors (const struct qk_luks *l, uint32_t stripes)
+{
+  uint64_t s = DIV_ROUND_UP ((uint64_t) l->key_bytes * stripes, 512);
+  return DIV_ROUND_UP (s, 8) * 8;
+}
+
+static unsigned
+luks_problem (qk_luks_problem_fn fn, void *opaque, const char *fmt, ...)
+  __attribute__ ((format (printf, 3, 4)));
+
+static unsigned
+luks_problem (qk_luks_problem_fn fn, void *opaque, const char *fmt, ...)
+{
+  char msg[300];
+  va_list ap;
+
+  va_start (ap, fmt);
+  vsnprintf (msg, sizeof msg, fmt, ap);
+  va_end (ap);
+  fn (opaque, msg);
+  return 1;
+}
+
+unsigned
+qk_luks_check (const struct qk_luks *l, qk_luks_problem_fn fn, void *opaque)
+{
+  unsigned n = 0;
+  const char *sep = strchr (l->cipher_mode, '-');
+
+  /* qcrypto_block_luks_check_header */
+  for (int i = 0; i < QK_LUKS_SLOTS; i++) {
+    const struct qk_luks_slot *a = &l->slot[i];
+    uint64_t end = a->key_offset_sector + luks_slot_sectors (l, a->stripes);
+
+    if (a->stripes == 0)
+      n += luks_problem (fn, opaque, "LUKS key slot %d is corrupted "
+                         "(stripes == 0)", i);
+    if (a->state != QK_LUKS_SLOT_ENABLED && a->state != QK_LUKS_SLOT_DISABLED)
+      n += luks_problem (fn, opaque, "LUKS key slot %d state 0x%08x is "
+                         "neither active (0x00ac71f3) nor inactive "
+                         "(0x0000dead)", i, a->state);
+    if (end > l->payload_offset_sector)
+      n += luks_problem (fn, opaque, "LUKS key slot %d (sectors %u to %"
+                         PRIu64 ") overlaps the encrypted payload (sector "
+                         "%u)", i, a->key_offset_sector, end,
+                         l->payload_offset_sector);
+    for (int j = i + 1; j < QK_LUKS_SLOTS; j++) {
+      const struct qk_luks_slot *b = &l->slot[j];
+      uint64_t bend = b->key_offset_sector
+                      + luks_slot_sectors (l, b->stripes);
+      if (end > b->key_offset_sector && bend > a->key_offset_sector)
+        n += luks_problem (fn, opaque, "LUKS key slots %d and %d overlap",
+                           i, j);
+    }
+  }
+  /* qcrypto_block_luks_parse_header */
+  if (sep == NULL)
+    n += luks_problem (fn, opaque, "LUKS cipher mode '%s' is not "
+                       "MODE-IVGEN[:HASH]", l->cipher_mode);
+  else {
+    const char *colon = strchr (sep, ':');
+    if (colon && luks_hash (colon + 1) < 0)
+      n += luks_problem (fn, opaque, "LUKS IV generator hash '%s' is not "
+                         "supported", colon + 1);
+    if (l->mode == NULL)
+      n += luks_problem (fn, opaque, "LUKS cipher mode '%.*s' is not "
+                         "supported", (int) (sep - l->cipher_mode),
+                         l->cipher_mode);
+    else if (l->cipher_alg == NULL)
+      n += luks_problem (fn, opaque, "LUKS cipher '%s' with %u key bytes is "
+                         "not supported", l->cipher_name, l->key_bytes);
+    if (l->hash_alg == NULL)
+      n += luks_problem (fn, opaque, "LUKS hash '%s' is not supported",
+                         l->hash_spec);
+    if (l->ivgen_alg == NULL)
+      n += luks_problem (fn, opaque, "LUKS IV generator in '%s' is not "
+                         "supported", l->cipher_mode);
+    else if (strcmp (l->ivgen_alg, "essiv") == 0) {
+      /* qcrypto_block_luks_essiv_cipher: a cipher key as long as the
+       * hash's digest */
+      int hi = colon ? luks_hash (colon + 1) : -1;
+      if (colon == NULL)
+        n += luks_problem (fn, opaque, "LUKS IV generator essiv without a "
+                           "hash");
+      else if (hi >= 0 && l->cipher_alg) {
+        unsigned d = luks_hashes[hi].digest;
+        bool cast5 = strcmp (l->cipher_name, "cast5") == 0;
+        if (cast5 ? d != 16 : (d != 16 && d != 24 && d != 32))
+          n += luks_problem (fn, opaque, "LUKS: cipher %s with essiv:%s is "
+                             "not supported (no key of %u bytes)",
+                             l->cipher_alg, luks_hashes[hi].name, d);
+      }
+    }
+  }
+  return n;
+}
+
+static void
+luks_warn (void *opaque, const char *msg)
+{
+  qk_image_warn (opaque, "%s (QEMU refuses the image)", msg);
+}
+
+/* The LUKS header, as qcow2 gives it to QEMU's LUKS driver
+ * (qcow2_crypto_hdr_read_func): within the extent the extension names,
+ * which must be cluster aligned. */
+static void
+read_luks (struct qk_image *img)
+{
+  const struct qk_header *h = &img->hdr;
+  uint8_t buf[QK_LUKS_HEADER_LEN];
+
+  if (h->crypt_method != QK_CRYPT_LUKS || !img->has_crypto_ext)
+    return;
+  if (!IS_ALIGNED (img->crypto_offset, h->cluster_size)) {
+    qk_image_warn (img, "the LUKS header offset 0x%" PRIx64 " is not "
+                   "cluster aligned", img->crypto_offset);
+    return;
+  }
+  if (img->crypto_length < QK_LUKS_HEADER_LEN) {
+    qk_image_warn (img, "the LUKS header area (%" PRIu64 " bytes at 0x%"
+                   PRIx64 ") is shorter than a LUKS header (%d bytes)",
+                   img->crypto_length, img->crypto_offset,
+                   QK_LUKS_HEADER_LEN);
+    return;
+  }
+  if (qk_source_read_exact (img->src, buf, sizeof buf, img->crypto_offset,
+                            "LUKS header") < 0
+      || qk_luks_parse (buf, sizeof buf, &img->luks) < 0) {
+    qk_image_warn (img, "LUKS header at 0x%" PRIx64 ": %s",
+                   img->crypto_offset, qk_get_error ());
+    return;
+  }
+  img->luks.offset = img->crypto_offset;
+  img->luks.length = img->crypto_length;
+  img->has_luks = true;
+  qk_luks_check (&img->luks, luks_warn, img);
+}
+
 /* ---- tables ---- */
 
 static void
@@ -459,15 +722,31 @@ open_backing (struct qk_image *img, struct chain_ctx *cc)
   struct qk_source *s;
   char *path = NULL;
 
+  /* qcow2_do_open: the name is read whenever backing_file_offset is not
+   * 0; the offset may be at most the cluster size and the name must end
+   * within the first cluster (offset + size <= cluster size) and be at
+   * most 1023 bytes. So an empty name may start right at the end of
+   * cluster 0. */
   if (h->backing_file_offset == 0)
     return;
   if (h->backing_file_size > 1023
-      || h->backing_file_offset >= h->cluster_size
+      || h->backing_file_offset > h->cluster_size
       || h->backing_file_size > h->cluster_size - h->backing_file_offset) {
     qk_image_warn (img, "backing file name (offset 0x%" PRIx64 ", %u bytes) "
                    "is not within the first cluster or longer than 1023 "
                    "bytes", h->backing_file_offset, h->backing_file_size);
     set_unreadable (img, "the backing file name is invalid");
+    return;
+  }
+  /* QEMU keeps the name as a C string, so it ends at the first NUL; an
+   * empty one (backing_file_size 0, or a NUL first) means no backing file
+   * (bdrv_open_backing_file opens nothing, qemu-img info shows none). */
+  if (h->backing_file_size == 0
+      || img->cluster0[h->backing_file_offset] == '\0') {
+    if (h->backing_file_size)
+      qk_image_warn (img, "backing file name (%u bytes at 0x%" PRIx64 ") "
+                     "starts with a NUL byte: no backing file, as QEMU reads "
+                     "it", h->backing_file_size, h->backing_file_offset);
     return;
   }
   img->backing_name = strndup_printable (img->cluster0 + h->backing_file_offset,
@@ -644,6 +923,7 @@ open_qcow2 (struct qk_image *img, struct chain_ctx *cc)
       qk_image_warn (img, "LUKS encryption without the encryption header "
                      "pointer extension");
   }
+  read_luks (img);
   if ((h->incompatible_features & QK_INCOMPAT_EXTL2) && h->cluster_bits < 14)
     qk_image_warn (img, "extended L2 entries with clusters smaller than "
                    "16 KiB");
@@ -870,6 +1150,12 @@ QK_EXPORT struct qk_image *
 qk_image_backing (const struct qk_image *img)
 {
   return img->backing;
+}
+
+const struct qk_luks *
+qk_image_luks (const struct qk_image *img)
+{
+  return img->has_luks ? &img->luks : NULL;
 }
 
 QK_EXPORT const char *

@@ -21,6 +21,55 @@ struct chain_ctx {
   ino_t ino[QK_DEFAULT_CHAIN_DEPTH * 4 + 1];
 };
 
+/* The LUKS1 header a LUKS-encrypted qcow2 image keeps in the clusters the
+ * full disk encryption header pointer extension names (QEMU's
+ * QCryptoBlockLUKSHeader, crypto/block-luks.c: 592 bytes, big-endian).
+ * Only what `qemu-img info` shows and what says where things are: never
+ * salts, digests or key material. (Internal for now; its natural home is
+ * lib/qcowkit.h with a qk_image_luks() accessor.) */
+#define QK_LUKS_HEADER_LEN 592
+#define QK_LUKS_SLOTS 8
+#define QK_LUKS_SLOT_ENABLED  0x00ac71f3U
+#define QK_LUKS_SLOT_DISABLED 0x0000deadU
+
+struct qk_luks_slot {
+  uint32_t state;            /* 0x00ac71f3 active, 0x0000dead inactive */
+  bool active;               /* state == QK_LUKS_SLOT_ENABLED, as QEMU */
+  uint32_t iterations;
+  uint32_t key_offset_sector;
+  uint32_t stripes;
+};
+
+struct qk_luks {
+  uint64_t offset, length;   /* from the extension */
+  uint16_t version;
+  char cipher_name[33];      /* NUL-terminated copies of the fields */
+  char cipher_mode[33];      /* e.g. "xts-plain64", "cbc-essiv:sha256" */
+  char hash_spec[33];
+  char uuid[41];
+  uint32_t payload_offset_sector;
+  uint32_t key_bytes;        /* master_key_len */
+  uint32_t master_key_iterations;
+  struct qk_luks_slot slot[QK_LUKS_SLOTS];
+  /* As QEMU names them (qapi enums); NULL when QEMU would not know them
+   * and refuse the image. */
+  const char *cipher_alg;    /* "aes-256" */
+  const char *mode;          /* "xts" */
+  const char *ivgen_alg;     /* "plain64" */
+  const char *ivgen_hash_alg; /* only with essiv */
+  const char *hash_alg;      /* "sha256" */
+};
+
+/* Decode a LUKS1 header from buf[0..len). EBADMSG if len is short, or
+ * the magic or version is not LUKS1's; the rest is decoded as found. */
+extern int qk_luks_parse (const uint8_t *buf, size_t len, struct qk_luks *l);
+/* What QEMU's qcrypto_block_luks_check_header and parse_header refuse
+ * (with QEMU's message, more or less); calls fn once per problem and
+ * returns how many. */
+typedef void (*qk_luks_problem_fn) (void *opaque, const char *msg);
+extern unsigned qk_luks_check (const struct qk_luks *l, qk_luks_problem_fn fn,
+                               void *opaque);
+
 struct qk_image {
   char *filename;          /* as given */
   struct qk_source *src;
@@ -39,6 +88,8 @@ struct qk_image {
   struct qk_bitmaps_ext bitmaps_ext;
   bool has_crypto_ext;
   uint64_t crypto_offset, crypto_length;
+  bool has_luks;           /* the LUKS header was read and decoded */
+  struct qk_luks luks;
 
   /* backing */
   char *backing_name;
@@ -84,7 +135,16 @@ extern int qk_image_warn (struct qk_image *img, const char *fmt, ...)
 /* The L2 table at a host offset, from the cache (borrowed until the next
  * call). Past EOF reads as zeros, like QEMU. */
 extern const uint8_t *qk_image_l2 (struct qk_image *img, uint64_t l2_offset);
+/* The refcount of a host cluster, as qcow2_get_refcount: 0 past the
+ * refcount table or for an unallocated refcount block. Fails with EBADMSG
+ * when the structures cannot be used (refcount_order above 6, an
+ * unaligned refcount table offset, or a refcount table entry with an
+ * unaligned refcount block offset, which QEMU treats as corruption), with
+ * EFBIG for a refcount table over the limit, and with EIO (or what the
+ * read gave) when reading fails. */
 extern int qk_image_refcount (struct qk_image *img, uint64_t cluster,
                               uint64_t *rc);
+/* The LUKS header of an encrypted image, or NULL. */
+extern const struct qk_luks *qk_image_luks (const struct qk_image *img);
 
 #endif

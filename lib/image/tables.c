@@ -101,6 +101,14 @@ qk_image_refcount (struct qk_image *img, uint64_t cluster, uint64_t *rc)
     *rc = 0;
     return 0;
   }
+  /* qcow2_get_refcount: "Refblock offset %#x unaligned (reftable index:
+   * %#x)" signals corruption and fails; never read a block at an
+   * unaligned offset. */
+  if (!IS_ALIGNED (rb, h->cluster_size)) {
+    set_error (EBADMSG, "refcount table entry %" PRIu64 ": refcount block "
+               "offset 0x%" PRIx64 " is not cluster aligned", ti, rb);
+    return -1;
+  }
   if (img->rb_buf == NULL
       && (img->rb_buf = malloc (h->cluster_size)) == NULL) {
     set_error (ENOMEM, "malloc");

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "format/format.h"
+#include "image/image.h"   /* qk_luks_parse, qk_luks_check */
 #include "../tap.h"
 
 /* ---- helpers ---- */
@@ -656,6 +657,51 @@ test_extensions (void)
   l.end = 4096;
   ok (qk_extensions_walk (x, 112, 4096, ext_collect, &l) == -1 && l.n == 1,
       "a failing callback stops the walk with -1");
+  free (x);
+
+  /* the end marker: QEMU checks every length, the end marker's too,
+   * before it looks at the type (qcow2_read_extensions) */
+  memset (c, 0, 4096);
+  p = put_ext (c, 112, QK_EXT_BACKING_FORMAT, 5, "qcow2", 0);
+  be32_put (c + p, QK_EXT_END);
+  be32_put (c + p + 4, 0x10000);
+  x = exact_copy (c, 4096);
+  r = walk (x, 112, 4096, &l);
+  ok (failed_badmsg (r) && l.n == 1, "an end marker whose length runs past "
+      "the area fails (EBADMSG), after the extension before it");
+  ok (strstr (qk_get_error (), "end marker") != NULL
+      && strstr (qk_get_error (), "Header extension too large") != NULL
+      && strstr (qk_get_error (), "exceeds the header area") == NULL,
+      "the message says it is the end marker, and QEMU's words (%s)",
+      qk_get_error ());
+  free (x);
+  be32_put (c + p + 4, 4096 - p - 8);
+  x = exact_copy (c, 4096);
+  ok (walk (x, 112, 4096, &l) == 0 && l.n == 1, "an end marker whose length "
+      "fills the area exactly is accepted");
+  free (x);
+  be32_put (c + p + 4, 4096 - p - 8 + 1);
+  x = exact_copy (c, 4096);
+  ok (failed_badmsg (walk (x, 112, 4096, &l)), "one byte more fails");
+  free (x);
+  be32_put (c + p + 4, 5);
+  x = exact_copy (c, 4096);
+  ok (walk (x, 112, p + 8 + 5, &l) == 0 && l.n == 1, "an end marker with "
+      "a small length (within an area ending at the backing file name) is "
+      "accepted");
+  ok (failed_badmsg (walk (x, 112, p + 8 + 4, &l)), "and fails when the "
+      "area ends one byte earlier");
+  free (x);
+  be32_put (c + p + 4, 0xffffffff);
+  x = exact_copy (c, 4096);
+  ok (failed_badmsg (walk (x, 112, 4096, &l)) && l.n == 1,
+      "an end marker of length 0xffffffff fails (no overflow)");
+  free (x);
+  memset (c, 0, 4096);
+  be32_put (c + 116, 0x20);
+  x = exact_copy (c, 4096);
+  ok (failed_badmsg (walk (x, 112, 136, &l)) && l.n == 0, "an end marker "
+      "first, its length past a short area: fails with no callback");
   free (x);
 
   /* good extensions before an overrunning one are reported */
@@ -1779,6 +1825,256 @@ fuzz_decompress (unsigned iters)
   free (out);
 }
 
+/* ---- LUKS headers (image/image.c, a byte-buffer parser) ---- */
+
+struct problems {
+  unsigned n;
+  char last[300];
+  bool any_with[8];
+};
+
+static void
+collect_problem (void *opaque, const char *msg)
+{
+  struct problems *p = opaque;
+  p->n++;
+  snprintf (p->last, sizeof p->last, "%s", msg);
+}
+
+/* A LUKS1 header as qemu-img writes it: aes-256 xts-plain64 sha256, 64
+ * key bytes, slot 0 active (key material at sector 8), slots 1..7
+ * inactive, payload at sector 4040. */
+static void
+make_luks (uint8_t *b, const char *cipher, const char *mode,
+           const char *hash, uint32_t key_bytes)
+{
+  memset (b, 0, QK_LUKS_HEADER_LEN);
+  memcpy (b, "LUKS\xba\xbe", 6);
+  be16_put (b + 6, 1);
+  memcpy (b + 8, cipher, strlen (cipher));
+  memcpy (b + 40, mode, strlen (mode));
+  memcpy (b + 72, hash, strlen (hash));
+  be32_put (b + 104, 4040);
+  be32_put (b + 108, key_bytes);
+  memset (b + 112, 0xd1, 20);           /* digest */
+  memset (b + 132, 0x5a, 32);           /* salt */
+  be32_put (b + 164, 2074974);
+  memcpy (b + 168, "310fb93b-e3e2-4ac2-b078-0f10cd412ecc", 36);
+  for (int i = 0; i < 8; i++) {
+    uint8_t *k = b + 208 + 48 * i;
+    be32_put (k, i == 0 ? QK_LUKS_SLOT_ENABLED : QK_LUKS_SLOT_DISABLED);
+    be32_put (k + 4, i == 0 ? 8192000 : 0);
+    memset (k + 8, 0x33, 32);
+    /* ROUND_UP (DIV_ROUND_UP (64 * 4000, 512), 8) = 504 sectors each */
+    be32_put (k + 40, 8 + 504 * i);
+    be32_put (k + 44, 4000);
+  }
+}
+
+static struct qk_luks
+luks_of (const uint8_t *b, size_t len, int *r)
+{
+  struct qk_luks l;
+  uint8_t *x = exact_copy (b, len);
+  *r = qk_luks_parse (x, len, &l);
+  free (x);
+  return l;
+}
+
+static void
+test_luks (void)
+{
+  uint8_t b[QK_LUKS_HEADER_LEN + 8];
+  struct qk_luks l;
+  struct problems pr;
+  int r;
+
+  make_luks (b, "aes", "xts-plain64", "sha256", 64);
+  l = luks_of (b, QK_LUKS_HEADER_LEN, &r);
+  ok (r == 0 && l.version == 1, "LUKS1 header parses");
+  is_str (l.cipher_name, "aes", "cipher name (offset 8)");
+  is_str (l.cipher_mode, "xts-plain64", "cipher mode (offset 40)");
+  is_str (l.hash_spec, "sha256", "hash spec (offset 72)");
+  is_u64 (l.payload_offset_sector, 4040, "payload offset (offset 104)");
+  is_u64 (l.key_bytes, 64, "key bytes (offset 108)");
+  is_u64 (l.master_key_iterations, 2074974, "master key iterations "
+          "(offset 164)");
+  is_str (l.uuid, "310fb93b-e3e2-4ac2-b078-0f10cd412ecc", "uuid (offset 168)");
+  ok (l.slot[0].active && l.slot[0].state == QK_LUKS_SLOT_ENABLED
+      && l.slot[0].iterations == 8192000 && l.slot[0].key_offset_sector == 8
+      && l.slot[0].stripes == 4000, "key slot 0 (offset 208): active, "
+      "iterations, key offset, stripes");
+  ok (!l.slot[7].active && l.slot[7].state == QK_LUKS_SLOT_DISABLED
+      && l.slot[7].key_offset_sector == 8 + 504 * 7,
+      "key slot 7 (offset 544): inactive");
+  is_str (l.cipher_alg, "aes-256", "QEMU's cipher-alg: xts halves the 64 "
+          "key bytes");
+  is_str (l.mode, "xts", "QEMU's cipher-mode");
+  is_str (l.ivgen_alg, "plain64", "QEMU's ivgen-alg");
+  ok (l.ivgen_hash_alg == NULL, "no ivgen-hash-alg without essiv");
+  is_str (l.hash_alg, "sha256", "QEMU's hash-alg");
+  memset (&pr, 0, sizeof pr);
+  ok (qk_luks_check (&l, collect_problem, &pr) == 0 && pr.n == 0,
+      "qemu-img's own header has no problem");
+
+  /* every field at its maximum length, no NUL */
+  memset (b + 8, 'c', 32);
+  memset (b + 168, 'u', 40);
+  l = luks_of (b, QK_LUKS_HEADER_LEN, &r);
+  ok (r == 0 && strlen (l.cipher_name) == 32 && strlen (l.uuid) == 40
+      && l.cipher_alg == NULL, "unterminated 32-byte cipher name and 40-byte "
+      "uuid are cut at their fields; the cipher is unknown");
+  memset (&pr, 0, sizeof pr);
+  ok (qk_luks_check (&l, collect_problem, &pr) == 1
+      && strstr (pr.last, "not supported"), "an unknown cipher is a problem "
+      "(%s)", pr.last);
+
+  /* the other ciphers and modes QEMU knows */
+  {
+    static const struct {
+      const char *c, *m, *h;
+      uint32_t kb;
+      const char *alg, *mode, *ivgen, *ivhash;
+      unsigned problems;
+    } t[] = {
+      { "aes", "cbc-essiv:sha256", "sha1", 16, "aes-128", "cbc", "essiv",
+        "sha256", 0 },
+      { "aes", "cbc-essiv:sha1", "sha256", 16, "aes-128", "cbc", "essiv",
+        "sha1", 1 },     /* no AES key of 20 bytes for ESSIV */
+      { "aes", "xts-plain", "sha512", 32, "aes-128", "xts", "plain", NULL, 0 },
+      { "aes", "ctr-plain64", "sha384", 24, "aes-192", "ctr", "plain64",
+        NULL, 0 },
+      { "twofish", "cbc-essiv:sha256", "sha512", 16, "twofish-128", "cbc",
+        "essiv", "sha256", 0 },
+      { "serpent", "xts-plain64", "sha224", 64, "serpent-256", "xts",
+        "plain64", NULL, 0 },
+      { "cast5", "cbc-plain64", "md5", 16, "cast5-128", "cbc", "plain64",
+        NULL, 0 },
+      { "cast5", "cbc-essiv:sha256", "md5", 16, "cast5-128", "cbc", "essiv",
+        "sha256", 1 },   /* cast5 takes ESSIV only with a 16-byte digest */
+      { "aes", "cbc-plain64:sha256", "ripemd160", 32, "aes-256", "cbc",
+        "plain64", NULL, 0 },   /* a hash with plain64 is ignored */
+      { "aes", "cbc-plain64:nosuch", "sha256", 32, "aes-256", "cbc",
+        "plain64", NULL, 1 },   /* but it must be a known hash */
+      { "aes", "cbc-essiv", "sha256", 32, "aes-256", "cbc", "essiv", NULL,
+        1 },             /* essiv needs a hash */
+      { "aes", "xts-plain64", "sha256", 48, "aes-192", "xts", "plain64", NULL,
+        0 },
+      { "aes", "xts-plain64", "sha256", 40, NULL, "xts", "plain64", NULL, 1 },
+      { "aes", "cbc-plain64", "sha256", 64, NULL, "cbc", "plain64", NULL, 1 },
+      { "aes", "gcm-plain64", "sha256", 32, NULL, NULL, "plain64", NULL, 1 },
+      { "aes", "xtsplain64", "sha256", 64, NULL, NULL, NULL, NULL, 1 },
+      { "aes", "xts-plain65", "sha256", 64, "aes-256", "xts", NULL, NULL, 1 },
+      { "AES", "xts-plain64", "sha256", 64, NULL, "xts", "plain64", NULL, 1 },
+      { "aes", "xts-plain64", "whirlpool", 64, "aes-256", "xts", "plain64",
+        NULL, 1 },
+    };
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+      make_luks (b, t[i].c, t[i].m, t[i].h, t[i].kb);
+      l = luks_of (b, QK_LUKS_HEADER_LEN, &r);
+      memset (&pr, 0, sizeof pr);
+      qk_luks_check (&l, collect_problem, &pr);
+      ok (r == 0 && strcmp (l.cipher_alg ?: "-", t[i].alg ?: "-") == 0
+          && strcmp (l.mode ?: "-", t[i].mode ?: "-") == 0
+          && strcmp (l.ivgen_alg ?: "-", t[i].ivgen ?: "-") == 0
+          && strcmp (l.ivgen_hash_alg ?: "-", t[i].ivhash ?: "-") == 0
+          && (l.hash_alg != NULL) == (strcmp (t[i].h, "whirlpool") != 0)
+          && pr.n == t[i].problems,
+          "%s %s %s, %u key bytes: %s %s %s %s, %u problem(s)%s%s", t[i].c,
+          t[i].m, t[i].h, t[i].kb, l.cipher_alg ?: "-", l.mode ?: "-",
+          l.ivgen_alg ?: "-", l.ivgen_hash_alg ?: "-", pr.n,
+          pr.n ? ": " : "", pr.last);
+    }
+  }
+
+  /* key slots, as qcrypto_block_luks_check_header */
+  make_luks (b, "aes", "xts-plain64", "sha256", 64);
+  be32_put (b + 208 + 48 * 3, 0x12345678);
+  l = luks_of (b, QK_LUKS_HEADER_LEN, &r);
+  memset (&pr, 0, sizeof pr);
+  ok (r == 0 && !l.slot[3].active && l.slot[3].state == 0x12345678
+      && qk_luks_check (&l, collect_problem, &pr) == 1
+      && strstr (pr.last, "slot 3"), "a key slot state that is neither "
+      "active nor inactive (%s)", pr.last);
+  make_luks (b, "aes", "xts-plain64", "sha256", 64);
+  be32_put (b + 208 + 48 * 5 + 44, 0);
+  l = luks_of (b, QK_LUKS_HEADER_LEN, &r);
+  memset (&pr, 0, sizeof pr);
+  ok (qk_luks_check (&l, collect_problem, &pr) == 1
+      && strstr (pr.last, "stripes == 0"), "stripes 0 (%s)", pr.last);
+  make_luks (b, "aes", "xts-plain64", "sha256", 64);
+  be32_put (b + 104, 8 + 504 * 8 - 1);
+  l = luks_of (b, QK_LUKS_HEADER_LEN, &r);
+  memset (&pr, 0, sizeof pr);
+  ok (qk_luks_check (&l, collect_problem, &pr) == 1
+      && strstr (pr.last, "slot 7") && strstr (pr.last, "payload"),
+      "the payload one sector into slot 7's key material (%s)", pr.last);
+  be32_put (b + 104, 8 + 504 * 8);
+  l = luks_of (b, QK_LUKS_HEADER_LEN, &r);
+  ok (qk_luks_check (&l, collect_problem, &pr) == 0, "the payload right "
+      "after it is fine");
+  make_luks (b, "aes", "xts-plain64", "sha256", 64);
+  be32_put (b + 208 + 48 * 2 + 40, 8);
+  l = luks_of (b, QK_LUKS_HEADER_LEN, &r);
+  memset (&pr, 0, sizeof pr);
+  ok (qk_luks_check (&l, collect_problem, &pr) == 1
+      && strstr (pr.last, "slots 0 and 2"), "key slots 0 and 2 at the same "
+      "offset overlap (%s)", pr.last);
+  be32_put (b + 208 + 48 * 2 + 40, 8 + 504 * 3 - 1);
+  l = luks_of (b, QK_LUKS_HEADER_LEN, &r);
+  memset (&pr, 0, sizeof pr);
+  ok (qk_luks_check (&l, collect_problem, &pr) == 1
+      && strstr (pr.last, "slots 2 and 3"), "slot 2 one sector into slot 3 "
+      "(%s)", pr.last);
+  make_luks (b, "aes", "xts-plain64", "sha256", 0xffffffff);
+  for (int i = 0; i < 8; i++) {
+    be32_put (b + 208 + 48 * i + 40, 0xffffffff);
+    be32_put (b + 208 + 48 * i + 44, 0xffffffff);
+  }
+  be32_put (b + 104, 0xffffffff);
+  l = luks_of (b, QK_LUKS_HEADER_LEN, &r);
+  memset (&pr, 0, sizeof pr);
+  ok (r == 0 && qk_luks_check (&l, collect_problem, &pr) >= 8 + 28,
+      "all-ones key slots: every slot overlaps the payload and every other "
+      "(%u problems, no overflow)", pr.n);
+
+  /* not a LUKS1 header */
+  make_luks (b, "aes", "xts-plain64", "sha256", 64);
+  l = luks_of (b, QK_LUKS_HEADER_LEN - 1, &r);
+  ok (failed_badmsg (r), "591 bytes: EBADMSG");
+  l = luks_of (b, 0, &r);
+  ok (failed_badmsg (r), "0 bytes: EBADMSG");
+  b[4] = 0xbb;
+  l = luks_of (b, QK_LUKS_HEADER_LEN, &r);
+  ok (failed_badmsg (r) && strstr (qk_get_error (), "magic"), "bad magic: "
+      "EBADMSG (%s)", qk_get_error ());
+  b[4] = 0xba;
+  be16_put (b + 6, 2);
+  l = luks_of (b, QK_LUKS_HEADER_LEN, &r);
+  ok (failed_badmsg (r) && strstr (qk_get_error (), "version 2"),
+      "LUKS2: EBADMSG (%s)", qk_get_error ());
+
+  /* random bytes after a good magic and version: never a crash, and
+   * every string NUL-terminated within its field */
+  {
+    unsigned bad = 0;
+    for (int it = 0; it < 5000; it++) {
+      fill_random (b, QK_LUKS_HEADER_LEN);
+      memcpy (b, "LUKS\xba\xbe\x00\x01", 8);
+      if (rnd () % 2)
+        memcpy (b + 40, "xts-", 4);
+      l = luks_of (b, QK_LUKS_HEADER_LEN, &r);
+      memset (&pr, 0, sizeof pr);
+      qk_luks_check (&l, collect_problem, &pr);
+      if (r != 0 || strlen (l.cipher_name) > 32 || strlen (l.cipher_mode) > 32
+          || strlen (l.hash_spec) > 32 || strlen (l.uuid) > 40)
+        bad++;
+    }
+    ok (bad == 0, "5000 random LUKS headers: parsed and checked (%u bad)",
+        bad);
+  }
+}
+
 int
 main (void)
 {
@@ -1802,6 +2098,7 @@ main (void)
   test_bitmaps ();
   test_compress_type (QK_COMPRESSION_DEFLATE);
   test_compress_type (QK_COMPRESSION_ZSTD);
+  test_luks ();
 
   fuzz_header (20000 * scale);
   fuzz_extensions (20000 * scale);

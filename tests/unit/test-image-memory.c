@@ -7,7 +7,8 @@
  * (the address space is limited to 1 GiB here to prove it).
  *
  * The builder uses qk_compress (format/format.h) to make compressed
- * clusters; everything under test goes through lib/qcowkit.h. */
+ * clusters; everything under test goes through lib/qcowkit.h, except the
+ * internal qk_image_refcount and qk_image_luks (image/image.h). */
 #include <config.h>
 
 #include <errno.h>
@@ -20,6 +21,7 @@
 
 #include "qcowkit.h"
 #include "format/format.h"
+#include "image/image.h"
 #include "../tap.h"
 
 /* ---- helpers ---- */
@@ -633,6 +635,271 @@ test_backing (void)
   b_free (&b);
   free (base);
   free (buf);
+}
+
+/* ---- backing file names as QEMU reads them (qcow2_do_open) ---- */
+
+static void
+test_backing_names (void)
+{
+  struct img b;
+  struct qk_image *img;
+  struct fake_fs fs = { "dir/base.raw", NULL, 0, 0 };
+  struct qk_open_options o = { .open_fn = fake_open, .open_opaque = &fs };
+
+  build_std (&b, 3, 0);
+
+  /* an offset with a name of 0 bytes: no backing file, nothing to say */
+  be64_put (b.p + 8, 0x200);
+  be32_put (b.p + 16, 0);
+  img = qk_image_open_memory (b.p, b.len, "dir/top.qcow2", &o);
+  ok (img && qk_image_backing_name (img) == NULL
+      && qk_image_backing (img) == NULL && fs.opens == 0
+      && qk_image_warning_count (img) == 0
+      && qk_image_unreadable_reason (img) == NULL && read_matches (img, &b),
+      "empty backing file name: no backing file, no warning, reads as "
+      "without one (%s)", img && qk_image_warning_count (img)
+      ? qk_image_warning (img, 0) : "");
+  qk_image_close (img);
+
+  /* the offset may be the cluster size when the name is empty */
+  be64_put (b.p + 8, b.cs);
+  img = qk_image_open_memory (b.p, b.len, "dir/top.qcow2", &o);
+  ok (img && qk_image_backing_name (img) == NULL && fs.opens == 0
+      && qk_image_warning_count (img) == 0
+      && qk_image_unreadable_reason (img) == NULL
+      && qk_image_extension_count (img) == 0 && read_matches (img, &b),
+      "backing_file_offset == cluster size with size 0: accepted, no "
+      "backing file (%s)", img && qk_image_warning_count (img)
+      ? qk_image_warning (img, 0) : "");
+  qk_image_close (img);
+
+  /* ... and not one byte of name more */
+  be32_put (b.p + 16, 1);
+  img = qk_image_open_memory (b.p, b.len, "dir/top.qcow2", &o);
+  ok (img && qk_image_unreadable_reason (img) && qk_image_warning_count (img)
+      && fs.opens == 0, "backing_file_offset == cluster size with size 1: "
+      "invalid");
+  qk_image_close (img);
+  be64_put (b.p + 8, b.cs + 1);
+  be32_put (b.p + 16, 0);
+  img = qk_image_open_memory (b.p, b.len, "dir/top.qcow2", &o);
+  ok (img && qk_image_unreadable_reason (img) && qk_image_warning_count (img),
+      "backing_file_offset == cluster size + 1 with size 0: invalid");
+  qk_image_close (img);
+
+  /* a name ending exactly at the end of cluster 0 */
+  memcpy (b.p + b.cs - 8, "base.raw", 8);
+  be64_put (b.p + 8, b.cs - 8);
+  be32_put (b.p + 16, 8);
+  fs.opens = 0;
+  img = qk_image_open_memory (b.p, b.len, "dir/top.qcow2", &o);
+  ok (img && qk_image_backing_name (img)
+      && strcmp (qk_image_backing_name (img), "base.raw") == 0
+      && fs.opens == 1, "a name ending at the end of cluster 0 is read "
+      "(offset + size == cluster size)");
+  qk_image_close (img);
+  be32_put (b.p + 16, 9);
+  img = qk_image_open_memory (b.p, b.len, "dir/top.qcow2", &o);
+  ok (img && qk_image_backing_name (img) == NULL
+      && qk_image_unreadable_reason (img), "one byte past it is invalid");
+  qk_image_close (img);
+
+  /* a name that starts with a NUL: QEMU's string is empty */
+  b.p[b.cs - 8] = '\0';
+  be32_put (b.p + 16, 8);
+  fs.opens = 0;
+  img = qk_image_open_memory (b.p, b.len, "dir/top.qcow2", &o);
+  ok (img && qk_image_backing_name (img) == NULL && fs.opens == 0
+      && qk_image_unreadable_reason (img) == NULL
+      && qk_image_warning_count (img) == 1
+      && strstr (qk_image_warning (img, 0), "NUL"),
+      "a name starting with NUL: no backing file, one warning (%s)",
+      img && qk_image_warning_count (img) ? qk_image_warning (img, 0) : "");
+  qk_image_close (img);
+  b_free (&b);
+}
+
+/* ---- the end of the header extensions (qcow2_read_extensions) ---- */
+
+static void
+test_extension_end (void)
+{
+  struct img b;
+  struct qk_image *img;
+
+  build_std (&b, 3, 0);
+  be32_put (b.p + 112, QK_EXT_BACKING_FORMAT);
+  be32_put (b.p + 116, 3);
+  memcpy (b.p + 120, "raw", 3);
+  be32_put (b.p + 128, QK_EXT_END);
+  be32_put (b.p + 132, 4096);
+  img = b_open (&b, QK_OPEN_NO_BACKING);
+  ok (img && qk_image_extension_count (img) == 1
+      && qk_image_warning_count (img) == 1
+      && strstr (qk_image_warning (img, 0), "end marker")
+      && qk_image_unreadable_reason (img) == NULL && read_matches (img, &b),
+      "an end marker longer than the area: the extensions before it are "
+      "kept, one warning (%s), reads fine", img && qk_image_warning_count
+      (img) ? qk_image_warning (img, 0) : "");
+  qk_image_close (img);
+  be32_put (b.p + 132, 4096 - 136);
+  img = b_open (&b, QK_OPEN_NO_BACKING);
+  ok (img && qk_image_extension_count (img) == 1
+      && qk_image_warning_count (img) == 0, "an end marker whose length "
+      "fits: no warning");
+  qk_image_close (img);
+  /* the area ends at the backing file name */
+  memcpy (b.p + 200, "base", 4);
+  be64_put (b.p + 8, 200);
+  be32_put (b.p + 16, 4);
+  be32_put (b.p + 132, 200 - 136 + 1);
+  img = b_open (&b, QK_OPEN_NO_BACKING);
+  ok (img && qk_image_warning_count (img) == 1
+      && strstr (qk_image_warning (img, 0), "end marker")
+      && qk_image_backing_name (img)
+      && strcmp (qk_image_backing_name (img), "base") == 0,
+      "an end marker running into the backing file name: a warning");
+  qk_image_close (img);
+  b_free (&b);
+}
+
+/* ---- refcounts: an unaligned refcount block is corruption ---- */
+
+static void
+test_refcount_lookup (void)
+{
+  struct img b;
+  struct qk_image *img;
+  uint64_t rc = 99;
+
+  build_std (&b, 3, 0);
+  img = b_open (&b, 0);
+  ok (img && qk_image_refcount (img, HC_L1, &rc) == 0 && rc == 1,
+      "refcount of the L1 cluster: 1");
+  ok (img && qk_image_refcount (img, 1ULL << 30, &rc) == 0 && rc == 0,
+      "refcount of a cluster past the refcount table: 0");
+  qk_image_close (img);
+
+  be64_put (b.p + HC_REFTABLE * b.cs, HC_REFBLOCK * b.cs + 512);
+  img = b_open (&b, 0);
+  rc = 99;
+  ok (img && qk_image_refcount (img, HC_L1, &rc) == -1
+      && qk_get_errno () == EBADMSG && strstr (qk_get_error (), "aligned")
+      && rc == 99, "refcount table entry with an unaligned refcount block: "
+      "EBADMSG, nothing read (%s)", qk_get_error ());
+  ok (img && read_matches (img, &b), "guest reads do not need it");
+  {
+    struct extents *x = xcalloc (sizeof *x);
+    ok (img && qk_image_map (img, 0, b.size, collect, x) == 0 && x->n > 0,
+        "map does not need it (metadata preallocation is then not "
+        "detected, as QEMU)");
+    free (x);
+  }
+  qk_image_close (img);
+  /* reserved low bits are masked, as QEMU's REFT_OFFSET_MASK */
+  be64_put (b.p + HC_REFTABLE * b.cs, HC_REFBLOCK * b.cs | 0x1ff);
+  img = b_open (&b, 0);
+  ok (img && qk_image_refcount (img, HC_L1, &rc) == 0 && rc == 1,
+      "reserved bits 0-8 of the entry are ignored");
+  qk_image_close (img);
+  b_free (&b);
+}
+
+/* ---- LUKS ---- */
+
+static void
+put_luks (uint8_t *p, uint32_t key_bytes)
+{
+  memcpy (p, "LUKS\xba\xbe", 6);
+  be16_put (p + 6, 1);
+  memcpy (p + 8, "aes", 3);
+  memcpy (p + 40, "xts-plain64", 11);
+  memcpy (p + 72, "sha256", 6);
+  be32_put (p + 104, 4040);
+  be32_put (p + 108, key_bytes);
+  be32_put (p + 164, 1000);
+  memcpy (p + 168, "00000000-1111-2222-3333-444444444444", 36);
+  for (int i = 0; i < 8; i++) {
+    be32_put (p + 208 + 48 * i, i == 1 ? QK_LUKS_SLOT_ENABLED
+                                       : QK_LUKS_SLOT_DISABLED);
+    be32_put (p + 208 + 48 * i + 4, i == 1 ? 5000 : 0);
+    be32_put (p + 208 + 48 * i + 40, 8 + 504 * i);
+    be32_put (p + 208 + 48 * i + 44, 4000);
+  }
+}
+
+static void
+test_luks_image (void)
+{
+  struct img b;
+  struct qk_image *img;
+  const struct qk_luks *l;
+
+  /* host cluster 11 (the snapshot table's, unused here) holds the header */
+  build_std (&b, 3, 0);
+  be32_put (b.p + 60, 0);
+  be64_put (b.p + 64, 0);
+  memset (b.p + 11 * b.cs, 0, b.cs);
+  put_luks (b.p + 11 * b.cs, 64);
+  be32_put (b.p + 32, QK_CRYPT_LUKS);
+  be32_put (b.p + 112, QK_EXT_CRYPTO);
+  be32_put (b.p + 116, 16);
+  be64_put (b.p + 120, 11 * b.cs);
+  be64_put (b.p + 128, 2068480);
+  img = b_open (&b, 0);
+  l = img ? qk_image_luks (img) : NULL;
+  ok (l && l->offset == 11 * b.cs && l->length == 2068480
+      && strcmp (l->cipher_alg ?: "", "aes-256") == 0
+      && l->slot[1].active && !l->slot[0].active
+      && l->slot[1].iterations == 5000 && l->payload_offset_sector == 4040,
+      "LUKS image: the header is found through the extension and decoded");
+  ok (img && qk_image_warning_count (img) == 0
+      && qk_image_unreadable_reason (img), "no warning; guest data "
+      "unreadable (encrypted)");
+  qk_image_close (img);
+
+  be64_put (b.p + 120, 11 * b.cs + 512);
+  img = b_open (&b, 0);
+  ok (img && qk_image_luks (img) == NULL && qk_image_warning_count (img) == 1
+      && strstr (qk_image_warning (img, 0), "aligned"),
+      "an unaligned LUKS header offset: not read, a warning");
+  qk_image_close (img);
+  be64_put (b.p + 120, 11 * b.cs);
+  be64_put (b.p + 128, 591);
+  img = b_open (&b, 0);
+  ok (img && qk_image_luks (img) == NULL && qk_image_warning_count (img) == 1
+      && strstr (qk_image_warning (img, 0), "shorter"),
+      "a LUKS header area of 591 bytes: not read, a warning");
+  qk_image_close (img);
+  be64_put (b.p + 128, 592);
+  be64_put (b.p + 120, 1ULL << 40);
+  img = b_open (&b, 0);
+  ok (img && qk_image_luks (img) == NULL && qk_image_warning_count (img) == 1,
+      "a LUKS header past the end of the file: a warning");
+  qk_image_close (img);
+  be64_put (b.p + 120, 11 * b.cs);
+  b.p[11 * b.cs] = 'X';
+  img = b_open (&b, 0);
+  ok (img && qk_image_luks (img) == NULL && qk_image_warning_count (img) == 1
+      && strstr (qk_image_warning (img, 0), "magic"),
+      "a LUKS header with a bad magic: a warning");
+  qk_image_close (img);
+  b.p[11 * b.cs] = 'L';
+  be32_put (b.p + 11 * b.cs + 208 + 44, 0);
+  img = b_open (&b, 0);
+  ok (img && qk_image_luks (img) && qk_image_warning_count (img) == 1
+      && strstr (qk_image_warning (img, 0), "stripes")
+      && strstr (qk_image_warning (img, 0), "QEMU refuses"),
+      "a corrupted key slot: decoded, with a warning (%s)",
+      img && qk_image_warning_count (img) ? qk_image_warning (img, 0) : "");
+  qk_image_close (img);
+  /* not LUKS: the extension is not followed */
+  be32_put (b.p + 32, QK_CRYPT_AES);
+  img = b_open (&b, 0);
+  ok (img && qk_image_luks (img) == NULL, "AES: no LUKS header");
+  qk_image_close (img);
+  b_free (&b);
 }
 
 /* ---- hostile variants ---- */
@@ -1282,6 +1549,10 @@ main (void)
   test_std (2, QK_COMPRESSION_DEFLATE);
   test_extl2 ();
   test_backing ();
+  test_backing_names ();
+  test_extension_end ();
+  test_refcount_lookup ();
+  test_luks_image ();
   test_hostile_header ();
   test_hostile_tables ();
   test_truncated ();
