@@ -1,38 +1,35 @@
 #!/bin/bash
-# Replay a seed corpus (small images qemu-img makes now, with every
-# feature) and tests/regress/ through every fuzz harness's replay build.
+# Replay the seed corpora (fuzz/make-seeds.sh: qcow2 images qemu-img makes
+# now with every feature, fake file systems of backing chains, libvirt's
+# XML fixtures and bulk files) and tests/regress/ through every fuzz
+# harness's replay build.
 srcdir=${srcdir:-.}
 . "$srcdir/tests/tap.sh"
 . "$srcdir/tests/functions.sh"
 require qemu-img qemu-io
 scratch
-c=$T/corpus
-mkdir -p "$c"
-i=0
-mk () { i=$((i + 1)); qemu-img create -q -f qcow2 "$@" "$c/seed$i.qcow2" 4M; }
-mk -o cluster_size=512
-mk -o cluster_size=65536,refcount_bits=1
-mk -o compat=0.10
-mk -o extended_l2=on,cluster_size=16384
-mk -o compression_type=zstd
-mk -o lazy_refcounts=on
-for f in "$c"/seed*.qcow2; do
-  qemu-io -f qcow2 -c 'write -P 1 0 64k' -c 'write -z 1M 64k' -c 'write -c -P 2 2M 64k' "$f" >/dev/null 2>&1
+s=$T/seeds
+if ! out=$(bash "$srcdir/fuzz/make-seeds.sh" "$srcdir" "$s" 2>&1); then
+  fail "fuzz/make-seeds.sh makes the seed corpora" "$out"
+  done_testing
+  exit
+fi
+for d in qcow2 chain meta-file meta-bulk; do
+  n=$(ls "$s/$d" | wc -l)
+  ok "seeds for $d ($n)" test "$n" -gt 5
 done
-qemu-img snapshot -c s1 "$c/seed1.qcow2"
-qemu-img bitmap --add "$c/seed2.qcow2" b0
-# damaged variants: flip bytes across the first clusters
-for f in "$c"/seed1.qcow2 "$c"/seed4.qcow2; do
-  for off in 40 48 64 72 104 4096 65536; do
-    cp "$f" "$f.d$off"
-    printf '\xff\xff' | dd of="$f.d$off" bs=1 seek=$off conv=notrunc status=none
-  done
-done
-n=$(ls "$c" | wc -l)
-for h in image read check; do
-  out=$(timeout 300 "$top_builddir/fuzz/fuzz-$h-replay" "$c" "$srcdir/tests/regress" 2>&1)
+
+replay () {  # HARNESS DIR...
+  h=$1; shift
+  out=$(timeout 300 "$top_builddir/fuzz/fuzz-$h-replay" "$@" "$srcdir/tests/regress" 2>&1)
   rc=$?
-  is "$rc" 0 "fuzz-$h replays $n seeds and tests/regress without a crash"
+  is "$rc" 0 "fuzz-$h replays $(echo "$out" | sed -n 's/.*replayed \([0-9]*\) inputs/\1/p' | tail -1) inputs (seeds and tests/regress) without a crash"
   [ $rc -eq 0 ] || diag "$(echo "$out" | tail -5)"
-done
+}
+replay image "$s/qcow2"
+replay read "$s/qcow2"
+replay check "$s/qcow2"
+replay chain "$s/chain" "$s/qcow2"
+replay meta-file "$s/meta-file"
+replay meta-bulk "$s/meta-bulk"
 done_testing

@@ -1,0 +1,64 @@
+#!/bin/bash
+# A short, bounded libFuzzer session for every harness, from the seed
+# corpora (fuzz/make-seeds.sh), as CI runs it:
+#
+#   fuzz/smoke.sh [SECONDS [HARNESS...]]   (from a --enable-fuzzing build)
+#
+# Each harness runs SECONDS (default 60) under ASan + UBSan with its
+# dictionary, a 2 GiB RSS limit and a 10 s per-input timeout. Any crash,
+# leak, timeout or out-of-memory fails the script; the input that did it
+# is left in smoke/artifacts/. Prints one TAP line per harness with its
+# executions and coverage (cov: edges, ft: features).
+set -u
+secs=${1:-60}
+[ $# -gt 0 ] && shift
+only=" $* "
+here=$(cd "$(dirname "$0")" && pwd)
+srcdir=${srcdir:-$(dirname "$here")}
+build=${top_builddir:-.}
+work=${SMOKE_DIR:-$build/smoke}
+rm -rf "$work"
+mkdir -p "$work/artifacts"
+if ! bash "$srcdir/fuzz/make-seeds.sh" "$srcdir" "$work/seeds" >"$work/seeds.log" 2>&1; then
+  echo "not ok 1 - fuzz/make-seeds.sh"; cat "$work/seeds.log"; exit 1
+fi
+
+n=0 bad=0
+run () {  # HARNESS SEEDDIR... (dictionary picked by harness)
+  h=$1; shift
+  [ "$only" = "  " ] || case $only in *" $h "*) ;; *) return ;; esac
+  n=$((n + 1))
+  bin=$build/fuzz/fuzz-$h
+  case $h in meta-*) dict=$srcdir/fuzz/libvirt-xml.dict ;; *) dict=$srcdir/fuzz/qcow2.dict ;; esac
+  if [ ! -x "$bin" ]; then
+    echo "not ok $n - fuzz-$h: not built (configure --enable-fuzzing CC=clang)"
+    bad=$((bad + 1)); return
+  fi
+  mkdir -p "$work/corpus-$h"
+  log=$work/fuzz-$h.log
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    "$bin" -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 \
+      -max_len=1048576 -print_final_stats=1 -dict="$dict" \
+      -artifact_prefix="$work/artifacts/$h-" \
+      "$work/corpus-$h" "$@" >"$log" 2>&1
+  rc=$?
+  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+  cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -1)
+  if [ $rc -eq 0 ]; then
+    echo "ok $n - fuzz-$h: ${secs} s, ${execs:-?} executions, ${cov:-no coverage line}, no finding"
+  else
+    echo "not ok $n - fuzz-$h: exit $rc after ${execs:-?} executions"
+    grep -E 'ERROR|SUMMARY|runtime error|Test unit written' "$log" | head -10 | sed 's/^/#   /'
+    bad=$((bad + 1))
+  fi
+}
+s=$work/seeds
+run image "$s/qcow2"
+run read "$s/qcow2"
+run check "$s/qcow2"
+run chain "$s/chain" "$s/qcow2"
+run meta-file "$s/meta-file"
+run meta-bulk "$s/meta-bulk"
+echo "1..$n"
+[ $bad -eq 0 ]
