@@ -13,6 +13,9 @@
 
 const char *progname = "qcowkit";
 
+static void vmsg (const char *pre, const char *fmt, va_list ap)
+  __attribute__ ((format (printf, 2, 0)));
+
 static void
 vmsg (const char *pre, const char *fmt, va_list ap)
 {

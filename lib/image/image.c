@@ -30,6 +30,9 @@ qk_image_warn (struct qk_image *img, const char *fmt, ...)
   return qk_strvec_add (&img->warnings, s);
 }
 
+static void set_unreadable (struct qk_image *img, const char *fmt, ...)
+  __attribute__ ((format (printf, 2, 3)));
+
 static void
 set_unreadable (struct qk_image *img, const char *fmt, ...)
 {
