@@ -130,4 +130,88 @@ extern int qk_decompress (int type, const uint8_t *in, size_t inlen,
 extern int qk_compress (int type, const uint8_t *in, size_t inlen,
                         uint8_t *out, size_t outcap, size_t *outlen);
 
+/* ---- writers (format/write.c): the inverses of the parsers above ----
+ * Pure: each writes into a caller buffer and checks its bounds (EINVAL for
+ * a value the format cannot hold, ENOSPC for a buffer too small); nothing
+ * is allocated and nothing read. qk_header_format and qk_snapshot_format
+ * (above) are the header and snapshot entry writers. */
+
+/* Header extensions: an 8-byte header (magic, length), the payload, zero
+ * padding to 8. Returns the bytes written (qk_ext_size), or -1. */
+extern size_t qk_ext_size (uint32_t payload_len);
+extern ssize_t qk_ext_format (uint32_t magic, const void *payload,
+                              uint32_t payload_len, uint8_t *buf, size_t len);
+/* The end marker (magic 0, length 0): 8 zero bytes. */
+extern ssize_t qk_ext_end_format (uint8_t *buf, size_t len);
+
+/* Feature name table entries (48 bytes each: type, bit, 46-byte name, NUL
+ * padded, not necessarily NUL terminated). */
+#define QK_FEATURE_NAME_ENTRY 48
+#define QK_FEATURE_NAME_LEN   46
+struct qk_feature_name {
+  uint8_t type;    /* QK_FEATURE_INCOMPAT, _COMPAT, _AUTOCLEAR */
+  uint8_t bit;
+  char name[QK_FEATURE_NAME_LEN + 1];
+};
+extern int qk_feature_name_format (const struct qk_feature_name *f,
+                                   uint8_t *buf, size_t len);
+extern int qk_feature_name_parse (const uint8_t *buf, size_t len,
+                                  struct qk_feature_name *out);
+
+/* The bitmaps extension payload (24 bytes). */
+extern int qk_bitmaps_ext_format (const struct qk_bitmaps_ext *e, uint8_t *buf,
+                                  size_t len);
+/* The full-disk encryption header pointer payload (16 bytes). */
+struct qk_crypto_ext {
+  uint64_t offset;
+  uint64_t length;
+};
+extern int qk_crypto_ext_format (const struct qk_crypto_ext *e, uint8_t *buf,
+                                 size_t len);
+extern int qk_crypto_ext_parse (const uint8_t *buf, size_t len,
+                                struct qk_crypto_ext *out);
+
+/* Table entries. Each fails (-1, EINVAL) on an offset the entry cannot
+ * hold (unaligned, or bits outside the offset mask). */
+extern int qk_l1_entry_make (uint64_t l2_offset, bool copied, uint64_t *entry);
+extern int qk_l2_entry_make (uint64_t host_offset, bool copied, bool zero,
+                             uint64_t *entry);
+/* A compressed descriptor: the inverse of qk_l2_compressed. nbytes is the
+ * length of the compressed data (at least 1); the sector count rounds it
+ * up, as QEMU does. */
+extern int qk_l2_compressed_make (uint64_t host_offset, uint64_t nbytes,
+                                  unsigned cluster_bits, uint64_t *entry);
+extern int qk_reftable_entry_make (uint64_t refblock_offset, uint64_t *entry);
+/* offset 0 with all_ones: the "all bits set" entry. */
+extern int qk_bitmap_table_entry_make (uint64_t data_offset, bool all_ones,
+                                       uint64_t *entry);
+
+/* Put entry i of a table of big-endian 64-bit words (L1, reftable, bitmap
+ * table) / of an L2 table (standard: 8-byte entries; extended: 16 bytes,
+ * entry then subcluster bitmap). */
+extern int qk_table_put (uint8_t *buf, size_t len, uint64_t i, uint64_t v);
+extern int qk_l2_put (uint8_t *buf, size_t len, bool extl2, uint64_t i,
+                      uint64_t entry, uint64_t bitmap);
+/* Extended L2 subcluster bitmaps: allocated bits 0..31, zero 32..63. */
+extern uint64_t qk_l2_bitmap_make (uint32_t alloc, uint32_t zero);
+
+/* A refcount block of refcount width 1 << order: n values (n at most the
+ * entries of len bytes; the rest is zeroed). EINVAL if a value does not
+ * fit the width. */
+extern int qk_refblock_format (const uint64_t *refcounts, size_t n,
+                               unsigned order, uint8_t *buf, size_t len);
+
+/* Snapshot extra data from s (vm_state_size_large, disk_size, icount, as
+ * far as s->extra_data_size reaches; bytes past 24 are zeroed). */
+extern int qk_snapshot_extra_format (const struct qk_snapshot *s, uint8_t *buf,
+                                     size_t len);
+
+/* A bitmap directory entry (padded to 8): the inverse of qk_bitmap_parse.
+ * extra (b.extra_data_size bytes) may be NULL for zeros. Returns the bytes
+ * written (qk_bitmap_entry_size), or -1. */
+extern size_t qk_bitmap_entry_size (uint32_t extra, size_t namelen);
+extern ssize_t qk_bitmap_format (const struct qk_bitmap_raw *r,
+                                 const uint8_t *extra, uint8_t *buf,
+                                 size_t len);
+
 #endif

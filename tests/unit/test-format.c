@@ -2075,6 +2075,425 @@ test_luks (void)
   }
 }
 
+/* ---- writers (format/write.c): each round-trips through its parser ---- */
+
+/* The last call failed as a bad argument / a short buffer. */
+static bool
+failed_with (int r, int errnum)
+{
+  const char *e = qk_get_error ();
+  return r == -1 && qk_get_errno () == errnum && e && *e;
+}
+
+struct wext_seen {
+  size_t n;
+  uint32_t magic[4], length[4];
+  uint8_t payload[4][16];
+};
+
+static int
+wcollect_ext (void *opaque, const struct qk_ext_raw *e, const uint8_t *payload)
+{
+  struct wext_seen *s = opaque;
+
+  if (s->n < 4) {
+    s->magic[s->n] = e->magic;
+    s->length[s->n] = e->length;
+    memcpy (s->payload[s->n], payload, MIN (e->length, 16U));
+  }
+  s->n++;
+  return 0;
+}
+
+static void
+test_write_extensions (void)
+{
+  uint8_t buf[128], *c;
+  struct wext_seen s = { 0 };
+  size_t pos = 0;
+  ssize_t n;
+  int r;
+
+  memset (buf, 0xaa, sizeof buf);
+  is_u64 (qk_ext_size (0), 8, "ext size: no payload is 8 bytes");
+  is_u64 (qk_ext_size (5), 16, "ext size: 5 bytes of payload pad to 16");
+  is_u64 (qk_ext_size (16), 24, "ext size: 16 bytes of payload need no pad");
+  n = qk_ext_format (QK_EXT_BACKING_FORMAT, "qcow2", 5, buf, sizeof buf);
+  is_u64 ((uint64_t) n, 16, "ext format returns the padded size");
+  ok (buf[13] == 0 && buf[15] == 0, "ext format zeroes the padding");
+  pos += (size_t) n;
+  n = qk_ext_format (0x66757a7a, "0123456789abcdef", 16, buf + pos,
+                     sizeof buf - pos);
+  pos += (size_t) n;
+  n = qk_ext_format (QK_EXT_DATA_FILE, NULL, 0, buf + pos, sizeof buf - pos);
+  is_u64 ((uint64_t) n, 8, "an empty extension is 8 bytes");
+  pos += (size_t) n;
+  n = qk_ext_end_format (buf + pos, sizeof buf - pos);
+  is_u64 ((uint64_t) n, 8, "the end marker is 8 bytes");
+  pos += (size_t) n;
+  c = exact_copy (buf, pos);
+  r = qk_extensions_walk (c, 0, pos, wcollect_ext, &s);
+  ok (r == 0, "the written extensions walk cleanly");
+  is_u64 (s.n, 3, "... three extensions before the end marker");
+  is_u64 (s.magic[0], QK_EXT_BACKING_FORMAT, "... first magic");
+  is_u64 (s.length[0], 5, "... first length");
+  ok (memcmp (s.payload[0], "qcow2", 5) == 0, "... first payload");
+  is_u64 (s.magic[1], 0x66757a7a, "... unknown magic");
+  ok (memcmp (s.payload[1], "0123456789abcdef", 16) == 0,
+      "... unknown payload");
+  is_u64 (s.magic[2], QK_EXT_DATA_FILE, "... empty extension magic");
+  is_u64 (s.length[2], 0, "... empty extension length");
+  free (c);
+
+  r = (int) qk_ext_format (QK_EXT_BACKING_FORMAT, "qcow2", 5, buf, 15);
+  ok (failed_with (r, ENOSPC), "ext format into 15 bytes: ENOSPC");
+  r = (int) qk_ext_end_format (buf, 7);
+  ok (failed_with (r, ENOSPC), "end marker into 7 bytes: ENOSPC");
+  r = (int) qk_ext_format (QK_EXT_END, "x", 1, buf, sizeof buf);
+  ok (failed_with (r, EINVAL), "an end marker with a payload: EINVAL");
+  r = (int) qk_ext_format (QK_EXT_BITMAPS, NULL, 4, buf, sizeof buf);
+  ok (failed_with (r, EINVAL), "a length without a payload: EINVAL");
+}
+
+static void
+test_write_feature_names (void)
+{
+  struct qk_feature_name f, g;
+  uint8_t buf[QK_FEATURE_NAME_ENTRY], *c;
+  int r;
+
+  memset (&f, 0, sizeof f);
+  f.type = QK_FEATURE_AUTOCLEAR;
+  f.bit = 63;
+  strcpy (f.name, "bitmaps");
+  memset (buf, 0xaa, sizeof buf);
+  r = qk_feature_name_format (&f, buf, sizeof buf);
+  is_u64 ((uint64_t) r, QK_FEATURE_NAME_ENTRY, "feature name: 48 bytes");
+  ok (buf[2 + 7] == 0 && buf[47] == 0, "... NUL padded");
+  c = exact_copy (buf, sizeof buf);
+  ok (qk_feature_name_parse (c, sizeof buf, &g) == 0, "... parses");
+  ok (g.type == f.type && g.bit == f.bit, "... same type and bit");
+  is_str (g.name, "bitmaps", "... same name");
+  free (c);
+
+  /* a name of exactly 46 bytes has no NUL on disk */
+  memset (f.name, 'n', QK_FEATURE_NAME_LEN);
+  f.name[QK_FEATURE_NAME_LEN] = '\0';
+  r = qk_feature_name_format (&f, buf, sizeof buf);
+  ok (r == QK_FEATURE_NAME_ENTRY && buf[47] == 'n',
+      "a 46-byte name fills the entry");
+  c = exact_copy (buf, sizeof buf);
+  ok (qk_feature_name_parse (c, sizeof buf, &g) == 0
+      && strlen (g.name) == QK_FEATURE_NAME_LEN
+      && strcmp (g.name, f.name) == 0, "... and parses back whole");
+  ok (failed_badmsg (qk_feature_name_parse (c, sizeof buf - 1, &g)),
+      "a 47-byte entry does not parse: EBADMSG");
+  free (c);
+
+  f.type = 3;
+  ok (failed_with (qk_feature_name_format (&f, buf, sizeof buf), EINVAL),
+      "feature type 3: EINVAL");
+  f.type = QK_FEATURE_COMPAT;
+  f.bit = 64;
+  ok (failed_with (qk_feature_name_format (&f, buf, sizeof buf), EINVAL),
+      "feature bit 64: EINVAL");
+  f.bit = 0;
+  ok (failed_with (qk_feature_name_format (&f, buf, 47), ENOSPC),
+      "feature name into 47 bytes: ENOSPC");
+}
+
+static void
+test_write_ext_payloads (void)
+{
+  struct qk_bitmaps_ext e = { 3, 0, 0x30, 0x123400 }, e2;
+  struct qk_crypto_ext k = { 0x10000, 0x2000 }, k2;
+  uint8_t buf[24], *c;
+
+  ok (qk_bitmaps_ext_format (&e, buf, sizeof buf) == 24,
+      "bitmaps extension: 24 bytes");
+  c = exact_copy (buf, 24);
+  ok (qk_bitmaps_ext_parse (c, 24, &e2) == 0 && e2.nb_bitmaps == 3
+      && e2.reserved == 0 && e2.directory_size == 0x30
+      && e2.directory_offset == 0x123400, "... parses back the same");
+  free (c);
+  ok (failed_with (qk_bitmaps_ext_format (&e, buf, 23), ENOSPC),
+      "bitmaps extension into 23 bytes: ENOSPC");
+  ok (qk_crypto_ext_format (&k, buf, sizeof buf) == 16,
+      "encryption header pointer: 16 bytes");
+  c = exact_copy (buf, 16);
+  ok (qk_crypto_ext_parse (c, 16, &k2) == 0 && k2.offset == k.offset
+      && k2.length == k.length, "... parses back the same");
+  ok (failed_badmsg (qk_crypto_ext_parse (c, 15, &k2)),
+      "... and 15 bytes of it do not: EBADMSG");
+  free (c);
+  ok (failed_with (qk_crypto_ext_format (&k, buf, 15), ENOSPC),
+      "encryption header pointer into 15 bytes: ENOSPC");
+}
+
+static void
+test_write_entries (void)
+{
+  uint64_t e = 0, h, nb;
+  int r;
+
+  /* L1 */
+  ok (qk_l1_entry_make (0x7fff0000ULL, true, &e) == 0
+      && (e & QK_L1E_OFFSET_MASK) == 0x7fff0000ULL && (e & QK_OFLAG_COPIED)
+      && (e & QK_L1E_RESERVED_MASK) == 0, "L1 entry: offset and COPIED");
+  ok (qk_l1_entry_make (0x200, false, &e) == 0 && e == 0x200,
+      "L1 entry without COPIED");
+  e = 42;
+  ok (failed_with (qk_l1_entry_make (0x10100, true, &e), EINVAL) && e == 42,
+      "L1 entry: unaligned offset: EINVAL, entry untouched");
+  ok (failed_with (qk_l1_entry_make (1ULL << 56, true, &e), EINVAL),
+      "L1 entry: offset past 56 bits: EINVAL");
+
+  /* L2, standard */
+  ok (qk_l2_entry_make (0x30000, true, false, &e) == 0
+      && qk_l2_cluster_type (e, false, false) == QK_CLUSTER_NORMAL
+      && (e & QK_L2E_OFFSET_MASK) == 0x30000 && (e & QK_OFLAG_COPIED)
+      && (e & QK_L2E_STD_RESERVED) == 0, "L2 entry: a normal cluster");
+  ok (qk_l2_entry_make (0, false, true, &e) == 0
+      && qk_l2_cluster_type (e, false, false) == QK_CLUSTER_ZERO_PLAIN,
+      "L2 entry: a plain zero cluster");
+  ok (qk_l2_entry_make (0x30000, true, true, &e) == 0
+      && qk_l2_cluster_type (e, false, false) == QK_CLUSTER_ZERO_ALLOC,
+      "L2 entry: a preallocated zero cluster");
+  ok (qk_l2_entry_make (0, false, false, &e) == 0
+      && qk_l2_cluster_type (e, false, false) == QK_CLUSTER_UNALLOCATED,
+      "L2 entry: unallocated");
+  ok (failed_with (qk_l2_entry_make (0x30001, true, false, &e), EINVAL),
+      "L2 entry: unaligned offset: EINVAL");
+  ok (failed_with (qk_l2_entry_make (0x30100, true, false, &e), EINVAL),
+      "L2 entry: offset not a multiple of 512: EINVAL");
+  ok (failed_with (qk_l2_entry_make (1ULL << 62, true, false, &e), EINVAL),
+      "L2 entry: offset in the flag bits: EINVAL");
+
+  /* compressed descriptors, every cluster size */
+  for (unsigned cb = QK_MIN_CLUSTER_BITS; cb <= QK_MAX_CLUSTER_BITS; cb++) {
+    bool good = true;
+    for (int k = 0; k < 200; k++) {
+      uint64_t cs = 1ULL << cb;
+      uint64_t off = rnd_below (1ULL << 40) & ~1ULL;
+      uint64_t len = rnd_below (cs) + 1;
+      r = qk_l2_compressed_make (off, len, cb, &e);
+      qk_l2_compressed (e, cb, &h, &nb);
+      /* QEMU reads whole sectors: what the descriptor covers ends at the
+       * sector end of the data */
+      good &= r == 0 && h == off
+              && qk_l2_cluster_type (e, false, false) == QK_CLUSTER_COMPRESSED
+              && h + nb == ((off + len - 1) / 512 + 1) * 512;
+    }
+    ok (good, "compressed descriptors round-trip (%u-bit clusters)", cb);
+  }
+  ok (failed_with (qk_l2_compressed_make (0x1000, 0, 16, &e), EINVAL),
+      "compressed: 0 bytes: EINVAL");
+  ok (failed_with (qk_l2_compressed_make (0x1000, 10, 8, &e), EINVAL),
+      "compressed: 8-bit clusters: EINVAL");
+  ok (failed_with (qk_l2_compressed_make (0x1000, 10, 22, &e), EINVAL),
+      "compressed: 22-bit clusters: EINVAL");
+  ok (failed_with (qk_l2_compressed_make (1ULL << 54, 10, 16, &e), EINVAL),
+      "compressed: offset past the offset field: EINVAL");
+  ok (failed_with (qk_l2_compressed_make (0x1000, 1ULL << 20, 9, &e),
+                   EINVAL),
+      "compressed: more sectors than the field holds: EINVAL");
+  ok (failed_with (qk_l2_compressed_make (UINT64_MAX >> 10, 4096, 16, &e),
+                   EINVAL)
+      || failed_with (qk_l2_compressed_make (UINT64_MAX - 5, 10, 16, &e),
+                      EINVAL), "compressed: overflowing data: EINVAL");
+
+  /* refcount table, bitmap table */
+  ok (qk_reftable_entry_make (0x50000, &e) == 0
+      && (e & QK_REFT_OFFSET_MASK) == 0x50000, "reftable entry");
+  ok (failed_with (qk_reftable_entry_make (0x50010, &e), EINVAL),
+      "reftable entry: unaligned offset: EINVAL");
+  ok (qk_bitmap_table_entry_make (0x60000, false, &e) == 0
+      && (e & QK_BME_TABLE_OFFSET_MASK) == 0x60000
+      && (e & QK_BME_TABLE_RESERVED) == 0, "bitmap table entry");
+  ok (qk_bitmap_table_entry_make (0, true, &e) == 0 && e == 1,
+      "bitmap table entry: all ones");
+  ok (qk_bitmap_table_entry_make (0, false, &e) == 0 && e == 0,
+      "bitmap table entry: all zeros");
+  ok (failed_with (qk_bitmap_table_entry_make (0x60000, true, &e), EINVAL),
+      "bitmap table entry: all ones with an offset: EINVAL");
+  ok (failed_with (qk_bitmap_table_entry_make (0x60001, false, &e), EINVAL),
+      "bitmap table entry: unaligned offset: EINVAL");
+  ok (failed_with (qk_bitmap_table_entry_make (1ULL << 56, false, &e),
+                   EINVAL), "bitmap table entry: offset past 56 bits: EINVAL");
+}
+
+static void
+test_write_tables (void)
+{
+  uint8_t t[64];
+  uint64_t bm;
+
+  memset (t, 0, sizeof t);
+  ok (qk_table_put (t, sizeof t, 7, 0x1122334455667788ULL) == 0
+      && be64_get (t + 56) == 0x1122334455667788ULL, "table put: last entry");
+  ok (failed_with (qk_table_put (t, sizeof t, 8, 1), ENOSPC),
+      "table put past the end: ENOSPC");
+  ok (failed_with (qk_table_put (t, sizeof t, UINT64_MAX, 1), ENOSPC),
+      "table put at entry 2^64-1: ENOSPC");
+  ok (failed_with (qk_table_put (t, 7, 0, 1), ENOSPC),
+      "table put into 7 bytes: ENOSPC");
+  ok (qk_l2_put (t, sizeof t, false, 7, 0x8000000000050000ULL, 0) == 0
+      && be64_get (t + 56) == 0x8000000000050000ULL,
+      "L2 put, standard: 8-byte entries");
+  ok (failed_with (qk_l2_put (t, sizeof t, false, 0, 0, 1), EINVAL),
+      "L2 put, standard, with a bitmap: EINVAL");
+  bm = qk_l2_bitmap_make (0x0000000fU, 0xf0000000U);
+  is_u64 (bm, 0xf00000000000000fULL, "subcluster bitmap: zero bits high");
+  ok (qk_l2_put (t, sizeof t, true, 3, 0x50000, bm) == 0
+      && be64_get (t + 48) == 0x50000 && be64_get (t + 56) == bm,
+      "L2 put, extended: entry then bitmap");
+  ok (failed_with (qk_l2_put (t, sizeof t, true, 4, 0, 0), ENOSPC),
+      "L2 put, extended, past the end: ENOSPC");
+  ok (qk_l2_subcluster_type (0x50000, bm, 0, true, false) == QK_SUB_NORMAL
+      && qk_l2_subcluster_type (0x50000, bm, 31, true, false)
+         == QK_SUB_ZERO_ALLOC
+      && qk_l2_subcluster_type (0x50000, bm, 10, true, false)
+         == QK_SUB_UNALLOCATED_ALLOC
+      && qk_l2_subcluster_type (0, qk_l2_bitmap_make (0, 1), 0, true, false)
+         == QK_SUB_ZERO_PLAIN, "subcluster bitmaps read back as written");
+}
+
+static void
+test_write_refblocks (void)
+{
+  uint64_t vals[300];
+  uint8_t *blk = xmalloc (512);
+
+  for (unsigned order = 0; order <= 6; order++) {
+    uint64_t max = order == 6 ? UINT64_MAX : (1ULL << (1U << order)) - 1;
+    size_t per = (512 * 8) >> order, n = MIN (per - 3, 300);
+    bool same = true, rest = true;
+
+    for (size_t i = 0; i < n; i++)
+      vals[i] = i == 0 ? max : i == 1 ? 0 : rnd () & max;
+    memset (blk, 0xaa, 512);
+    ok (qk_refblock_format (vals, n, order, blk, 512) == 0,
+        "refblock of %u-bit refcounts: formats", 1U << order);
+    for (size_t i = 0; i < n; i++)
+      same &= qk_refblock_get (blk, order, i) == vals[i];
+    for (size_t i = n; i < per; i++)
+      rest &= qk_refblock_get (blk, order, i) == 0;
+    ok (same, "... every value reads back");
+    ok (rest, "... the entries past n are zero");
+    ok (failed_with (qk_refblock_format (vals, per + 1, order, blk, 512),
+                     ENOSPC), "... one entry too many: ENOSPC");
+    if (order < 6) {
+      vals[5] = max + 1;
+      ok (failed_with (qk_refblock_format (vals, n, order, blk, 512), EINVAL),
+          "... a value wider than %u bits: EINVAL", 1U << order);
+    }
+  }
+  ok (failed_with (qk_refblock_format (vals, 1, 7, blk, 512), EINVAL),
+      "refcount order 7: EINVAL");
+  free (blk);
+}
+
+static void
+test_write_snapshot_extra (void)
+{
+  static const uint32_t sizes[] = { 0, 8, 16, 24, 40 };
+
+  for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+    struct qk_snapshot_raw r, p;
+    uint8_t extra[64], *entry, *c;
+    size_t elen, plen;
+    uint32_t e = sizes[k];
+
+    memset (&r, 0, sizeof r);
+    r.s.vm_state_size = 0x123456789aULL;
+    r.s.vm_state_size32 = 0x3456789a;
+    r.s.disk_size = 0x40000000ULL;
+    r.s.icount = UINT64_MAX;
+    r.s.extra_data_size = e;
+    r.s.l1_table_offset = 0x70000;
+    r.s.l1_size = 2;
+    memset (extra, 0xee, sizeof extra);
+    ok (qk_snapshot_extra_format (&r.s, extra, sizeof extra) == (int) e,
+        "snapshot extra data of %u bytes", e);
+    ok (e < 40 || (extra[24] == 0 && extra[39] == 0 && extra[40] == 0xee),
+        "... bytes past 24 are zeroed, nothing past the size written");
+    r.id = (char *) "7";
+    r.name = (char *) "snap";
+    r.extra = extra;
+    elen = qk_snapshot_entry_size (e, 1, 4);
+    entry = xcalloc (elen);
+    ok (qk_snapshot_format (&r, entry, elen) == (int) elen,
+        "... an entry with it formats");
+    c = exact_copy (entry, elen);
+    ok (qk_snapshot_parse (c, elen, &p, &plen) == 0 && plen == elen,
+        "... and parses");
+    ok (p.s.has_vm_state_size_large == (e >= 8)
+        && p.s.has_disk_size == (e >= 16) && p.s.has_icount == (e >= 24),
+        "... with the fields the size reaches");
+    ok (p.s.vm_state_size == (e >= 8 ? r.s.vm_state_size
+                              : r.s.vm_state_size32)
+        && (e < 16 || p.s.disk_size == r.s.disk_size)
+        && (e < 24 || p.s.icount == UINT64_MAX),
+        "... with the values written");
+    is_str (p.s.name, "snap", "... name");
+    qk_snapshot_raw_free (&p);
+    free (c);
+    free (entry);
+    if (e)
+      ok (failed_with (qk_snapshot_extra_format (&r.s, extra, e - 1), ENOSPC),
+          "... into %u bytes: ENOSPC", e - 1);
+  }
+}
+
+static void
+test_write_bitmap_entries (void)
+{
+  struct qk_bitmap_raw r, p;
+  uint8_t extra[5] = { 1, 2, 3, 4, 5 }, *buf, *c;
+  size_t need, plen;
+  char *longname;
+
+  memset (&r, 0, sizeof r);
+  r.b.table_offset = 0x90000;
+  r.b.table_size = 3;
+  r.b.flags = QK_BITMAP_AUTO;
+  r.b.type = 1;
+  r.b.granularity_bits = 16;
+  r.b.extra_data_size = sizeof extra;
+  r.name = (char *) "bitmap-0";
+  need = qk_bitmap_entry_size (sizeof extra, 8);
+  is_u64 (need, 40, "bitmap entry size: 24 + 5 + 8 padded to 40");
+  buf = xcalloc (need);
+  ok (qk_bitmap_format (&r, extra, buf, need) == (ssize_t) need,
+      "bitmap entry formats");
+  c = exact_copy (buf, need);
+  ok (qk_bitmap_parse (c, need, &p, &plen) == 0 && plen == need,
+      "... and parses");
+  ok (p.b.table_offset == 0x90000 && p.b.table_size == 3
+      && p.b.flags == QK_BITMAP_AUTO && p.b.type == 1
+      && p.b.granularity_bits == 16 && p.b.extra_data_size == 5,
+      "... the same fields");
+  is_str (p.b.name, "bitmap-0", "... the same name");
+  ok (memcmp (c + 24, extra, 5) == 0, "... the extra data before the name");
+  qk_bitmap_raw_free (&p);
+  free (c);
+  ok (failed_with ((int) qk_bitmap_format (&r, extra, buf, need - 1), ENOSPC),
+      "bitmap entry into one byte less: ENOSPC");
+  r.b.extra_data_size = 0;
+  ok (qk_bitmap_format (&r, NULL, buf, need) == 32,
+      "a bitmap entry without extra data");
+  free (buf);
+  longname = xmalloc (UINT16_MAX + 2);
+  memset (longname, 'b', UINT16_MAX + 1);
+  longname[UINT16_MAX + 1] = '\0';
+  r.name = longname;
+  buf = xmalloc (UINT16_MAX + 64);
+  ok (failed_with ((int) qk_bitmap_format (&r, NULL, buf, UINT16_MAX + 64),
+                   EINVAL), "a bitmap name of 65536 bytes: EINVAL");
+  free (buf);
+  free (longname);
+}
+
 int
 main (void)
 {
@@ -2099,6 +2518,14 @@ main (void)
   test_compress_type (QK_COMPRESSION_DEFLATE);
   test_compress_type (QK_COMPRESSION_ZSTD);
   test_luks ();
+  test_write_extensions ();
+  test_write_feature_names ();
+  test_write_ext_payloads ();
+  test_write_entries ();
+  test_write_tables ();
+  test_write_refblocks ();
+  test_write_snapshot_extra ();
+  test_write_bitmap_entries ();
 
   fuzz_header (20000 * scale);
   fuzz_extensions (20000 * scale);
