@@ -214,4 +214,93 @@ extern ssize_t qk_bitmap_format (const struct qk_bitmap_raw *r,
                                  const uint8_t *extra, uint8_t *buf,
                                  size_t len);
 
+/* ---- image builder (format/build.c) ----
+ * Builds a small valid image in memory: geometry and features are set at
+ * creation, then guest writes (plain, compressed, zero, discard),
+ * snapshots, bitmaps, backing and data file references, header
+ * extensions; qk_builder_finish lays out every structure, computes the
+ * refcounts exactly (each cluster once per reference, as qemu-img check
+ * counts them; COPIED exactly where the refcount is 1) and returns the
+ * file bytes. Deterministic: the same calls give the same bytes. */
+struct qk_builder;
+struct qk_build_config {
+  uint32_t version;            /* 2 or 3 */
+  uint32_t cluster_bits;
+  uint32_t refcount_order;     /* v2: 4 */
+  uint64_t size;               /* virtual size, a multiple of 512 */
+  bool extended_l2;
+  int compression_type;        /* QK_COMPRESSION_*: zstd sets incompat bit 3 */
+  uint32_t header_length;      /* 0: 72 (v2), 112 (v3); 104, or > 112 */
+  const uint8_t *unknown_header; /* header_length - 112 bytes, or NULL */
+  bool feature_table;          /* v3: name the known feature bits */
+  bool lazy_refcounts;
+  bool dirty;                  /* v3: the dirty bit (needs lazy_refcounts) */
+  uint64_t extra_compatible;   /* more bits (unknown ones, say) */
+  uint64_t extra_autoclear;
+  uint32_t reftable_clusters;  /* at least this many (0: what is needed) */
+};
+struct qk_build_snapshot {
+  const char *id;              /* NULL: the next free number */
+  const char *name;
+  uint32_t date_sec, date_nsec;
+  uint64_t vm_clock_nsec;
+  uint64_t icount;             /* UINT64_MAX: disabled */
+  uint32_t extra_data_size;    /* 0 (v2 only), 8, 16, 24 or more (bytes past
+                                  24 are unknown data, filled from extra) */
+  const uint8_t *extra;        /* the bytes past 24, or NULL for zeros */
+  const uint8_t *vm_state;     /* saved after the disk (NULL: none) */
+  uint64_t vm_state_size;
+};
+
+extern struct qk_builder *qk_builder_new (const struct qk_build_config *cfg);
+extern void qk_builder_free (struct qk_builder *b);
+/* format NULL: no backing format extension. content (len bytes) is what
+ * the backing file reads as (zeros past it): used for copy-on-write of
+ * partial writes and by qk_builder_read. */
+extern int qk_builder_set_backing (struct qk_builder *b, const char *name,
+                                   const char *format, const uint8_t *content,
+                                   uint64_t len);
+extern int qk_builder_set_data_file (struct qk_builder *b, const char *name,
+                                     bool raw);
+extern int qk_builder_add_feature_name (struct qk_builder *b, int type,
+                                        unsigned bit, const char *name);
+/* An extension written as given, after the known ones. */
+extern int qk_builder_add_extension (struct qk_builder *b, uint32_t magic,
+                                     const void *data, uint32_t len);
+extern int qk_builder_write (struct qk_builder *b, uint64_t off,
+                             const void *buf, size_t len);
+/* Compress one whole guest cluster (the last one of a disk may be short:
+ * the rest reads as zeros). ENOSPC if it does not compress. */
+extern int qk_builder_write_compressed (struct qk_builder *b, uint64_t off,
+                                        const void *buf, size_t len);
+/* v3: make guest clusters (standard L2) or subclusters (extended L2) read
+ * as zeros; a partial unit gets zeros written as data. keep_alloc keeps
+ * (or, for standard L2, creates) the host cluster: a preallocated zero
+ * cluster. */
+extern int qk_builder_zero (struct qk_builder *b, uint64_t off, uint64_t len,
+                            bool keep_alloc);
+/* Unmap whole clusters (subclusters with extended L2): they read from the
+ * backing file again. */
+extern int qk_builder_discard (struct qk_builder *b, uint64_t off,
+                               uint64_t len);
+extern int qk_builder_resize (struct qk_builder *b, uint64_t size);
+/* Take an internal snapshot of the current state; returns its index. */
+extern int qk_builder_snapshot (struct qk_builder *b,
+                                const struct qk_build_snapshot *s);
+/* A persistent dirty bitmap; returns its index. */
+extern int qk_builder_add_bitmap (struct qk_builder *b, const char *name,
+                                  unsigned granularity_bits, uint32_t flags);
+extern int qk_builder_bitmap_dirty (struct qk_builder *b, int bitmap,
+                                    uint64_t off, uint64_t len);
+/* What the guest reads (snapshot -1: the active state), backing included;
+ * the model the image is built from. */
+extern int qk_builder_read (struct qk_builder *b, int snapshot, uint64_t off,
+                            void *buf, size_t len);
+extern uint64_t qk_builder_size (const struct qk_builder *b, int snapshot);
+/* Lay out and serialize. *image (and *data_file when a data file is set,
+ * else NULL) are allocated; the caller frees them. */
+extern int qk_builder_finish (struct qk_builder *b, uint8_t **image,
+                              size_t *image_len, uint8_t **data_file,
+                              size_t *data_file_len);
+
 #endif

@@ -2494,6 +2494,177 @@ test_write_bitmap_entries (void)
   free (longname);
 }
 
+/* ---- the image builder (format/build.c) ----
+ * Its images are checked against qemu-img by tests/fuzz-corpus.sh; here,
+ * the argument checks, the model, determinism and the header it writes. */
+
+static struct qk_builder *
+small_builder (uint32_t version, unsigned cbits, unsigned rorder)
+{
+  struct qk_build_config c = {
+    .version = version, .cluster_bits = cbits, .refcount_order = rorder,
+    .size = 64 * 1024,
+  };
+  return qk_builder_new (&c);
+}
+
+static void
+test_builder_args (void)
+{
+  struct qk_build_config c = {
+    .version = 3, .cluster_bits = 12, .refcount_order = 4, .size = 65536,
+  };
+  struct qk_build_config bad;
+  struct qk_build_snapshot s = { .name = "s", .extra_data_size = 24 };
+  struct qk_builder *b;
+  uint8_t d[4096] = { 1 }, *img, *df;
+  size_t il, dl;
+
+#define REJECTS(field, value, what) \
+  do { \
+    bad = c; \
+    bad.field = value; \
+    b = qk_builder_new (&bad); \
+    ok (b == NULL && qk_get_errno () == EINVAL, "builder rejects %s", what); \
+    qk_builder_free (b); \
+  } while (0)
+  REJECTS (version, 4, "version 4");
+  REJECTS (cluster_bits, 8, "256-byte clusters");
+  REJECTS (cluster_bits, 22, "4 MiB clusters");
+  REJECTS (refcount_order, 7, "128-bit refcounts");
+  REJECTS (size, 1000, "a size that is not a multiple of 512");
+  REJECTS (extended_l2, true, "extended L2 with 4 KiB clusters");
+  REJECTS (header_length, 100, "a 100-byte header");
+  REJECTS (header_length, 116, "a header length that is not a multiple of 8");
+  REJECTS (compression_type, 2, "compression type 2");
+  bad = c;
+  bad.version = 2;
+  bad.lazy_refcounts = true;
+  b = qk_builder_new (&bad);
+  ok (b == NULL && qk_get_errno () == EINVAL,
+      "builder rejects feature bits in a version 2 image");
+  bad.lazy_refcounts = false;
+  bad.refcount_order = 3;
+  b = qk_builder_new (&bad);
+  ok (b == NULL && qk_get_errno () == EINVAL,
+      "builder rejects 8-bit refcounts in a version 2 image");
+#undef REJECTS
+
+  b = small_builder (2, 12, 4);
+  ok (failed_with (qk_builder_zero (b, 0, 4096, false), EINVAL),
+      "v2: no zero clusters");
+  ok (failed_with (qk_builder_write (b, 65536 - 10, d, 11), EINVAL),
+      "a write past the end of the disk: EINVAL");
+  ok (failed_with (qk_builder_write (b, UINT64_MAX - 2, d, 10), EINVAL),
+      "a write whose end overflows: EINVAL");
+  ok (failed_with (qk_builder_write_compressed (b, 512, d, 4096), EINVAL),
+      "an unaligned compressed write: EINVAL");
+  ok (failed_with (qk_builder_add_bitmap (b, "m", 16, 0), EINVAL),
+      "v2: no bitmaps");
+  ok (failed_with (qk_builder_set_data_file (b, "d", false), EINVAL),
+      "v2: no data file");
+  ok (failed_with (qk_builder_read (b, 0, 0, d, 1), EINVAL),
+      "reading snapshot 0 when there is none: EINVAL");
+  qk_builder_free (b);
+
+  b = small_builder (3, 12, 4);
+  ok (qk_builder_set_data_file (b, "d.raw", true) == 0, "a raw data file");
+  ok (failed_with (qk_builder_set_backing (b, "base", "raw", NULL, 0), EINVAL),
+      "a raw data file rules out a backing file");
+  ok (failed_with (qk_builder_write_compressed (b, 0, d, 4096), EINVAL),
+      "no compressed clusters with a data file");
+  ok (failed_with (qk_builder_snapshot (b, &s), EINVAL),
+      "no snapshots with a data file");
+  ok (failed_with (qk_builder_finish (b, &img, &il, NULL, NULL), EINVAL),
+      "finishing with a data file needs somewhere for its bytes");
+  ok (qk_builder_write (b, 4096, d, 4096) == 0
+      && qk_builder_finish (b, &img, &il, &df, &dl) == 0 && dl == 65536
+      && memcmp (df + 4096, d, 4096) == 0,
+      "a raw data file holds the guest data at guest offsets");
+  free (img);
+  free (df);
+  qk_builder_free (b);
+
+  /* refcounts cannot count more references than their width */
+  b = small_builder (3, 12, 1);
+  qk_builder_write (b, 0, d, 4096);
+  for (int i = 0; i < 3; i++)
+    qk_builder_snapshot (b, &s);
+  ok (failed_with (qk_builder_finish (b, &img, &il, NULL, NULL), ERANGE),
+      "four references with 2-bit refcounts: ERANGE");
+  qk_builder_free (b);
+}
+
+static int
+build_sample (uint8_t **img, size_t *len, struct qk_builder **out)
+{
+  struct qk_build_config c = {
+    .version = 3, .cluster_bits = 14, .refcount_order = 3, .size = 1 << 20,
+    .extended_l2 = true, .header_length = 120,
+  };
+  struct qk_build_snapshot s = {
+    .name = "one", .extra_data_size = 24, .icount = UINT64_MAX,
+  };
+  struct qk_builder *b = qk_builder_new (&c);
+  static uint8_t d[20000];
+
+  for (size_t i = 0; i < sizeof d; i++)
+    d[i] = (uint8_t) (i * 7 + 1);
+  if (b == NULL || qk_builder_write (b, 100, d, sizeof d) < 0
+      || qk_builder_snapshot (b, &s) < 0
+      || qk_builder_write (b, 1000, d + 5, 300) < 0
+      || qk_builder_zero (b, 16384 + 1024, 2048, false) < 0
+      || qk_builder_add_extension (b, 0x12345678, "abc", 3) < 0
+      || qk_builder_finish (b, img, len, NULL, NULL) < 0) {
+    qk_builder_free (b);
+    return -1;
+  }
+  *out = b;
+  return 0;
+}
+
+static void
+test_builder_model (void)
+{
+  struct qk_builder *b1 = NULL, *b2 = NULL;
+  uint8_t *i1 = NULL, *i2 = NULL, got[300], want[300];
+  size_t l1 = 0, l2 = 0;
+  struct qk_header h;
+
+  ok (build_sample (&i1, &l1, &b1) == 0 && build_sample (&i2, &l2, &b2) == 0,
+      "builder: an extended L2 image with a snapshot builds");
+  if (b1 == NULL || b2 == NULL) {
+    qk_builder_free (b1);
+    qk_builder_free (b2);
+    return;
+  }
+  ok (l1 == l2 && memcmp (i1, i2, l1) == 0, "... the same bytes twice");
+  ok (qk_header_parse (i1, l1, &h) == 0 && h.version == 3
+      && h.cluster_bits == 14 && h.refcount_order == 3
+      && h.header_length == 120 && h.nb_snapshots == 1
+      && (h.incompatible_features & QK_INCOMPAT_EXTL2)
+      && h.l1_table_offset % 16384 == 0
+      && h.refcount_table_offset % 16384 == 0
+      && h.snapshots_offset % 16384 == 0, "... its header is what was asked");
+  for (int i = 0; i < 300; i++)
+    want[i] = (uint8_t) ((i + 5) * 7 + 1);
+  ok (qk_builder_read (b1, -1, 1000, got, 300) == 0
+      && memcmp (got, want, 300) == 0, "... the active state reads the "
+      "second write");
+  for (int i = 0; i < 300; i++)
+    want[i] = (uint8_t) ((900 + i) * 7 + 1);
+  ok (qk_builder_read (b1, 0, 1000, got, 300) == 0
+      && memcmp (got, want, 300) == 0, "... the snapshot the first");
+  memset (want, 0, sizeof want);
+  ok (qk_builder_read (b1, -1, 16384 + 1024, got, 300) == 0
+      && memcmp (got, want, 300) == 0, "... zero subclusters read zeros");
+  is_u64 (qk_builder_size (b1, 0), 1 << 20, "... the snapshot's size");
+  free (i1);
+  free (i2);
+  qk_builder_free (b1);
+  qk_builder_free (b2);
+}
+
 int
 main (void)
 {
@@ -2526,6 +2697,8 @@ main (void)
   test_write_refblocks ();
   test_write_snapshot_extra ();
   test_write_bitmap_entries ();
+  test_builder_args ();
+  test_builder_model ();
 
   fuzz_header (20000 * scale);
   fuzz_extensions (20000 * scale);
