@@ -18,6 +18,8 @@ static const struct {
   { "dump", cmd_dump, "dump on-disk structures (header, tables, ...)" },
   { "snapshot", cmd_snapshot, "list internal snapshots" },
   { "meta", cmd_meta, "check, show and convert libvirt snapshot metadata" },
+  { "fuzz-corpus", cmd_fuzz_corpus, "write small valid images covering every "
+    "feature" },
 };
 
 static void
@@ -28,7 +30,7 @@ usage (FILE *f)
            "Offline inspection of qcow2 images; no QEMU needed.\n\n"
            "Commands:\n", progname);
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-    fprintf (f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf (f, "  %-12s %s\n", commands[i].name, commands[i].summary);
   fprintf (f, "\n'%s COMMAND --help' describes a command; see qcowkit(1).\n",
            progname);
 }
