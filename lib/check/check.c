@@ -785,11 +785,16 @@ walk_l2 (struct ck *ck, const struct l2group *g, uint8_t *buf,
           ck->max_data_end = off + ck->cs;
       }
       else {
-        /* An active table referenced twice counts as two owners. */
+        /* An active table referenced twice counts as two owners: the
+         * first reference claims the cluster, the others (all in one
+         * call, so that an L1 whose entries all point here costs one
+         * pass, not one per entry) find it claimed and record the
+         * conflict once. */
         if (g->active) {
-          for (uint64_t k = 0; k < g->active; k++)
-            if (inc_refs (ck, off, ck->cs, 1, &od) < 0)
-              return -1;
+          if (inc_refs (ck, off, ck->cs, 1, &od) < 0
+              || (g->active > 1
+                  && inc_refs (ck, off, ck->cs, g->active - 1, &od) < 0))
+            return -1;
           if (g->mult > g->active) {
             od.kind = OWN_SNAPDATA;
             if (inc_refs (ck, off, ck->cs, g->mult - g->active, &od) < 0)
@@ -1461,6 +1466,41 @@ cmp_u64 (const void *a, const void *b)
 }
 
 /* Guest offsets in the active tables mapping to host cluster k (up to 2). */
+/* L1 entries by L2 table offset, then index */
+struct l1slot {
+  uint64_t l2;
+  uint32_t index;
+};
+
+static int
+cmp_l1slot (const void *a, const void *b)
+{
+  const struct l1slot *x = a, *y = b;
+  if (x->l2 != y->l2)
+    return x->l2 < y->l2 ? -1 : 1;
+  return x->index < y->index ? -1 : x->index > y->index;
+}
+
+/* Keep the two lowest guest offsets seen for a host cluster, as a walk
+ * in guest order would find them first. */
+static void
+keep_lowest (uint64_t *f, uint64_t g)
+{
+  if (g == f[0] || g == f[1])
+    return;
+  if (g < f[0]) {
+    f[1] = f[0];
+    f[0] = g;
+  }
+  else if (g < f[1])
+    f[1] = g;
+}
+
+/* For each host cluster in ks (sorted), the two lowest guest offsets the
+ * active tables map it at. Each distinct L2 table is read once, however
+ * many L1 entries point at it (a damaged L1 may point all of them at
+ * one), so the time is bounded by the image's distinct tables, not by
+ * l1_size times the entries of a table. */
 static int
 active_guests (struct ck *ck, const uint64_t *ks, size_t nk,
                uint64_t (*found)[2])
@@ -1468,41 +1508,64 @@ active_guests (struct ck *ck, const uint64_t *ks, size_t nk,
   const struct qk_header *h = ck->h;
   uint64_t span = (uint64_t) h->l2_entries << ck->cb;
   uint8_t *buf = malloc (ck->cs);
+  struct l1slot *slots = NULL;
+  size_t ns = 0;
 
-  if (buf == NULL)
-    return -1;
   for (size_t i = 0; i < nk; i++)
     found[i][0] = found[i][1] = QK_NONE;
-  for (uint32_t l = 0; ck->img->l1_ok && l < ck->img->l1_count; l++) {
-    uint64_t l2 = ck->img->l1[l] & QK_L1E_OFFSET_MASK;
-    if (l2 == 0 || qk_source_read_zeropad (ck->img->src, buf, ck->cs, l2) < 0)
+  if (buf == NULL)
+    return -1;
+  if (ck->img->l1_ok && ck->img->l1_count > 0) {
+    slots = malloc ((size_t) ck->img->l1_count * sizeof *slots);
+    if (slots == NULL) {
+      free (buf);
+      return -1;
+    }
+    for (uint32_t l = 0; l < ck->img->l1_count; l++) {
+      uint64_t l2 = ck->img->l1[l] & QK_L1E_OFFSET_MASK;
+      if (l2 != 0)
+        slots[ns++] = (struct l1slot) { l2, l };
+    }
+    if (ns)
+      qsort (slots, ns, sizeof *slots, cmp_l1slot);
+  }
+  for (size_t s = 0; s < ns;) {
+    size_t e = s;
+    while (e < ns && slots[e].l2 == slots[s].l2)
+      e++;
+    if (qk_source_read_zeropad (ck->img->src, buf, ck->cs, slots[s].l2) < 0) {
+      s = e;
       continue;
+    }
     for (uint32_t j = 0; j < h->l2_entries; j++) {
-      uint64_t e = be64_get (buf + (size_t) j * h->l2_entry_size);
-      enum qk_cluster_type t = qk_l2_cluster_type (e, h->subclusters > 1,
+      uint64_t en = be64_get (buf + (size_t) j * h->l2_entry_size);
+      enum qk_cluster_type t = qk_l2_cluster_type (en, h->subclusters > 1,
                                                    ck->data_file);
       uint64_t k, last, *hit;
       if (t == QK_CLUSTER_COMPRESSED) {
         uint64_t coff, clen;
-        qk_l2_compressed (e & ~QK_OFLAG_COPIED, ck->cb, &coff, &clen);
+        qk_l2_compressed (en & ~QK_OFLAG_COPIED, ck->cb, &coff, &clen);
         k = coff >> ck->cb;
         last = (coff + clen - 1) >> ck->cb;
       }
       else if (t == QK_CLUSTER_NORMAL || t == QK_CLUSTER_ZERO_ALLOC)
-        k = last = (e & QK_L2E_OFFSET_MASK) >> ck->cb;
+        k = last = (en & QK_L2E_OFFSET_MASK) >> ck->cb;
       else
         continue;
       for (; k <= last; k++) {
         hit = bsearch (&k, ks, nk, sizeof *ks, cmp_u64);
-        if (hit) {
-          uint64_t *f = found[hit - ks];
-          uint64_t g = (uint64_t) l * span + ((uint64_t) j << ck->cb);
-          if (f[0] == QK_NONE) f[0] = g;
-          else if (f[1] == QK_NONE) f[1] = g;
-        }
+        if (hit == NULL)
+          continue;
+        /* the L1 indexes are in order: only the first two matter */
+        for (size_t x = s; x < e && x < s + 2; x++)
+          keep_lowest (found[hit - ks],
+                       (uint64_t) slots[x].index * span
+                       + ((uint64_t) j << ck->cb));
       }
     }
+    s = e;
   }
+  free (slots);
   free (buf);
   return 0;
 }
