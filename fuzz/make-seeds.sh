@@ -18,8 +18,11 @@
 #                    each with a leading byte that chooses how the reader's
 #                    reads are cut (fuzz-meta-bulk)
 #
+# OUTDIR/qcow2/gen-* images of `qcowkit fuzz-corpus` ($QCOWKIT, or qcowkit
+#                    on PATH), when there is one
+#
 # Used by tests/fuzz-replay.sh and fuzz/smoke.sh. Without qemu-img the
-# qcow2 and chain directories stay empty.
+# chain directory stays empty, and qcow2/ holds only the gen-* images.
 set -e
 srcdir=${1:?usage: make-seeds.sh SRCDIR OUTDIR}
 out=${2:?usage: make-seeds.sh SRCDIR OUTDIR}
@@ -112,6 +115,16 @@ set -- "$srcdir"/tests/corpus/libvirt/qemudomaincheckpointxml2xmlout/*.xml
   for f in "$@"; do grep -v '^<?xml' "$f"; done
   printf '</checkpoints>\n'; } > "$out/meta-bulk/libvirt-checkpoints.xml"
 rm -rf "$t"
+
+# ---- qcow2 images from qcowkit's own builder (qcowkit fuzz-corpus) ----
+qk=${QCOWKIT:-$(command -v qcowkit 2>/dev/null || true)}
+if [ -n "$qk" ] && [ -x "$qk" ]; then
+  "$qk" fuzz-corpus --quiet "$out/.gen" >/dev/null
+  for f in "$out"/.gen/*; do
+    case $f in *.qcow2) cp "$f" "$out/qcow2/gen-$(basename "$f")" ;; esac
+  done
+  rm -rf "$out/.gen"
+fi
 
 # ---- qcow2 images and chains (qemu-img) ----
 if ! command -v qemu-img >/dev/null 2>&1 || ! command -v qemu-io >/dev/null 2>&1; then

@@ -19,6 +19,7 @@ build=${top_builddir:-.}
 work=${SMOKE_DIR:-$build/smoke}
 rm -rf "$work"
 mkdir -p "$work/artifacts"
+[ -x "$build/tools/qcowkit" ] && export QCOWKIT=$build/tools/qcowkit
 if ! bash "$srcdir/fuzz/make-seeds.sh" "$srcdir" "$work/seeds" >"$work/seeds.log" 2>&1; then
   echo "not ok 1 - fuzz/make-seeds.sh"; cat "$work/seeds.log"; exit 1
 fi
