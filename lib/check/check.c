@@ -92,9 +92,15 @@ struct owner {        /* a metadata structure and the clusters it covers */
   int64_t b;          /* L2: source (-1 active, else snapshot index) */
 };
 
-#define CLAIM_META   1
-#define CLAIM_DATA   2
-#define CLAIM_ACTIVE 4
+/* What has claimed a host cluster so far, two bits a cluster, ordered so
+ * that a new claim keeps the maximum: nothing; snapshot, bitmap or
+ * compressed data; active data; metadata. Metadata dominates: a cluster
+ * that is metadata conflicts with every other claim whatever else
+ * claimed it, so whether active data claimed it too no longer matters. */
+#define CLAIM_NONE   0
+#define CLAIM_DATA   1
+#define CLAIM_ACTIVE 2
+#define CLAIM_META   3
 #define MAX_CONFLICTS 1024
 
 struct conflict {
@@ -136,6 +142,11 @@ struct ck {
   size_t reftable_n;
 
   uint64_t max_data_end;   /* for the data file size check */
+
+  /* stored_refcount: the refcount table index whose block the image
+   * holds in img->rb_buf (at sr_rb), so that consecutive clusters of one
+   * block skip the lookup */
+  uint64_t sr_t, sr_rb;
 
   qk_problem_fn fn;
   void *opaque;
@@ -194,10 +205,13 @@ imrt_grow (struct ck *ck, uint64_t need)
     goto nomem;
   memset (n + old, 0, bytes - old);
   ck->imrt = n;
-  c = realloc (ck->claims, (need + 1) / 2 + 1);
+  c = realloc (ck->claims, need / 4 + 1);
   if (c == NULL)
     goto nomem;
-  memset (c + (ck->nb + 1) / 2, 0, (need + 1) / 2 + 1 - (ck->nb + 1) / 2);
+  {
+    uint64_t have = ck->claims ? ck->nb / 4 + 1 : 0;
+    memset (c + have, 0, need / 4 + 1 - have);
+  }
   ck->claims = c;
   ck->nb = need;
   return 0;
@@ -210,13 +224,16 @@ nomem:
 static unsigned
 claim_get (const struct ck *ck, uint64_t k)
 {
-  return (ck->claims[k / 2] >> (4 * (k & 1))) & 15;
+  return (ck->claims[k / 4] >> (2 * (k & 3))) & 3;
 }
 
 static void
-claim_set (struct ck *ck, uint64_t k, unsigned bits)
+claim_set (struct ck *ck, uint64_t k, unsigned claim)
 {
-  ck->claims[k / 2] |= bits << (4 * (k & 1));
+  if (claim > claim_get (ck, k)) {
+    unsigned shift = 2 * (k & 3);
+    ck->claims[k / 4] = (ck->claims[k / 4] & ~(3U << shift)) | claim << shift;
+  }
 }
 
 static const char *
@@ -293,19 +310,19 @@ inc_refs (struct ck *ck, uint64_t offset, uint64_t size, uint64_t mult,
 
     switch (who->kind) {
     case OWN_DATA:
-      if (cl & (CLAIM_META | CLAIM_ACTIVE))
+      if (cl >= CLAIM_ACTIVE)          /* metadata, or active data */
         add_conflict (ck, k, who);
-      claim_set (ck, k, CLAIM_DATA | CLAIM_ACTIVE);
+      claim_set (ck, k, CLAIM_ACTIVE);
       break;
     case OWN_SNAPDATA:
     case OWN_BMDATA:
     case OWN_CDATA:
-      if (cl & CLAIM_META)
+      if (cl == CLAIM_META)
         add_conflict (ck, k, who);
       claim_set (ck, k, CLAIM_DATA);
       break;
     default:
-      if (cl)
+      if (cl != CLAIM_NONE)
         add_conflict (ck, k, who);
       claim_set (ck, k, CLAIM_META);
       break;
@@ -568,17 +585,51 @@ struct refs {
 /* qcow2_get_refcount as check_oflag_copied sees it: a refcount in a refcount
  * block whose offset is not cluster aligned cannot be read (QEMU signals
  * corruption and fails), and such entries are skipped. */
-static int
+static int stored_refcount_lookup (struct ck *ck, uint64_t cluster,
+                                   uint64_t *rc);
+
+static inline __attribute__ ((always_inline)) int
 stored_refcount (struct ck *ck, uint64_t cluster, uint64_t *rc)
 {
-  uint64_t per = ck->cs * 8 >> ck->h->refcount_order;
-  uint64_t t = cluster / per;
+  /* the block of the previous lookup, without a call */
+  if (ck->sr_rb != 0 && ck->h->refcount_order <= 6) {
+    unsigned per_bits = ck->cb + 3 - ck->h->refcount_order;
+    uint64_t t = cluster >> per_bits;
+    if (t == ck->sr_t && ck->img->rb_off == ck->sr_rb && ck->img->rb_buf
+        && t < ck->reftable_n
+        && (ck->reftable[t] & QK_REFT_OFFSET_MASK) == ck->sr_rb) {
+      *rc = qk_refblock_get (ck->img->rb_buf, ck->h->refcount_order,
+                             cluster & ((UINT64_C (1) << per_bits) - 1));
+      return 0;
+    }
+  }
+  return stored_refcount_lookup (ck, cluster, rc);
+}
 
-  if (t < ck->reftable_n
-      && (!IS_ALIGNED (ck->reftable[t] & QK_REFT_OFFSET_MASK, ck->cs)
-          || (ck->reftable[t] & QK_REFT_OFFSET_MASK) > INT64_MAX - ck->cs))
+static int
+stored_refcount_lookup (struct ck *ck, uint64_t cluster, uint64_t *rc)
+{
+  unsigned per_bits;
+  uint64_t t, rb;
+
+  if (ck->h->refcount_order > 6)    /* qk_image_refcount says why */
+    return qk_image_refcount (ck->img, cluster, rc);
+  per_bits = ck->cb + 3 - ck->h->refcount_order;
+  t = cluster >> per_bits;
+  if (t >= ck->reftable_n)
+    return qk_image_refcount (ck->img, cluster, rc);
+  rb = ck->reftable[t] & QK_REFT_OFFSET_MASK;
+  if (!IS_ALIGNED (rb, ck->cs) || rb > INT64_MAX - ck->cs)
     return -1;
-  return qk_image_refcount (ck->img, cluster, rc);
+  if (qk_image_refcount (ck->img, cluster, rc) < 0)
+    return -1;
+  /* cache only what the image really looked up for this index */
+  if (rb != 0 && t < ck->img->reftable_n
+      && (ck->img->reftable[t] & QK_REFT_OFFSET_MASK) == rb) {
+    ck->sr_t = t;
+    ck->sr_rb = rb;
+  }
+  return 0;
 }
 
 /* check_refcounts_l1: the table itself, each entry, and collect the L2
@@ -646,6 +697,10 @@ check_compressed_deep (struct ck *ck, uint64_t entry, uint64_t guest,
             "offset 0x%" PRIx64 "): %s", coff, clen, guest, qk_get_error ());
 }
 
+/* where an L2 entry is, for walk_l2's reports (built only when one is made) */
+#define L2_LOC LOC (.table_offset = l2off, .index = i, .guest_offset = guest, \
+                    .found = e0)
+
 /* check_refcounts_l2 for one distinct table, with multiplicity, plus the
  * COPIED check of check_oflag_copied when the active L1 uses it. */
 static int
@@ -696,17 +751,15 @@ walk_l2 (struct ck *ck, const struct l2group *g, uint8_t *buf,
     uint64_t bm = extl2 ? be64_get (p + 8) : 0;
     uint64_t guest = guest_base + ((uint64_t) i << ck->cb);
     enum qk_cluster_type t = qk_l2_cluster_type (e, extl2, ck->data_file);
-    const struct qk_problem *loc =
-      LOC (.table_offset = l2off, .index = i, .guest_offset = guest,
-           .found = e);
+    const uint64_t e0 = e;   /* as found, for the reports */
 
     if (t != QK_CLUSTER_COMPRESSED && (e & QK_L2E_STD_RESERVED))
-      report (ck, PR_L2_RESERVED, g->mult, loc,
+      report (ck, PR_L2_RESERVED, g->mult, L2_LOC,
               "found l2 entry with reserved bits set: %" PRIx64 " (L2 table "
               "0x%" PRIx64 "[%u], guest offset 0x%" PRIx64 ")", e, l2off, i,
               guest);
     if (h->version == 2 && (e & QK_OFLAG_ZERO) && t != QK_CLUSTER_COMPRESSED)
-      report (ck, PR_L2_ZERO_FLAG_V2, 1, loc,
+      report (ck, PR_L2_ZERO_FLAG_V2, 1, L2_LOC,
               "L2 table 0x%" PRIx64 "[%u] (guest offset 0x%" PRIx64 ") has "
               "the zero flag in a version 2 image", l2off, i, guest);
 
@@ -718,19 +771,19 @@ walk_l2 (struct ck *ck, const struct l2group *g, uint8_t *buf,
       struct owner od = { .kind = OWN_CDATA, .a = (int64_t) guest,
                           .b = g->active ? -1 : gr->source };
       if (e & QK_OFLAG_COPIED) {
-        report (ck, PR_L2_COMPRESSED_COPIED, g->mult, loc,
+        report (ck, PR_L2_COMPRESSED_COPIED, g->mult, L2_LOC,
                 "coffset=0x%" PRIx64 ": copied flag must never be set for "
                 "compressed clusters", e & (((uint64_t) 1 << (62 - (ck->cb - 8))) - 1));
         e &= ~QK_OFLAG_COPIED;
       }
       if (ck->data_file) {
-        report (ck, PR_L2_COMPRESSED_DATA_FILE, g->mult, loc,
+        report (ck, PR_L2_COMPRESSED_DATA_FILE, g->mult, L2_LOC,
                 "compressed cluster %u with data file, entry=0x%" PRIx64, i,
                 e);
         break;
       }
       if (bm) {
-        report (ck, PR_L2_SUBCLUSTER_COMPRESSED, g->mult, loc,
+        report (ck, PR_L2_SUBCLUSTER_COMPRESSED, g->mult, L2_LOC,
                 "compressed cluster %u with non-zero subcluster allocation "
                 "bitmap, entry=0x%" PRIx64, i, e);
         break;
@@ -750,22 +803,20 @@ walk_l2 (struct ck *ck, const struct l2group *g, uint8_t *buf,
     case QK_CLUSTER_ZERO_ALLOC:
     case QK_CLUSTER_NORMAL: {
       uint64_t off = e & QK_L2E_OFFSET_MASK;
-      struct owner od = { .kind = g->active ? OWN_DATA : OWN_SNAPDATA,
-                          .a = guest };
       if ((bm >> 32) & bm)
-        report (ck, PR_L2_SUBCLUSTER_BOTH, g->mult, loc,
+        report (ck, PR_L2_SUBCLUSTER_BOTH, g->mult, L2_LOC,
                 "offset=%" PRIx64 ": Allocated cluster has corrupted "
                 "subcluster allocation bitmap 0x%016" PRIx64, off, bm);
       if (!IS_ALIGNED (off, ck->cs)) {
         bool data = extl2 ? (bm & QK_L2_BITMAP_ALL_ALLOC) != 0
                           : !(e & QK_OFLAG_ZERO);
         if (data)
-          report (ck, PR_L2_DATA_UNALIGNED, g->mult, loc,
+          report (ck, PR_L2_DATA_UNALIGNED, g->mult, L2_LOC,
                   "offset=%" PRIx64 ": Data cluster is not properly aligned; "
                   "L2 entry corrupted (guest offset 0x%" PRIx64 ")", off,
                   guest);
         else
-          report (ck, PR_L2_PREALLOC_UNALIGNED, g->mult, loc,
+          report (ck, PR_L2_PREALLOC_UNALIGNED, g->mult, L2_LOC,
                   "offset=%" PRIx64 ": Preallocated cluster is not properly "
                   "aligned; L2 entry corrupted (guest offset 0x%" PRIx64 ")",
                   off, guest);
@@ -778,7 +829,7 @@ walk_l2 (struct ck *ck, const struct l2group *g, uint8_t *buf,
       }
       if (ck->data_file) {
         if (g->mult == 1 && off != guest && t == QK_CLUSTER_NORMAL)
-          report (ck, PR_L2_DATA_FILE_OFFSET, 1, loc,
+          report (ck, PR_L2_DATA_FILE_OFFSET, 1, L2_LOC,
                   "data file cluster 0x%" PRIx64 " does not match its guest "
                   "offset 0x%" PRIx64, off, guest);
         if (off + ck->cs > ck->max_data_end)
@@ -790,7 +841,23 @@ walk_l2 (struct ck *ck, const struct l2group *g, uint8_t *buf,
          * call, so that an L1 whose entries all point here costs one
          * pass, not one per entry) find it claimed and record the
          * conflict once. */
-        if (g->active) {
+        uint64_t k = off >> ck->cb, rc;
+        /* The common case without a call: a whole cluster inside the
+         * file that nothing has claimed yet and whose count cannot
+         * overflow; exactly what the inc_refs calls below would do. */
+        if (g->active <= 1 && ck->counting && IS_ALIGNED (off, ck->cs)
+            && ck->file_len >= ck->cs && off <= ck->file_len - ck->cs
+            && k < ck->nb && claim_get (ck, k) == 0 && g->mult <= ck->refmax
+            && (rc = qk_refblock_get (ck->imrt, ck->order, k))
+               <= ck->refmax - g->mult) {
+          qk_refblock_set (ck->imrt, ck->order, k, rc + g->mult);
+          ck->claims[k / 4] |= (g->active ? CLAIM_ACTIVE : CLAIM_DATA)
+                               << (2 * (k & 3));
+        }
+        else {
+          struct owner od = { .kind = g->active ? OWN_DATA : OWN_SNAPDATA,
+                              .a = guest };
+         if (g->active) {
           if (inc_refs (ck, off, ck->cs, 1, &od) < 0
               || (g->active > 1
                   && inc_refs (ck, off, ck->cs, g->active - 1, &od) < 0))
@@ -803,6 +870,7 @@ walk_l2 (struct ck *ck, const struct l2group *g, uint8_t *buf,
         }
         else if (inc_refs (ck, off, ck->cs, g->mult, &od) < 0)
           return -1;
+        }
       }
       /* COPIED (check_oflag_copied), on the active tables only; it skips
        * an L1 entry whose offset is 0 (reserved bits only) */
@@ -810,7 +878,7 @@ walk_l2 (struct ck *ck, const struct l2group *g, uint8_t *buf,
         uint64_t rc = 1;
         if (ck->data_file || stored_refcount (ck, off >> ck->cb, &rc) == 0) {
           if ((rc == 1) != ((e & QK_OFLAG_COPIED) != 0))
-            report (ck, PR_COPIED_DATA, g->active, loc,
+            report (ck, PR_COPIED_DATA, g->active, L2_LOC,
                     "OFLAG_COPIED data cluster: l2_entry=%" PRIx64
                     " refcount=%" PRIu64 " (guest offset 0x%" PRIx64 ")", e,
                     rc, guest);
@@ -822,7 +890,7 @@ walk_l2 (struct ck *ck, const struct l2group *g, uint8_t *buf,
       break;
     case QK_CLUSTER_UNALLOCATED:
       if (bm & QK_L2_BITMAP_ALL_ALLOC)
-        report (ck, PR_L2_SUBCLUSTER_UNALLOCATED, g->mult, loc,
+        report (ck, PR_L2_SUBCLUSTER_UNALLOCATED, g->mult, L2_LOC,
                 "Unallocated cluster has non-zero subcluster allocation map "
                 "0x%016" PRIx64 " (guest offset 0x%" PRIx64 ")", bm, guest);
       break;
