@@ -436,7 +436,11 @@ rc=$?
 if [ "$rc" -eq 1 ] && grep -q 'bit 9' "$T/err" && grep -qi 'force' "$T/err"; then
   pass "unknown incompatible bit 9: map refuses, naming the bit and --force"
 else fail "unknown incompatible bit 9: map refuses" "exit $rc: $(cat "$T/err")"; fi
-qcowkit map --output=json base.qcow2 > "$T/map.base" 2>/dev/null
+# The map reports holes of the host file as zero (as QEMU does), and a
+# copy need not have the holes of its original: compare with the map of
+# a copy made the same way.
+fresh; qcowkit map --output=json d.qcow2 > "$T/map.base" 2>/dev/null
+fresh; qkpoke d.qcow2 72 be64 512
 lim qcowkit map --force --output=json d.qcow2
 rc=$?
 if [ "$rc" -eq 0 ] && cmp -s "$T/out" "$T/map.base" && grep -q 'bit 9' "$T/err"; then
