@@ -445,7 +445,8 @@ lim qcowkit map --force --output=json d.qcow2
 rc=$?
 if [ "$rc" -eq 0 ] && cmp -s "$T/out" "$T/map.base" && grep -q 'bit 9' "$T/err"; then
   pass "unknown incompatible bit 9 with map --force: the map of the image without it, and a warning"
-else fail "map --force" "exit $rc: $(head -c 300 "$T/err")"; fi
+else fail "map --force" "exit $rc: $(head -c 300 "$T/err")" \
+  "$(diff "$T/map.base" "$T/out" | head -6 | tr "\n" " ")"; fi
 for bits in "72 be64 2" "72 be64 3" "88 be64 $((AUTOCLEAR | 32))"; do
   fresh
   # shellcheck disable=SC2086
@@ -454,7 +455,8 @@ for bits in "72 be64 2" "72 be64 3" "88 be64 $((AUTOCLEAR | 32))"; do
   rc=$?
   if [ "$rc" -eq 0 ] && cmp -s "$T/out" "$T/map.base"; then
     pass "poke $bits (corrupt/dirty/unknown autoclear): map needs no --force"
-  else fail "poke $bits: map needs no --force" "exit $rc: $(head -c 300 "$T/err")"; fi
+  else fail "poke $bits: map needs no --force" "exit $rc: $(head -c 300 "$T/err")" \
+    "$(diff "$T/map.base" "$T/out" | head -6 | tr "\n" " ")"; fi
 done
 
 # ---- backing file names and the end marker, as qemu-img reads them ----
