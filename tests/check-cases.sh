@@ -9,6 +9,8 @@
 #   corruptions: N             the "corruptions" member (absent = 0)
 #   leaks: N                   the "leaks" member (absent = 0)
 #   args: --deep               extra qcowkit check options (optional)
+#   message: ERE               some problem's message matches this extended
+#                              regular expression (optional, repeatable)
 #   qemu: same                 (the default) qemu-img check --output=json on
 #                              the same image gives the same exit status,
 #                              corruptions and leaks
@@ -113,6 +115,12 @@ for dir in "$cases_dir"/*/; do
   chk "$codes" "$want_codes" "$name: problem codes" || ok_all=false
   chk "$c" "${want_c:-0}" "$name: corruptions" || ok_all=false
   chk "$l" "${want_l:-0}" "$name: leaks" || ok_all=false
+  while IFS= read -r re; do
+    [ -n "$re" ] || continue
+    jq -r '(if type == "array" then .[0] else . end) | .problems[].message' \
+      "$w/ours.json" 2>/dev/null | grep -Eq -- "$re"
+    chk "$?" 0 "$name: a problem says /$re/" || ok_all=false
+  done < <(sed -n 's/^message:[[:space:]]*//p' "$exp")
   is "$after" "$before" "$name: the check left the image unchanged"
   if ! $ok_all; then ours_diag; fi
 

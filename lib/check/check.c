@@ -9,9 +9,11 @@
  *   pass); 6 bitmaps; 7 backing chain and data file; 8 --deep.
  *
  * The in-memory refcount table (IMRT) has the image's refcount width and
- * one entry per host cluster of the file, like qemu-img's. A nibble per
- * cluster records who claimed it (metadata, data, active data), which
- * names overlaps and duplicate mappings precisely. */
+ * one entry per host cluster of the file, like qemu-img's. One more bit
+ * per cluster says whether active data or metadata claimed it (a non-zero
+ * count says that something did), which names overlaps and duplicate
+ * mappings precisely; metadata is told from active data by looking the
+ * cluster up among the metadata claimed so far. */
 #include <config.h>
 
 #include <stdio.h>
@@ -92,15 +94,12 @@ struct owner {        /* a metadata structure and the clusters it covers */
   int64_t b;          /* L2: source (-1 active, else snapshot index) */
 };
 
-/* What has claimed a host cluster so far, two bits a cluster, ordered so
- * that a new claim keeps the maximum: nothing; snapshot, bitmap or
- * compressed data; active data; metadata. Metadata dominates: a cluster
- * that is metadata conflicts with every other claim whatever else
- * claimed it, so whether active data claimed it too no longer matters. */
-#define CLAIM_NONE   0
-#define CLAIM_DATA   1
-#define CLAIM_ACTIVE 2
-#define CLAIM_META   3
+/* Who has claimed a host cluster so far: nothing when its counted
+ * refcount is 0; else snapshot, bitmap or compressed data only, unless its
+ * "exclusive" bit says active data or metadata did too. Conflicts: active
+ * data with active data or metadata; metadata with anything; snapshot,
+ * bitmap or compressed data with metadata only (is_meta tells the
+ * exclusive claims apart, for those claims alone). */
 #define MAX_CONFLICTS 1024
 
 struct conflict {
@@ -110,8 +109,20 @@ struct conflict {
 
 struct l2ref {        /* one L1 entry pointing at an L2 table */
   uint64_t l2_offset;
-  int64_t source;     /* -1 active, else snapshot index */
+  int32_t source;     /* -1 active, else snapshot index (< 65536) */
   uint32_t l1_index;
+};
+
+/* Every L1 entry of every L1 table, sorted by L2 offset before the L2
+ * tables are walked: then also the record of which L2 table owns which
+ * cluster (the L2 tables are not in the owner list). */
+struct refs {
+  struct l2ref *v;
+  size_t n, cap;
+};
+
+struct range {        /* clusters [first, end) */
+  uint64_t first, end;
 };
 
 struct ck {
@@ -131,10 +142,16 @@ struct ck {
 
   uint8_t *imrt;
   uint64_t nb;        /* clusters covered by the IMRT */
-  uint8_t *claims;    /* a nibble per cluster */
+  uint8_t *excl;      /* a bit per cluster: active data or metadata */
 
-  struct owner *owners;
+  struct owner *owners;   /* metadata claims but the L2 tables, in order */
   size_t n_owners, cap_owners;
+  size_t n_owners_pre_l2; /* of which claimed before the L2 tables */
+  struct refs refs;       /* the L2 tables (see struct refs) */
+  size_t l2_walked;       /* refs.v[0 .. l2_walked) claimed so far */
+  struct range *mu;       /* the owners' clusters: a sorted union, built */
+  size_t n_mu;            /* when is_meta first needs it after an */
+  bool mu_dirty;          /* owner was added */
   struct conflict *conf;
   size_t n_conf;
 
@@ -200,19 +217,31 @@ imrt_grow (struct ck *ck, uint64_t need)
   uint64_t bytes = ((need << ck->order) + 7) / 8;
   uint8_t *n, *c;
 
+  /* The first allocation is calloc'ed: pages of clusters nothing claims
+   * (holes in the file) are then never touched, as with qemu-img. */
+  if (ck->imrt == NULL) {
+    n = calloc (bytes ? bytes : 1, 1);
+    c = calloc (need / 8 + 1, 1);
+    if (n == NULL || c == NULL) {
+      free (n);
+      free (c);
+      goto nomem;
+    }
+    ck->imrt = n;
+    ck->excl = c;
+    ck->nb = need;
+    return 0;
+  }
   n = realloc (ck->imrt, bytes ? bytes : 1);
   if (n == NULL)
     goto nomem;
   memset (n + old, 0, bytes - old);
   ck->imrt = n;
-  c = realloc (ck->claims, need / 4 + 1);
+  c = realloc (ck->excl, need / 8 + 1);
   if (c == NULL)
     goto nomem;
-  {
-    uint64_t have = ck->claims ? ck->nb / 4 + 1 : 0;
-    memset (c + have, 0, need / 4 + 1 - have);
-  }
-  ck->claims = c;
+  memset (c + ck->nb / 8 + 1, 0, need / 8 - ck->nb / 8);
+  ck->excl = c;
   ck->nb = need;
   return 0;
 nomem:
@@ -221,19 +250,16 @@ nomem:
   return -1;
 }
 
-static unsigned
-claim_get (const struct ck *ck, uint64_t k)
+static inline bool
+excl_get (const struct ck *ck, uint64_t k)
 {
-  return (ck->claims[k / 4] >> (2 * (k & 3))) & 3;
+  return (ck->excl[k / 8] >> (k & 7)) & 1;
 }
 
-static void
-claim_set (struct ck *ck, uint64_t k, unsigned claim)
+static inline void
+excl_set (struct ck *ck, uint64_t k)
 {
-  if (claim > claim_get (ck, k)) {
-    unsigned shift = 2 * (k & 3);
-    ck->claims[k / 4] = (ck->claims[k / 4] & ~(3U << shift)) | claim << shift;
-  }
+  ck->excl[k / 8] |= 1U << (k & 7);
 }
 
 static const char *
@@ -265,7 +291,90 @@ add_owner (struct ck *ck, const struct owner *o)
   if (n) {
     ck->owners = n;
     ck->owners[ck->n_owners++] = *o;
+    ck->mu_dirty = true;
   }
+}
+
+/* The first of the sorted L2 references whose table, a cluster long from
+ * any byte offset, may cover cluster k (its last cluster is >= k); the
+ * tables at refs.v[i ..] that cover k start there. */
+static size_t
+l2_lower (const struct ck *ck, uint64_t k)
+{
+  size_t lo = 0, hi = ck->refs.n;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if ((ck->refs.v[mid].l2_offset + ck->cs - 1) >> ck->cb < k)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+/* Whether refs.v[i], an L2 table, has claimed cluster k (inc_refs does
+ * not claim a table past the end of the file). */
+static bool
+l2_claims (const struct ck *ck, size_t i, uint64_t k)
+{
+  uint64_t off = ck->refs.v[i].l2_offset;
+  return i < ck->l2_walked && off >> ck->cb <= k && off < ck->file_len;
+}
+
+static int
+cmp_range (const void *a, const void *b)
+{
+  const struct range *x = a, *y = b;
+  return x->first < y->first ? -1 : x->first > y->first;
+}
+
+/* Whether metadata has claimed cluster k so far. Only asked when data of
+ * a snapshot, a bitmap or a compressed cluster meets a cluster claimed
+ * exclusively; the owner union is rebuilt at most once per phase that
+ * adds owners (metadata is claimed in phases: header, L1 and snapshot
+ * tables; the L2 tables, looked up in refs; refcount and bitmap
+ * structures). */
+static bool
+is_meta (struct ck *ck, uint64_t k)
+{
+  size_t lo, hi;
+
+  if (ck->l2_walked) {
+    size_t i = l2_lower (ck, k);
+    if (i < ck->refs.n && l2_claims (ck, i, k))
+      return true;
+  }
+  if (ck->mu_dirty) {
+    struct range *u = realloc (ck->mu, (ck->n_owners + 1) * sizeof *u);
+    size_t n = 0;
+    if (u == NULL)
+      return true;   /* cannot tell: say it conflicts, never hide one */
+    for (size_t i = 0; i < ck->n_owners; i++)
+      u[i] = (struct range) { ck->owners[i].first,
+                              ck->owners[i].first + ck->owners[i].n };
+    qsort (u, ck->n_owners, sizeof *u, cmp_range);
+    for (size_t i = 0; i < ck->n_owners; i++) {
+      if (n && u[i].first <= u[n - 1].end) {
+        if (u[i].end > u[n - 1].end)
+          u[n - 1].end = u[i].end;
+      }
+      else
+        u[n++] = u[i];
+    }
+    ck->mu = u;
+    ck->n_mu = n;
+    ck->mu_dirty = false;
+  }
+  lo = 0;
+  hi = ck->n_mu;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (ck->mu[mid].end <= k)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo < ck->n_mu && ck->mu[lo].first <= k;
 }
 
 /* qcow2_inc_refcounts_imrt, with a multiplicity (an L2 table shared by
@@ -293,7 +402,7 @@ inc_refs (struct ck *ck, uint64_t offset, uint64_t size, uint64_t mult,
     return -1;
   for (uint64_t k = start; k <= last; k++) {
     uint64_t rc = qk_refblock_get (ck->imrt, ck->order, k);
-    unsigned cl = claim_get (ck, k);
+    bool claimed = rc != 0, x = excl_get (ck, k);
 
     if (rc + mult > ck->refmax || rc + mult < rc) {
       uint64_t over = mult - (ck->refmax - rc);
@@ -310,26 +419,26 @@ inc_refs (struct ck *ck, uint64_t offset, uint64_t size, uint64_t mult,
 
     switch (who->kind) {
     case OWN_DATA:
-      if (cl >= CLAIM_ACTIVE)          /* metadata, or active data */
+      if (x)                           /* metadata, or active data */
         add_conflict (ck, k, who);
-      claim_set (ck, k, CLAIM_ACTIVE);
+      excl_set (ck, k);
       break;
     case OWN_SNAPDATA:
     case OWN_BMDATA:
     case OWN_CDATA:
-      if (cl == CLAIM_META)
+      if (x && is_meta (ck, k))
         add_conflict (ck, k, who);
-      claim_set (ck, k, CLAIM_DATA);
       break;
     default:
-      if (cl != CLAIM_NONE)
+      if (claimed)
         add_conflict (ck, k, who);
-      claim_set (ck, k, CLAIM_META);
+      excl_set (ck, k);
       break;
     }
   }
   if (who->kind != OWN_DATA && who->kind != OWN_SNAPDATA
-      && who->kind != OWN_BMDATA && who->kind != OWN_CDATA) {
+      && who->kind != OWN_BMDATA && who->kind != OWN_CDATA
+      && who->kind != OWN_L2) {
     struct owner o = *who;
     o.first = start;
     o.n = last - start + 1;
@@ -577,11 +686,6 @@ cmp_l2ref (const void *a, const void *b)
   return x->l1_index < y->l1_index ? -1 : x->l1_index > y->l1_index;
 }
 
-struct refs {
-  struct l2ref *v;
-  size_t n, cap;
-};
-
 /* qcow2_get_refcount as check_oflag_copied sees it: a refcount in a refcount
  * block whose offset is not cluster aligned cannot be read (QEMU signals
  * corruption and fails), and such entries are skipped. */
@@ -667,7 +771,7 @@ walk_l1 (struct ck *ck, const uint64_t *l1, uint32_t n, uint64_t l1_offset,
     if (r == NULL)
       return -1;
     refs->v = r;
-    refs->v[refs->n++] = (struct l2ref) { l2, source, i };
+    refs->v[refs->n++] = (struct l2ref) { l2, (int32_t) source, i };
   }
   return 0;
 }
@@ -841,18 +945,17 @@ walk_l2 (struct ck *ck, const struct l2group *g, uint8_t *buf,
          * call, so that an L1 whose entries all point here costs one
          * pass, not one per entry) find it claimed and record the
          * conflict once. */
-        uint64_t k = off >> ck->cb, rc;
+        uint64_t k = off >> ck->cb;
         /* The common case without a call: a whole cluster inside the
          * file that nothing has claimed yet and whose count cannot
          * overflow; exactly what the inc_refs calls below would do. */
         if (g->active <= 1 && ck->counting && IS_ALIGNED (off, ck->cs)
             && ck->file_len >= ck->cs && off <= ck->file_len - ck->cs
-            && k < ck->nb && claim_get (ck, k) == 0 && g->mult <= ck->refmax
-            && (rc = qk_refblock_get (ck->imrt, ck->order, k))
-               <= ck->refmax - g->mult) {
-          qk_refblock_set (ck->imrt, ck->order, k, rc + g->mult);
-          ck->claims[k / 4] |= (g->active ? CLAIM_ACTIVE : CLAIM_DATA)
-                               << (2 * (k & 3));
+            && k < ck->nb && g->mult <= ck->refmax
+            && qk_refblock_get (ck->imrt, ck->order, k) == 0) {
+          qk_refblock_set (ck->imrt, ck->order, k, g->mult);
+          if (g->active)
+            excl_set (ck, k);
         }
         else {
           struct owner od = { .kind = g->active ? OWN_DATA : OWN_SNAPDATA,
@@ -921,6 +1024,7 @@ walk_tables (struct ck *ck, struct refs *refs)
   /* Offset order: every distinct L2 table read once, sequentially. */
   if (refs->n)   /* qsort (NULL, 0, ...) is undefined */
     qsort (refs->v, refs->n, sizeof *refs->v, cmp_l2ref);
+  ck->n_owners_pre_l2 = ck->n_owners;
   for (size_t i = 0; i < refs->n && r == 0;) {
     struct l2group g = { .l2_offset = refs->v[i].l2_offset,
                          .first = &refs->v[i] };
@@ -933,6 +1037,7 @@ walk_tables (struct ck *ck, struct refs *refs)
         g.active++;
       }
     }
+    ck->l2_walked = j;   /* this table claims its cluster first thing */
     r = walk_l2 (ck, &g, buf, zin, zout);
     i = j;
   }
@@ -991,7 +1096,7 @@ phase_tables (struct ck *ck)
 {
   struct qk_image *img = ck->img;
   const struct qk_header *h = ck->h;
-  struct refs refs = { 0 };
+  struct refs *refs = &ck->refs;
   int r = -1;
   uint64_t snap_bytes = 0;
   bool snaps = img->snaps_ok;
@@ -1006,7 +1111,7 @@ phase_tables (struct ck *ck)
   if (!img->l1_ok && h->l1_size)
     ck->missing = "the active L1 table";
   if (img->l1_ok) {
-    if (walk_l1 (ck, img->l1, img->l1_count, h->l1_table_offset, -1, &refs) < 0)
+    if (walk_l1 (ck, img->l1, img->l1_count, h->l1_table_offset, -1, refs) < 0)
       goto out;
   }
   else if (IS_ALIGNED (h->l1_table_offset, ck->cs)
@@ -1123,7 +1228,7 @@ phase_tables (struct ck *ck)
         goto out;
       continue;
     }
-    r = walk_l1 (ck, l1, n, s->l1_table_offset, (int64_t) i, &refs);
+    r = walk_l1 (ck, l1, n, s->l1_table_offset, (int32_t) i, refs);
     free (l1);
     if (r < 0)
       goto out;
@@ -1138,9 +1243,8 @@ phase_tables (struct ck *ck)
     if (inc_refs (ck, h->snapshots_offset, snap_bytes, 1, &o) < 0)
       goto out;
   }
-  r = walk_tables (ck, &refs);
+  r = walk_tables (ck, refs);
 out:
-  free (refs.v);
   return r;
 }
 
@@ -1231,6 +1335,14 @@ bitmap_table_clusters (const struct ck *ck, unsigned gran_bits)
 
 /* qcow2_check_bitmaps_refcounts, plus what QEMU checks when it loads the
  * bitmaps on open (check_dir_entry, load_bitmap_data) and the flags. */
+static bool
+bitmap_table_usable (const struct ck *ck, const struct qk_bitmap *b)
+{
+  return b->table_size != 0 && b->table_offset != 0
+         && IS_ALIGNED (b->table_offset, ck->cs)
+         && b->table_size <= QK_MAX_BITMAP_TABLE_ENTRIES;
+}
+
 static int
 phase_bitmaps (struct ck *ck)
 {
@@ -1339,23 +1451,28 @@ phase_bitmaps (struct ck *ck)
    * its directory entry is bad in other ways (qemu-img stops at a bad
    * directory and counts nothing; what the entries point to is still in
    * use, not leaked). */
+  /* The tables first, then the data: metadata is then claimed in one
+   * go, before the data claims that may have to look it up. */
   for (size_t i = 0; i < img->n_bitmaps; i++) {
     const struct qk_bitmap *b = &img->bitmaps[i].b;
     struct owner ot = { .kind = OWN_BMTABLE, .a = (int64_t) i };
+
+    if (bitmap_table_usable (ck, b)
+        && inc_refs (ck, b->table_offset, (uint64_t) b->table_size * 8, 1,
+                     &ot) < 0)
+      return -1;
+  }
+  for (size_t i = 0; i < img->n_bitmaps; i++) {
+    const struct qk_bitmap *b = &img->bitmaps[i].b;
     struct owner od = { .kind = OWN_BMDATA, .a = (int64_t) i };
     uint64_t *tab;
     uint32_t n;
 
-    if (b->table_size == 0 || b->table_offset == 0
-        || !IS_ALIGNED (b->table_offset, ck->cs)
-        || b->table_size > QK_MAX_BITMAP_TABLE_ENTRIES) {
+    if (!bitmap_table_usable (ck, b)) {
       if (b->table_size || b->table_offset)
         add_missing (ck, "a bitmap table");
       continue;
     }
-    if (inc_refs (ck, b->table_offset, (uint64_t) b->table_size * 8, 1,
-                  &ot) < 0)
-      return -1;
     if (qk_image_read_bitmap_table (img, i, &tab, &n) < 0) {
       report (ck, PR_BM_TABLE_ENTRY, 1,
               LOC (.host_offset = b->table_offset),
@@ -1513,16 +1630,38 @@ describe (const struct ck *ck, const struct owner *o, char *buf, size_t len)
   }
 }
 
-/* The first metadata owner of cluster k other than o. */
-static const struct owner *
-meta_owner (const struct ck *ck, uint64_t k, const struct owner *o)
+static bool
+owner_covers (const struct owner *w, uint64_t k, const struct owner *o)
 {
-  for (size_t i = 0; i < ck->n_owners; i++) {
-    const struct owner *w = &ck->owners[i];
-    if (k >= w->first && k < w->first + w->n
-        && !(w->kind == o->kind && w->a == o->a && w->b == o->b))
-      return w;
+  return k >= w->first && k < w->first + w->n
+         && !(w->kind == o->kind && w->a == o->a && w->b == o->b);
+}
+
+/* The first metadata owner of cluster k other than o, in the order of the
+ * claims: those before the L2 tables, the L2 tables (in offset order; an
+ * L2 table is named by its first L1 entry, the active one if any), the
+ * rest. The result may be *tmp. */
+static const struct owner *
+meta_owner (const struct ck *ck, uint64_t k, const struct owner *o,
+            struct owner *tmp)
+{
+  size_t i;
+
+  for (i = 0; i < ck->n_owners_pre_l2 && i < ck->n_owners; i++)
+    if (owner_covers (&ck->owners[i], k, o))
+      return &ck->owners[i];
+  for (size_t j = l2_lower (ck, k); j < ck->refs.n && l2_claims (ck, j, k);) {
+    const struct l2ref *r = &ck->refs.v[j];
+    *tmp = (struct owner) { .kind = OWN_L2, .first = r->l2_offset >> ck->cb,
+                            .n = 1, .a = r->l1_index, .b = r->source };
+    if (!(tmp->kind == o->kind && tmp->a == o->a && tmp->b == o->b))
+      return tmp;
+    while (j < ck->refs.n && ck->refs.v[j].l2_offset == r->l2_offset)
+      j++;
   }
+  for (; i < ck->n_owners; i++)
+    if (owner_covers (&ck->owners[i], k, o))
+      return &ck->owners[i];
   return NULL;
 }
 
@@ -1658,7 +1797,8 @@ phase_overlaps (struct ck *ck)
   }
   for (size_t i = 0; i < ck->n_conf; i++) {
     const struct conflict *c = &ck->conf[i];
-    const struct owner *first = meta_owner (ck, c->cluster, &c->second);
+    struct owner tmp;
+    const struct owner *first = meta_owner (ck, c->cluster, &c->second, &tmp);
     char a[256], b[256];
     uint64_t *gs = NULL;
 
@@ -1854,8 +1994,10 @@ qk_check_run (struct qk_image *img, unsigned flags, qk_problem_fn fn,
   r = 0;
 out:
   free (ck.imrt);
-  free (ck.claims);
+  free (ck.excl);
   free (ck.owners);
+  free (ck.refs.v);
+  free (ck.mu);
   free (ck.conf);
   free (ck.reftable);
   return r;

@@ -171,3 +171,15 @@ EXT_DATA_FILE=0x44415441
 # Bitmaps: the directory offset, and entry fields of the first bitmap.
 bm_dir_off () { peek64 $(( $(ext_off $EXT_BITMAPS) + 8 + 16 )); }
 bm_table_off () { peek64 "$(bm_dir_off)"; }
+
+# Snapshot I's L2 entry J of the table its L1 entry K points to.
+sn_l2e_addr () {
+  local l2=$(( $(peek64 $(( $(sn_l1_off "$1") + 8 * $2 ))) & L1E_OFFSET_MASK ))
+  hex $(( l2 + $(l2e_size) * $3 ))
+}
+# The table of the second bitmap (directory entries are 8-byte aligned).
+bm2_entry () {
+  local e; e=$(bm_dir_off)
+  hex $(( e + (24 + $(peek16 $(( e + 18 ))) + $(peek32 $(( e + 20 ))) + 7) / 8 * 8 ))
+}
+bm2_table_off () { peek64 "$(bm2_entry)"; }
