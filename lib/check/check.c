@@ -13,7 +13,9 @@
  * per cluster says whether active data or metadata claimed it (a non-zero
  * count says that something did), which names overlaps and duplicate
  * mappings precisely; metadata is told from active data by looking the
- * cluster up among the metadata claimed so far. */
+ * cluster up among the metadata claimed so far. That bit map is only
+ * made once a claim that is neither (snapshot, bitmap or compressed data)
+ * comes: until then the counts say it all. */
 #include <config.h>
 
 #include <stdio.h>
@@ -221,14 +223,9 @@ imrt_grow (struct ck *ck, uint64_t need)
    * (holes in the file) are then never touched, as with qemu-img. */
   if (ck->imrt == NULL) {
     n = calloc (bytes ? bytes : 1, 1);
-    c = calloc (need / 8 + 1, 1);
-    if (n == NULL || c == NULL) {
-      free (n);
-      free (c);
+    if (n == NULL)
       goto nomem;
-    }
     ck->imrt = n;
-    ck->excl = c;
     ck->nb = need;
     return 0;
   }
@@ -237,11 +234,13 @@ imrt_grow (struct ck *ck, uint64_t need)
     goto nomem;
   memset (n + old, 0, bytes - old);
   ck->imrt = n;
-  c = realloc (ck->excl, need / 8 + 1);
-  if (c == NULL)
-    goto nomem;
-  memset (c + ck->nb / 8 + 1, 0, need / 8 - ck->nb / 8);
-  ck->excl = c;
+  if (ck->excl) {
+    c = realloc (ck->excl, need / 8 + 1);
+    if (c == NULL)
+      goto nomem;
+    memset (c + ck->nb / 8 + 1, 0, need / 8 - ck->nb / 8);
+    ck->excl = c;
+  }
   ck->nb = need;
   return 0;
 nomem:
@@ -250,16 +249,41 @@ nomem:
   return -1;
 }
 
-static inline bool
-excl_get (const struct ck *ck, uint64_t k)
+/* The exclusive bits exist from the first claim that is not exclusive
+ * (snapshot, bitmap or compressed data) on: until then every claim was,
+ * so they are the clusters counted so far. Images whose snapshots share
+ * all their tables with the active image, and that have no compressed
+ * clusters or bitmaps, never need them. */
+static int
+excl_need (struct ck *ck)
 {
-  return (ck->excl[k / 8] >> (k & 7)) & 1;
+  if (ck->excl)
+    return 0;
+  ck->excl = calloc (ck->nb / 8 + 1, 1);
+  if (ck->excl == NULL) {
+    set_error (ENOMEM, "cannot allocate the claim map of %" PRIu64
+               " clusters", ck->nb);
+    return -1;
+  }
+  for (uint64_t k = 0; k < ck->nb; k++)
+    if (qk_refblock_get (ck->imrt, ck->order, k))
+      ck->excl[k / 8] |= 1U << (k & 7);
+  return 0;
+}
+
+/* whether active data or metadata claimed cluster k, given whether
+ * anything did */
+static inline bool
+excl_get (const struct ck *ck, uint64_t k, bool claimed)
+{
+  return ck->excl ? (ck->excl[k / 8] >> (k & 7)) & 1 : claimed;
 }
 
 static inline void
 excl_set (struct ck *ck, uint64_t k)
 {
-  ck->excl[k / 8] |= 1U << (k & 7);
+  if (ck->excl)
+    ck->excl[k / 8] |= 1U << (k & 7);
 }
 
 static const char *
@@ -400,9 +424,12 @@ inc_refs (struct ck *ck, uint64_t offset, uint64_t size, uint64_t mult,
   last = (end - 1) >> ck->cb;
   if (last >= ck->nb && imrt_grow (ck, last + 1) < 0)
     return -1;
+  if ((who->kind == OWN_SNAPDATA || who->kind == OWN_BMDATA
+       || who->kind == OWN_CDATA) && excl_need (ck) < 0)
+    return -1;
   for (uint64_t k = start; k <= last; k++) {
     uint64_t rc = qk_refblock_get (ck->imrt, ck->order, k);
-    bool claimed = rc != 0, x = excl_get (ck, k);
+    bool claimed = rc != 0, x = excl_get (ck, k, claimed);
 
     if (rc + mult > ck->refmax || rc + mult < rc) {
       uint64_t over = mult - (ck->refmax - rc);
@@ -953,6 +980,8 @@ walk_l2 (struct ck *ck, const struct l2group *g, uint8_t *buf,
             && ck->file_len >= ck->cs && off <= ck->file_len - ck->cs
             && k < ck->nb && g->mult <= ck->refmax
             && qk_refblock_get (ck->imrt, ck->order, k) == 0) {
+          if (!g->active && excl_need (ck) < 0)
+            return -1;
           qk_refblock_set (ck->imrt, ck->order, k, g->mult);
           if (g->active)
             excl_set (ck, k);
