@@ -972,17 +972,20 @@ walk_l2 (struct ck *ck, const struct l2group *g, uint8_t *buf,
          * call, so that an L1 whose entries all point here costs one
          * pass, not one per entry) find it claimed and record the
          * conflict once. */
-        uint64_t k = off >> ck->cb;
-        /* The common case without a call: a whole cluster inside the
-         * file that nothing has claimed yet and whose count cannot
-         * overflow; exactly what the inc_refs calls below would do. */
+        uint64_t k = off >> ck->cb, rc;
+        /* The common cases without a call: a whole cluster inside the
+         * file whose count cannot overflow, that nothing has claimed yet
+         * or only snapshot, bitmap or compressed data has (no conflict
+         * either way); exactly what the inc_refs calls below would do. */
         if (g->active <= 1 && ck->counting && IS_ALIGNED (off, ck->cs)
             && ck->file_len >= ck->cs && off <= ck->file_len - ck->cs
             && k < ck->nb && g->mult <= ck->refmax
-            && qk_refblock_get (ck->imrt, ck->order, k) == 0) {
-          if (!g->active && excl_need (ck) < 0)
+            && ((rc = qk_refblock_get (ck->imrt, ck->order, k)) == 0
+                || (ck->excl && !excl_get (ck, k, true)
+                    && rc <= ck->refmax - g->mult))) {
+          if (!g->active && !ck->excl && excl_need (ck) < 0)
             return -1;
-          qk_refblock_set (ck->imrt, ck->order, k, g->mult);
+          qk_refblock_set (ck->imrt, ck->order, k, rc + g->mult);
           if (g->active)
             excl_set (ck, k);
         }
