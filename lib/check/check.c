@@ -286,6 +286,21 @@ excl_set (struct ck *ck, uint64_t k)
     ck->excl[k / 8] |= 1U << (k & 7);
 }
 
+/* Data claims: not exclusive (but active data's) and not recorded as
+ * owners. */
+static bool
+is_data (enum owner_kind k)
+{
+  return k == OWN_DATA || k == OWN_SNAPDATA || k == OWN_BMDATA
+         || k == OWN_CDATA;
+}
+
+static bool
+same_owner (const struct owner *x, const struct owner *y)
+{
+  return x->kind == y->kind && x->a == y->a && x->b == y->b;
+}
+
 static const char *
 kind_name (enum owner_kind k)
 {
@@ -424,8 +439,7 @@ inc_refs (struct ck *ck, uint64_t offset, uint64_t size, uint64_t mult,
   last = (end - 1) >> ck->cb;
   if (last >= ck->nb && imrt_grow (ck, last + 1) < 0)
     return -1;
-  if ((who->kind == OWN_SNAPDATA || who->kind == OWN_BMDATA
-       || who->kind == OWN_CDATA) && excl_need (ck) < 0)
+  if (is_data (who->kind) && who->kind != OWN_DATA && excl_need (ck) < 0)
     return -1;
   for (uint64_t k = start; k <= last; k++) {
     uint64_t rc = qk_refblock_get (ck->imrt, ck->order, k);
@@ -463,9 +477,7 @@ inc_refs (struct ck *ck, uint64_t offset, uint64_t size, uint64_t mult,
       break;
     }
   }
-  if (who->kind != OWN_DATA && who->kind != OWN_SNAPDATA
-      && who->kind != OWN_BMDATA && who->kind != OWN_CDATA
-      && who->kind != OWN_L2) {
+  if (!is_data (who->kind) && who->kind != OWN_L2) {
     struct owner o = *who;
     o.first = start;
     o.n = last - start + 1;
@@ -992,19 +1004,19 @@ walk_l2 (struct ck *ck, const struct l2group *g, uint8_t *buf,
         else {
           struct owner od = { .kind = g->active ? OWN_DATA : OWN_SNAPDATA,
                               .a = guest };
-         if (g->active) {
-          if (inc_refs (ck, off, ck->cs, 1, &od) < 0
-              || (g->active > 1
-                  && inc_refs (ck, off, ck->cs, g->active - 1, &od) < 0))
-            return -1;
-          if (g->mult > g->active) {
-            od.kind = OWN_SNAPDATA;
-            if (inc_refs (ck, off, ck->cs, g->mult - g->active, &od) < 0)
+          if (g->active) {
+            if (inc_refs (ck, off, ck->cs, 1, &od) < 0
+                || (g->active > 1
+                    && inc_refs (ck, off, ck->cs, g->active - 1, &od) < 0))
               return -1;
+            if (g->mult > g->active) {
+              od.kind = OWN_SNAPDATA;
+              if (inc_refs (ck, off, ck->cs, g->mult - g->active, &od) < 0)
+                return -1;
+            }
           }
-        }
-        else if (inc_refs (ck, off, ck->cs, g->mult, &od) < 0)
-          return -1;
+          else if (inc_refs (ck, off, ck->cs, g->mult, &od) < 0)
+            return -1;
         }
       }
       /* COPIED (check_oflag_copied), on the active tables only; it skips
@@ -1665,8 +1677,7 @@ describe (const struct ck *ck, const struct owner *o, char *buf, size_t len)
 static bool
 owner_covers (const struct owner *w, uint64_t k, const struct owner *o)
 {
-  return k >= w->first && k < w->first + w->n
-         && !(w->kind == o->kind && w->a == o->a && w->b == o->b);
+  return k >= w->first && k < w->first + w->n && !same_owner (w, o);
 }
 
 /* The first metadata owner of cluster k other than o, in the order of the
@@ -1686,7 +1697,7 @@ meta_owner (const struct ck *ck, uint64_t k, const struct owner *o,
     const struct l2ref *r = &ck->refs.v[j];
     *tmp = (struct owner) { .kind = OWN_L2, .first = r->l2_offset >> ck->cb,
                             .n = 1, .a = r->l1_index, .b = r->source };
-    if (!(tmp->kind == o->kind && tmp->a == o->a && tmp->b == o->b))
+    if (!same_owner (tmp, o))
       return tmp;
     while (j < ck->refs.n && ck->refs.v[j].l2_offset == r->l2_offset)
       j++;
