@@ -25,6 +25,14 @@ extern void qk_internal_set_error (int errnum, const char *context,
   __attribute__ ((format (printf, 3, 4)));
 #define set_error(errnum, ...) \
   qk_internal_set_error ((errnum), __func__, __VA_ARGS__)
+/* Keep the current error across calls that may set their own (probes
+ * whose failure is not the caller's error). */
+struct qk_saved_error {
+  char msg[1024];
+  int errnum;
+};
+extern void qk_internal_save_error (struct qk_saved_error *sv);
+extern void qk_internal_restore_error (const struct qk_saved_error *sv);
 /* Prefix the current error with a context (keeps errno). */
 extern void qk_internal_prefix_error (const char *fmt, ...)
   __attribute__ ((format (printf, 1, 2)));
@@ -82,6 +90,8 @@ struct qk_source {
 };
 
 extern void qk_source_close (struct qk_source *s);
+/* A file source over fd (taken over, closed on failure too). */
+extern struct qk_source *qk_source_fd (int fd, const char *name);
 /* Read exactly len bytes; short reads (past EOF) fail with EBADMSG. */
 extern int qk_source_read_exact (struct qk_source *s, void *buf, size_t len,
                                  uint64_t off, const char *what);

@@ -7,6 +7,7 @@
  * the data cannot be interpreted at all. */
 #include <config.h>
 
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,7 @@
 #include <sys/stat.h>
 
 #include "image/image.h"
+#include "util/path.h"
 
 int
 qk_image_warn (struct qk_image *img, const char *fmt, ...)
@@ -637,40 +639,65 @@ read_bitmaps (struct qk_image *img)
 
 /* ---- paths ---- */
 
-/* A name QEMU would treat as a protocol or JSON specification. */
-static bool
-has_protocol (const char *name)
+/* Open path (a backing or data file) below root only: the directory
+ * holding it must resolve (as the kernel resolves it) below root, and the
+ * file is then opened from root's descriptor with RESOLVE_BENEATH, so that
+ * no symlink in its last component, or one swapped in since, leads out. */
+static struct qk_source *
+open_beneath (const char *path, const char *root)
 {
-  const char *p = name + strcspn (name, ":/");
-  return *p == ':';
-}
-
-/* Resolve name against the directory of base, as QEMU's path_combine. */
-static char *
-path_combine (const char *base, const char *name)
-{
-  const char *slash;
-  char *r;
-
-  if (name[0] == '/' || (slash = strrchr (base, '/')) == NULL)
-    return strdup (name);
-  if (asprintf (&r, "%.*s%s", (int) (slash - base + 1), base, name) < 0)
-    return NULL;
-  return r;
-}
-
-static bool
-under_root (const char *path, const char *root)
-{
-  char rp[PATH_MAX], rr[PATH_MAX];
+  char rr[PATH_MAX], rp[PATH_MAX], *dir, *leaf, *rel = NULL;
+  const char *slash = strrchr (path, '/');
+  struct qk_root r;
   size_t n;
+  int fd;
 
-  if (realpath (root, rr) == NULL || realpath (path, rp) == NULL)
-    return false;
+  dir = slash ? strndup (path, slash == path ? 1 : (size_t) (slash - path))
+              : strdup (".");
+  leaf = strdup (slash ? slash + 1 : path);
+  if (dir == NULL || leaf == NULL) {
+    set_error (ENOMEM, "strdup");
+    goto fail;
+  }
+  if (leaf[0] == '\0' || strcmp (leaf, ".") == 0 || strcmp (leaf, "..") == 0) {
+    set_error (EINVAL, "%s names no file", path);
+    goto fail;
+  }
+  if (realpath (root, rr) == NULL) {
+    set_error (errno, "%s", root);
+    goto fail;
+  }
+  if (realpath (dir, rp) == NULL) {
+    set_error (errno, "%s", dir);
+    goto fail;
+  }
   n = strlen (rr);
   if (n == 1)
-    return true;
-  return strncmp (rp, rr, n) == 0 && (rp[n] == '/' || rp[n] == '\0');
+    n = 0;
+  if (strncmp (rp, rr, n) != 0 || (rp[n] != '/' && rp[n] != '\0')) {
+    set_error (EXDEV, "%s is outside %s", path, root);
+    goto fail;
+  }
+  if (asprintf (&rel, "%s/%s", rp + n, leaf) < 0) {
+    rel = NULL;
+    set_error (ENOMEM, "asprintf");
+    goto fail;
+  }
+  if (qk_root_init (&r, rr, QK_ROOT_BENEATH) < 0)
+    goto fail;
+  fd = qk_root_open (&r, rel, O_RDONLY | O_NOCTTY | O_NONBLOCK, 0);
+  qk_root_fini (&r);
+  if (fd < 0)
+    goto fail;
+  free (dir);
+  free (leaf);
+  free (rel);
+  return qk_source_fd (fd, path);
+fail:
+  free (dir);
+  free (leaf);
+  free (rel);
+  return NULL;
 }
 
 /* Open a referenced file (backing or data file) with all the checks. */
@@ -688,27 +715,30 @@ open_ref (struct qk_image *img, struct chain_ctx *cc, const char *what,
                            what);
     return NULL;
   }
-  if (has_protocol (name)) {
+  if (qk_path_has_protocol (name)) {
     qk_internal_set_error (EPERM, "qk_image_open", "%s '%s' is a protocol "
                            "or json: specification; only local files are "
                            "opened (write a relative name with a colon as "
                            "./NAME)", what, name);
     return NULL;
   }
-  path = path_combine (img->filename, name);
+  path = qk_path_combine (img->filename, name);
   if (path == NULL) {
     set_error (ENOMEM, "path_combine");
     return NULL;
   }
   *pathp = path;
-  if (o && o->confine_root && !(o->open_fn)
-      && !under_root (path, o->confine_root)) {
-    qk_internal_set_error (EPERM, "qk_image_open", "%s '%s' resolves "
-                           "outside %s", what, path, o->confine_root);
-    return NULL;
+  if (o && o->confine_root && !(o->open_fn)) {
+    s = open_beneath (path, o->confine_root);
+    if (s == NULL && errno == EXDEV) {
+      qk_internal_set_error (EPERM, "qk_image_open", "%s '%s' resolves "
+                             "outside %s", what, path, o->confine_root);
+      return NULL;
+    }
   }
-  s = (o && o->open_fn) ? o->open_fn (o->open_opaque, path)
-                        : qk_source_file (path);
+  else
+    s = (o && o->open_fn) ? o->open_fn (o->open_opaque, path)
+                          : qk_source_file (path);
   if (s == NULL)
     qk_internal_prefix_error ("%s '%s'", what, name);
   return s;
@@ -760,8 +790,8 @@ open_backing (struct qk_image *img, struct chain_ctx *cc)
     qk_image_warn (img, "backing file name contains a NUL byte");
   if (img->backing_format_ext)
     img->backing_format = strdup (img->backing_format_ext);
-  if (!has_protocol (img->backing_name))
-    img->backing_path = path_combine (img->filename, img->backing_name);
+  if (!qk_path_has_protocol (img->backing_name))
+    img->backing_path = qk_path_combine (img->filename, img->backing_name);
 
   if (cc->opts && (cc->opts->flags & QK_OPEN_NO_BACKING))
     return;

@@ -82,30 +82,35 @@ static const struct qk_source_ops file_ops = {
   .close = file_close,
 };
 
-QK_EXPORT struct qk_source *
-qk_source_file (const char *path)
+/* A file source over fd (taken over, closed on failure too). Only regular
+ * files and block devices: a FIFO or a terminal would block or never end. */
+struct qk_source *
+qk_source_fd (int fd, const char *name)
 {
   struct qk_source *s;
   struct stat st;
-  int fd;
 
-  fd = open (path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-  if (fd < 0) {
-    set_error (errno, "open: %s", path);
-    return NULL;
-  }
   if (fstat (fd, &st) < 0) {
-    set_error (errno, "fstat: %s", path);
+    set_error (errno, "fstat: %s", name);
     close (fd);
     return NULL;
   }
-  if (S_ISDIR (st.st_mode)) {
-    set_error (EISDIR, "%s", path);
+  if (!S_ISREG (st.st_mode) && !S_ISBLK (st.st_mode)) {
+    set_error (S_ISDIR (st.st_mode) ? EISDIR : EINVAL, "%s is %s", name,
+               S_ISDIR (st.st_mode) ? "a directory"
+               : S_ISFIFO (st.st_mode) ? "a FIFO, not an image file"
+               : "not a regular file or a block device");
     close (fd);
     return NULL;
+  }
+  /* opened with O_NONBLOCK so that a FIFO could not block the open */
+  {
+    int fl = fcntl (fd, F_GETFL);
+    if (fl >= 0 && (fl & O_NONBLOCK))
+      fcntl (fd, F_SETFL, fl & ~O_NONBLOCK);
   }
   s = calloc (1, sizeof *s);
-  if (s == NULL || (s->name = strdup (path)) == NULL) {
+  if (s == NULL || (s->name = strdup (name)) == NULL) {
     set_error (ENOMEM, "calloc");
     free (s);
     close (fd);
@@ -125,6 +130,18 @@ qk_source_file (const char *path)
   s->dev = st.st_dev;
   s->ino = st.st_ino;
   return s;
+}
+
+QK_EXPORT struct qk_source *
+qk_source_file (const char *path)
+{
+  int fd = open (path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+
+  if (fd < 0) {
+    set_error (errno, "open: %s", path);
+    return NULL;
+  }
+  return qk_source_fd (fd, path);
 }
 
 /* ---- memory ---- */

@@ -4,6 +4,7 @@
  * it by an open_fn, so image names stay the paths the metadata uses. */
 #include <config.h>
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,66 +33,6 @@ struct xc {
   struct known snaps, bitmaps;
 };
 
-/* Lexical normalisation: "//", "/./" and "dir/.." collapse. */
-static char *
-norm (const char *p)
-{
-  size_t n = strlen (p);
-  char *out = malloc (n + 2), *o = out;
-  const char *s = p;
-
-  if (out == NULL)
-    return NULL;
-  if (*s == '/')
-    *o++ = '/';
-  while (*s) {
-    const char *e;
-    size_t l;
-    while (*s == '/')
-      s++;
-    if (*s == '\0')
-      break;
-    e = strchr (s, '/');
-    l = e ? (size_t) (e - s) : strlen (s);
-    if (l == 1 && s[0] == '.')
-      ;
-    else if (l == 2 && s[0] == '.' && s[1] == '.' && o - out == 1
-             && out[0] == '/')
-      ;       /* "/.." is "/" */
-    else if (l == 2 && s[0] == '.' && s[1] == '.' && o > out
-             && !(o - out == 1 && out[0] == '/')) {
-      /* drop the last component (unless it is ..) */
-      char *q = o;
-      if (q > out && q[-1] == '/')
-        q--;
-      while (q > out && q[-1] != '/')
-        q--;
-      if (strncmp (q, "../", 3) == 0 || (o - q == 2 && q[0] == '.'
-                                         && q[1] == '.')) {
-        if (o > out && o[-1] != '/')
-          *o++ = '/';
-        memcpy (o, "..", 2);
-        o += 2;
-      }
-      else
-        o = q;
-    }
-    else {
-      if (o > out && o[-1] != '/')
-        *o++ = '/';
-      memcpy (o, s, l);
-      o += l;
-    }
-    s += l;
-  }
-  if (o > out + 1 && o[-1] == '/')
-    o--;
-  if (o == out)
-    *o++ = '.';
-  *o = '\0';
-  return out;
-}
-
 /* The metadata being checked (for host paths); set by meta_check_images. */
 static __thread const struct qk_meta *cur_meta;
 
@@ -105,8 +46,8 @@ same_path (const char *a, const char *b)
 
   if (a == NULL || b == NULL)
     return false;
-  x = norm (a);
-  y = norm (b);
+  x = qk_path_normalize (a);
+  y = qk_path_normalize (b);
   r = x && y && strcmp (x, y) == 0;
   if (!r && x && y && cur_meta) {
     char *hx = meta_host_path (cur_meta, x), *hy = meta_host_path (cur_meta, y);
@@ -126,7 +67,7 @@ same_path (const char *a, const char *b)
 static char *
 file_key (const char *path)
 {
-  char *n = norm (path), *h, *k = NULL;
+  char *n = qk_path_normalize (path), *h, *k = NULL;
   struct stat st;
 
   if (n == NULL)
@@ -148,22 +89,21 @@ static struct qk_source *
 open_under (void *opaque, const char *path)
 {
   struct qk_meta *m = opaque;
-  char *h = meta_host_path (m, path);
-  struct qk_source *s;
+  int fd;
 
-  if (h == NULL) {
-    set_error (ENOMEM, "resolving %s", path);
+  /* resolved in the sysroot by the kernel (or the O_NOFOLLOW walk) */
+  if (m->sysroot == NULL)
+    return qk_source_file (path);
+  fd = qk_root_open (&m->root, path, O_RDONLY | O_NOCTTY | O_NONBLOCK, 0);
+  if (fd < 0)
     return NULL;
-  }
-  s = qk_source_file (h);
-  free (h);
-  return s;
+  return qk_source_fd (fd, path);
 }
 
 static struct img *
 get_image (struct xc *x, const char *path)
 {
-  char *p = norm (path), *h;
+  char *p = qk_path_normalize (path), *h;
   struct qk_open_options oo = { 0 };
   struct img *e;
   struct stat st;

@@ -3,7 +3,10 @@
 #ifndef QK_META_META_H
 #define QK_META_META_H
 
+#include <sys/stat.h>
+
 #include "internal.h"
+#include "util/path.h"
 
 /* ---- problem rows (problems.c) ---- */
 enum {
@@ -97,6 +100,7 @@ struct meta_moment_priv {
   bool bad_state, bad_ctime;
   bool parse_failed;
   bool unsafe_name;
+  size_t read_order;        /* per-file: position in readdir order */
   uint64_t file_size;
   uint64_t hash;            /* FNV-1a of the element bytes without <active> */
 };
@@ -124,6 +128,7 @@ struct qk_meta {
   char *domain;
   struct qk_meta_options o;
   char *libvirt_root, *config_dir, *state_dir, *sysroot;
+  struct qk_root root;      /* the sysroot (QK_ROOT_IN), or the host */
   char *config_file;        /* host path of the domain definition */
   char *state_logical;      /* the state directory as given (before sysroot) */
   char *uuid;
@@ -143,6 +148,11 @@ extern int meta_add_finding (struct qk_meta *m, int pr, int kind,
   __attribute__ ((format (printf, 5, 6)));
 extern size_t meta_lookup (const struct meta_set *s, const char *name);
 extern char *meta_host_path (const struct qk_meta *m, const char *path);
+/* Open (or stat) a host path made by meta_host_path, resolved again under
+ * the sysroot so that nothing swapped in since leads out of it. */
+extern int meta_open (const struct qk_meta *m, const char *host, int flags);
+extern int meta_stat (const struct qk_meta *m, const char *host,
+                      struct stat *st);
 extern int meta_load (struct qk_meta *m);
 /* Load s (kind, layout, dir or bulk set) into m. */
 extern int meta_load_set_at (struct qk_meta *m, struct meta_set *s);

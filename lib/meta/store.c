@@ -124,99 +124,69 @@ meta_bulk_root (int kind)
 
 /* ---- paths under a sysroot ---- */
 
-/* Resolve path as if root were "/": absolute symlinks and ".." never
- * leave root. Components that do not exist are kept as written. */
-static char *
-resolve_under (const char *root, const char *path)
-{
-  char *todo = NULL, *res = NULL;
-  size_t rootlen = strlen (root);
-  int links = 0;
-
-  while (rootlen > 1 && root[rootlen - 1] == '/')
-    rootlen--;
-  todo = strdup (path);
-  res = strndup (root, rootlen);
-  if (todo == NULL || res == NULL)
-    goto fail;
-  for (;;) {
-    char *p = todo, *comp, *slash, *next;
-    char target[PATH_MAX];
-    struct stat st;
-    ssize_t n;
-
-    while (*p == '/')
-      p++;
-    if (*p == '\0')
-      break;
-    slash = strchr (p, '/');
-    comp = strndup (p, slash ? (size_t) (slash - p) : strlen (p));
-    if (comp == NULL)
-      goto fail;
-    next = strdup (slash ? slash : "");
-    free (todo);
-    todo = next;
-    if (todo == NULL) {
-      free (comp);
-      goto fail;
-    }
-    if (strcmp (comp, ".") == 0) {
-      free (comp);
-      continue;
-    }
-    if (strcmp (comp, "..") == 0) {
-      char *s = strrchr (res, '/');
-      if (s && (size_t) (s - res) >= rootlen)
-        *s = '\0';
-      free (comp);
-      continue;
-    }
-    char *cand;
-    if (asprintf (&cand, "%s/%s", res, comp) < 0) {
-      free (comp);
-      goto fail;
-    }
-    free (comp);
-    if (lstat (cand, &st) == 0 && S_ISLNK (st.st_mode)) {
-      if (++links > 40) {
-        free (cand);
-        errno = ELOOP;
-        goto fail;
-      }
-      n = readlink (cand, target, sizeof target - 1);
-      free (cand);
-      if (n < 0)
-        goto fail;
-      target[n] = '\0';
-      if (target[0] == '/')
-        res[rootlen] = '\0';
-      if (asprintf (&next, "%s/%s", target, todo) < 0)
-        goto fail;
-      free (todo);
-      todo = next;
-      continue;
-    }
-    free (res);
-    res = cand;
-  }
-  free (todo);
-  if (res[0] == '\0') {
-    free (res);
-    return strdup ("/");
-  }
-  return res;
-fail:
-  free (todo);
-  free (res);
-  return NULL;
-}
-
+/* Every path is resolved by lib/util/path.c: under a sysroot as if it
+ * were "/" (absolute symlinks and ".." never leave it). */
 char *
 meta_host_path (const struct qk_meta *m, const char *path)
 {
   if (m->sysroot && path[0] == '/')
-    return resolve_under (m->sysroot, path);
+    return qk_root_host_path (&m->root, path);
   return strdup (path);
+}
+
+int
+meta_open (const struct qk_meta *m, const char *host, int flags)
+{
+  const char *rel;
+
+  if (m->sysroot == NULL) {
+    int fd = open (host, flags | O_CLOEXEC | ((flags & O_PATH) ? 0 : O_NOCTTY));
+    if (fd < 0)
+      set_error (errno, "open %s", host);
+    return fd;
+  }
+  rel = qk_root_strip (&m->root, host);
+  if (rel == NULL) {
+    set_error (EXDEV, "%s is not under the sysroot %s", host, m->sysroot);
+    return -1;
+  }
+  return qk_root_open (&m->root, rel,
+                       flags | ((flags & O_PATH) ? 0 : O_NOCTTY), 0);
+}
+
+int
+meta_stat (const struct qk_meta *m, const char *host, struct stat *st)
+{
+  struct qk_saved_error sv;
+  int fd, e;
+
+  qk_internal_save_error (&sv);     /* a probe: not the caller's error */
+  fd = meta_open (m, host, O_PATH);
+  if (fd < 0) {
+    e = errno;
+    qk_internal_restore_error (&sv);
+    errno = e;
+    return -1;
+  }
+  if (fstat (fd, st) < 0) {
+    e = errno;
+    close (fd);
+    errno = e;
+    return -1;
+  }
+  close (fd);
+  return 0;
+}
+
+/* What a file that is not a regular file is, for messages. */
+static const char *
+file_type (mode_t mode)
+{
+  return S_ISDIR (mode) ? "a directory"
+    : S_ISFIFO (mode) ? "a FIFO (named pipe)"
+    : S_ISCHR (mode) ? "a character device"
+    : S_ISBLK (mode) ? "a block device"
+    : S_ISSOCK (mode) ? "a socket" : "not a regular file";
 }
 
 static char *
@@ -237,24 +207,31 @@ joinf (const char *fmt, ...)
 
 /* ---- reading files ---- */
 
-/* Read a whole file, at most max bytes. Returns 0, -1 (errno), or 1 when
- * the file is larger than max (*size is set). */
+/* Read a whole regular file from fd (taken over), at most max bytes.
+ * Returns 0, -1 (errno; EINVAL and *mode for a file that is not regular),
+ * or 1 when the file is larger than max (*size is set). Never blocks: the
+ * file was opened O_NONBLOCK, and only a regular file is read. */
 static int
-read_limited (const char *path, uint64_t max, char **buf, size_t *len,
-              uint64_t *size)
+read_limited_fd (int fd, uint64_t max, char **buf, size_t *len,
+                 uint64_t *size, mode_t *mode)
 {
-  int fd = open (path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
   struct stat st;
   char *b;
   size_t got = 0;
 
-  if (fd < 0)
-    return -1;
   if (fstat (fd, &st) < 0) {
+    int e = errno;
     close (fd);
+    errno = e;
     return -1;
   }
+  *mode = st.st_mode;
   *size = st.st_size;
+  if (!S_ISREG (st.st_mode)) {
+    close (fd);
+    errno = EINVAL;
+    return -1;
+  }
   if ((uint64_t) st.st_size > max) {
     close (fd);
     return 1;
@@ -262,15 +239,18 @@ read_limited (const char *path, uint64_t max, char **buf, size_t *len,
   b = malloc (st.st_size + 1);
   if (b == NULL) {
     close (fd);
+    errno = ENOMEM;
     return -1;
   }
   while (got < (size_t) st.st_size) {
     ssize_t n = read (fd, b + got, st.st_size - got);
     if (n < 0) {
-      if (errno == EINTR)
+      int e = errno;
+      if (e == EINTR)
         continue;
       free (b);
       close (fd);
+      errno = e;
       return -1;
     }
     if (n == 0)
@@ -282,6 +262,18 @@ read_limited (const char *path, uint64_t max, char **buf, size_t *len,
   *buf = b;
   *len = got;
   return 0;
+}
+
+static int
+read_limited (const struct qk_meta *m, const char *path, uint64_t max,
+              char **buf, size_t *len, uint64_t *size, mode_t *mode)
+{
+  int fd = meta_open (m, path, O_RDONLY | O_NONBLOCK);
+
+  *mode = 0;
+  if (fd < 0)
+    return -1;
+  return read_limited_fd (fd, max, buf, len, size, mode);
 }
 
 /* ---- the moment set ---- */
@@ -314,7 +306,7 @@ meta_lookup (const struct meta_set *s, const char *name)
 static int
 build_hash (struct qk_meta *m, struct meta_set *s)
 {
-  size_t cap = 16;
+  size_t cap = 16, *ord;
 
   while (cap < s->n * 2 + 2)
     cap *= 2;
@@ -323,7 +315,18 @@ build_hash (struct qk_meta *m, struct meta_set *s)
   if (s->hash == NULL)
     return -1;
   s->hash_cap = cap;
-  for (size_t i = 0; i < s->n; i++) {
+  /* in the order libvirt reads them: the first one read keeps the name */
+  ord = malloc ((s->n ? s->n : 1) * sizeof *ord);
+  if (ord == NULL)
+    return -1;
+  for (size_t i = 0; i < s->n; i++)
+    ord[i] = SIZE_MAX;
+  for (size_t i = 0; i < s->n; i++)
+    ord[s->m[i].read_order < s->n ? s->m[i].read_order : i] = i;
+  for (size_t oi = 0; oi < s->n; oi++) {
+    size_t i = ord[oi];
+    if (i == SIZE_MAX)
+      continue;
     struct meta_moment_priv *mp = &s->m[i];
     size_t j;
 
@@ -349,6 +352,7 @@ build_hash (struct qk_meta *m, struct meta_set *s)
         break;
       }
   }
+  free (ord);
   return 0;
 }
 
@@ -362,6 +366,7 @@ new_moment (struct meta_set *s)
   s->m = n;
   n = &s->m[s->n++];
   memset (n, 0, sizeof *n);
+  n->read_order = s->n - 1;
   n->pub.kind = s->kind;
   n->pub.active = -1;
   n->pub.parent_index = n->pub.first_child = n->pub.next_sibling =
@@ -494,65 +499,93 @@ load_doc (struct qk_meta *m, struct meta_set *s, struct meta_moment_priv *mp,
   return r;
 }
 
+struct dent {
+  char *name;
+  size_t order;             /* readdir order */
+};
+
 static int
-cmp_str (const void *a, const void *b)
+cmp_dent (const void *a, const void *b)
 {
-  return strcmp (*(char *const *) a, *(char *const *) b);
+  return strcmp (((const struct dent *) a)->name,
+                 ((const struct dent *) b)->name);
 }
 
+/* The per-file layout: every entry of the directory, in name order (for
+ * stable output), remembering readdir's order, which is the order libvirt
+ * reads them in (it decides which of several "current" ones wins). */
 static int
 load_per_file (struct qk_meta *m, struct meta_set *s)
 {
-  struct qk_strvec names = { 0 };
-  DIR *d = opendir (s->dir);
+  struct dent *ents = NULL;
+  size_t nents = 0, capents = 0;
+  int dfd = meta_open (m, s->dir, O_RDONLY | O_DIRECTORY);
+  DIR *d = dfd >= 0 ? fdopendir (dfd) : NULL;
   struct dirent *e;
   int ret = -1;
 
   if (d == NULL) {
-    set_error (errno, "opendir %s", s->dir);
+    if (dfd >= 0) {
+      set_error (errno, "opendir %s", s->dir);
+      close (dfd);
+    }
     return -1;
   }
   while ((e = readdir (d)) != NULL) {
+    struct dent *ne;
     if (strcmp (e->d_name, ".") == 0 || strcmp (e->d_name, "..") == 0)
       continue;
-    if (qk_strvec_addf (&names, "%s", e->d_name) < 0) {
-      closedir (d);
+    ne = qk_grow (ents, &capents, nents + 1, sizeof *ents);
+    if (ne == NULL)
       goto out;
-    }
+    ents = ne;
+    ents[nents].name = strdup (e->d_name);
+    if (ents[nents].name == NULL)
+      goto out;
+    ents[nents].order = nents;
+    nents++;
   }
-  closedir (d);
-  if (names.n)
-    qsort (names.v, names.n, sizeof *names.v, cmp_str);
-  for (size_t i = 0; i < names.n; i++) {
+  if (nents)
+    qsort (ents, nents, sizeof *ents, cmp_dent);
+  for (size_t i = 0; i < nents; i++) {
     struct meta_moment_priv *mp;
-    char *path = joinf ("%s/%s", s->dir, names.v[i]);
+    char *path = joinf ("%s/%s", s->dir, ents[i].name);
     char *buf = NULL, *want;
     size_t len;
     uint64_t size = 0;
-    struct stat st;
-    int r;
+    mode_t mode = 0;
+    int r, fd;
 
     if (path == NULL)
       goto out;
-    if (m->sysroot && lstat (path, &st) == 0 && S_ISLNK (st.st_mode)) {
-      meta_add_finding (m, MP_NOT_A_FILE, s->kind, QK_NONE, "%s is a "
-                        "symbolic link; not followed under a sysroot", path);
+    /* under a sysroot, a symlink is followed inside it only */
+    fd = m->sysroot ? meta_open (m, path, O_RDONLY | O_NONBLOCK)
+      : openat (dirfd (d), ents[i].name,
+                O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    r = fd < 0 ? -1 : read_limited_fd (fd, m->lim.max_size, &buf, &len,
+                                       &size, &mode);
+    if (r < 0 && fd >= 0 && errno == EINVAL && !S_ISDIR (mode)) {
+      meta_add_finding (m, MP_BLOCKING_FILE, s->kind, QK_NONE, "%s is %s: "
+                        "libvirt reads every entry when its QEMU driver "
+                        "starts and blocks on it", path, file_type (mode));
       free (path);
       continue;
     }
-    if (stat (path, &st) < 0 || !S_ISREG (st.st_mode)) {
+    if (r < 0 && (fd < 0 || errno == EINVAL)) {
       meta_add_finding (m, MP_NOT_A_FILE, s->kind, QK_NONE, "%s is not a "
-                        "regular file", path);
+                        "regular file (%s)", path,
+                        fd < 0 ? strerror (errno) : file_type (mode));
       free (path);
       continue;
     }
     mp = new_moment (s);
     if (mp == NULL || qk_strvec_add (&mp->strs, path) < 0) {
       free (path);
+      free (buf);
       goto out;
     }
+    mp->read_order = ents[i].order;
     mp->pub.file = path;
-    r = read_limited (path, m->lim.max_size, &buf, &len, &size);
     mp->file_size = size;
     if (r < 0) {
       meta_add_finding (m, MP_PARSE, s->kind, QK_NONE, "%s: %s", path,
@@ -567,6 +600,8 @@ load_per_file (struct qk_meta *m, struct meta_set *s)
       mp->parse_failed = true;
       continue;
     }
+    /* libvirt reads the file into a C string: it ends at a NUL byte */
+    len = strlen (buf);
     r = load_doc (m, s, mp, buf, len, path, NULL);
     free (buf);
     if (r < 0)
@@ -583,7 +618,7 @@ load_per_file (struct qk_meta *m, struct meta_set *s)
       want = joinf ("%s.xml", mp->pub.name);
       if (want == NULL)
         goto out;
-      if (strcmp (want, names.v[i]) != 0)
+      if (strcmp (want, ents[i].name) != 0)
         meta_add_finding (m, MP_FILE_NAME, s->kind, QK_NONE, "%s holds %s "
                           "'%s': the file should be named %s", path,
                           meta_kind_name (s->kind), mp->pub.name, want);
@@ -592,7 +627,12 @@ load_per_file (struct qk_meta *m, struct meta_set *s)
   }
   ret = 0;
 out:
-  qk_strvec_free (&names);
+  if (ret < 0 && errno == ENOMEM)
+    set_error (ENOMEM, "reading %s", s->dir);
+  closedir (d);
+  for (size_t i = 0; i < nents; i++)
+    free (ents[i].name);
+  free (ents);
   return ret;
 }
 
@@ -633,12 +673,22 @@ static int
 bulk_root (struct bulk *b, uint64_t start, uint64_t stop, bool empty)
 {
   /* Parse the root start tag alone, closed, to read current=. */
-  size_t off = start - b->acc_off, len = stop - start;
-  char *t = malloc (len + 2), err[256];
+  size_t off, len = stop - start;
+  char *t, err[256];
   xmlDocPtr doc;
 
-  if (t == NULL)
+  if (start < b->acc_off) {
+    bulk_invalid (b, start, "the root start tag is %" PRIu64 " bytes, over "
+                  "the %" PRIu64 "-byte limit", len, b->m->lim.max_size);
+    b->stop = true;
     return -1;
+  }
+  off = start - b->acc_off;
+  t = malloc (len + 2);
+  if (t == NULL) {
+    b->fail = 1;
+    return -1;
+  }
   memcpy (t, b->acc + off, len);
   if (!empty) {
     t[len - 1] = '/';
@@ -741,7 +791,8 @@ bulk_on_tag (void *opaque, bool end, bool empty, unsigned depth,
       b->elem_bad = true;
     }
     b->in_elem = true;
-    b->elem_skip = false;
+    /* a start tag over the limit was not kept: so is its element */
+    b->elem_skip = start < b->acc_off;
     b->elem_start = start;
     if (!empty)
       return 0;
@@ -768,17 +819,28 @@ bulk_on_text (void *opaque, unsigned depth, uint64_t at)
   return 0;
 }
 
+/* Stream the bulk file: memory stays within the per-element limit plus a
+ * read chunk, whatever the file holds (huge comments, tags, attributes,
+ * holes). Only a <domainsnapshot> element being read, or a tag that may
+ * start one (or the root's), is kept; NUL bytes are not XML. */
 static int
 load_bulk (struct qk_meta *m, struct meta_set *s)
 {
   struct bulk b = { .m = m, .s = s };
   struct xml_scan sc;
-  int fd = open (s->bulk, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  int fd = meta_open (m, s->bulk, O_RDONLY | O_NONBLOCK);
+  struct stat st;
   int ret = -1;
 
   if (fd < 0) {
     meta_add_finding (m, MP_BULK_INVALID, s->kind, QK_NONE, "%s: %s",
                       s->bulk, strerror (errno));
+    return 0;
+  }
+  if (fstat (fd, &st) < 0 || !S_ISREG (st.st_mode)) {
+    meta_add_finding (m, MP_BULK_INVALID, s->kind, QK_NONE, "%s is %s; not "
+                      "read", s->bulk, file_type (st.st_mode));
+    close (fd);
     return 0;
   }
   xml_scan_init (&sc, m->lim.max_depth);
@@ -788,15 +850,17 @@ load_bulk (struct qk_meta *m, struct meta_set *s)
   for (;;) {
     uint64_t keep;
     ssize_t n;
+    const char *nul;
 
     /* Drop what is no longer needed: everything before the element being
      * read, or before the tag being scanned. */
-    if (b.in_elem && !b.elem_skip)
-      keep = b.elem_start;
-    else if (!xml_scan_idle (&sc))
+    if (b.in_elem)
+      keep = b.elem_skip ? sc.pos : b.elem_start;
+    else if (!xml_scan_idle (&sc)
+             && sc.pos - sc.tag_start <= m->lim.max_size)
       keep = sc.tag_start;
     else
-      keep = sc.pos;
+      keep = sc.pos;      /* text, or a comment or tag over the limit */
     if (keep > b.acc_off) {
       size_t drop = keep - b.acc_off;
       if (drop > b.acc_len)
@@ -831,6 +895,13 @@ load_bulk (struct qk_meta *m, struct meta_set *s)
         bulk_invalid (&b, sc.pos, "%s", sc.errmsg);
       break;
     }
+    nul = memchr (b.acc + b.acc_len, '\0', n);
+    if (nul) {
+      bulk_invalid (&b, sc.pos + (nul - (b.acc + b.acc_len)), "a NUL byte at "
+                    "offset %" PRIu64 ": not XML",
+                    sc.pos + (uint64_t) (nul - (b.acc + b.acc_len)));
+      break;
+    }
     b.acc_len += n;
     if (xml_scan_feed (&sc, b.acc + b.acc_len - n, n) < 0) {
       if (b.fail)
@@ -859,14 +930,18 @@ load_domain (struct qk_meta *m)
   char *buf = NULL, err[256];
   size_t len;
   uint64_t size;
+  mode_t mode;
   struct xml_scan sc;
   xmlDocPtr doc;
   int r;
 
-  r = read_limited (m->config_file, m->lim.max_size, &buf, &len, &size);
+  r = read_limited (m, m->config_file, m->lim.max_size, &buf, &len, &size,
+                    &mode);
   if (r != 0) {
     meta_add_finding (m, MP_NO_DOMAIN, -1, QK_NONE, "%s: %s", m->config_file,
-                      r > 0 ? "too large" : strerror (errno));
+                      r > 0 ? "too large"
+                      : errno == EINVAL && mode ? file_type (mode)
+                      : strerror (errno));
     return 0;
   }
   xml_scan_init (&sc, m->lim.max_depth);
@@ -917,22 +992,38 @@ load_set (struct qk_meta *m, int kind)
     free (base);
     return -1;
   }
-  is_dir = stat (s->dir, &st) == 0 && S_ISDIR (st.st_mode);
-  bulk_file = stat (s->bulk, &st) == 0 && S_ISREG (st.st_mode);
-  bulk_dir = !bulk_file && stat (s->bulk, &st) == 0 && S_ISDIR (st.st_mode);
+  is_dir = meta_stat (m, s->dir, &st) == 0 && S_ISDIR (st.st_mode);
+  bulk_file = bulk_dir = false;
+  if (meta_stat (m, s->bulk, &st) == 0) {
+    bulk_file = S_ISREG (st.st_mode);
+    bulk_dir = S_ISDIR (st.st_mode);
+    if (!bulk_file && !bulk_dir)
+      meta_add_finding (m, MP_BLOCKING_FILE, kind, QK_NONE, "%s is %s, not "
+                        "a bulk file; not read", s->bulk, file_type (st.st_mode));
+  }
   if (bulk_dir)
     meta_add_finding (m, MP_LAYOUT_COLLISION, kind, QK_NONE, "%s is a "
                       "directory: the per-file %ss of a domain named "
                       "'%s.xml', not a bulk file of '%s'", s->bulk,
                       meta_kind_name (kind), m->domain, m->domain);
-  for (int i = 0; i < 3; i++) {
-    tmp = i == 0 ? joinf ("%s/.%s.qk-new", base, m->domain)
-        : i == 1 ? joinf ("%s/.%s.xml.qk-new", base, m->domain)
-        : joinf ("%s/.%s.qk-old", base, m->domain);
-    if (tmp && lstat (tmp, &st) == 0)
-      meta_add_finding (m, MP_LEFTOVER_TEMPORARY, kind, QK_NONE, "%s is left "
-                        "from an interrupted conversion", tmp);
-    free (tmp);
+  {
+    struct qk_saved_error sv;
+    int bfd;
+
+    qk_internal_save_error (&sv);
+    bfd = meta_open (m, base, O_RDONLY | O_DIRECTORY);
+    qk_internal_restore_error (&sv);
+    for (int i = 0; bfd >= 0 && i < 3; i++) {
+      tmp = i == 0 ? joinf (".%s.qk-new", m->domain)
+          : i == 1 ? joinf (".%s.xml.qk-new", m->domain)
+          : joinf (".%s.qk-old", m->domain);
+      if (tmp && fstatat (bfd, tmp, &st, AT_SYMLINK_NOFOLLOW) == 0)
+        meta_add_finding (m, MP_LEFTOVER_TEMPORARY, kind, QK_NONE, "%s/%s is "
+                          "left from an interrupted conversion", base, tmp);
+      free (tmp);
+    }
+    if (bfd >= 0)
+      close (bfd);
   }
   free (base);
   if (is_dir && bulk_file)
@@ -969,6 +1060,18 @@ meta_load_set_at (struct qk_meta *m, struct meta_set *s)
   if (build_hash (m, s) < 0)
     return -1;
   meta_link (s);
+  if (s->multi_current && s->layout == QK_META_LAYOUT_PER_FILE) {
+    /* libvirt keeps the last claimant readdir gives it, not the last by
+     * name: predict its pick from the directory order */
+    size_t cur = QK_META_NONE;
+    for (size_t i = 0; i < s->n; i++)
+      if (s->m[i].pub.loaded && s->m[i].pub.active == 1
+          && (cur == QK_META_NONE
+              || s->m[i].read_order > s->m[cur].read_order))
+        cur = i;
+    s->claimed = cur;
+    s->current = s->relations_bad ? QK_META_NONE : cur;
+  }
   return 0;
 }
 
@@ -1035,8 +1138,14 @@ qk_meta_open (const char *domain, const struct qk_meta_options *opts)
     set_error (ENOMEM, "calloc");
     return NULL;
   }
+  m->root.fd = -1;
   m->domain = strdup (domain);
   m->sysroot = o.sysroot ? strdup (o.sysroot) : NULL;
+  if (qk_root_init (&m->root, o.sysroot, o.sysroot ? QK_ROOT_IN
+                                                   : QK_ROOT_HOST) < 0) {
+    qk_internal_prefix_error ("the sysroot");
+    goto fail;
+  }
   m->lim.max_size = o.max_file_size ? o.max_file_size : DEFAULT_MAX_FILE;
   m->lim.max_depth = o.max_depth ? o.max_depth : DEFAULT_MAX_DEPTH;
   if (o.libvirt_root) {
@@ -1107,6 +1216,7 @@ qk_meta_close (struct qk_meta *m)
   free (m->libvirt_root);
   free (m->config_file);
   free (m->state_logical);
+  qk_root_fini (&m->root);
   free (m);
 }
 

@@ -46,6 +46,20 @@ qk_internal_prefix_error (const char *fmt, ...)
   errno = errnum_last = e;
 }
 
+void
+qk_internal_save_error (struct qk_saved_error *sv)
+{
+  memcpy (sv->msg, errbuf, sizeof sv->msg);
+  sv->errnum = errnum_last;
+}
+
+void
+qk_internal_restore_error (const struct qk_saved_error *sv)
+{
+  memcpy (errbuf, sv->msg, sizeof errbuf);
+  errno = errnum_last = sv->errnum;
+}
+
 QK_EXPORT const char *
 qk_get_error (void)
 {
