@@ -63,7 +63,7 @@ crash_loop () {  # FROM TO OP EXTRA-OPTS
     if [ "$to" = per-file ] && [ "$(snapsum)" != "$wantsum" ]; then
       bad=1; diag "after $op-$n: the files differ"; break
     fi
-    ls -a "$R/lib/qemu/snapshot" | grep -q 'qk-new\|qk-old' && { bad=1; diag "$op-$n: temporaries left"; break; }
+    ls -a "$R/lib/qemu/snapshot" | grep -q 'qk-new\|qk-old\|qk-stage' && { bad=1; diag "$op-$n: temporaries left"; break; }
     # back to the starting layout for the next N
     Q convert d --to "$from" --no-backup > /dev/null 2>&1 || { bad=1; diag "cannot go back"; break; }
     rm -rf "$R"/lib/qemu/*/.d.*
@@ -85,20 +85,22 @@ Q convert d --to per-file --no-backup > /dev/null 2>&1
 rm -rf "$R"/lib/qemu/*/.d.*
 
 # killed before the commit point, then asked for the old layout: rolls back
-QCOWKIT_FAULT=after-fsync-2 Q convert d --to bulk > /dev/null 2>&1
+# (fsyncs: the staging marker, its directory, KIND/, then the bulk file)
+QCOWKIT_FAULT=after-fsync-4 Q convert d --to bulk > /dev/null 2>&1
 is "$?" 137 "killed after writing the bulk file, before the rename"
-ok "a temporary is left" test -e "$R/lib/qemu/snapshot/.d.xml.qk-new"
+ok "a temporary is left" test -e "$R/lib/qemu/snapshot/.d.qk-stage/new.xml"
 Q check d --no-images --output=json > "$T/c.json"
 is "$(problems "$T/c.json")" "LEFTOVER_TEMPORARY" "meta check reports the leftover temporary"
 ok "convert --to per-file rolls back" Q convert d --to per-file
-ok "no temporary is left" test ! -e "$R/lib/qemu/snapshot/.d.xml.qk-new"
+ok "no temporary is left" test ! -e "$R/lib/qemu/snapshot/.d.qk-stage"
 is "$(layout) $(snapsum | sha256sum)" "per-file $(echo "$wantsum" | sha256sum)" "the per-file layout is untouched"
 
 # killed right after the commit rename: both layouts, equal
 QCOWKIT_FAULT=after-rename-1 Q convert d --to bulk > /dev/null 2>&1
 is "$(layout)" both "killed after the commit: both layouts exist"
 Q check d --no-images --output=json > "$T/c.json"
-is "$(problems "$T/c.json")" "BOTH_LAYOUTS" "meta check reports both layouts"
+is "$(problems "$T/c.json")" "BOTH_LAYOUTS LEFTOVER_TEMPORARY" \
+  "meta check reports both layouts (and the staging directory)"
 ok "convert --to per-file completes towards per-file" Q convert d --to per-file
 is "$(layout) $(digest)" "per-file $want" "per-file, same content"
 rm -rf "$R"/lib/qemu/*/.d.*

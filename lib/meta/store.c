@@ -1013,9 +1013,10 @@ load_set (struct qk_meta *m, int kind)
     qk_internal_save_error (&sv);
     bfd = meta_open (m, base, O_RDONLY | O_DIRECTORY);
     qk_internal_restore_error (&sv);
-    for (int i = 0; bfd >= 0 && i < 3; i++) {
-      tmp = i == 0 ? joinf (".%s.qk-new", m->domain)
-          : i == 1 ? joinf (".%s.xml.qk-new", m->domain)
+    for (int i = 0; bfd >= 0 && i < 4; i++) {
+      tmp = i == 0 ? joinf (".%s.qk-stage", m->domain)
+          : i == 1 ? joinf (".%s.qk-new", m->domain)
+          : i == 2 ? joinf (".%s.xml.qk-new", m->domain)
           : joinf (".%s.qk-old", m->domain);
       if (tmp && fstatat (bfd, tmp, &st, AT_SYMLINK_NOFOLLOW) == 0)
         meta_add_finding (m, MP_LEFTOVER_TEMPORARY, kind, QK_NONE, "%s/%s is "
