@@ -814,12 +814,12 @@ only_moment_files (const struct place *pl, const struct meta_set *s)
     if (type_at (dirfd (d), e->d_name) == S_IFREG)
       for (size_t i = 0; !found && i < s->n; i++) {
         const char *f = s->m[i].pub.file, *sl = f ? strrchr (f, '/') : NULL;
-        found = sl && strcmp (sl + 1, e->d_name) == 0;
+        found = sl && convertible (&s->m[i]) && strcmp (sl + 1, e->d_name) == 0;
       }
     if (!found) {
-      set_error (EEXIST, "%s/%s/%s is not a metadata file that was read; "
-                 "--no-backup deletes only those: move it away, or convert "
-                 "with a backup", pl->base_path, pl->dir, e->d_name);
+      set_error (EEXIST, "%s/%s/%s is not a metadata file that is carried "
+                 "over; --no-backup deletes only those: move it away, or "
+                 "convert with a backup", pl->base_path, pl->dir, e->d_name);
       ret = -1;
     }
   }

@@ -302,11 +302,23 @@ meta_lookup (const struct meta_set *s, const char *name)
   }
 }
 
+struct order {
+  size_t read_order, index;
+};
+
+static int
+cmp_order (const void *a, const void *b)
+{
+  const struct order *x = a, *y = b;
+  return x->read_order < y->read_order ? -1 : x->read_order > y->read_order;
+}
+
 /* Index the loaded moments by name; later duplicates are not loaded. */
 static int
 build_hash (struct qk_meta *m, struct meta_set *s)
 {
-  size_t cap = 16, *ord;
+  size_t cap = 16;
+  struct order *ord;
 
   while (cap < s->n * 2 + 2)
     cap *= 2;
@@ -320,13 +332,11 @@ build_hash (struct qk_meta *m, struct meta_set *s)
   if (ord == NULL)
     return -1;
   for (size_t i = 0; i < s->n; i++)
-    ord[i] = SIZE_MAX;
-  for (size_t i = 0; i < s->n; i++)
-    ord[s->m[i].read_order < s->n ? s->m[i].read_order : i] = i;
+    ord[i] = (struct order) { s->m[i].read_order, i };
+  if (s->n)
+    qsort (ord, s->n, sizeof *ord, cmp_order);
   for (size_t oi = 0; oi < s->n; oi++) {
-    size_t i = ord[oi];
-    if (i == SIZE_MAX)
-      continue;
+    size_t i = ord[oi].index;
     struct meta_moment_priv *mp = &s->m[i];
     size_t j;
 
