@@ -292,150 +292,192 @@ meta_check_cmd (struct meta_cli *c)
 
 /* ---- tree ---- */
 
+/* Levels drawn with virsh's indentation, 4 columns each: a tree this deep
+ * still fits 80 columns. A deeper moment is drawn at the column of this
+ * level, its name after "[+K] " for the K levels not drawn, so that a line
+ * stays short and the output linear in the number of moments, however deep
+ * the tree. */
+#define TREE_LEVELS 16
+
 struct tree {
   struct qk_meta *m;
   int kind;
-  size_t *order;     /* indices sorted by name */
+  size_t *order;     /* the loaded moments, sorted by name */
   size_t n;
-  char *indent;
-  size_t ilen, icap;
+  size_t *kid;       /* first child in name order (QK_META_NONE: none) */
+  size_t *next;      /* next sibling in name order */
+  char indent[4 * TREE_LEVELS + 4];
+  size_t ilen;
 };
+
+static const struct qk_meta_moment *
+mom (const struct tree *t, size_t id)
+{
+  return qk_meta_moment (t->m, t->kind, id);
+}
 
 static int
 by_name (const void *a, const void *b, void *opaque)
 {
-  struct tree *t = opaque;
-  const struct qk_meta_moment *x = qk_meta_moment (t->m, t->kind,
-                                                   *(const size_t *) a);
-  const struct qk_meta_moment *y = qk_meta_moment (t->m, t->kind,
-                                                   *(const size_t *) b);
+  const struct qk_meta_moment *x = mom (opaque, *(const size_t *) a);
+  const struct qk_meta_moment *y = mom (opaque, *(const size_t *) b);
+
   return strcmp (x->name ? x->name : "", y->name ? y->name : "");
 }
 
+/* Visit the subtree of root, children in name order, without recursion
+ * (a chain may be as deep as it has moments): fn (t, id, depth, false)
+ * before the children of id, fn (t, id, depth, true) after them. */
 static void
-ind_push (struct tree *t, const char *s)
+tree_walk (struct tree *t, size_t root,
+           void (*fn) (struct tree *t, size_t id, size_t depth, bool after))
 {
-  size_t n = strlen (s);
-  if (t->ilen + n + 1 > t->icap) {
-    t->icap = (t->ilen + n + 1) * 2;
-    t->indent = realloc (t->indent, t->icap);
-    if (t->indent == NULL)
-      abort ();
+  size_t id = root, depth = 0;
+
+  for (;;) {
+    fn (t, id, depth, false);
+    if (t->kid[id] != QK_META_NONE) {
+      id = t->kid[id];
+      depth++;
+      continue;
+    }
+    for (;;) {
+      fn (t, id, depth, true);
+      if (id == root)
+        return;
+      if (t->next[id] != QK_META_NONE) {
+        id = t->next[id];
+        break;
+      }
+      id = mom (t, id)->parent_index;
+      depth--;
+    }
   }
-  memcpy (t->indent + t->ilen, s, n + 1);
-  t->ilen += n;
 }
 
 static void
-ind_trim (struct tree *t, size_t n)
+ind_push (struct tree *t, const char *two)
 {
-  t->ilen -= n;
+  memcpy (t->indent + t->ilen, two, 2);
+  t->ilen += 2;
   t->indent[t->ilen] = '\0';
 }
 
-/* Children of i in name order: positions in t->order. */
-static size_t
-last_child (struct tree *t, size_t id)
+static void
+ind_trim (struct tree *t)
 {
-  size_t last = QK_META_NONE;
-  for (size_t c = qk_meta_moment (t->m, t->kind, id)->first_child;
-       c != QK_META_NONE; c = qk_meta_moment (t->m, t->kind, c)->next_sibling)
-    if (last == QK_META_NONE || by_name (&c, &last, t) > 0)
-      last = c;
-  return last;
+  t->ilen -= 2;
+  t->indent[t->ilen] = '\0';
 }
 
-/* virsh's vshTreePrintInternal, so that the output compares equal. */
+/* One step of virsh's vshTreePrintInternal, so that the output compares
+ * equal (for trees up to TREE_LEVELS deep). */
 static void
-tree_print (struct tree *t, size_t id, size_t lastdev, bool root)
+tree_line (struct tree *t, size_t id, size_t depth, bool after)
 {
-  const struct qk_meta_moment *p = qk_meta_moment (t->m, t->kind, id);
-  size_t next_last = last_child (t, id);
-  size_t *kids = NULL, nk = 0, cap = 0;
+  const struct qk_meta_moment *p = mom (t, id);
+  bool root = depth == 0;
+  bool last = root || t->next[id] == QK_META_NONE;
+  bool kids = t->kid[id] != QK_META_NONE;
+  bool drawn = depth < TREE_LEVELS;    /* its children a level further in */
 
-  printf ("%s%s%s\n", t->indent, root ? "" : "+- ", p->name);
-  if (!root)
-    ind_push (t, id == lastdev ? "  " : "| ");
-  if (next_last != QK_META_NONE)
-    printf ("%s  |\n", t->indent);
-  ind_push (t, "  ");
-  for (size_t c = p->first_child; c != QK_META_NONE;
-       c = qk_meta_moment (t->m, t->kind, c)->next_sibling) {
-    if (nk == cap) {
-      cap = cap ? 2 * cap : 8;
-      kids = realloc (kids, cap * sizeof *kids);
-      if (kids == NULL)
-        abort ();
-    }
-    kids[nk++] = c;
+  if (!after) {
+    if (root)
+      printf ("%s\n", p->name);
+    else if (depth <= TREE_LEVELS)
+      printf ("%s+- %s\n", t->indent, p->name);
+    else
+      printf ("%s+- [+%zu] %s\n", t->indent, depth - TREE_LEVELS, p->name);
+    if (!root && drawn)
+      ind_push (t, last ? "  " : "| ");
+    if (kids)
+      printf ("%s%s\n", t->indent, drawn ? "  |" : "|");
+    if (drawn)
+      ind_push (t, "  ");
+    return;
   }
-  if (nk)
-    qsort_r (kids, nk, sizeof *kids, by_name, t);
-  for (size_t k = 0; k < nk; k++)
-    tree_print (t, kids[k], next_last, false);
-  free (kids);
-  ind_trim (t, 2);
-  if (next_last == QK_META_NONE && id == lastdev)
+  if (drawn)
+    ind_trim (t);
+  if (!kids && last)
     printf ("%s\n", t->indent);
-  if (!root)
-    ind_trim (t, 2);
+  if (!root && drawn)
+    ind_trim (t);
 }
 
 static void
+tree_json (struct tree *t, size_t cur, struct qk_json *j)
+{
+  for (size_t i = 0; i < t->n; i++) {
+    size_t id = t->order[i];
+    const struct qk_meta_moment *p = mom (t, id);
+
+    qk_json_object_begin (j, NULL);
+    qk_json_string (j, "name", p->name);
+    if (p->parent_index != QK_META_NONE)
+      qk_json_string (j, "parent", mom (t, p->parent_index)->name);
+    else
+      qk_json_null (j, "parent");
+    if (p->state)
+      qk_json_string (j, "state", p->state);
+    if (p->has_creation_time)
+      qk_json_int (j, "creation-time", p->creation_time);
+    qk_json_bool (j, "current", id == cur);
+    qk_json_array_begin (j, "children");
+    for (size_t ch = t->kid[id]; ch != QK_META_NONE; ch = t->next[ch])
+      qk_json_string (j, NULL, mom (t, ch)->name);
+    qk_json_array_end (j);
+    qk_json_object_end (j);
+  }
+}
+
+static int
 tree_kind (struct meta_cli *c, struct qk_meta *m, int k, struct qk_json *j)
 {
   struct tree t = { .m = m, .kind = k };
   size_t n = qk_meta_count (m, k), cur = qk_meta_current (m, k);
 
-  t.order = malloc ((n ? n : 1) * sizeof *t.order);
-  if (t.order == NULL)
-    abort ();
-  for (size_t i = 0; i < n; i++)
+  if (n > SIZE_MAX / (3 * sizeof *t.order)
+      || (t.order = malloc ((n ? n : 1) * 3 * sizeof *t.order)) == NULL) {
+    errx_ ("%s: out of memory", kind_plural (k));
+    return -1;
+  }
+  t.kid = t.order + n;
+  t.next = t.kid + n;
+  for (size_t i = 0; i < n; i++) {
+    t.kid[i] = t.next[i] = QK_META_NONE;
     if (qk_meta_moment (m, k, i)->loaded)
       t.order[t.n++] = i;
+  }
   qsort_r (t.order, t.n, sizeof *t.order, by_name, &t);
+  /* children in name order: prepend them in reverse */
+  for (size_t i = t.n; i-- > 0;) {
+    size_t id = t.order[i], par = mom (&t, id)->parent_index;
+    if (par != QK_META_NONE) {
+      t.next[id] = t.kid[par];
+      t.kid[par] = id;
+    }
+  }
   if (j) {
     qk_json_object_begin (j, kind_plural (k));
     qk_json_string (j, "layout", layout_name (qk_meta_layout (m, k)));
     if (cur != QK_META_NONE)
-      qk_json_string (j, "current", qk_meta_moment (m, k, cur)->name);
+      qk_json_string (j, "current", mom (&t, cur)->name);
     else
       qk_json_null (j, "current");
     qk_json_array_begin (j, "moments");
-    for (size_t i = 0; i < t.n; i++) {
-      const struct qk_meta_moment *p = qk_meta_moment (m, k, t.order[i]);
-      qk_json_object_begin (j, NULL);
-      qk_json_string (j, "name", p->name);
-      if (p->parent_index != QK_META_NONE)
-        qk_json_string (j, "parent",
-                        qk_meta_moment (m, k, p->parent_index)->name);
-      else
-        qk_json_null (j, "parent");
-      if (p->state)
-        qk_json_string (j, "state", p->state);
-      if (p->has_creation_time)
-        qk_json_int (j, "creation-time", p->creation_time);
-      qk_json_bool (j, "current", t.order[i] == cur);
-      qk_json_array_begin (j, "children");
-      for (size_t ch = p->first_child; ch != QK_META_NONE;
-           ch = qk_meta_moment (m, k, ch)->next_sibling)
-        qk_json_string (j, NULL, qk_meta_moment (m, k, ch)->name);
-      qk_json_array_end (j);
-      qk_json_object_end (j);
-    }
+    tree_json (&t, cur, j);
     qk_json_array_end (j);
     qk_json_object_end (j);
   }
   else {
     if (c->kind == -1)
       printf ("%s%s:\n", k == QK_META_CHECKPOINT ? "\n" : "", kind_plural (k));
-    ind_push (&t, "");
     for (size_t i = 0; i < t.n; i++)
-      if (qk_meta_moment (m, k, t.order[i])->parent_index == QK_META_NONE)
-        tree_print (&t, t.order[i], t.order[i], true);
-    free (t.indent);
+      if (mom (&t, t.order[i])->parent_index == QK_META_NONE)
+        tree_walk (&t, t.order[i], tree_line);
   }
   free (t.order);
+  return 0;
 }
 
 static int
@@ -443,6 +485,7 @@ meta_tree_cmd (struct meta_cli *c)
 {
   struct qk_meta *m = open_meta (c);
   struct qk_json *j = NULL;
+  int ret = EXIT_OK;
 
   if (m == NULL)
     return EXIT_ERR;
@@ -452,15 +495,15 @@ meta_tree_cmd (struct meta_cli *c)
     qk_json_string (j, "domain", c->domain);
   }
   for (int k = 0; k < 2; k++)
-    if (c->kind == -1 || c->kind == k)
-      tree_kind (c, m, k, j);
+    if ((c->kind == -1 || c->kind == k) && tree_kind (c, m, k, j) < 0)
+      ret = EXIT_ERR;
   if (j) {
     qk_json_object_end (j);
     qk_json_free (j);
     putchar ('\n');
   }
   qk_meta_close (m);
-  return EXIT_OK;
+  return ret;
 }
 
 /* ---- convert ---- */
