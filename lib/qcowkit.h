@@ -363,8 +363,19 @@ struct qk_meta_domain_disk {
   const char *format;        /* <driver type=> */
 };
 
+/* Why virsh's tree (snapshot-list --tree, checkpoint-list --tree) does not
+ * show a moment: libvirt 9.0 keeps such moments, but virsh draws the tree
+ * from the roots by parent name, so a moment whose parent chain does not
+ * reach a root is hidden with its whole subtree. */
+#define QK_META_DETACHED_NONE           0  /* shown (or not loaded) */
+#define QK_META_DETACHED_MISSING_PARENT 1  /* names a parent not loaded */
+#define QK_META_DETACHED_SELF_PARENT    2  /* is its own parent */
+#define QK_META_DETACHED_CYCLE          3  /* in a cycle of parent links */
+#define QK_META_DETACHED_BELOW          4  /* below a detached moment */
+
 /* One snapshot or checkpoint. Links are what libvirt makes at load:
- * moments with a missing parent or in a cycle are roots. */
+ * moments with a missing parent, their own parent, or in a cycle are
+ * roots (see detached). */
 struct qk_meta_moment {
   int kind;                  /* QK_META_SNAPSHOT or QK_META_CHECKPOINT */
   const char *name;          /* NULL when missing */
@@ -385,6 +396,8 @@ struct qk_meta_moment {
   size_t parent_index;       /* QK_META_NONE for roots */
   size_t first_child;
   size_t next_sibling;
+  int detached;              /* QK_META_DETACHED_*; new fields go after
+                                it (the library allocates the struct) */
 };
 
 extern struct qk_meta *qk_meta_open (const char *domain,

@@ -1,12 +1,18 @@
 #!/bin/bash
-# meta tree and meta check on a chain of 200,000 snapshots: both complete
-# in 1 GiB of address space (no recursion on the depth), and the tree's
-# output is linear in the number of snapshots (the indentation stops at a
-# fixed depth and the rest of the depth is a number).
+# meta tree and meta check on a chain of 200,000 snapshots (also below a
+# missing parent, and closed into a cycle): both complete in 1 GiB of
+# address space (no recursion on the depth), and the tree's output is
+# linear in the number of snapshots (the indentation stops at a fixed
+# depth and the rest of the depth is a number).
+# Damaged trees (a missing parent, a snapshot its own parent, cycles, a
+# parent libvirt skips) against a fresh embedded libvirt each: meta tree
+# shows what virsh snapshot-list --tree (checkpoint-list --tree) shows,
+# lists as detached exactly what virsh's tree omits, and its current
+# snapshot is virsh's snapshot-current.
 srcdir=${srcdir:-.}
 . "$srcdir/tests/tap.sh"
 . "$srcdir/tests/meta-lib.sh"
-require jq
+require jq virsh
 scratch
 
 # A sanitizer build reserves terabytes of shadow memory: no ulimit -v there
@@ -70,6 +76,106 @@ is "$(jq -r '.snapshots | (.moments | length), .moments[0].name, (.moments[] | s
 run check qcowkit meta check --no-images --libvirt-root "$R" d
 is "$rc" 0 "meta check of the chain completes in 1 GiB and finds it clean"
 ok "and says so" grep -q "^No errors were found" "$T/check.out"
+
+# the same chain below a missing parent: one detached subtree, as deep
+F=$R/lib/qemu/snapshot/d.xml
+sed -i '0,/<name>s0<\/name>/s||<name>s0</name>\n    <parent>\n      <name>gone</name>\n    </parent>|' "$F"
+run detached qcowkit meta tree --libvirt-root "$R" d
+is "$rc" 0 "the chain below a missing parent: meta tree completes in 1 GiB"
+is "$(head -2 "$T/detached.out")" "detached (libvirt's tree does not show these):
+s0 (parent 'gone' does not exist)" "and shows all of it as one detached subtree"
+is "$(wc -l < "$T/detached.out")" $((2 * N + 1)) "drawn as before, below the heading"
+# and a cycle through all of it
+sed -i '0,/<name>gone<\/name>/s||<name>s199999</name>|' "$F"
+run cycle qcowkit meta check --no-images --output=json --libvirt-root "$R" d
+is "$rc $(jq '[.problems[] | select(.name == "CYCLE")] | length' "$T/cycle.out")" "2 $N" \
+  "a cycle through all $N: meta check completes in 1 GiB and names every member"
 rm -rf "$R"
+
+# ---- libvirt's view of damaged trees ----
+R=$T/lv
+mkdir -p "$R/etc"
+# user root: no libvirt-qemu account needed, and the capability cache stays
+# valid between the virsh processes
+printf 'stdio_handler = "file"\nuser = "root"\ngroup = "root"\n' \
+  > "$R/etc/qemu.conf"
+V () { timeout 120 virsh -q -c "qemu:///embed?root=$R" "$@"; }
+Q () { qcowkit meta "$1" --libvirt-root "$R" "${@:2}"; }
+# tree_names: the names in a tree drawing (virsh's or ours), sorted
+tree_names () {
+  sed -E 's/^[ |]*//; s/^\+- (\[\+[0-9]+\] )?//; s/ \(.*$//' | grep -v '^$' | sort
+}
+# damage KIND N SHAPE EDIT FILE...: a fresh per-file tree of N moments, then
+# each EDIT (a sed script, or rm) applied to FILE
+damage () {
+  local kind=$1 n=$2 shape=$3; shift 3
+  rm -rf "$R/lib/qemu/snapshot" "$R/lib/qemu/checkpoint"
+  meta_gen "$R" vm1 "$n" per-file "$shape" 0 "$kind"
+  while [ $# -ge 2 ]; do
+    if [ "$1" = rm ]; then rm "$R/lib/qemu/$kind/vm1/$2"
+    else sed -i "$1" "$R/lib/qemu/$kind/vm1/$2"; fi
+    shift 2
+  done
+}
+# lv_case NAME KIND "ROOT:REASON..." EDIT FILE...: a binary tree of 12
+# (s_i the child of s_((i-1)/2), s11 current), damaged, against a virsh
+# started on it; ROOT:REASON are the detached subtrees qcowkit must name
+lv_case () {
+  local name=$1 kind=$2 roots=$3; shift 3
+  local list=$kind-list plural=${kind}s
+  damage "$kind" 12 binary "$@"
+  if ! V "$list vm1 --tree; echo @@; $list vm1 --name; echo @@; snapshot-current vm1 --name" \
+       > "$T/v.raw" 2> "$T/v.err"; then
+    if ! grep -q "no current snapshot" "$T/v.err"; then
+      fail "$name: virsh reads the metadata" "$(head -5 "$T/v.err")"
+      return
+    fi
+  fi
+  local vtree vnames vcur hidden
+  # virsh's echo ends no line (nor does snapshot-current --name)
+  sed 's/@@/\n@@\n/g' "$T/v.raw" > "$T/v.out"
+  vtree=$(awk '/^@@$/ { exit } { print }' "$T/v.out")
+  vnames=$(awk '/^@@/ { s++; next } s == 1' "$T/v.out" | grep -v '^$' | sort)
+  vcur=$(awk '/^@@/ { s++; next } s == 2' "$T/v.out")
+  hidden=$(comm -23 <(echo "$vnames") <(echo "$vtree" | tree_names))
+  Q tree --kind "$kind" vm1 > "$T/q.out" 2>&1
+  Q tree --kind "$kind" --output=json vm1 > "$T/q.json" 2>&1
+  is "$(sed '/^detached (/,$d' "$T/q.out")" "$vtree" "$name: meta tree shows what virsh's $list --tree shows"
+  is "$(jq -r ".$plural.moments[] | select(.detached) | .name" "$T/q.json" | sort)" "$hidden" \
+    "$name: JSON marks as detached what virsh's tree omits: $(echo ${hidden:-none})"
+  is "$(sed -n '/^detached (/,$p' "$T/q.out" | tail -n +2 | tree_names)" "$hidden" \
+    "$name: and the human output lists them below its heading"
+  is "$(jq -r "[.$plural.moments[] | select(.detached and .\"detached-reason\" != \"below-detached\") | .name + \":\" + .\"detached-reason\"] | join(\" \")" "$T/q.json")" \
+    "$roots" "$name: the detached subtrees and why: ${roots:-none}"
+  is "$(jq ".$plural.moments | length" "$T/q.json")" "$(echo "$vnames" | grep -c .)" \
+    "$name: libvirt keeps them all ($list --name)"
+  if [ "$kind" = snapshot ]; then
+    is "$(jq -r '.snapshots.current // ""' "$T/q.json")" "$vcur" \
+      "$name: current is virsh's snapshot-current: ${vcur:-none}"
+  fi
+}
+P0='s|<name>s0</name>|<name>%s</name>|'
+lv_case "clean" snapshot ""
+lv_case "a second root" snapshot "" '/<parent>/,/<\/parent>/d' s1.xml
+lv_case "a missing parent" snapshot "s1:missing-parent" "$(printf "$P0" nope)" s1.xml
+lv_case "its own parent (holding the current one)" snapshot "s2:self-parent" "$(printf "$P0" s2)" s2.xml
+lv_case "a cycle of two" snapshot "s1:cycle s3:cycle" "$(printf "$P0" s3)" s1.xml
+lv_case "a cycle of three" snapshot "s1:cycle s3:cycle s7:cycle" "$(printf "$P0" s7)" s1.xml
+lv_case "a parent's file deleted" snapshot "s3:missing-parent s4:missing-parent" rm s1.xml
+lv_case "a parent libvirt skips" snapshot "s5:missing-parent s6:missing-parent" '/<state>/d' s2.xml
+lv_case "two kinds of damage" snapshot "s2:self-parent s3:missing-parent" \
+  "$(printf "$P0" s2)" s2.xml 's|<name>s1</name>|<name>gone</name>|' s3.xml
+lv_case "checkpoints: clean" checkpoint ""
+lv_case "checkpoints: a missing parent" checkpoint "s1:missing-parent" "$(printf "$P0" nope)" s1.xml
+lv_case "checkpoints: a cycle" checkpoint "s1:cycle s3:cycle" "$(printf "$P0" s3)" s1.xml
+
+# a chain deeper than the indentation: virsh's lines down to the 16th level
+damage snapshot 20 per-file chain
+V snapshot-list vm1 --tree > "$T/v.out" 2>&1
+Q tree vm1 > "$T/q.out" 2>&1
+is "$(head -n $((2 * L + 1)) "$T/q.out")" "$(head -n $((2 * L + 1)) "$T/v.out")" \
+  "a 20-deep chain: meta tree draws levels 0 to $L as virsh does"
+is "$(sed -n "$((2 * L + 2)),\$p" "$T/q.out" | tree_names | tr '\n' ' ')" "$(seq -f 's%g' 17 19 | tr '\n' ' ')" \
+  "and the deeper ones after them"
 
 done_testing

@@ -306,6 +306,8 @@ struct tree {
   size_t n;
   size_t *kid;       /* first child in name order (QK_META_NONE: none) */
   size_t *next;      /* next sibling in name order */
+  size_t *droot;     /* JSON: the root of a detached moment's subtree */
+  size_t root;       /* of the walk under way */
   char indent[4 * TREE_LEVELS + 4];
   size_t ilen;
 };
@@ -334,6 +336,7 @@ tree_walk (struct tree *t, size_t root,
 {
   size_t id = root, depth = 0;
 
+  t->root = root;
   for (;;) {
     fn (t, id, depth, false);
     if (t->kid[id] != QK_META_NONE) {
@@ -370,6 +373,23 @@ ind_trim (struct tree *t)
   t->indent[t->ilen] = '\0';
 }
 
+/* Why a detached subtree's root is not in libvirt's tree. */
+static void
+print_detached_why (const struct qk_meta_moment *p)
+{
+  switch (p->detached) {
+  case QK_META_DETACHED_MISSING_PARENT:
+    printf (" (parent '%s' does not exist)", p->parent);
+    break;
+  case QK_META_DETACHED_SELF_PARENT:
+    printf (" (its own parent)");
+    break;
+  case QK_META_DETACHED_CYCLE:
+    printf (" (in a parent cycle, parent '%s')", p->parent);
+    break;
+  }
+}
+
 /* One step of virsh's vshTreePrintInternal, so that the output compares
  * equal (for trees up to TREE_LEVELS deep). */
 static void
@@ -382,8 +402,11 @@ tree_line (struct tree *t, size_t id, size_t depth, bool after)
   bool drawn = depth < TREE_LEVELS;    /* its children a level further in */
 
   if (!after) {
-    if (root)
-      printf ("%s\n", p->name);
+    if (root) {
+      printf ("%s", p->name);
+      print_detached_why (p);
+      putchar ('\n');
+    }
     else if (depth <= TREE_LEVELS)
       printf ("%s+- %s\n", t->indent, p->name);
     else
@@ -405,6 +428,25 @@ tree_line (struct tree *t, size_t id, size_t depth, bool after)
 }
 
 static void
+set_droot (struct tree *t, size_t id, size_t depth, bool after)
+{
+  (void) depth;
+  if (!after)
+    t->droot[id] = t->root;
+}
+
+static const char *
+detached_key (int why)
+{
+  switch (why) {
+  case QK_META_DETACHED_MISSING_PARENT: return "missing-parent";
+  case QK_META_DETACHED_SELF_PARENT: return "self-parent";
+  case QK_META_DETACHED_CYCLE: return "cycle";
+  default: return "below-detached";
+  }
+}
+
+static void
 tree_json (struct tree *t, size_t cur, struct qk_json *j)
 {
   for (size_t i = 0; i < t->n; i++) {
@@ -413,8 +455,8 @@ tree_json (struct tree *t, size_t cur, struct qk_json *j)
 
     qk_json_object_begin (j, NULL);
     qk_json_string (j, "name", p->name);
-    if (p->parent_index != QK_META_NONE)
-      qk_json_string (j, "parent", mom (t, p->parent_index)->name);
+    if (p->parent)
+      qk_json_string (j, "parent", p->parent);
     else
       qk_json_null (j, "parent");
     if (p->state)
@@ -422,6 +464,11 @@ tree_json (struct tree *t, size_t cur, struct qk_json *j)
     if (p->has_creation_time)
       qk_json_int (j, "creation-time", p->creation_time);
     qk_json_bool (j, "current", id == cur);
+    qk_json_bool (j, "detached", p->detached != QK_META_DETACHED_NONE);
+    if (p->detached != QK_META_DETACHED_NONE) {
+      qk_json_string (j, "detached-reason", detached_key (p->detached));
+      qk_json_string (j, "detached-root", mom (t, t->droot[id])->name);
+    }
     qk_json_array_begin (j, "children");
     for (size_t ch = t->kid[id]; ch != QK_META_NONE; ch = t->next[ch])
       qk_json_string (j, NULL, mom (t, ch)->name);
@@ -434,15 +481,16 @@ static int
 tree_kind (struct meta_cli *c, struct qk_meta *m, int k, struct qk_json *j)
 {
   struct tree t = { .m = m, .kind = k };
-  size_t n = qk_meta_count (m, k), cur = qk_meta_current (m, k);
+  size_t n = qk_meta_count (m, k), cur = qk_meta_current (m, k), ndet = 0;
 
-  if (n > SIZE_MAX / (3 * sizeof *t.order)
-      || (t.order = malloc ((n ? n : 1) * 3 * sizeof *t.order)) == NULL) {
+  if (n > SIZE_MAX / (4 * sizeof *t.order)
+      || (t.order = malloc ((n ? n : 1) * 4 * sizeof *t.order)) == NULL) {
     errx_ ("%s: out of memory", kind_plural (k));
     return -1;
   }
   t.kid = t.order + n;
   t.next = t.kid + n;
+  t.droot = t.next + n;
   for (size_t i = 0; i < n; i++) {
     t.kid[i] = t.next[i] = QK_META_NONE;
     if (qk_meta_moment (m, k, i)->loaded)
@@ -455,6 +503,15 @@ tree_kind (struct meta_cli *c, struct qk_meta *m, int k, struct qk_json *j)
     if (par != QK_META_NONE) {
       t.next[id] = t.kid[par];
       t.kid[par] = id;
+    }
+  }
+  for (size_t i = 0; i < t.n; i++) {
+    const struct qk_meta_moment *p = mom (&t, t.order[i]);
+    if (p->parent_index == QK_META_NONE
+        && p->detached != QK_META_DETACHED_NONE) {
+      ndet++;
+      if (j)
+        tree_walk (&t, t.order[i], set_droot);
     }
   }
   if (j) {
@@ -472,9 +529,17 @@ tree_kind (struct meta_cli *c, struct qk_meta *m, int k, struct qk_json *j)
   else {
     if (c->kind == -1)
       printf ("%s%s:\n", k == QK_META_CHECKPOINT ? "\n" : "", kind_plural (k));
-    for (size_t i = 0; i < t.n; i++)
-      if (mom (&t, t.order[i])->parent_index == QK_META_NONE)
-        tree_walk (&t, t.order[i], tree_line);
+    /* libvirt's tree, then the subtrees it hides */
+    for (int detached = 0; detached < 2; detached++) {
+      if (detached && ndet)
+        printf ("detached (libvirt's tree does not show these):\n");
+      for (size_t i = 0; i < t.n; i++) {
+        const struct qk_meta_moment *p = mom (&t, t.order[i]);
+        if (p->parent_index == QK_META_NONE
+            && (p->detached != QK_META_DETACHED_NONE) == detached)
+          tree_walk (&t, t.order[i], tree_line);
+      }
+    }
   }
   free (t.order);
   return 0;

@@ -9,14 +9,87 @@
 
 #include "meta/meta.h"
 
+/* Mark the moments whose parent links lead back to themselves and make
+ * them roots. Each walk follows parent links from one moment until a root
+ * or a moment already seen, so the whole pass is linear and needs no
+ * memory: the detached field holds the walk state meanwhile. */
+static void
+break_cycles (struct meta_set *s)
+{
+  enum { UNSEEN, ON_WALK, DONE };
+  struct meta_moment_priv *m = s->m;
+
+  for (size_t i = 0; i < s->n; i++)
+    m[i].pub.detached = UNSEEN;
+  for (size_t i = 0; i < s->n; i++) {
+    size_t k = i;
+
+    while (k != QK_META_NONE && m[k].pub.detached == UNSEEN) {
+      m[k].pub.detached = ON_WALK;
+      k = m[k].pub.parent_index;
+    }
+    if (k != QK_META_NONE && m[k].pub.detached == ON_WALK) {
+      /* k is on this walk: following its parents comes back to it */
+      size_t c = k;
+      do {
+        m[c].in_cycle = true;
+        c = m[c].pub.parent_index;
+      } while (c != k);
+      s->relations_bad = true;
+    }
+    for (k = i; k != QK_META_NONE && m[k].pub.detached == ON_WALK;
+         k = m[k].pub.parent_index)
+      m[k].pub.detached = DONE;
+  }
+  for (size_t i = 0; i < s->n; i++) {
+    m[i].pub.detached = QK_META_DETACHED_NONE;
+    if (m[i].in_cycle)
+      m[i].pub.parent_index = QK_META_NONE;
+  }
+}
+
+/* What virsh's tree hides. libvirt 9.0 keeps every loaded moment, but
+ * virsh draws the tree from the roots by parent name, so a moment whose
+ * parent is missing, itself, or in a cycle is never reached, nor is
+ * anything below it. Walks each such subtree without recursion. */
+static void
+mark_detached (struct meta_set *s)
+{
+  struct meta_moment_priv *m = s->m;
+
+  for (size_t i = 0; i < s->n; i++) {
+    size_t k;
+
+    if (!m[i].pub.loaded)
+      continue;
+    if (m[i].self_parent)
+      m[i].pub.detached = QK_META_DETACHED_SELF_PARENT;
+    else if (m[i].missing_parent)
+      m[i].pub.detached = QK_META_DETACHED_MISSING_PARENT;
+    else if (m[i].in_cycle)
+      m[i].pub.detached = QK_META_DETACHED_CYCLE;
+    else
+      continue;
+    for (k = m[i].pub.first_child; k != QK_META_NONE;) {
+      m[k].pub.detached = QK_META_DETACHED_BELOW;
+      if (m[k].pub.first_child != QK_META_NONE) {
+        k = m[k].pub.first_child;
+        continue;
+      }
+      while (k != i && m[k].pub.next_sibling == QK_META_NONE)
+        k = m[k].pub.parent_index;
+      k = k == i ? QK_META_NONE : m[k].pub.next_sibling;
+    }
+  }
+}
+
 /* Link parents and children; find the current moment the way libvirt
  * would. Moments with a missing parent, their own parent, or in a cycle
- * become roots; any of those makes libvirt forget the current one. */
+ * become roots, and virsh's tree hides them with their subtrees; any of
+ * those makes libvirt forget the current one. */
 void
 meta_link (struct meta_set *s)
 {
-  unsigned char *state;
-  size_t *path;
   size_t claimants = 0, cur = QK_META_NONE;
 
   for (size_t i = 0; i < s->n; i++) {
@@ -25,6 +98,8 @@ meta_link (struct meta_set *s)
     size_t j;
 
     p->parent_index = p->first_child = p->next_sibling = QK_META_NONE;
+    p->detached = QK_META_DETACHED_NONE;
+    mp->self_parent = mp->missing_parent = mp->in_cycle = false;
     if (!p->loaded || p->parent == NULL)
       continue;
     if (p->name && strcmp (p->parent, p->name) == 0) {
@@ -40,38 +115,7 @@ meta_link (struct meta_set *s)
     }
     p->parent_index = j;
   }
-
-  /* cycles: 0 unvisited, 1 on the current walk, 2 done */
-  state = calloc (s->n ? s->n : 1, 1);
-  path = malloc ((s->n ? s->n : 1) * sizeof *path);
-  if (state && path) {
-    for (size_t i = 0; i < s->n; i++) {
-      size_t np = 0, k = i;
-
-      while (k != QK_META_NONE && state[k] == 0) {
-        state[k] = 1;
-        path[np++] = k;
-        k = s->m[k].pub.parent_index;
-      }
-      if (k != QK_META_NONE && state[k] == 1) {
-        /* k is on this walk: path from k to the end is a cycle */
-        size_t a = 0;
-        while (path[a] != k)
-          a++;
-        for (; a < np; a++) {
-          s->m[path[a]].in_cycle = true;
-          s->relations_bad = true;
-        }
-      }
-      for (size_t a = 0; a < np; a++)
-        state[path[a]] = 2;
-    }
-    for (size_t i = 0; i < s->n; i++)
-      if (s->m[i].in_cycle)
-        s->m[i].pub.parent_index = QK_META_NONE;
-  }
-  free (state);
-  free (path);
+  break_cycles (s);
 
   for (size_t i = s->n; i-- > 0;) {
     struct qk_meta_moment *p = &s->m[i].pub;
@@ -81,6 +125,7 @@ meta_link (struct meta_set *s)
       par->first_child = i;
     }
   }
+  mark_detached (s);
 
   if (s->kind == QK_META_SNAPSHOT && s->layout == QK_META_LAYOUT_PER_FILE) {
     for (size_t i = 0; i < s->n; i++)
@@ -133,8 +178,9 @@ check_set (struct qk_meta *m, struct meta_set *s, struct meta_report *r)
   const char *kn = meta_kind_name (s->kind);
   size_t roots = 0, loaded = 0, claimants = 0;
   const char *lost = s->kind == QK_META_SNAPSHOT
-    ? "; libvirt makes it a root and forgets the current snapshot"
-    : "; libvirt makes it a root";
+    ? "; virsh's tree hides it and all below it, and libvirt forgets the "
+      "current snapshot"
+    : "; virsh's tree hides it and all below it";
 
   for (size_t i = 0; i < s->n; i++) {
     struct meta_moment_priv *mp = &s->m[i];
