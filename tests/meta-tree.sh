@@ -9,6 +9,9 @@
 # shows what virsh snapshot-list --tree (checkpoint-list --tree) shows,
 # lists as detached exactly what virsh's tree omits, and its current
 # snapshot is virsh's snapshot-current.
+# Hostile names and file names (a newline and a forged problem line, an
+# ESC, a backslash) are escaped in every human output, one line a problem,
+# and exact in JSON.
 srcdir=${srcdir:-.}
 . "$srcdir/tests/tap.sh"
 . "$srcdir/tests/meta-lib.sh"
@@ -177,5 +180,57 @@ is "$(head -n $((2 * L + 1)) "$T/q.out")" "$(head -n $((2 * L + 1)) "$T/v.out")"
   "a 20-deep chain: meta tree draws levels 0 to $L as virsh does"
 is "$(sed -n "$((2 * L + 2)),\$p" "$T/q.out" | tree_names | tr '\n' ' ')" "$(seq -f 's%g' 17 19 | tr '\n' ' ')" \
   "and the deeper ones after them"
+
+# ---- hostile names and paths ----
+R=$T/hostile
+Q () { qcowkit meta "$1" --libvirt-root "$R" "${@:2}"; }
+forged='ERROR 0x10000c MISSING_PARENT: forged'
+esc=$(printf 's8\033[2J\033]0;owned\007')
+nl_cur="s11
+$forged"
+nl_parent="nope
+$forged"
+meta_gen "$R" vm1 12 per-file binary
+S=$R/lib/qemu/snapshot/vm1
+clean_lines=$(Q tree vm1 | wc -l)
+# the current snapshot named with a newline, a name with a backslash, a
+# file name with ESC and BEL
+sed -i "0,/<name>s11</s|<name>s11<|<name>s11\n$forged<|" "$S/s11.xml"
+sed -i '0,/<name>s10</s|<name>s10<|<name>s10\\x1b<|' "$S/s10.xml"
+mv "$S/s8.xml" "$S/$esc.xml"
+# raw_controls FILE: control bytes other than newline (0 when escaped)
+raw_controls () { LC_ALL=C tr -d '\n' < "$1" | LC_ALL=C tr -dc '\000-\037\177' | wc -c; }
+# hostile_check NAME: meta check's human output has one line a problem
+hostile_check () {
+  Q check --no-images vm1 > "$T/h.out" 2>&1
+  Q check --no-images --output=json vm1 > "$T/h.json" 2>&1
+  local np; np=$(jq '.problems | length' "$T/h.json")
+  is "$(raw_controls "$T/h.out")" 0 "$1: meta check prints no raw control byte"
+  is "$(grep -cE '^(ERROR|FAILED|Warning|Info) 0x' "$T/h.out")" "$np" "$1: one line for each of its $np problems"
+  is "$(wc -l < "$T/h.out")" $((3 + np + 1 + $(grep -c '^No errors' "$T/h.out"))) \
+    "$1: and no other line"
+  ok "$1: no forged problem line" test "$(grep -c "^$forged" "$T/h.out")" = 0
+}
+hostile_check "a name with a newline, a file name with ESC"
+is "$(jq -r '.snapshots.current' "$T/h.json")" "$nl_cur" "JSON: the current name exactly, newline included"
+ok "JSON: a message holds the file name exactly, ESC included" \
+  test "$(jq --arg f "$S/$esc.xml" '[.problems[] | select(.message | contains($f))] | length' "$T/h.json")" -ge 1
+ok "human: the current name escaped" grep -qF "current 's11\x0a$forged'" "$T/h.out"
+ok "human: the file name escaped" grep -qF 's8\x1b[2J\x1b]0;owned\x07.xml' "$T/h.out"
+Q tree vm1 > "$T/t.out" 2>&1
+Q tree --output=json vm1 > "$T/t.json" 2>&1
+is "$(raw_controls "$T/t.out")" 0 "meta tree prints no raw control byte"
+is "$(wc -l < "$T/t.out")" "$clean_lines" "and as many lines as before the names were changed"
+ok "human: a name with a newline is one line, escaped" grep -qxF "      |   +- s11\x0a$forged" "$T/t.out"
+ok "human: a backslash is escaped, so the name cannot pass for an escape" grep -qxF '  |       +- s10\\x1b' "$T/t.out"
+is "$(jq -r '.snapshots.moments[] | select(.parent == "s4") | .name' "$T/t.json" | head -1)" 's10\x1b' \
+  "JSON: that name exactly"
+# a parent named with a newline: a missing parent, in check and in tree
+sed -i "0,/<name>s2</s|<name>s2<|<name>$(echo "$nl_parent" | sed -n 1p)\n$forged<|" "$S/s5.xml"
+hostile_check "a missing parent named with a newline"
+ok "human: the detached subtree says why, escaped, on one line" \
+  grep -qxF "s5 (parent 'nope\x0a$forged' does not exist)" <(Q tree vm1)
+is "$(Q tree --output=json vm1 | jq -r '.snapshots.moments[] | select(.name == "s5") | .parent')" "$nl_parent" \
+  "JSON: the parent's name exactly"
 
 done_testing

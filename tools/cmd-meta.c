@@ -170,8 +170,31 @@ open_meta (struct meta_cli *c)
   struct qk_meta *m = qk_meta_open (c->domain, &c->mo);
 
   if (m == NULL)
-    errx_ ("%s", qk_get_error ());
+    errx_ ("%s", printable (qk_get_error ()));
   return m;
+}
+
+/* The JSON document of a command: one object, opened with the domain. */
+static struct qk_json *
+json_start (const struct meta_cli *c)
+{
+  struct qk_json *j = qk_json_new (stdout, 4);
+
+  if (j == NULL) {
+    errx_ ("out of memory");
+    return NULL;
+  }
+  qk_json_object_begin (j, NULL);
+  qk_json_string (j, "domain", c->domain);
+  return j;
+}
+
+static void
+json_finish (struct qk_json *j)
+{
+  qk_json_object_end (j);
+  qk_json_free (j);
+  putchar ('\n');
 }
 
 /* ---- check ---- */
@@ -200,7 +223,7 @@ on_problem (void *opaque, const struct qk_problem *p)
   }
   else
     printf ("%s 0x%06x %s: %s\n", class_label (p->cls), p->code, p->name,
-            p->message);
+            printable (p->message));
   return 0;
 }
 
@@ -226,9 +249,9 @@ describe_kind (struct qk_meta *m, int k, struct qk_json *j)
     printf ("%s: none\n", kind_plural (k));
   else
     printf ("%s: %s layout, %s: %zu, current %s%s%s\n", kind_plural (k),
-            layout_name (qk_meta_layout (m, k)), qk_meta_location (m, k), n,
-            curname ? "'" : "", curname ? curname : "none",
-            curname ? "'" : "");
+            layout_name (qk_meta_layout (m, k)),
+            printable (qk_meta_location (m, k)), n, curname ? "'" : "",
+            curname ? printable (curname) : "none", curname ? "'" : "");
 }
 
 static int
@@ -241,9 +264,10 @@ meta_check_cmd (struct meta_cli *c)
   if (m == NULL)
     return EXIT_META_FAILED;
   if (c->o.output == OUT_JSON) {
-    cc.j = qk_json_new (stdout, 4);
-    qk_json_object_begin (cc.j, NULL);
-    qk_json_string (cc.j, "domain", c->domain);
+    if ((cc.j = json_start (c)) == NULL) {
+      qk_meta_close (m);
+      return EXIT_META_FAILED;
+    }
     if (qk_meta_domain_uuid (m))
       qk_json_string (cc.j, "uuid", qk_meta_domain_uuid (m));
     describe_kind (m, QK_META_SNAPSHOT, cc.j);
@@ -251,9 +275,9 @@ meta_check_cmd (struct meta_cli *c)
     qk_json_array_begin (cc.j, "problems");
   }
   else {
-    printf ("domain %s", c->domain);
+    printf ("domain %s", printable (c->domain));
     if (qk_meta_domain_uuid (m))
-      printf (" (%s)", qk_meta_domain_uuid (m));
+      printf (" (%s)", printable (qk_meta_domain_uuid (m)));
     printf ("\n");
     describe_kind (m, QK_META_SNAPSHOT, NULL);
     describe_kind (m, QK_META_CHECKPOINT, NULL);
@@ -266,9 +290,7 @@ meta_check_cmd (struct meta_cli *c)
     qk_json_uint (cc.j, "check-errors", cc.n[QK_CLASS_ERROR]);
     qk_json_uint (cc.j, "warnings", cc.n[QK_CLASS_WARNING]);
     qk_json_uint (cc.j, "infos", cc.n[QK_CLASS_INFO]);
-    qk_json_object_end (cc.j);
-    qk_json_free (cc.j);
-    putchar ('\n');
+    json_finish (cc.j);
   }
   else if (r >= 0) {
     if (cc.n[QK_CLASS_CORRUPTION] == 0 && cc.n[QK_CLASS_ERROR] == 0)
@@ -279,7 +301,7 @@ meta_check_cmd (struct meta_cli *c)
             cc.n[QK_CLASS_INFO]);
   }
   if (r < 0)
-    errx_ ("%s", qk_get_error ());
+    errx_ ("%s", printable (qk_get_error ()));
   qk_meta_close (m);
   if (r < 0)
     return EXIT_META_FAILED;
@@ -379,13 +401,13 @@ print_detached_why (const struct qk_meta_moment *p)
 {
   switch (p->detached) {
   case QK_META_DETACHED_MISSING_PARENT:
-    printf (" (parent '%s' does not exist)", p->parent);
+    printf (" (parent '%s' does not exist)", printable (p->parent));
     break;
   case QK_META_DETACHED_SELF_PARENT:
     printf (" (its own parent)");
     break;
   case QK_META_DETACHED_CYCLE:
-    printf (" (in a parent cycle, parent '%s')", p->parent);
+    printf (" (in a parent cycle, parent '%s')", printable (p->parent));
     break;
   }
 }
@@ -403,14 +425,15 @@ tree_line (struct tree *t, size_t id, size_t depth, bool after)
 
   if (!after) {
     if (root) {
-      printf ("%s", p->name);
+      printf ("%s", printable (p->name));
       print_detached_why (p);
       putchar ('\n');
     }
     else if (depth <= TREE_LEVELS)
-      printf ("%s+- %s\n", t->indent, p->name);
+      printf ("%s+- %s\n", t->indent, printable (p->name));
     else
-      printf ("%s+- [+%zu] %s\n", t->indent, depth - TREE_LEVELS, p->name);
+      printf ("%s+- [+%zu] %s\n", t->indent, depth - TREE_LEVELS,
+              printable (p->name));
     if (!root && drawn)
       ind_push (t, last ? "  " : "| ");
     if (kids)
@@ -554,19 +577,15 @@ meta_tree_cmd (struct meta_cli *c)
 
   if (m == NULL)
     return EXIT_ERR;
-  if (c->o.output == OUT_JSON) {
-    j = qk_json_new (stdout, 4);
-    qk_json_object_begin (j, NULL);
-    qk_json_string (j, "domain", c->domain);
+  if (c->o.output == OUT_JSON && (j = json_start (c)) == NULL) {
+    qk_meta_close (m);
+    return EXIT_ERR;
   }
   for (int k = 0; k < 2; k++)
     if ((c->kind == -1 || c->kind == k) && tree_kind (c, m, k, j) < 0)
       ret = EXIT_ERR;
-  if (j) {
-    qk_json_object_end (j);
-    qk_json_free (j);
-    putchar ('\n');
-  }
+  if (j)
+    json_finish (j);
   qk_meta_close (m);
   return ret;
 }
@@ -588,9 +607,10 @@ meta_convert_cmd (struct meta_cli *c)
   if (m == NULL)
     return EXIT_ERR;
   if (c->o.output == OUT_JSON) {
-    j = qk_json_new (stdout, 4);
-    qk_json_object_begin (j, NULL);
-    qk_json_string (j, "domain", c->domain);
+    if ((j = json_start (c)) == NULL) {
+      qk_meta_close (m);
+      return EXIT_ERR;
+    }
     qk_json_string (j, "to", layout_name (c->to));
   }
   for (int k = 0; k < 2; k++) {
@@ -599,7 +619,7 @@ meta_convert_cmd (struct meta_cli *c)
       continue;
     from = qk_meta_layout (m, k);
     if (qk_meta_convert (m, k, c->to, flags) < 0) {
-      errx_ ("%s: %s", kind_plural (k), qk_get_error ());
+      errx_ ("%s: %s", kind_plural (k), printable (qk_get_error ()));
       ret = EXIT_ERR;
       if (j) {
         qk_json_object_begin (j, kind_plural (k));
@@ -620,18 +640,16 @@ meta_convert_cmd (struct meta_cli *c)
       printf ("%s: none to convert\n", kind_plural (k));
     else if (from == qk_meta_layout (m, k))
       printf ("%s: already %s: %s (%zu)\n", kind_plural (k),
-              layout_name (from), qk_meta_location (m, k),
+              layout_name (from), printable (qk_meta_location (m, k)),
               qk_meta_count (m, k));
     else
       printf ("%s: %s -> %s: %s (%zu)\n", kind_plural (k), layout_name (from),
-              layout_name (qk_meta_layout (m, k)), qk_meta_location (m, k),
-              qk_meta_count (m, k));
+              layout_name (qk_meta_layout (m, k)),
+              printable (qk_meta_location (m, k)), qk_meta_count (m, k));
   }
   if (j) {
     qk_json_bool (j, "ok", ret == EXIT_OK);
-    qk_json_object_end (j);
-    qk_json_free (j);
-    putchar ('\n');
+    json_finish (j);
   }
   qk_meta_close (m);
   return ret;
