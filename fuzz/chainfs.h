@@ -16,7 +16,10 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "util/path.h"
 
 #define CHAINFS_SEP "\n#QKFILE#\n"
 #define CHAINFS_SEP_LEN 10
@@ -31,69 +34,24 @@ struct chainfs_part {
   char norm[CHAINFS_MAX_NAME + 2];   /* cleaned up */
 };
 
-/* Lexical clean-up of a path into out (size CHAINFS_MAX_NAME + 2):
- * empty and "." components go, ".." eats the previous component (at the
- * root of an absolute path it is dropped; leading ones of a relative
- * path stay). Paths too long for out come out empty (no file). */
+/* Lexical clean-up of a path into out (size CHAINFS_MAX_NAME + 2), by
+ * the library's own qk_path_normalize: empty and "." components go, ".."
+ * eats the previous component (at the root of an absolute path it is
+ * dropped; leading ones of a relative path stay); a path that is its own
+ * directory comes out empty. Paths too long for out come out empty (no
+ * file). */
 static inline void
 chainfs_normalize (const char *in, char *out)
 {
-  size_t o = 0, len = strlen (in);
-  const char *s = in;
-  int absolute = in[0] == '/';
+  char *n;
 
   out[0] = '\0';
-  if (len > CHAINFS_MAX_NAME)
+  if (strlen (in) > CHAINFS_MAX_NAME)
     return;
-  if (*s == '/')
-    out[o++] = '/';
-  while (*s) {
-    const char *e;
-    size_t l;
-
-    while (*s == '/')
-      s++;
-    if (*s == '\0')
-      break;
-    e = strchr (s, '/');
-    l = e ? (size_t) (e - s) : strlen (s);
-    if (l == 1 && s[0] == '.')
-      ;
-    else if (l == 2 && s[0] == '.' && s[1] == '.') {
-      /* the last component, unless there is none or it is ".." */
-      size_t q = o;
-      while (q > 0 && out[q - 1] == '/')
-        q--;
-      size_t b = q;
-      while (b > 0 && out[b - 1] != '/')
-        b--;
-      if (q == b) {               /* nothing to eat */
-        if (!absolute) {
-          if (o > 0 && out[o - 1] != '/')
-            out[o++] = '/';
-          out[o++] = '.';
-          out[o++] = '.';
-        }
-      }
-      else if (q - b == 2 && out[b] == '.' && out[b + 1] == '.') {
-        out[o++] = '/';
-        out[o++] = '.';
-        out[o++] = '.';
-      }
-      else
-        o = b;
-    }
-    else {
-      if (o > 0 && out[o - 1] != '/')
-        out[o++] = '/';
-      memcpy (out + o, s, l);
-      o += l;
-    }
-    s += l;
-  }
-  while (o > 1 && out[o - 1] == '/')
-    o--;
-  out[o] = '\0';
+  n = qk_path_normalize (in);
+  if (n && strcmp (n, ".") != 0 && strlen (n) <= CHAINFS_MAX_NAME + 1)
+    strcpy (out, n);
+  free (n);
 }
 
 static inline const uint8_t *

@@ -203,6 +203,26 @@ grep -q "current='nl&#10;name&#9;x'" "$S/d.xml" && pass "... current= holds char
 ok "... and back to per-file" Q convert d --to per-file --no-backup
 ok "... into a file of that name" test -f "$S/d/$name.xml"
 
+# ---- 7. C1 controls and bytes that are not UTF-8 never reach the terminal ----
+fresh per-file
+printf -v c1name 'c1\xc2\x9b31m-\xc3\xa9'      # U+009B (CSI) is an XML character
+printf -v badfile 'x\x9b31m.xml'                  # not UTF-8: a file name only
+sed "s|<name>s3</name>|<name>$c1name</name>|" "$S/d/s3.xml" > "$S/d/$c1name.xml"
+rm "$S/d/s3.xml"
+echo '<domainsnapshot>' > "$S/d/$badfile"
+Q tree d > "$T/tree.out" 2>&1
+Q check d --no-images > "$T/check.out" 2>&1
+if LC_ALL=C grep -q $'\xc2\x9b\|\x9b' "$T/tree.out" "$T/check.out"; then
+  fail "U+009B (CSI) in a name, 0x9b in a file name: never printed raw" \
+    "$(cat -v "$T/tree.out" "$T/check.out")"
+else
+  pass "U+009B (CSI) in a name, 0x9b in a file name: never printed raw"
+fi
+grep -q 'c1\\xc2\\x9b31m-é' "$T/tree.out" && pass "... the name as \\xNN, and UTF-8 (é) passes" \
+  || fail "... the name as \\xNN, and UTF-8 (é) passes" "$(cat -v "$T/tree.out")"
+grep -q 'x\\x9b31m.xml' "$T/check.out" && pass "... the file name as \\xNN" \
+  || fail "... the file name as \\xNN" "$(cat -v "$T/check.out")"
+
 # ---- 15. a failed conversion removes what it made, and says so ----
 fresh bulk
 long=$(printf 'n%.0s' $(seq 300))

@@ -237,23 +237,45 @@ progress_end (struct progress *p)
   fputc ('\n', stderr);
 }
 
-/* A string from an image, safe to print on a terminal: control bytes are
- * shown as \xNN (UTF-8 passes). Returns one of 4 rotating static buffers. */
+/* A string from an image or a metadata file, safe to print on a
+ * terminal: control bytes (C0, DEL, and the C1 controls U+0080..U+009F,
+ * which some terminals obey as escapes), bytes that are not UTF-8, and
+ * backslash are shown as \xNN; valid UTF-8 passes. A string longer than
+ * the buffer ends in "...". Returns one of 4 rotating static buffers. */
 const char *
 printable (const char *s)
 {
-  static char bufs[4][4 * 1024 + 1];
+  static char bufs[4][16 * 1024 + 1];
   static unsigned next;
   char *b = bufs[next++ % 4], *p = b;
+  const unsigned char *u = (const unsigned char *) s;
 
   if (s == NULL)
     return "(null)";
-  for (; *s && p < b + sizeof bufs[0] - 5; s++) {
-    unsigned char c = *s;
-    if (c < 0x20 || c == 0x7f || c == '\\')
+  while (*u) {
+    unsigned char c = *u;
+    size_t n = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3
+      : (c & 0xf8) == 0xf0 ? 4 : 0;
+    bool ok = n > 0;
+
+    for (size_t i = 1; ok && i < n; i++)
+      ok = (u[i] & 0xc0) == 0x80;
+    if (ok && n == 2 && (c < 0xc2 || (c == 0xc2 && u[1] < 0xa0)))
+      ok = false;       /* overlong, or a C1 control */
+    if (ok && n == 1 && (c < 0x20 || c == 0x7f || c == '\\'))
+      ok = false;
+    if (p + 4 * (n ? n : 1) + 4 > b + sizeof bufs[0]) {
+      memcpy (p, "...", 4);
+      return b;
+    }
+    if (!ok) {
       p += sprintf (p, c == '\\' ? "\\\\" : "\\x%02x", c);
-    else
-      *p++ = c;
+      u++;
+      continue;
+    }
+    memcpy (p, u, n);
+    p += n;
+    u += n;
   }
   *p = '\0';
   return b;
