@@ -10,6 +10,8 @@
  * loading, no entity substitution, forced UTF-8 and its default limits. */
 #include <config.h>
 
+#include <ctype.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -365,53 +367,150 @@ child (xmlNodePtr n, const char *name)
   return NULL;
 }
 
-/* Keep a libxml2 string: moved into the moment's string list. */
-static const char *
-keep (struct qk_strvec *sv, xmlChar *s)
-{
-  char *d;
+/* What extraction reads out of one document, with a budget: entity
+ * references are expanded in what is read (as libvirt's XPath string()
+ * and xmlGetProp expand them), and libxml2 has refused amplification at
+ * parse time already, but what is read stays bounded here anyway. */
+#define READ_BUDGET (16U << 20)
 
-  if (s == NULL)
-    return NULL;
-  d = strdup ((const char *) s);
-  xmlFree (s);
-  if (d == NULL || qk_strvec_add (sv, d) < 0) {
+struct ex {
+  struct qk_strvec *sv;     /* every string kept */
+  size_t left;              /* bytes that may still be read */
+  bool over;                /* the budget ran out */
+  bool oom;
+};
+
+struct sbuf {
+  char *p;
+  size_t n, cap;
+};
+
+static bool
+sbuf_add (struct ex *x, struct sbuf *b, const xmlChar *s)
+{
+  size_t l = s ? strlen ((const char *) s) : 0;
+
+  if (l == 0)
+    return true;
+  if (l > x->left) {
+    x->over = true;
+    return false;
+  }
+  x->left -= l;
+  if (b->n + l + 1 > b->cap) {
+    size_t nc = b->cap ? b->cap : 64;
+    char *np;
+    while (nc < b->n + l + 1)
+      nc *= 2;
+    np = realloc (b->p, nc);
+    if (np == NULL) {
+      x->oom = true;
+      return false;
+    }
+    b->p = np;
+    b->cap = nc;
+  }
+  memcpy (b->p + b->n, s, l);
+  b->n += l;
+  b->p[b->n] = '\0';
+  return true;
+}
+
+/* The text of a node list as xmlNodeGetContent gives it: text and CDATA,
+ * element descendants' text, entity references replaced by their
+ * entity's text; comments and processing instructions left out. */
+static bool
+gather (struct ex *x, struct sbuf *b, xmlDocPtr doc, xmlNodePtr n,
+        unsigned depth)
+{
+  if (depth > 1024) {
+    x->over = true;
+    return false;
+  }
+  for (; n; n = n->next)
+    switch (n->type) {
+    case XML_TEXT_NODE:
+    case XML_CDATA_SECTION_NODE:
+      if (!sbuf_add (x, b, n->content))
+        return false;
+      break;
+    case XML_ELEMENT_NODE:
+      if (!gather (x, b, doc, n->children, depth + 1))
+        return false;
+      break;
+    case XML_ENTITY_REF_NODE: {
+      xmlEntityPtr e = xmlGetDocEntity (doc, n->name);
+      if (e && !gather (x, b, doc, e->children, depth + 1))
+        return false;
+      break;
+    }
+    default:
+      break;
+    }
+  return true;
+}
+
+/* Keep a string of b (taken over) in the moment's string list. */
+static const char *
+keep (struct ex *x, struct sbuf *b)
+{
+  char *d = b->p;
+
+  if (x->over || x->oom) {
     free (d);
+    return NULL;
+  }
+  if (d == NULL)
+    d = strdup ("");
+  if (d == NULL || qk_strvec_add (x->sv, d) < 0) {
+    free (d);
+    x->oom = true;
     return NULL;
   }
   return d;
 }
 
+/* libvirt's virXPathString ("string(./X)"): the text exactly, untrimmed.
+ * NULL when there is no such element (the caller tells "" apart). */
 static const char *
-text_of (struct qk_strvec *sv, xmlNodePtr n)
+text_of (struct ex *x, xmlNodePtr n)
 {
-  xmlChar *s;
-  char *p, *e;
+  struct sbuf b = { 0 };
 
   if (n == NULL)
     return NULL;
-  s = xmlNodeGetContent (n);
-  if (s == NULL)
+  if (!gather (x, &b, n->doc, n->children, 0)) {
+    free (b.p);
     return NULL;
-  /* libvirt reads these with XPath string(): trim as it effectively does
-   * for numbers and names written by itself */
-  p = (char *) s;
-  while (is_space (*p))
-    p++;
-  e = p + strlen (p);
-  while (e > p && is_space (e[-1]))
-    e--;
-  *e = '\0';
-  memmove (s, p, e - p + 1);
-  return keep (sv, s);
+  }
+  return keep (x, &b);
 }
 
+/* libvirt's virXMLPropString (xmlGetProp): the value with entity
+ * references expanded, or the default an <!ATTLIST> of the document's
+ * DTD gives an attribute the element does not have. */
 static const char *
-attr (struct qk_strvec *sv, xmlNodePtr n, const char *name)
+attr (struct ex *x, xmlNodePtr n, const char *name)
 {
+  struct sbuf b = { 0 };
+  xmlAttrPtr a;
+
   if (n == NULL)
     return NULL;
-  return keep (sv, xmlGetProp (n, BAD_CAST name));
+  a = xmlHasNsProp (n, BAD_CAST name, NULL);
+  if (a == NULL)
+    return NULL;
+  if (a->type == XML_ATTRIBUTE_DECL) {
+    if (!sbuf_add (x, &b, ((xmlAttributePtr) a)->defaultValue)) {
+      free (b.p);
+      return NULL;
+    }
+  }
+  else if (!gather (x, &b, n->doc, a->children, 0)) {
+    free (b.p);
+    return NULL;
+  }
+  return keep (x, &b);
 }
 
 static bool
@@ -431,7 +530,7 @@ parse_int64 (const char *s, int64_t *v)
 }
 
 static int
-domain_disks (struct qk_strvec *sv, xmlNodePtr dom,
+domain_disks (struct ex *x, xmlNodePtr dom,
               struct qk_meta_domain_disk **out, size_t *n)
 {
   xmlNodePtr devs = child (dom, "devices");
@@ -453,15 +552,15 @@ domain_disks (struct qk_strvec *sv, xmlNodePtr dom,
     *out = dd;
     dd = &(*out)[(*n)++];
     memset (dd, 0, sizeof *dd);
-    dd->device = attr (sv, d, "device");
-    dd->target = attr (sv, child (d, "target"), "dev");
+    dd->device = attr (x, d, "device");
+    dd->target = attr (x, child (d, "target"), "dev");
     src = child (d, "source");
-    dd->source = attr (sv, src, "file");
+    dd->source = attr (x, src, "file");
     if (dd->source == NULL)
-      dd->source = attr (sv, src, "dev");
+      dd->source = attr (x, src, "dev");
     if (dd->source == NULL)
-      dd->source = attr (sv, src, "name");
-    dd->format = attr (sv, child (d, "driver"), "type");
+      dd->source = attr (x, src, "name");
+    dd->format = attr (x, child (d, "driver"), "type");
   }
   return 0;
 }
@@ -472,9 +571,11 @@ safe_name (const char *s)
   return s[0] != '\0' && s[0] != '.' && strchr (s, '/') == NULL;
 }
 
+/* virDomainSnapshotStateTypeFromString, less "nostate" (0), which the
+ * parser refuses as it refuses an unknown state */
 static const char *const states[] = {
-  "nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed",
-  "disk-snapshot", "pmsuspended", NULL
+  "running", "blocked", "paused", "shutdown", "shutoff", "crashed",
+  "pmsuspended", "disk-snapshot", NULL
 };
 
 static bool
@@ -501,13 +602,12 @@ set_msg (struct meta_moment_priv *mp, const char *fmt, ...)
 }
 
 static int
-add_disks (struct qk_meta *m, struct meta_moment_priv *mp, xmlNodePtr list,
+add_disks (struct ex *x, struct meta_moment_priv *mp, xmlNodePtr list,
            bool revert, size_t *cap)
 {
   static const char *const snap_modes[] = { "no", "internal", "manual",
                                             "external", NULL };
   static const char *const ck_modes[] = { "no", "bitmap", NULL };
-  struct qk_strvec *sv = &mp->strs;
   bool ck = mp->pub.kind == QK_META_CHECKPOINT;
 
   if (list == NULL)
@@ -525,15 +625,15 @@ add_disks (struct qk_meta *m, struct meta_moment_priv *mp, xmlNodePtr list,
     k = &mp->disks[mp->pub.n_disks++];
     memset (k, 0, sizeof *k);
     k->revert = revert;
-    k->name = attr (sv, d, "name");
-    k->mode = attr (sv, d, ck ? "checkpoint" : "snapshot");
-    k->type = attr (sv, d, "type");
+    k->name = attr (x, d, "name");
+    k->mode = attr (x, d, ck ? "checkpoint" : "snapshot");
+    k->type = attr (x, d, "type");
     src = child (d, "source");
-    k->source = attr (sv, src, "file");
+    k->source = attr (x, src, "file");
     if (k->source == NULL)
-      k->source = attr (sv, src, "dev");
-    k->format = attr (sv, child (d, "driver"), "type");
-    k->bitmap = attr (sv, d, "bitmap");
+      k->source = attr (x, src, "dev");
+    k->format = attr (x, child (d, "driver"), "type");
+    k->bitmap = attr (x, d, "bitmap");
     k->delete_in_progress = child (d, "snapshotDeleteInProgress") != NULL;
     if (ck && k->bitmap == NULL && k->mode && strcmp (k->mode, "bitmap") == 0)
       k->bitmap = mp->pub.name;
@@ -553,22 +653,95 @@ add_disks (struct qk_meta *m, struct meta_moment_priv *mp, xmlNodePtr list,
                 k->name, ck ? "checkpoint" : "snapshot", k->mode);
     }
   }
-  (void) m;
   return 0;
+}
+
+/* virUUIDParse: surrounding white space, '-' and ' ' between the pairs
+ * of exactly 32 hex digits. The canonical form (lower case, dashed) goes
+ * to u; false when libvirt would refuse the text. */
+static bool
+parse_uuid (const char *t, char u[37])
+{
+  size_t i = 0, o = 0;
+
+  while (is_space (*t))
+    t++;
+  while (i < 32) {
+    if (*t == '-' || *t == ' ') {
+      t++;
+      continue;
+    }
+    if (!isxdigit ((unsigned char) t[0]) || !isxdigit ((unsigned char) t[1]))
+      return false;
+    for (int k = 0; k < 2; k++, i++) {
+      if (i == 8 || i == 12 || i == 16 || i == 20)
+        u[o++] = '-';
+      u[o++] = tolower ((unsigned char) t[k]);
+    }
+    t += 2;
+  }
+  u[o] = '\0';
+  for (; *t; t++)
+    if (!is_space (*t))
+      return false;
+  return true;
+}
+
+/* The UUID a domain's <uuid> stands for, in the canonical form, so that
+ * comparing two is comparing what libvirt compares. NULL when there is
+ * none (libvirt makes one up); *bad when libvirt refuses the text (the
+ * raw text is kept). */
+static const char *
+domain_uuid (struct ex *x, xmlNodePtr dom, bool *bad)
+{
+  const char *t = text_of (x, child (dom, "uuid"));
+  char u[37];
+  char *d;
+
+  *bad = false;
+  if (t == NULL || *t == '\0')
+    return NULL;
+  if (!parse_uuid (t, u)) {
+    *bad = true;
+    return t;
+  }
+  d = strdup (u);
+  if (d == NULL || qk_strvec_add (x->sv, d) < 0) {
+    free (d);
+    x->oom = true;
+    return NULL;
+  }
+  return d;
+}
+
+/* virStrToLong_i: strtol's syntax (leading space, a sign), nothing after
+ * the digits, and within an int. */
+static bool
+parse_int (const char *s, int *v)
+{
+  int64_t x;
+
+  if (!parse_int64 (s, &x) || x < INT_MIN || x > INT_MAX)
+    return false;
+  *v = (int) x;
+  return true;
 }
 
 /* Fill mp from a parsed <domainsnapshot>/<domaincheckpoint> document.
  * Records what libvirt would make of it (loaded or skipped) and the
- * findings. Returns -1 only on allocation failure. */
+ * findings. Every text is read as libvirt reads it: XPath string() of the
+ * first such child, untrimmed (so "<name> s </name>" is the name " s ",
+ * and "<creationTime>1 </creationTime>" is no number), an empty text
+ * being no text. Returns -1 only on allocation failure. */
 int
 meta_extract_moment (struct qk_meta *m, struct meta_set *s,
                      struct _xmlDoc *doc, struct meta_moment_priv *mp)
 {
-  struct qk_strvec *sv = &mp->strs;
+  struct ex ex = { .sv = &mp->strs, .left = READ_BUDGET }, *x = &ex;
   struct qk_meta_moment *p = &mp->pub;
   xmlNodePtr root = xmlDocGetRootElement (doc);
   const char *where = p->file;
-  bool ck = s->kind == QK_META_CHECKPOINT;
+  bool ck = s->kind == QK_META_CHECKPOINT, bad_uuid = false;
   const char *t, *kname = ck ? "checkpoint" : "snapshot";
   xmlNodePtr dom, act;
   size_t cap = 0;
@@ -586,14 +759,15 @@ meta_extract_moment (struct qk_meta *m, struct meta_set *s,
     return 0;
   }
   p->loaded = true;
-  p->name = text_of (sv, child (root, "name"));
-  p->parent = text_of (sv, child (child (root, "parent"), "name"));
+  p->name = text_of (x, child (root, "name"));
+  p->parent = text_of (x, child (child (root, "parent"), "name"));
   if (p->parent && p->parent[0] == '\0')
     p->parent = NULL;
   if (p->name == NULL || p->name[0] == '\0') {
     p->name = NULL;
-    meta_add_finding (m, MP_MISSING_NAME, s->kind, p->offset,
-                      "%s%s: the %s has no <name>", where, off, kname);
+    if (!x->over)
+      meta_add_finding (m, MP_MISSING_NAME, s->kind, p->offset,
+                        "%s%s: the %s has no <name>", where, off, kname);
     p->loaded = false;
   }
   else if (!safe_name (p->name) || strcmp (p->name, "..") == 0) {
@@ -604,37 +778,38 @@ meta_extract_moment (struct qk_meta *m, struct meta_set *s,
     p->loaded = false;
   }
   if (!ck) {
-    p->state = text_of (sv, child (root, "state"));
+    p->state = text_of (x, child (root, "state"));
     if (p->state == NULL || !in_list (p->state, states)) {
       mp->bad_state = true;
       if (p->state)
         meta_add_finding (m, MP_MISSING_STATE, s->kind, p->offset,
                           "%s%s: snapshot '%s' has an unknown state '%s'",
                           where, off, p->name ? p->name : "?", p->state);
-      else
+      else if (!x->over)
         meta_add_finding (m, MP_MISSING_STATE, s->kind, p->offset,
                           "%s%s: snapshot '%s' has no <state>", where, off,
                           p->name ? p->name : "?");
       p->loaded = false;
     }
   }
-  t = text_of (sv, child (root, "creationTime"));
+  t = text_of (x, child (root, "creationTime"));
   p->has_creation_time = parse_int64 (t, &p->creation_time);
   if (!p->has_creation_time) {
     mp->bad_ctime = true;
-    meta_add_finding (m, MP_MISSING_CTIME, s->kind, p->offset,
-                      "%s%s: %s '%s' has %s", where, off, kname,
-                      p->name ? p->name : "?",
-                      t ? "a <creationTime> that is not a number"
-                        : "no <creationTime>");
+    if (!x->over)
+      meta_add_finding (m, MP_MISSING_CTIME, s->kind, p->offset,
+                        "%s%s: %s '%s' has %s", where, off, kname,
+                        p->name ? p->name : "?",
+                        t && *t ? "a <creationTime> that is not a number"
+                                : "no <creationTime>");
     p->loaded = false;
   }
   act = child (root, "active");
   p->active = -1;
   if (act) {
-    int64_t a;
-    t = text_of (sv, act);
-    if (parse_int64 (t, &a))
+    int a;
+    t = text_of (x, act);
+    if (parse_int (t, &a))
       p->active = a != 0;
     else
       mp->bad_active = true;
@@ -647,19 +822,19 @@ meta_extract_moment (struct qk_meta *m, struct meta_set *s,
                       p->name ? p->name : "?");
   }
   if (!ck && s->layout == QK_META_LAYOUT_PER_FILE
-      && (act == NULL || mp->bad_active)) {
+      && (act == NULL || mp->bad_active) && !x->over) {
     meta_add_finding (m, MP_MISSING_ACTIVE, s->kind, p->offset,
                       "%s: snapshot '%s' has %s", where,
                       p->name ? p->name : "?",
-                      act ? "an <active> that is not a number"
+                      act ? "an <active> that is not an int"
                           : "no <active> element");
     p->loaded = false;
   }
-  if (add_disks (m, mp, child (root, "disks"), false, &cap) < 0
-      || add_disks (m, mp, child (root, "revertDisks"), true, &cap) < 0)
+  if (add_disks (x, mp, child (root, "disks"), false, &cap) < 0
+      || add_disks (x, mp, child (root, "revertDisks"), true, &cap) < 0)
     return -1;
   p->disks = mp->disks;
-  if (mp->disk_invalid) {
+  if (mp->disk_invalid && !x->over) {
     meta_add_finding (m, MP_DISK_INVALID, s->kind, p->offset, "%s%s: %s '%s': "
                       "%s", where, off, kname, p->name ? p->name : "?",
                       mp->disk_invalid_msg ? mp->disk_invalid_msg : "bad disk");
@@ -669,10 +844,27 @@ meta_extract_moment (struct qk_meta *m, struct meta_set *s,
   if (dom == NULL)
     dom = child (root, "inactiveDomain");
   if (dom) {
-    p->domain_uuid = text_of (sv, child (dom, "uuid"));
-    if (domain_disks (sv, dom, &mp->ddisks, &p->n_domain_disks) < 0)
+    p->domain_uuid = domain_uuid (x, dom, &bad_uuid);
+    if (domain_disks (x, dom, &mp->ddisks, &p->n_domain_disks) < 0)
       return -1;
     p->domain_disks = mp->ddisks;
+  }
+  if (x->oom)
+    return -1;
+  if (x->over) {
+    meta_add_finding (m, MP_HOSTILE, s->kind, p->offset, "%s%s: %s '%s': "
+                      "entity references expand to more than %u bytes in "
+                      "what qcowkit reads; not read further", where, off,
+                      kname, p->name ? p->name : "?", READ_BUDGET);
+    p->loaded = false;
+    mp->parse_failed = true;
+  }
+  else if (bad_uuid) {
+    meta_add_finding (m, MP_PARSE, s->kind, p->offset, "%s%s: %s '%s': the "
+                      "<uuid> '%s' of its domain is malformed; libvirt fails "
+                      "to parse the %s and skips it", where, off, kname,
+                      p->name ? p->name : "?", p->domain_uuid, kname);
+    p->loaded = false;
   }
   return 0;
 }
@@ -681,14 +873,17 @@ meta_extract_moment (struct qk_meta *m, struct meta_set *s,
 int
 meta_extract_domain (struct qk_meta *m, struct _xmlDoc *doc)
 {
-  struct qk_strvec *sv = &m->dstrs;
+  struct ex ex = { .sv = &m->dstrs, .left = READ_BUDGET }, *x = &ex;
   xmlNodePtr root = xmlDocGetRootElement (doc);
+  bool bad_uuid;
 
   if (root == NULL || xmlStrcmp (root->name, BAD_CAST "domain") != 0)
     return 0;
-  m->uuid = (char *) text_of (sv, child (root, "uuid"));
-  if (domain_disks (sv, root, &m->ddisks, &m->n_ddisks) < 0)
+  m->uuid = (char *) domain_uuid (x, root, &bad_uuid);
+  if (domain_disks (x, root, &m->ddisks, &m->n_ddisks) < 0 || x->oom)
     return -1;
+  if (x->over)
+    return 0;
   m->domain_ok = true;
   return 0;
 }
