@@ -157,4 +157,70 @@ case_ "another domain's <uuid>" v yes UUID_MISMATCH
 variant v.xml 'v<![CDATA[-c]]><b>d</b>' ''
 case_ "a name of text, CDATA and an element's text" v-cd yes FILE_NAME
 
+diag "---- 9: document type declarations, entities, depth, NUL, encodings"
+variant v.xml v ''
+prepend "$S/v.xml" '<!DOCTYPE domainsnapshot>'
+case_ "a plain <!DOCTYPE domainsnapshot>" v yes ""
+variant v.xml 'v-\&x;' ''
+prepend "$S/v.xml" '<!DOCTYPE domainsnapshot [<!ENTITY x "y"><!-- ]> --><?pi "]>"?>]>'
+case_ "an internal entity in the name" v-y yes FILE_NAME
+is "$(V snapshot-dumpxml vm1 v-y 2>/dev/null | sed -n 's|^  <name>\(.*\)</name>|\1|p')" \
+  v-y "libvirt expands it: snapshot-dumpxml gives the name v-y"
+variant v.xml v "s|name='vda'|name='\\&x;'|"
+prepend "$S/v.xml" '<!DOCTYPE domainsnapshot [<!ENTITY x "vda">]>'
+case_ "an internal entity in a disk name" v yes ""
+variant v.xml v "s|snapshot='internal'||"
+prepend "$S/v.xml" '<!DOCTYPE domainsnapshot [<!ATTLIST disk snapshot CDATA "bogus">]>'
+case_ "an <!ATTLIST> default gives a disk snapshot='bogus'" v no DISK_INVALID
+variant v.xml v "s|snapshot='internal'||"
+prepend "$S/v.xml" '<!DOCTYPE domainsnapshot [<!ATTLIST disk snapshot CDATA "internal">]>'
+case_ "an <!ATTLIST> default gives snapshot='internal'" v yes ""
+# an external entity naming a FIFO: whoever opens it blocks
+mkfifo "$T/fifo"
+variant v.xml 'v-\&x;' ''
+prepend "$S/v.xml" "<!DOCTYPE domainsnapshot [<!ENTITY x SYSTEM \"file://$T/fifo\">]>"
+case_ "an external entity is declared, never read (expands to nothing)" v- yes FILE_NAME
+variant v.xml v ''
+prepend "$S/v.xml" "<!DOCTYPE domainsnapshot SYSTEM \"file://$T/fifo\">"
+case_ "an external DTD is never read" v yes ""
+variant v.xml v 's|^<domainsnapshot>|<domainsnapshot><description>\&c;</description>|'
+prepend "$S/v.xml" '<!DOCTYPE d [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;"><!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">]>'
+case_ "entities that expand to 1000 bytes: libxml2 refuses the amplification" v no PARSE
+laughs='<!DOCTYPE d [<!ENTITY a "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa">'
+prev=a
+for e in b c d e f g h i j; do
+  laughs="$laughs<!ENTITY $e \"$(printf "&$prev;%.0s" $(seq 10))\">"
+  prev=$e
+done
+laughs="$laughs]>"
+variant v.xml v 's|^<domainsnapshot>|<domainsnapshot><description>\&j;</description>|'
+prepend "$S/v.xml" "$laughs"
+case_ "a billion laughs (66 GB expanded)" v no PARSE
+if (ulimit -v $((128 * 1024)); Q check vm1 --no-images --output=json > "$T/bomb.json" 2>&1); [ $? -le 2 ]; then
+  is "$(problems "$T/bomb.json")" PARSE "and refused within 128 MiB of address space"
+else
+  fail "the billion laughs under ulimit -v 128M" "$(head -c 300 "$T/bomb.json")"
+fi
+deep () {  # deep N: elements nested so that the deepest is at depth N
+  local n=$(($1 - 3))
+  variant v.xml v "s|<devices>|<metadata>$(printf '<a>%.0s' $(seq $n))$(printf '</a>%.0s' $(seq $n))</metadata><devices>|"
+}
+deep 200
+case_ "200 levels of nesting in <domain><metadata>" v yes "" todo
+deep 257
+case_ "257 levels: libxml2's limit" v yes "" todo
+deep 258
+case_ "258 levels: over libxml2's limit" v no PARSE todo-problems
+variant v.xml v ''
+printf '\0 <<< not XML >>>' >> "$S/v.xml"
+case_ "bytes after a NUL that follows the root element" v yes "" todo
+variant v.xml v 's|<active>0</active>|\x00<active>0</active>|'
+case_ "a NUL inside the root element" v no PARSE
+variant v.xml "v-$(printf '\xc3\xa9')" ''
+prepend "$S/v.xml" '<?xml version="1.0" encoding="UTF-8"?>'
+case_ "UTF-8 declared, a non-ASCII name" "v-$(printf '\xc3\xa9')" yes FILE_NAME
+variant v.xml "v-$(printf '\xe9')" ''
+prepend "$S/v.xml" '<?xml version="1.0" encoding="ISO-8859-1"?>'
+case_ "ISO-8859-1 declared: libvirt's string parse cannot switch" v no PARSE
+
 done_testing

@@ -1,13 +1,19 @@
 /* The safe XML layer of lib/meta.
  *
  * Every metadata byte goes first through a small tokenizer (xml_scan) that
- * only finds tags: it rejects any <!DOCTYPE (so no entity can be declared:
- * no external entities, no expansion bombs, nothing to fetch), enforces the
- * depth limit, and reports element boundaries as byte offsets. The bulk
- * reader uses those offsets to cut one <domainsnapshot> at a time out of a
- * file of any size; the per-file reader uses the same pass on the whole
- * file. Only then does libxml2 parse the bytes, with no network, no DTD
- * loading, no entity substitution, forced UTF-8 and its default limits. */
+ * only finds tags: it steps over a document type declaration (its internal
+ * subset included), enforces a depth bound, and reports element
+ * boundaries as byte offsets. The bulk reader uses those offsets to cut
+ * one <domainsnapshot> at a time out of a file of any size; the per-file
+ * reader uses the same pass on the whole file. Only then does libxml2
+ * parse the bytes, exactly as libvirt does (virXMLParseHelper: a C string,
+ * XML_PARSE_NONET | XML_PARSE_NOWARNING, no encoding forced), so that what
+ * libvirt loads is loaded here with the same values, and what it rejects
+ * is rejected: internal entities are expanded in text where libvirt's
+ * XPath sees them expanded, libxml2's own limits (depth 256 below the
+ * root, entity amplification) apply, external entities and DTDs are never
+ * loaded (libvirt does not load them either; a resolver that refuses
+ * everything makes sure), and the text read out of entities is bounded. */
 #include <config.h>
 
 #include <ctype.h>
@@ -26,6 +32,11 @@
 enum {
   S_TEXT, S_LT, S_BANG, S_COMMENT, S_CDATA, S_PI, S_TAG, S_TAG_ATTRS, S_ETAG,
   S_ETAG_SPACE,
+  /* <!DOCTYPE ...>: the declaration, a quoted literal in it, its internal
+   * subset [...], a literal there, '<', '<!', '<!-' there, a comment and
+   * a processing instruction there (which may hold quotes and ']') */
+  S_DT, S_DT_QUOTE, S_DTS, S_DTS_QUOTE, S_DTS_LT, S_DTS_BANG, S_DTS_BANG2,
+  S_DTS_COMMENT, S_DTS_PI,
 };
 
 void
@@ -191,9 +202,15 @@ xml_scan_feed (struct xml_scan *sc, const char *buf, size_t len)
         }
       }
       else if (sc->nbang <= 7 && memcmp (sc->bang, doctype, sc->nbang) == 0) {
-        if (sc->nbang == 7)
-          return scan_fail (sc, SCAN_HOSTILE, "a document type declaration "
-                            "(<!DOCTYPE) at offset %" PRIu64, sc->tag_start);
+        /* libvirt parses a document type declaration (libxml2 declares
+         * its entities but loads nothing external): step over it here */
+        if (sc->nbang == 7) {
+          if (sc->depth > 0 || sc->root_seen)
+            return scan_fail (sc, SCAN_SYNTAX, "a document type declaration "
+                              "after the root element starts, at offset %"
+                              PRIu64, sc->tag_start);
+          sc->st = S_DT;
+        }
       }
       else if (!(sc->nbang == 1 && sc->bang[0] == '-'))
         return scan_fail (sc, SCAN_SYNTAX, "markup declaration <!%.*s at "
@@ -281,6 +298,62 @@ xml_scan_feed (struct xml_scan *sc, const char *buf, size_t len)
         return scan_fail (sc, SCAN_SYNTAX, "bad end tag at offset %" PRIu64,
                           sc->tag_start);
       break;
+    case S_DT:
+    case S_DTS:
+      if (c == '"' || c == '\'') {
+        sc->quote = c;
+        sc->st = sc->st == S_DT ? S_DT_QUOTE : S_DTS_QUOTE;
+      }
+      else if (sc->st == S_DT && c == '[')
+        sc->st = S_DTS;
+      else if (sc->st == S_DT && c == '>')
+        sc->st = S_TEXT;
+      else if (sc->st == S_DTS && c == ']')
+        sc->st = S_DT;
+      else if (sc->st == S_DTS && c == '<')
+        sc->st = S_DTS_LT;
+      break;
+    case S_DT_QUOTE:
+    case S_DTS_QUOTE:
+      if (c == (unsigned char) sc->quote) {
+        sc->quote = 0;
+        sc->st = sc->st == S_DT_QUOTE ? S_DT : S_DTS;
+      }
+      break;
+    case S_DTS_LT:
+      sc->match = 0;
+      sc->st = c == '!' ? S_DTS_BANG : c == '?' ? S_DTS_PI : S_DTS;
+      break;
+    case S_DTS_BANG:
+      sc->st = c == '-' ? S_DTS_BANG2 : S_DTS;
+      if (c == '"' || c == '\'') {
+        sc->quote = c;
+        sc->st = S_DTS_QUOTE;
+      }
+      break;
+    case S_DTS_BANG2:
+      sc->st = c == '-' ? S_DTS_COMMENT : S_DTS;
+      if (c == '"' || c == '\'') {
+        sc->quote = c;
+        sc->st = S_DTS_QUOTE;
+      }
+      break;
+    case S_DTS_COMMENT:
+      if (c == '-')
+        sc->match = sc->match < 2 ? sc->match + 1 : 2;
+      else if (c == '>' && sc->match == 2)
+        sc->st = S_DTS;
+      else
+        sc->match = 0;
+      break;
+    case S_DTS_PI:
+      if (c == '?')
+        sc->match = 1;
+      else if (c == '>' && sc->match)
+        sc->st = S_DTS;
+      else
+        sc->match = 0;
+      break;
     }
   }
   return 0;
@@ -305,9 +378,27 @@ xml_scan_finish (struct xml_scan *sc)
   return 0;
 }
 
-/* ---- libxml2 with safe options ---- */
+/* ---- libxml2, as libvirt calls it ---- */
 
-#define PARSE_OPTS (XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING)
+/* virXMLParseHelper's options. No XML_PARSE_NOENT: entity references stay
+ * in the tree and libvirt's XPath string() expands internal ones; no
+ * DTDLOAD, so neither the external subset nor an external entity is ever
+ * read; no HUGE, so libxml2's depth and amplification limits apply. */
+#define PARSE_OPTS (XML_PARSE_NONET | XML_PARSE_NOWARNING | XML_PARSE_NOERROR)
+
+/* libxml2 never asks for an external entity with PARSE_OPTS; should it
+ * ever, refuse (and the parse fails) rather than read a file. */
+static xmlParserInputPtr
+refuse_entity (void *ctx, const xmlChar *public_id, const xmlChar *system_id)
+{
+  xmlParserCtxtPtr ctxt = ctx;
+
+  (void) public_id;
+  (void) system_id;
+  if (ctxt)
+    ctxt->wellFormed = 0;
+  return NULL;
+}
 
 struct _xmlDoc *
 meta_xml_parse (const char *buf, size_t len, const char *url, char *err,
@@ -315,18 +406,42 @@ meta_xml_parse (const char *buf, size_t len, const char *url, char *err,
 {
   xmlParserCtxtPtr ctxt;
   xmlDocPtr doc;
+  const char *nul;
+  char *str;
 
   if (len > INT_MAX) {
     snprintf (err, errlen, "too large for libxml2");
     return NULL;
   }
-  ctxt = xmlNewParserCtxt ();
-  if (ctxt == NULL) {
+  /* libvirt parses a C string (xmlCtxtReadDoc): whatever follows a NUL is
+   * not part of the document. The per-file reader cuts a file there; a
+   * NUL still inside the bytes given is an error. */
+  nul = memchr (buf, '\0', len);
+  if (nul) {
+    snprintf (err, errlen, "a NUL byte at offset %zu", (size_t) (nul - buf));
+    return NULL;
+  }
+  /* xmlCtxtReadDoc, as libvirt: a string input cannot switch encodings,
+   * so a file declaring anything but UTF-8 fails there as it does here */
+  str = malloc (len + 1);
+  if (str == NULL) {
     snprintf (err, errlen, "out of memory");
     return NULL;
   }
-  doc = xmlCtxtReadMemory (ctxt, buf, (int) len, url, "UTF-8", PARSE_OPTS);
-  if (doc == NULL || !ctxt->wellFormed) {
+  memcpy (str, buf, len);
+  str[len] = '\0';
+  ctxt = xmlNewParserCtxt ();
+  if (ctxt == NULL || ctxt->sax == NULL) {
+    snprintf (err, errlen, "out of memory");
+    if (ctxt)
+      xmlFreeParserCtxt (ctxt);
+    free (str);
+    return NULL;
+  }
+  ctxt->sax->resolveEntity = refuse_entity;
+  doc = xmlCtxtReadDoc (ctxt, BAD_CAST str, url, NULL, PARSE_OPTS);
+  free (str);
+  if (doc == NULL || !ctxt->wellFormed || xmlDocGetRootElement (doc) == NULL) {
     const xmlError *e = &ctxt->lastError;
     snprintf (err, errlen, "line %d: %s", e->line,
               e->message ? e->message : "not well-formed");
@@ -336,11 +451,6 @@ meta_xml_parse (const char *buf, size_t len, const char *url, char *err,
       err[--n] = '\0';
     if (doc)
       xmlFreeDoc (doc);
-    doc = NULL;
-  }
-  else if (doc->intSubset || doc->extSubset) {
-    snprintf (err, errlen, "document type declaration");
-    xmlFreeDoc (doc);
     doc = NULL;
   }
   xmlFreeParserCtxt (ctxt);
