@@ -223,4 +223,18 @@ variant v.xml "v-$(printf '\xe9')" ''
 prepend "$S/v.xml" '<?xml version="1.0" encoding="ISO-8859-1"?>'
 case_ "ISO-8859-1 declared: libvirt's string parse cannot switch" v no PARSE
 
+diag "---- 10: names unsafe as file names"
+variant v.xml 'v/slash' ''
+case_ "a name with '/'" v/slash yes UNSAFE_NAME
+out=$(V snapshot-current vm1 v/slash 2>&1)
+ok "libvirt refuses to make it current ($out)" grep -q "invalid snapshot name" <<< "$out"
+variant v.xml '.v-dot' ''
+case_ "a name starting with '.'" .v-dot yes UNSAFE_NAME
+out=$(V snapshot-current vm1 .v-dot 2>&1)
+ok "libvirt refuses to make it current ($out)" grep -q "invalid snapshot name" <<< "$out"
+rm -rf "$S"; cp -a "$SAVE" "$S"
+for n in a/b .x ..; do
+  out=$(V snapshot-create-as vm1 "$n" 2>&1)
+  ok "libvirt refuses to create a snapshot named '$n' ($out)" grep -q "invalid snapshot name" <<< "$out"
+done
 done_testing

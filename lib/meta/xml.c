@@ -881,11 +881,13 @@ meta_extract_moment (struct qk_meta *m, struct meta_set *s,
     p->loaded = false;
   }
   else if (!safe_name (p->name) || strcmp (p->name, "..") == 0) {
+    /* libvirt refuses the name for a new snapshot but loads the file:
+     * loaded, yet never written under that name */
     mp->unsafe_name = true;
     meta_add_finding (m, MP_UNSAFE_NAME, s->kind, p->offset,
-                      "%s%s: %s name '%s' cannot be a file name", where, off,
-                      kname, p->name);
-    p->loaded = false;
+                      "%s%s: %s name '%s' cannot be a file name; libvirt "
+                      "loads it but fails to update it", where, off, kname,
+                      p->name);
   }
   if (!ck) {
     p->state = text_of (x, child (root, "state"));
