@@ -175,6 +175,13 @@ case_ "an <!ATTLIST> default gives a disk snapshot='bogus'" v no DISK_INVALID
 variant v.xml v "s|snapshot='internal'||"
 prepend "$S/v.xml" '<!DOCTYPE domainsnapshot [<!ATTLIST disk snapshot CDATA "internal">]>'
 case_ "an <!ATTLIST> default gives snapshot='internal'" v yes ""
+# qcowkit builds no tree for the parts of <domain> it does not read, but
+# libxml2 still parses them
+variant v.xml v 's|<devices>|<metadata><a></b></metadata><devices>|'
+case_ "a mismatched end tag inside <domain><metadata>" v no PARSE
+variant v.xml v 's|<devices>|<metadata>\&z;</metadata><devices>|; s|<active>0</active>|<active>\&z;</active>|'
+prepend "$S/v.xml" '<!DOCTYPE domainsnapshot [<!ENTITY z "0">]>'
+case_ "an entity first used inside <domain><metadata>, then in <active>" v yes ""
 # an external entity naming a FIFO: whoever opens it blocks
 mkfifo "$T/fifo"
 variant v.xml 'v-\&x;' ''

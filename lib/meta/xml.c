@@ -77,6 +77,15 @@ is_name_char (unsigned char c)
     || c >= 0x80;
 }
 
+/* The bytes inside a tag, outside quotes, that change the scanner's
+ * state. */
+static bool
+attr_stop (unsigned char c)
+{
+  return c == '"' || c == '\'' || c == '>' || c == '<' || c == '/'
+    || is_space (c);
+}
+
 static bool
 is_name_start (unsigned char c)
 {
@@ -243,8 +252,13 @@ xml_scan_feed (struct xml_scan *sc, const char *buf, size_t len)
       break;
     case S_TAG:
       if (is_name_char (c)) {
-        if (sc->ntag < sizeof sc->tag - 1)
-          sc->tag[sc->ntag++] = c;
+        /* the rest of the name at once */
+        size_t j = i;
+        for (; j < len && is_name_char (buf[j]); j++)
+          if (sc->ntag < sizeof sc->tag - 1)
+            sc->tag[sc->ntag++] = buf[j];
+        sc->pos += j - 1 - i;
+        i = j - 1;
         break;
       }
       sc->st = S_TAG_ATTRS;
@@ -277,13 +291,24 @@ xml_scan_feed (struct xml_scan *sc, const char *buf, size_t len)
                           PRIu64, sc->pos);
       else if (c == '/')
         sc->last_slash = true;
-      else if (!is_space (c))
+      else if (!is_space (c)) {
+        /* an attribute name or '=': up to the next byte that matters */
+        size_t j = i + 1;
+        while (j < len && !attr_stop (buf[j]))
+          j++;
         sc->last_slash = false;
+        sc->pos += j - 1 - i;
+        i = j - 1;
+      }
       break;
     case S_ETAG:
       if (is_name_char (c)) {
-        if (sc->ntag < sizeof sc->tag - 1)
-          sc->tag[sc->ntag++] = c;
+        size_t j = i;
+        for (; j < len && is_name_char (buf[j]); j++)
+          if (sc->ntag < sizeof sc->tag - 1)
+            sc->tag[sc->ntag++] = buf[j];
+        sc->pos += j - 1 - i;
+        i = j - 1;
         break;
       }
       sc->st = S_ETAG_SPACE;
@@ -400,6 +425,170 @@ refuse_entity (void *ctx, const xmlChar *public_id, const xmlChar *system_id)
   return NULL;
 }
 
+/* A snapshot's <domain> is a whole domain definition (kilobytes of
+ * devices) of which only <uuid> and <devices><disk> are read. libxml2
+ * still parses every byte of it (so it is rejected exactly when libvirt
+ * rejects it: tag names, entities, depth, characters), but the elements
+ * of <domain> (<inactiveDomain>) other than those, and their text, are
+ * not built into the tree. Only for the parse of that document itself:
+ * libxml2 parses an entity's text with the same handlers and another
+ * context, and that is built whole. */
+struct prune {
+  xmlParserCtxtPtr ctxt;
+  xmlSAXHandler sax;        /* the default (tree building) handlers */
+  unsigned skip;            /* depth inside a pruned element */
+};
+
+static bool
+is_named (xmlNodePtr n, const char *name)
+{
+  return n && n->type == XML_ELEMENT_NODE
+    && xmlStrcmp (n->name, BAD_CAST name) == 0;
+}
+
+/* A child of the snapshot's (checkpoint's) <domain> or <inactiveDomain>:
+ * n is that element, its parent the root. */
+static bool
+is_moment_domain (xmlNodePtr n)
+{
+  return (is_named (n, "domain") || is_named (n, "inactiveDomain"))
+    && n->parent && n->parent->type == XML_ELEMENT_NODE
+    && n->parent->parent && n->parent->parent->type == XML_DOCUMENT_NODE;
+}
+
+static bool
+pruned (xmlNodePtr parent, const xmlChar *name)
+{
+  const char *n = (const char *) name;
+
+  if (is_moment_domain (parent))
+    return strcmp (n, "uuid") != 0 && strcmp (n, "devices") != 0;
+  if (is_named (parent, "devices") && is_moment_domain (parent->parent))
+    return strcmp (n, "disk") != 0;
+  return false;
+}
+
+static struct prune *
+prune_of (void *ctx)
+{
+  xmlParserCtxtPtr ctxt = ctx;
+  struct prune *p = ctxt->_private;
+
+  return p && p->ctxt == ctxt ? p : NULL;
+}
+
+static void
+prune_start (void *ctx, const xmlChar *localname, const xmlChar *prefix,
+             const xmlChar *uri, int nb_namespaces, const xmlChar **namespaces,
+             int nb_attributes, int nb_defaulted, const xmlChar **attributes)
+{
+  xmlParserCtxtPtr ctxt = ctx;
+  struct prune *p = prune_of (ctx);
+
+  if (p && (p->skip || pruned (ctxt->node, localname))) {
+    p->skip++;
+    return;
+  }
+  p = ctxt->_private;
+  p->sax.startElementNs (ctx, localname, prefix, uri, nb_namespaces,
+                         namespaces, nb_attributes, nb_defaulted, attributes);
+}
+
+static void
+prune_end (void *ctx, const xmlChar *localname, const xmlChar *prefix,
+           const xmlChar *uri)
+{
+  struct prune *p = prune_of (ctx);
+
+  if (p && p->skip) {
+    p->skip--;
+    return;
+  }
+  p = ((xmlParserCtxtPtr) ctx)->_private;
+  p->sax.endElementNs (ctx, localname, prefix, uri);
+}
+
+static void
+prune_chars (void *ctx, const xmlChar *ch, int len)
+{
+  struct prune *p = prune_of (ctx);
+
+  if (p && p->skip)
+    return;
+  p = ((xmlParserCtxtPtr) ctx)->_private;
+  p->sax.characters (ctx, ch, len);
+}
+
+static void
+prune_cdata (void *ctx, const xmlChar *ch, int len)
+{
+  struct prune *p = prune_of (ctx);
+
+  if (p && p->skip)
+    return;
+  p = ((xmlParserCtxtPtr) ctx)->_private;
+  p->sax.cdataBlock (ctx, ch, len);
+}
+
+static void
+prune_reference (void *ctx, const xmlChar *name)
+{
+  struct prune *p = prune_of (ctx);
+
+  if (p && p->skip)
+    return;
+  p = ((xmlParserCtxtPtr) ctx)->_private;
+  p->sax.reference (ctx, name);
+}
+
+static void
+prune_comment (void *ctx, const xmlChar *value)
+{
+  struct prune *p = prune_of (ctx);
+
+  if (p && p->skip)
+    return;
+  p = ((xmlParserCtxtPtr) ctx)->_private;
+  p->sax.comment (ctx, value);
+}
+
+static void
+prune_pi (void *ctx, const xmlChar *target, const xmlChar *data)
+{
+  struct prune *p = prune_of (ctx);
+
+  if (p && p->skip)
+    return;
+  p = ((xmlParserCtxtPtr) ctx)->_private;
+  p->sax.processingInstruction (ctx, target, data);
+}
+
+/* Put the pruning handlers in place of the tree builder's. characters
+ * and ignorableWhitespace stay one function, as libxml2 compares them. */
+static bool
+prune_install (xmlParserCtxtPtr ctxt, struct prune *p)
+{
+  xmlSAXHandlerPtr h = ctxt->sax;
+
+  if (h->startElementNs == NULL || h->endElementNs == NULL
+      || h->characters == NULL || h->ignorableWhitespace != h->characters
+      || h->cdataBlock == NULL || h->reference == NULL || h->comment == NULL
+      || h->processingInstruction == NULL)
+    return false;
+  memset (p, 0, sizeof *p);
+  p->ctxt = ctxt;
+  p->sax = *h;
+  ctxt->_private = p;
+  h->startElementNs = prune_start;
+  h->endElementNs = prune_end;
+  h->characters = h->ignorableWhitespace = prune_chars;
+  h->cdataBlock = prune_cdata;
+  h->reference = prune_reference;
+  h->comment = prune_comment;
+  h->processingInstruction = prune_pi;
+  return true;
+}
+
 struct _xmlDoc *
 meta_xml_parse (const char *buf, size_t len, const char *url, char *err,
                 size_t errlen)
@@ -408,6 +597,7 @@ meta_xml_parse (const char *buf, size_t len, const char *url, char *err,
   xmlDocPtr doc;
   const char *nul;
   char *str;
+  struct prune prune;
 
   if (len > INT_MAX) {
     snprintf (err, errlen, "too large for libxml2");
@@ -439,6 +629,7 @@ meta_xml_parse (const char *buf, size_t len, const char *url, char *err,
     return NULL;
   }
   ctxt->sax->resolveEntity = refuse_entity;
+  prune_install (ctxt, &prune);
   doc = xmlCtxtReadDoc (ctxt, BAD_CAST str, url, NULL, PARSE_OPTS);
   free (str);
   if (doc == NULL || !ctxt->wellFormed || xmlDocGetRootElement (doc) == NULL) {
