@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <libxml/SAX2.h>
 #include <libxml/parser.h>
 #include <libxml/tree.h>
 
@@ -130,6 +131,38 @@ tag_done (struct xml_scan *sc, bool end, bool empty)
   return 0;
 }
 
+/* Progress through the end of a comment ("-->", rep '-', need 2), a CDATA
+ * section ("]]>") or a processing instruction ("?>", need 1): true when
+ * c is its last byte. */
+static bool
+closes (struct xml_scan *sc, unsigned char c, unsigned char rep,
+        unsigned need)
+{
+  if (c == rep) {
+    if (sc->match < need)
+      sc->match++;
+    return false;
+  }
+  if (c == '>' && sc->match == need)
+    return true;
+  sc->match = 0;
+  return false;
+}
+
+/* The rest of a tag's name at once, from buf[*i]; *i is left on its last
+ * byte (the caller's loop steps over it). */
+static void
+take_name (struct xml_scan *sc, const char *buf, size_t len, size_t *i)
+{
+  size_t j = *i;
+
+  for (; j < len && is_name_char (buf[j]); j++)
+    if (sc->ntag < sizeof sc->tag - 1)
+      sc->tag[sc->ntag++] = buf[j];
+  sc->pos += j - 1 - *i;
+  *i = j - 1;
+}
+
 int
 xml_scan_feed (struct xml_scan *sc, const char *buf, size_t len)
 {
@@ -227,38 +260,22 @@ xml_scan_feed (struct xml_scan *sc, const char *buf, size_t len)
                           sc->bang, sc->tag_start);
       break;
     case S_COMMENT:
-      if (c == '-')
-        sc->match = sc->match < 2 ? sc->match + 1 : 2;
-      else if (c == '>' && sc->match == 2)
-        sc->st = S_TEXT;
-      else
-        sc->match = 0;
+    case S_DTS_COMMENT:
+      if (closes (sc, c, '-', 2))
+        sc->st = sc->st == S_COMMENT ? S_TEXT : S_DTS;
       break;
     case S_CDATA:
-      if (c == ']')
-        sc->match = sc->match < 2 ? sc->match + 1 : 2;
-      else if (c == '>' && sc->match == 2)
+      if (closes (sc, c, ']', 2))
         sc->st = S_TEXT;
-      else
-        sc->match = 0;
       break;
     case S_PI:
-      if (c == '?')
-        sc->match = 1;
-      else if (c == '>' && sc->match)
-        sc->st = S_TEXT;
-      else
-        sc->match = 0;
+    case S_DTS_PI:
+      if (closes (sc, c, '?', 1))
+        sc->st = sc->st == S_PI ? S_TEXT : S_DTS;
       break;
     case S_TAG:
       if (is_name_char (c)) {
-        /* the rest of the name at once */
-        size_t j = i;
-        for (; j < len && is_name_char (buf[j]); j++)
-          if (sc->ntag < sizeof sc->tag - 1)
-            sc->tag[sc->ntag++] = buf[j];
-        sc->pos += j - 1 - i;
-        i = j - 1;
+        take_name (sc, buf, len, &i);
         break;
       }
       sc->st = S_TAG_ATTRS;
@@ -303,12 +320,7 @@ xml_scan_feed (struct xml_scan *sc, const char *buf, size_t len)
       break;
     case S_ETAG:
       if (is_name_char (c)) {
-        size_t j = i;
-        for (; j < len && is_name_char (buf[j]); j++)
-          if (sc->ntag < sizeof sc->tag - 1)
-            sc->tag[sc->ntag++] = buf[j];
-        sc->pos += j - 1 - i;
-        i = j - 1;
+        take_name (sc, buf, len, &i);
         break;
       }
       sc->st = S_ETAG_SPACE;
@@ -350,34 +362,15 @@ xml_scan_feed (struct xml_scan *sc, const char *buf, size_t len)
       sc->st = c == '!' ? S_DTS_BANG : c == '?' ? S_DTS_PI : S_DTS;
       break;
     case S_DTS_BANG:
-      sc->st = c == '-' ? S_DTS_BANG2 : S_DTS;
-      if (c == '"' || c == '\'') {
-        sc->quote = c;
-        sc->st = S_DTS_QUOTE;
-      }
-      break;
     case S_DTS_BANG2:
-      sc->st = c == '-' ? S_DTS_COMMENT : S_DTS;
       if (c == '"' || c == '\'') {
         sc->quote = c;
         sc->st = S_DTS_QUOTE;
       }
-      break;
-    case S_DTS_COMMENT:
-      if (c == '-')
-        sc->match = sc->match < 2 ? sc->match + 1 : 2;
-      else if (c == '>' && sc->match == 2)
-        sc->st = S_DTS;
+      else if (c == '-')
+        sc->st = sc->st == S_DTS_BANG ? S_DTS_BANG2 : S_DTS_COMMENT;
       else
-        sc->match = 0;
-      break;
-    case S_DTS_PI:
-      if (c == '?')
-        sc->match = 1;
-      else if (c == '>' && sc->match)
         sc->st = S_DTS;
-      else
-        sc->match = 0;
       break;
     }
   }
@@ -432,10 +425,10 @@ refuse_entity (void *ctx, const xmlChar *public_id, const xmlChar *system_id)
  * of <domain> (<inactiveDomain>) other than those, and their text, are
  * not built into the tree. Only for the parse of that document itself:
  * libxml2 parses an entity's text with the same handlers and another
- * context, and that is built whole. */
+ * context, and that is built whole. The handlers are libxml2's own
+ * (xmlSAX2*) for everything that is built. */
 struct prune {
   xmlParserCtxtPtr ctxt;
-  xmlSAXHandler sax;        /* the default (tree building) handlers */
   unsigned skip;            /* depth inside a pruned element */
 };
 
@@ -468,13 +461,14 @@ pruned (xmlNodePtr parent, const xmlChar *name)
   return false;
 }
 
+/* This document's own parse, inside a pruned element: drop the event. */
 static struct prune *
-prune_of (void *ctx)
+skipping (void *ctx)
 {
   xmlParserCtxtPtr ctxt = ctx;
   struct prune *p = ctxt->_private;
 
-  return p && p->ctxt == ctxt ? p : NULL;
+  return p && p->ctxt == ctxt && p->skip ? p : NULL;
 }
 
 static void
@@ -483,101 +477,81 @@ prune_start (void *ctx, const xmlChar *localname, const xmlChar *prefix,
              int nb_attributes, int nb_defaulted, const xmlChar **attributes)
 {
   xmlParserCtxtPtr ctxt = ctx;
-  struct prune *p = prune_of (ctx);
+  struct prune *p = ctxt->_private;
 
-  if (p && (p->skip || pruned (ctxt->node, localname))) {
+  if (p && p->ctxt == ctxt && (p->skip || pruned (ctxt->node, localname)))
     p->skip++;
-    return;
-  }
-  p = ctxt->_private;
-  p->sax.startElementNs (ctx, localname, prefix, uri, nb_namespaces,
-                         namespaces, nb_attributes, nb_defaulted, attributes);
+  else
+    xmlSAX2StartElementNs (ctx, localname, prefix, uri, nb_namespaces,
+                           namespaces, nb_attributes, nb_defaulted,
+                           attributes);
 }
 
 static void
 prune_end (void *ctx, const xmlChar *localname, const xmlChar *prefix,
            const xmlChar *uri)
 {
-  struct prune *p = prune_of (ctx);
+  struct prune *p = skipping (ctx);
 
-  if (p && p->skip) {
+  if (p)
     p->skip--;
-    return;
-  }
-  p = ((xmlParserCtxtPtr) ctx)->_private;
-  p->sax.endElementNs (ctx, localname, prefix, uri);
+  else
+    xmlSAX2EndElementNs (ctx, localname, prefix, uri);
 }
 
 static void
 prune_chars (void *ctx, const xmlChar *ch, int len)
 {
-  struct prune *p = prune_of (ctx);
-
-  if (p && p->skip)
-    return;
-  p = ((xmlParserCtxtPtr) ctx)->_private;
-  p->sax.characters (ctx, ch, len);
+  if (!skipping (ctx))
+    xmlSAX2Characters (ctx, ch, len);
 }
 
 static void
 prune_cdata (void *ctx, const xmlChar *ch, int len)
 {
-  struct prune *p = prune_of (ctx);
-
-  if (p && p->skip)
-    return;
-  p = ((xmlParserCtxtPtr) ctx)->_private;
-  p->sax.cdataBlock (ctx, ch, len);
+  if (!skipping (ctx))
+    xmlSAX2CDataBlock (ctx, ch, len);
 }
 
 static void
 prune_reference (void *ctx, const xmlChar *name)
 {
-  struct prune *p = prune_of (ctx);
-
-  if (p && p->skip)
-    return;
-  p = ((xmlParserCtxtPtr) ctx)->_private;
-  p->sax.reference (ctx, name);
+  if (!skipping (ctx))
+    xmlSAX2Reference (ctx, name);
 }
 
 static void
 prune_comment (void *ctx, const xmlChar *value)
 {
-  struct prune *p = prune_of (ctx);
-
-  if (p && p->skip)
-    return;
-  p = ((xmlParserCtxtPtr) ctx)->_private;
-  p->sax.comment (ctx, value);
+  if (!skipping (ctx))
+    xmlSAX2Comment (ctx, value);
 }
 
 static void
 prune_pi (void *ctx, const xmlChar *target, const xmlChar *data)
 {
-  struct prune *p = prune_of (ctx);
-
-  if (p && p->skip)
-    return;
-  p = ((xmlParserCtxtPtr) ctx)->_private;
-  p->sax.processingInstruction (ctx, target, data);
+  if (!skipping (ctx))
+    xmlSAX2ProcessingInstruction (ctx, target, data);
 }
 
-/* Put the pruning handlers in place of the tree builder's. characters
- * and ignorableWhitespace stay one function, as libxml2 compares them. */
-static bool
+/* Put the pruning handlers in place of the tree builder's, when those are
+ * libxml2's defaults. characters and ignorableWhitespace stay one
+ * function, as libxml2 compares them. */
+static void
 prune_install (xmlParserCtxtPtr ctxt, struct prune *p)
 {
   xmlSAXHandlerPtr h = ctxt->sax;
 
-  if (h->startElementNs == NULL || h->endElementNs == NULL
-      || h->characters == NULL || h->ignorableWhitespace != h->characters
-      || h->cdataBlock == NULL || h->reference == NULL || h->comment == NULL
-      || h->processingInstruction == NULL)
-    return false;
   memset (p, 0, sizeof *p);
+  if (h->startElementNs != xmlSAX2StartElementNs
+      || h->endElementNs != xmlSAX2EndElementNs
+      || h->characters != xmlSAX2Characters
+      || h->ignorableWhitespace != xmlSAX2Characters
+      || h->cdataBlock != xmlSAX2CDataBlock
+      || h->reference != xmlSAX2Reference || h->comment != xmlSAX2Comment
+      || h->processingInstruction != xmlSAX2ProcessingInstruction)
+    return;
   p->ctxt = ctxt;
-  p->sax = *h;
   ctxt->_private = p;
   h->startElementNs = prune_start;
   h->endElementNs = prune_end;
@@ -586,7 +560,6 @@ prune_install (xmlParserCtxtPtr ctxt, struct prune *p)
   h->reference = prune_reference;
   h->comment = prune_comment;
   h->processingInstruction = prune_pi;
-  return true;
 }
 
 struct _xmlDoc *
