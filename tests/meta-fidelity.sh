@@ -157,7 +157,7 @@ case_ "another domain's <uuid>" v yes UUID_MISMATCH
 variant v.xml 'v<![CDATA[-c]]><b>d</b>' ''
 case_ "a name of text, CDATA and an element's text" v-cd yes FILE_NAME
 
-diag "---- 9: document type declarations, entities, depth, NUL, encodings"
+diag "---- 9: document type declarations, entities, depth, NUL, encodings, BOM"
 variant v.xml v ''
 prepend "$S/v.xml" '<!DOCTYPE domainsnapshot>'
 case_ "a plain <!DOCTYPE domainsnapshot>" v yes ""
@@ -223,6 +223,12 @@ printf '\0 <<< not XML >>>' >> "$S/v.xml"
 case_ "bytes after a NUL that follows the root element" v yes "" todo
 variant v.xml v 's|<active>0</active>|\x00<active>0</active>|'
 case_ "a NUL inside the root element" v no PARSE
+variant v.xml v ''
+prepend "$S/v.xml" "$(printf '\xef\xbb\xbf')"
+case_ "a UTF-8 byte order mark" v yes ""
+variant v.xml v ''
+prepend "$S/v.xml" '  <?xml version="1.0"?>'
+case_ "an XML declaration after white space" v no PARSE
 variant v.xml "v-$(printf '\xc3\xa9')" ''
 prepend "$S/v.xml" '<?xml version="1.0" encoding="UTF-8"?>'
 case_ "UTF-8 declared, a non-ASCII name" "v-$(printf '\xc3\xa9')" yes FILE_NAME

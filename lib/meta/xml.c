@@ -38,6 +38,7 @@ enum {
    * a processing instruction there (which may hold quotes and ']') */
   S_DT, S_DT_QUOTE, S_DTS, S_DTS_QUOTE, S_DTS_LT, S_DTS_BANG, S_DTS_BANG2,
   S_DTS_COMMENT, S_DTS_PI,
+  S_BOM,        /* a UTF-8 byte order mark, first in the file */
 };
 
 void
@@ -193,6 +194,12 @@ xml_scan_feed (struct xml_scan *sc, const char *buf, size_t len)
         sc->st = S_LT;
         sc->tag_start = sc->pos;
       }
+      else if (c == 0xef && sc->pos == 0) {
+        /* libxml2 takes it as the encoding's mark, and libvirt loads the
+         * file */
+        sc->st = S_BOM;
+        sc->match = 1;
+      }
       else if (!is_space (c)) {
         if (sc->depth == 0)
           return scan_fail (sc, SCAN_SYNTAX, "text outside the root element "
@@ -334,6 +341,13 @@ xml_scan_feed (struct xml_scan *sc, const char *buf, size_t len)
       else if (!is_space (c))
         return scan_fail (sc, SCAN_SYNTAX, "bad end tag at offset %" PRIu64,
                           sc->tag_start);
+      break;
+    case S_BOM:
+      if (c != (sc->match == 1 ? 0xbb : 0xbf))
+        return scan_fail (sc, SCAN_SYNTAX, "text outside the root element "
+                          "at offset 0");
+      if (sc->match++ == 2)
+        sc->st = S_TEXT;
       break;
     case S_DT:
     case S_DTS:
