@@ -750,6 +750,12 @@ keep (struct ex *x, struct sbuf *b)
   }
   if (d == NULL)
     d = strdup ("");
+  else if (b->n + 1 < b->cap) {
+    /* kept for the moment's life: no spare room */
+    char *fit = realloc (d, b->n + 1);
+    if (fit)
+      d = fit;
+  }
   if (d == NULL || qk_strvec_add (x->sv, d) < 0) {
     free (d);
     x->oom = true;
