@@ -29,7 +29,7 @@
 #include "fuzz.h"
 #include "meta/meta.h"
 
-#define MAX_DEPTH 128
+#define MAX_DEPTH 1024
 
 /* ---- the chunked file ---- */
 

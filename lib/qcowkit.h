@@ -340,7 +340,8 @@ struct qk_meta_options {
   const char *sysroot;       /* every absolute path, image paths included,
                                 resolves under it */
   uint64_t max_file_size;    /* per file or bulk element; 0: 16 MiB */
-  unsigned max_depth;        /* XML nesting; 0: 128 */
+  unsigned max_depth;        /* XML nesting bound; 0: 1024 (libxml2's own
+                                limit, 257, applies below it) */
 };
 
 /* A <disk> of a snapshot's or checkpoint's <disks> (or <revertDisks>). */

@@ -100,7 +100,7 @@ case_ "two current" "MULTIPLE_CURRENT" sub 's|<active>0</active>|<active>1</acti
 case_ "a duplicate name" "DUPLICATE_NAME FILE_NAME" cp "$S/s2.xml" "$S/s2-copy.xml"
 case_ "file name not NAME.xml" "FILE_NAME" mv "$S/s2.xml" "$S/other.xml"
 case_ "a file that does not parse" "INT_SNAPSHOT_UNKNOWN PARSE" truncate -s 300 "$S/s2.xml"
-case_ "a name unsafe as a file name" "INT_SNAPSHOT_UNKNOWN UNSAFE_NAME" sub '0,/<name>s2</s|<name>s2<|<name>../s2<|' "$S/s2.xml"
+case_ "a name unsafe as a file name" "INT_SNAPSHOT_MISSING INT_SNAPSHOT_UNKNOWN UNSAFE_NAME" sub '0,/<name>s2</s|<name>s2<|<name>../s2<|' "$S/s2.xml"
 case_ "no <name>" "INT_SNAPSHOT_UNKNOWN MISSING_NAME" sub '0,/<name>s2<\/name>/{/<name>s2<\/name>/d}' "$S/s2.xml"
 case_ "no <state>" "INT_SNAPSHOT_UNKNOWN MISSING_STATE" sub '/<state>/d' "$S/s2.xml"
 case_ "no <creationTime>" "INT_SNAPSHOT_UNKNOWN MISSING_CTIME" sub '/<creationTime>/d' "$S/s2.xml"

@@ -16,7 +16,11 @@
 #include "meta/meta.h"
 
 #define DEFAULT_MAX_FILE (16ULL << 20)
-#define DEFAULT_MAX_DEPTH 128
+/* The scanner's bound on nesting, above libxml2's own limit (257 levels,
+ * without XML_PARSE_HUGE as libvirt parses), so that libxml2 decides what
+ * is too deep, as it does for libvirt; the bound only keeps absurd depth
+ * from reaching libxml2 at all. */
+#define DEFAULT_MAX_DEPTH 1024
 #define LIBVIRT_MAX_FILE (1ULL << 20)   /* virFileReadAll limit at load */
 #define CHUNK (256U << 10)
 
