@@ -107,7 +107,7 @@ load_moment (struct qk_meta *m, int kind, struct _xmlDoc *doc,
     if (a > b || b > n)
       __builtin_trap ();
   }
-  mp->hash = meta_hash (meta_hash (META_HASH_INIT, e, a), e + b, n - b);
+  mp->hash = meta_hash2 (e, a, e + b, n - b);
   if (meta_extract_moment (m, s, doc, mp) < 0)
     return;
   if (p->loaded) {

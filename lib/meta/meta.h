@@ -186,8 +186,8 @@ extern void meta_check_images (struct qk_meta *m, struct meta_report *r);
  * newline) in one element's bytes; *a == *b when there is none. */
 extern void meta_active_range (const char *elem, size_t len, size_t *a,
                                size_t *b);
-extern uint64_t meta_hash (uint64_t h, const char *p, size_t n);
-#define META_HASH_INIT 1469598103934665603ULL
+extern uint64_t meta_hash2 (const char *p1, size_t n1, const char *p2,
+                            size_t n2);
 
 /* convert.c */
 extern int meta_convert (struct qk_meta *m, int kind, int layout,

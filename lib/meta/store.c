@@ -397,12 +397,47 @@ free_moment (struct meta_moment_priv *mp)
   qk_strvec_free (&mp->strs);
 }
 
-uint64_t
-meta_hash (uint64_t h, const char *p, size_t n)
+static inline uint64_t
+hash_mix (uint64_t h, uint64_t w)
 {
-  for (size_t i = 0; i < n; i++)
-    h = (h ^ (unsigned char) p[i]) * 1099511628211ULL;
-  return h;
+  h = (h ^ w) * 0x9e3779b97f4a7c15ULL;
+  return h ^ (h >> 32);
+}
+
+/* A hash of the bytes p1 + p2 (an element without its <active>), eight
+ * bytes at a time: the same bytes give the same hash however they are
+ * split between the two parts. Equality of moments across layouts, not
+ * security. */
+uint64_t
+meta_hash2 (const char *p1, size_t n1, const char *p2, size_t n2)
+{
+  const char *seg[2] = { p1, p2 };
+  size_t len[2] = { n1, n2 }, bn = 0;
+  unsigned char buf[8];
+  uint64_t h = 1469598103934665603ULL, w;
+
+  for (int s = 0; s < 2; s++) {
+    const char *p = seg[s];
+    size_t n = len[s];
+    while (bn && n) {
+      buf[bn++] = *p++;
+      n--;
+      if (bn == 8) {
+        memcpy (&w, buf, 8);
+        h = hash_mix (h, w);
+        bn = 0;
+      }
+    }
+    for (; n >= 8; p += 8, n -= 8) {
+      memcpy (&w, p, 8);
+      h = hash_mix (h, w);
+    }
+    while (n--)
+      buf[bn++] = *p++;
+  }
+  memset (buf + bn, 0, 8 - bn);
+  memcpy (&w, buf, 8);
+  return hash_mix (hash_mix (h, w), n1 + n2);
 }
 
 struct doc_tags {
@@ -506,7 +541,7 @@ load_doc (struct qk_meta *m, struct meta_set *s, struct meta_moment_priv *mp,
       b = t.act_end - t.root_start;
       widen_active (e, n, &a, &b);
     }
-    mp->hash = meta_hash (meta_hash (META_HASH_INIT, e, a), e + b, n - b);
+    mp->hash = meta_hash2 (e, a, e + b, n - b);
   }
   r = meta_extract_moment (m, s, doc, mp);
   meta_xml_free_doc (doc);
