@@ -885,12 +885,15 @@ at_path (const struct place *pl, const char *a, const char *b)
   return p;
 }
 
+/* Finish or roll back an interrupted conversion: -1, 0 (nothing to do),
+ * or 1 (the layouts changed: reload). */
 static int
 recover (struct qk_meta *m, int kind, int layout, const struct place *pl,
          unsigned flags)
 {
   mode_t st_type = type_at (pl->base, pl->stage);
   bool dir, bulk;
+  int changed = 0;
 
   if (st_type != 0) {
     int sfd = st_type == S_IFDIR ? open_dir_at (pl->base, pl->stage) : -1;
@@ -921,6 +924,7 @@ recover (struct qk_meta *m, int kind, int layout, const struct place *pl,
     close (sfd);
     if (r < 0 || remove_stage (pl->base, pl->stage) < 0)
       return -1;
+    changed = 1;
   }
   dir = type_at (pl->base, pl->dir) == S_IFDIR;
   bulk = type_at (pl->base, pl->bulk) == S_IFREG;
@@ -959,8 +963,9 @@ recover (struct qk_meta *m, int kind, int layout, const struct place *pl,
     if (r < 0 || retire (m, kind, pl, layout, flags) < 0
         || remove_stage (pl->base, pl->stage) < 0)
       return -1;
+    changed = 1;
   }
-  return 0;
+  return changed;
 }
 
 static int
@@ -1061,7 +1066,9 @@ meta_convert (struct qk_meta *m, int kind, int layout, unsigned flags)
   }
   if (refusals (m, &pl) < 0)
     goto out;
-  if (recover (m, kind, layout, &pl, flags) < 0 || reload (m) < 0)
+  /* what was loaded is still what is there unless recovery changed it */
+  r = recover (m, kind, layout, &pl, flags);
+  if (r < 0 || (r > 0 && reload (m) < 0))
     goto out;
   s = &m->set[kind];
   if (s->layout == layout || s->layout == QK_META_LAYOUT_NONE) {
