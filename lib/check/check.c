@@ -127,6 +127,16 @@ struct range {        /* clusters [first, end) */
   uint64_t first, end;
 };
 
+/* A refcount block read, in the cache of struct ck. */
+struct rbslot {
+  uint64_t t;         /* its refcount table index + 1; 0: the slot is free */
+  uint8_t *buf;       /* a cluster, allocated on the slot's first use */
+};
+
+/* The cache's size: a power of two of slots, at least 2, in at most this
+ * many bytes (16 blocks of 64 KiB, covering 32 GiB of file at 16 bits). */
+#define RB_CACHE_BYTES (1U << 20)
+
 struct ck {
   struct qk_image *img;
   const struct qk_header *h;
@@ -162,10 +172,20 @@ struct ck {
 
   uint64_t max_data_end;   /* for the data file size check */
 
-  /* stored_refcount: the refcount table index whose block the image
-   * holds in img->rb_buf (at sr_rb), so that consecutive clusters of one
-   * block skip the lookup */
-  uint64_t sr_t, sr_rb;
+  /* The refcount blocks read, direct-mapped by refcount table index t
+   * (slot t & (n_rbc - 1)), shared by the stored refcount lookups of the
+   * COPIED checks in the L2 walk and by the comparison: each block is read
+   * once while the blocks the walk needs fit (in any order), and at most
+   * twice otherwise. Walking the L2 tables in offset order visits the
+   * data in guest order, which on a randomly written image is random in
+   * host order, so one block of cache would read a block per cluster. */
+  struct rbslot *rbc;
+  size_t n_rbc;
+  bool rbc_nomem;     /* a slot could not be allocated */
+  /* stored_refcount: the table index and block of the previous lookup,
+   * so that consecutive clusters of one block skip the lookup */
+  uint64_t sr_t;
+  const uint8_t *sr_buf;
 
   qk_problem_fn fn;
   void *opaque;
@@ -734,14 +754,12 @@ static int stored_refcount_lookup (struct ck *ck, uint64_t cluster,
 static inline __attribute__ ((always_inline)) int
 stored_refcount (struct ck *ck, uint64_t cluster, uint64_t *rc)
 {
-  /* the block of the previous lookup, without a call */
-  if (ck->sr_rb != 0 && ck->h->refcount_order <= 6) {
+  /* the block of the previous lookup, without a call (sr_buf is only set
+   * for widths up to 64 bits) */
+  if (ck->sr_buf) {
     unsigned per_bits = ck->cb + 3 - ck->h->refcount_order;
-    uint64_t t = cluster >> per_bits;
-    if (t == ck->sr_t && ck->img->rb_off == ck->sr_rb && ck->img->rb_buf
-        && t < ck->reftable_n
-        && (ck->reftable[t] & QK_REFT_OFFSET_MASK) == ck->sr_rb) {
-      *rc = qk_refblock_get (ck->img->rb_buf, ck->h->refcount_order,
+    if (cluster >> per_bits == ck->sr_t) {
+      *rc = qk_refblock_get (ck->sr_buf, ck->h->refcount_order,
                              cluster & ((UINT64_C (1) << per_bits) - 1));
       return 0;
     }
@@ -749,29 +767,54 @@ stored_refcount (struct ck *ck, uint64_t cluster, uint64_t *rc)
   return stored_refcount_lookup (ck, cluster, rc);
 }
 
+/* The refcount block of table index t, at rb (aligned, not 0), from the
+ * cache or read into it; NULL if it cannot be read. */
+static const uint8_t *
+refblock (struct ck *ck, uint64_t t, uint64_t rb)
+{
+  struct rbslot *s = &ck->rbc[t & (ck->n_rbc - 1)];
+
+  if (s->buf && s->t == t + 1)
+    return s->buf;
+  if (s->buf == NULL && (s->buf = malloc (ck->cs)) == NULL) {
+    set_error (ENOMEM, "malloc");
+    ck->rbc_nomem = true;
+    return NULL;
+  }
+  if (ck->sr_buf == s->buf)
+    ck->sr_buf = NULL;
+  s->t = 0;
+  if (qk_source_read_zeropad (ck->img->src, s->buf, ck->cs, rb) < 0)
+    return NULL;
+  s->t = t + 1;
+  return s->buf;
+}
+
+/* qk_image_refcount's answers, from the cache */
 static int
 stored_refcount_lookup (struct ck *ck, uint64_t cluster, uint64_t *rc)
 {
   unsigned per_bits;
   uint64_t t, rb;
+  const uint8_t *buf;
 
   if (ck->h->refcount_order > 6)    /* qk_image_refcount says why */
     return qk_image_refcount (ck->img, cluster, rc);
   per_bits = ck->cb + 3 - ck->h->refcount_order;
   t = cluster >> per_bits;
-  if (t >= ck->reftable_n)
-    return qk_image_refcount (ck->img, cluster, rc);
-  rb = ck->reftable[t] & QK_REFT_OFFSET_MASK;
+  rb = t < ck->reftable_n ? ck->reftable[t] & QK_REFT_OFFSET_MASK : 0;
+  if (rb == 0) {
+    *rc = 0;
+    return 0;
+  }
   if (!IS_ALIGNED (rb, ck->cs) || rb > INT64_MAX - ck->cs)
     return -1;
-  if (qk_image_refcount (ck->img, cluster, rc) < 0)
+  if ((buf = refblock (ck, t, rb)) == NULL)
     return -1;
-  /* cache only what the image really looked up for this index */
-  if (rb != 0 && t < ck->img->reftable_n
-      && (ck->img->reftable[t] & QK_REFT_OFFSET_MASK) == rb) {
-    ck->sr_t = t;
-    ck->sr_rb = rb;
-  }
+  ck->sr_t = t;
+  ck->sr_buf = buf;
+  *rc = qk_refblock_get (buf, ck->h->refcount_order,
+                         cluster & ((UINT64_C (1) << per_bits) - 1));
   return 0;
 }
 
@@ -1555,17 +1598,12 @@ phase_compare (struct ck *ck)
   uint64_t per = ck->cs * 8 >> h->refcount_order;
   uint64_t highest = 0;
   bool any = false;
-  uint8_t *blk = malloc (ck->cs);
 
-  if (blk == NULL) {
-    set_error (ENOMEM, "malloc");
-    return -1;
-  }
   for (uint64_t t = 0; t * per < ck->nb; t++) {
     uint64_t first = t * per, end = MIN (ck->nb, first + per);
     uint64_t rbo = t < ck->reftable_n ? ck->reftable[t] & QK_REFT_OFFSET_MASK
                                       : 0;
-    bool have = false;
+    const uint8_t *blk = NULL;
 
     if (rbo && !IS_ALIGNED (rbo, ck->cs)) {
       report (ck, PR_REFCOUNT_UNREADABLE, end - first,
@@ -1576,7 +1614,10 @@ phase_compare (struct ck *ck)
       /* qemu-img leaves these clusters out of image-end-offset */
       continue;
     }
-    if (rbo && qk_source_read_zeropad (ck->img->src, blk, ck->cs, rbo) < 0) {
+    /* from the cache when the COPIED checks have read it */
+    if (rbo && (blk = refblock (ck, t, rbo)) == NULL) {
+      if (ck->rbc_nomem)
+        return -1;
       /* e.g. an offset past what a file can hold: qemu-img cannot get
        * these refcounts either (a check error per cluster) */
       report (ck, PR_REFCOUNT_UNREADABLE, end - first,
@@ -1588,10 +1629,8 @@ phase_compare (struct ck *ck)
       /* qemu-img leaves these clusters out of image-end-offset */
       continue;
     }
-    if (rbo)
-      have = true;
     for (uint64_t k = first; k < end; k++) {
-      uint64_t stored = have ? qk_refblock_get (blk, h->refcount_order,
+      uint64_t stored = blk ? qk_refblock_get (blk, h->refcount_order,
                                                 k - first) : 0;
       uint64_t counted = qk_refblock_get (ck->imrt, ck->order, k);
       if (stored || counted) {
@@ -1621,7 +1660,6 @@ phase_compare (struct ck *ck)
                 " reference=%" PRIu64, k, k << ck->cb, stored, counted);
     }
   }
-  free (blk);
   (void) any;
   ck->res->image_end_offset = (highest + 1) * ck->cs;
   return 0;
@@ -2013,6 +2051,17 @@ qk_check_run (struct qk_image *img, unsigned flags, qk_problem_fn fn,
     }
     if (imrt_grow (&ck, n) < 0)
       goto out;
+    {
+      size_t slots = 2;
+      while (slots * 2 * ck.cs <= RB_CACHE_BYTES)
+        slots *= 2;
+      ck.rbc = calloc (slots, sizeof *ck.rbc);
+      if (ck.rbc == NULL) {
+        set_error (ENOMEM, "malloc");
+        goto out;
+      }
+      ck.n_rbc = slots;
+    }
     if (qk_image_read_refcount_table (img, &ck.reftable, &ck.reftable_n) < 0) {
       ck.reftable = NULL;
       ck.reftable_n = 0;
@@ -2043,5 +2092,8 @@ out:
   free (ck.mu);
   free (ck.conf);
   free (ck.reftable);
+  for (size_t i = 0; i < ck.n_rbc; i++)
+    free (ck.rbc[i].buf);
+  free (ck.rbc);
   return r;
 }
