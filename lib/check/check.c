@@ -130,11 +130,13 @@ struct range {        /* clusters [first, end) */
 /* A refcount block read, in the cache of struct ck. */
 struct rbslot {
   uint64_t t;         /* its refcount table index + 1; 0: the slot is free */
-  uint8_t *buf;       /* a cluster, allocated on the slot's first use */
+  uint8_t *buf;       /* a cluster, or NULL */
+  uint64_t used;      /* when last used (a tick) */
 };
 
-/* The cache's size: a power of two of slots, at least 2, in at most this
- * many bytes (16 blocks of 64 KiB, covering 32 GiB of file at 16 bits). */
+/* The cache's size: a power of two of slots, at least 2, with buffers for
+ * all of them in at most this many bytes (16 blocks of 64 KiB, covering
+ * 32 GiB of file at 16 bits). */
 #define RB_CACHE_BYTES (1U << 20)
 
 struct ck {
@@ -181,7 +183,17 @@ struct ck {
    * host order, so one block of cache would read a block per cluster. */
   struct rbslot *rbc;
   size_t n_rbc;
-  bool rbc_nomem;     /* a slot could not be allocated */
+  /* The slots with a buffer. There are two buffers, moved to the slot
+   * that needs one, from the one used longest ago, until a block is read
+   * again (it did not stay): only then does a slot get a buffer of its
+   * own. Reading in host order then takes no more memory than two blocks
+   * (the preallocated benchmark rows), reading at random as much as the
+   * blocks read. */
+  size_t *rb_bufs;
+  size_t n_rb_bufs;
+  uint8_t *rb_seen;   /* a bit per table index: its block was read */
+  uint64_t rb_tick;
+  bool rbc_nomem;     /* a buffer could not be allocated */
   /* stored_refcount: the table index and block of the previous lookup,
    * so that consecutive clusters of one block skip the lookup */
   uint64_t sr_t;
@@ -767,26 +779,57 @@ stored_refcount (struct ck *ck, uint64_t cluster, uint64_t *rc)
   return stored_refcount_lookup (ck, cluster, rc);
 }
 
+/* A buffer for slot s (which has none): a new one while there are fewer
+ * than two, or when grow says so, else the buffer of the slot used
+ * longest ago. */
+static int
+refblock_buffer (struct ck *ck, struct rbslot *s, bool grow)
+{
+  size_t si = s - ck->rbc, v = 0;
+
+  if (ck->n_rb_bufs < 2 || grow) {
+    if ((s->buf = malloc (ck->cs)) == NULL) {
+      set_error (ENOMEM, "malloc");
+      ck->rbc_nomem = true;
+      return -1;
+    }
+    ck->rb_bufs[ck->n_rb_bufs++] = si;
+    return 0;
+  }
+  for (size_t i = 1; i < ck->n_rb_bufs; i++)
+    if (ck->rbc[ck->rb_bufs[i]].used < ck->rbc[ck->rb_bufs[v]].used)
+      v = i;
+  s->buf = ck->rbc[ck->rb_bufs[v]].buf;
+  ck->rbc[ck->rb_bufs[v]] = (struct rbslot) { 0 };
+  ck->rb_bufs[v] = si;
+  return 0;
+}
+
 /* The refcount block of table index t, at rb (aligned, not 0), from the
- * cache or read into it; NULL if it cannot be read. */
+ * cache or read into it; NULL if it cannot be read. grow: a block read
+ * again (evicted) gets a buffer of its own, within the cache's size
+ * (false in the comparison, which reads in order). */
 static const uint8_t *
-refblock (struct ck *ck, uint64_t t, uint64_t rb)
+refblock (struct ck *ck, uint64_t t, uint64_t rb, bool grow)
 {
   struct rbslot *s = &ck->rbc[t & (ck->n_rbc - 1)];
+  bool seen = t < ck->reftable_n && (ck->rb_seen[t / 8] >> (t & 7)) & 1;
 
-  if (s->buf && s->t == t + 1)
+  if (s->buf && s->t == t + 1) {
+    s->used = ++ck->rb_tick;
     return s->buf;
-  if (s->buf == NULL && (s->buf = malloc (ck->cs)) == NULL) {
-    set_error (ENOMEM, "malloc");
-    ck->rbc_nomem = true;
-    return NULL;
   }
+  if (s->buf == NULL && refblock_buffer (ck, s, grow && seen) < 0)
+    return NULL;
   if (ck->sr_buf == s->buf)
     ck->sr_buf = NULL;
   s->t = 0;
+  s->used = ++ck->rb_tick;
   if (qk_source_read_zeropad (ck->img->src, s->buf, ck->cs, rb) < 0)
     return NULL;
   s->t = t + 1;
+  if (t < ck->reftable_n)
+    ck->rb_seen[t / 8] |= 1U << (t & 7);
   return s->buf;
 }
 
@@ -809,7 +852,7 @@ stored_refcount_lookup (struct ck *ck, uint64_t cluster, uint64_t *rc)
   }
   if (!IS_ALIGNED (rb, ck->cs) || rb > INT64_MAX - ck->cs)
     return -1;
-  if ((buf = refblock (ck, t, rb)) == NULL)
+  if ((buf = refblock (ck, t, rb, true)) == NULL)
     return -1;
   ck->sr_t = t;
   ck->sr_buf = buf;
@@ -1615,7 +1658,7 @@ phase_compare (struct ck *ck)
       continue;
     }
     /* from the cache when the COPIED checks have read it */
-    if (rbo && (blk = refblock (ck, t, rbo)) == NULL) {
+    if (rbo && (blk = refblock (ck, t, rbo, false)) == NULL) {
       if (ck->rbc_nomem)
         return -1;
       /* e.g. an offset past what a file can hold: qemu-img cannot get
@@ -2056,7 +2099,8 @@ qk_check_run (struct qk_image *img, unsigned flags, qk_problem_fn fn,
       while (slots * 2 * ck.cs <= RB_CACHE_BYTES)
         slots *= 2;
       ck.rbc = calloc (slots, sizeof *ck.rbc);
-      if (ck.rbc == NULL) {
+      ck.rb_bufs = calloc (slots, sizeof *ck.rb_bufs);
+      if (ck.rbc == NULL || ck.rb_bufs == NULL) {
         set_error (ENOMEM, "malloc");
         goto out;
       }
@@ -2068,6 +2112,11 @@ qk_check_run (struct qk_image *img, unsigned flags, qk_problem_fn fn,
       if (!ck.reftable_invalid)   /* else phase_header said why */
         report (&ck, PR_HDR_REFTABLE_INVALID, 1, NOLOC,
                 "the refcount table cannot be read: %s", qk_get_error ());
+    }
+    ck.rb_seen = calloc (ck.reftable_n / 8 + 1, 1);
+    if (ck.rb_seen == NULL) {
+      set_error (ENOMEM, "malloc");
+      goto out;
     }
   }
   if (phase_tables (&ck) < 0)
@@ -2092,8 +2141,10 @@ out:
   free (ck.mu);
   free (ck.conf);
   free (ck.reftable);
-  for (size_t i = 0; i < ck.n_rbc; i++)
-    free (ck.rbc[i].buf);
+  for (size_t i = 0; i < ck.n_rb_bufs; i++)
+    free (ck.rbc[ck.rb_bufs[i]].buf);
   free (ck.rbc);
+  free (ck.rb_bufs);
+  free (ck.rb_seen);
   return r;
 }
