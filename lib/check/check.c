@@ -176,11 +176,13 @@ struct ck {
 
   /* The refcount blocks read, direct-mapped by refcount table index t
    * (slot t & (n_rbc - 1)), shared by the stored refcount lookups of the
-   * COPIED checks in the L2 walk and by the comparison: each block is read
-   * once while the blocks the walk needs fit (in any order), and at most
-   * twice otherwise. Walking the L2 tables in offset order visits the
-   * data in guest order, which on a randomly written image is random in
-   * host order, so one block of cache would read a block per cluster. */
+   * COPIED checks in the L2 walk and by the comparison, which reads only
+   * the blocks not in the cache. Walking the L2 tables in offset order
+   * visits the data in guest order, which on a randomly written image is
+   * random in host order, so one block of cache read a block per cluster;
+   * now, while the blocks the walk needs have a slot each (any number in
+   * host order, up to n_rbc at random), it reads each at most twice (see
+   * rb_bufs), and the comparison reads it at most once more. */
   struct rbslot *rbc;
   size_t n_rbc;
   /* The slots with a buffer. There are two buffers, moved to the slot
