@@ -127,6 +127,18 @@ struct range {        /* clusters [first, end) */
   uint64_t first, end;
 };
 
+/* A refcount block read, in the cache of struct ck. */
+struct rbslot {
+  uint64_t t;         /* its refcount table index + 1; 0: the slot is free */
+  uint8_t *buf;       /* a cluster, or NULL */
+  uint64_t used;      /* when last used (a tick) */
+};
+
+/* The cache's size: a power of two of slots, at least 2, with buffers for
+ * all of them in at most this many bytes (16 blocks of 64 KiB, covering
+ * 32 GiB of file at 16 bits). */
+#define RB_CACHE_BYTES (1U << 20)
+
 struct ck {
   struct qk_image *img;
   const struct qk_header *h;
@@ -162,10 +174,32 @@ struct ck {
 
   uint64_t max_data_end;   /* for the data file size check */
 
-  /* stored_refcount: the refcount table index whose block the image
-   * holds in img->rb_buf (at sr_rb), so that consecutive clusters of one
-   * block skip the lookup */
-  uint64_t sr_t, sr_rb;
+  /* The refcount blocks read, direct-mapped by refcount table index t
+   * (slot t & (n_rbc - 1)), shared by the stored refcount lookups of the
+   * COPIED checks in the L2 walk and by the comparison, which reads only
+   * the blocks not in the cache. Walking the L2 tables in offset order
+   * visits the data in guest order, which on a randomly written image is
+   * random in host order, so one block of cache read a block per cluster;
+   * now, while the blocks the walk needs have a slot each (any number in
+   * host order, up to n_rbc at random), it reads each at most twice (see
+   * rb_bufs), and the comparison reads it at most once more. */
+  struct rbslot *rbc;
+  size_t n_rbc;
+  /* The slots with a buffer. There are two buffers, moved to the slot
+   * that needs one, from the one used longest ago, until a block is read
+   * again (it did not stay): only then does a slot get a buffer of its
+   * own. Reading in host order then takes no more memory than two blocks
+   * (the preallocated benchmark rows), reading at random as much as the
+   * blocks read. */
+  size_t *rb_bufs;
+  size_t n_rb_bufs;
+  uint8_t *rb_seen;   /* a bit per table index: its block was read */
+  uint64_t rb_tick;
+  bool rbc_nomem;     /* a buffer could not be allocated */
+  /* stored_refcount: the table index and block of the previous lookup,
+   * so that consecutive clusters of one block skip the lookup */
+  uint64_t sr_t;
+  const uint8_t *sr_buf;
 
   qk_problem_fn fn;
   void *opaque;
@@ -734,14 +768,12 @@ static int stored_refcount_lookup (struct ck *ck, uint64_t cluster,
 static inline __attribute__ ((always_inline)) int
 stored_refcount (struct ck *ck, uint64_t cluster, uint64_t *rc)
 {
-  /* the block of the previous lookup, without a call */
-  if (ck->sr_rb != 0 && ck->h->refcount_order <= 6) {
+  /* the block of the previous lookup, without a call (sr_buf is only set
+   * for widths up to 64 bits) */
+  if (ck->sr_buf) {
     unsigned per_bits = ck->cb + 3 - ck->h->refcount_order;
-    uint64_t t = cluster >> per_bits;
-    if (t == ck->sr_t && ck->img->rb_off == ck->sr_rb && ck->img->rb_buf
-        && t < ck->reftable_n
-        && (ck->reftable[t] & QK_REFT_OFFSET_MASK) == ck->sr_rb) {
-      *rc = qk_refblock_get (ck->img->rb_buf, ck->h->refcount_order,
+    if (cluster >> per_bits == ck->sr_t) {
+      *rc = qk_refblock_get (ck->sr_buf, ck->h->refcount_order,
                              cluster & ((UINT64_C (1) << per_bits) - 1));
       return 0;
     }
@@ -749,29 +781,85 @@ stored_refcount (struct ck *ck, uint64_t cluster, uint64_t *rc)
   return stored_refcount_lookup (ck, cluster, rc);
 }
 
+/* A buffer for slot s (which has none): a new one while there are fewer
+ * than two, or when grow says so, else the buffer of the slot used
+ * longest ago. */
+static int
+refblock_buffer (struct ck *ck, struct rbslot *s, bool grow)
+{
+  size_t si = s - ck->rbc, v = 0;
+
+  if (ck->n_rb_bufs < 2 || grow) {
+    if ((s->buf = malloc (ck->cs)) == NULL) {
+      set_error (ENOMEM, "malloc");
+      ck->rbc_nomem = true;
+      return -1;
+    }
+    ck->rb_bufs[ck->n_rb_bufs++] = si;
+    return 0;
+  }
+  for (size_t i = 1; i < ck->n_rb_bufs; i++)
+    if (ck->rbc[ck->rb_bufs[i]].used < ck->rbc[ck->rb_bufs[v]].used)
+      v = i;
+  s->buf = ck->rbc[ck->rb_bufs[v]].buf;
+  ck->rbc[ck->rb_bufs[v]] = (struct rbslot) { 0 };
+  ck->rb_bufs[v] = si;
+  return 0;
+}
+
+/* The refcount block of table index t, at rb (aligned, not 0), from the
+ * cache or read into it; NULL if it cannot be read. grow: a block read
+ * again (evicted) gets a buffer of its own, within the cache's size
+ * (false in the comparison, which reads in order). */
+static const uint8_t *
+refblock (struct ck *ck, uint64_t t, uint64_t rb, bool grow)
+{
+  struct rbslot *s = &ck->rbc[t & (ck->n_rbc - 1)];
+  bool seen = t < ck->reftable_n && (ck->rb_seen[t / 8] >> (t & 7)) & 1;
+
+  if (s->buf && s->t == t + 1) {
+    s->used = ++ck->rb_tick;
+    return s->buf;
+  }
+  if (s->buf == NULL && refblock_buffer (ck, s, grow && seen) < 0)
+    return NULL;
+  if (ck->sr_buf == s->buf)
+    ck->sr_buf = NULL;
+  s->t = 0;
+  s->used = ++ck->rb_tick;
+  if (qk_source_read_zeropad (ck->img->src, s->buf, ck->cs, rb) < 0)
+    return NULL;
+  s->t = t + 1;
+  if (t < ck->reftable_n)
+    ck->rb_seen[t / 8] |= 1U << (t & 7);
+  return s->buf;
+}
+
+/* qk_image_refcount's answers, from the cache */
 static int
 stored_refcount_lookup (struct ck *ck, uint64_t cluster, uint64_t *rc)
 {
   unsigned per_bits;
   uint64_t t, rb;
+  const uint8_t *buf;
 
   if (ck->h->refcount_order > 6)    /* qk_image_refcount says why */
     return qk_image_refcount (ck->img, cluster, rc);
   per_bits = ck->cb + 3 - ck->h->refcount_order;
   t = cluster >> per_bits;
-  if (t >= ck->reftable_n)
-    return qk_image_refcount (ck->img, cluster, rc);
-  rb = ck->reftable[t] & QK_REFT_OFFSET_MASK;
+  rb = t < ck->reftable_n ? ck->reftable[t] & QK_REFT_OFFSET_MASK : 0;
+  if (rb == 0) {
+    *rc = 0;
+    return 0;
+  }
   if (!IS_ALIGNED (rb, ck->cs) || rb > INT64_MAX - ck->cs)
     return -1;
-  if (qk_image_refcount (ck->img, cluster, rc) < 0)
+  if ((buf = refblock (ck, t, rb, true)) == NULL)
     return -1;
-  /* cache only what the image really looked up for this index */
-  if (rb != 0 && t < ck->img->reftable_n
-      && (ck->img->reftable[t] & QK_REFT_OFFSET_MASK) == rb) {
-    ck->sr_t = t;
-    ck->sr_rb = rb;
-  }
+  ck->sr_t = t;
+  ck->sr_buf = buf;
+  *rc = qk_refblock_get (buf, ck->h->refcount_order,
+                         cluster & ((UINT64_C (1) << per_bits) - 1));
   return 0;
 }
 
@@ -1555,17 +1643,12 @@ phase_compare (struct ck *ck)
   uint64_t per = ck->cs * 8 >> h->refcount_order;
   uint64_t highest = 0;
   bool any = false;
-  uint8_t *blk = malloc (ck->cs);
 
-  if (blk == NULL) {
-    set_error (ENOMEM, "malloc");
-    return -1;
-  }
   for (uint64_t t = 0; t * per < ck->nb; t++) {
     uint64_t first = t * per, end = MIN (ck->nb, first + per);
     uint64_t rbo = t < ck->reftable_n ? ck->reftable[t] & QK_REFT_OFFSET_MASK
                                       : 0;
-    bool have = false;
+    const uint8_t *blk = NULL;
 
     if (rbo && !IS_ALIGNED (rbo, ck->cs)) {
       report (ck, PR_REFCOUNT_UNREADABLE, end - first,
@@ -1576,7 +1659,10 @@ phase_compare (struct ck *ck)
       /* qemu-img leaves these clusters out of image-end-offset */
       continue;
     }
-    if (rbo && qk_source_read_zeropad (ck->img->src, blk, ck->cs, rbo) < 0) {
+    /* from the cache when the COPIED checks have read it */
+    if (rbo && (blk = refblock (ck, t, rbo, false)) == NULL) {
+      if (ck->rbc_nomem)
+        return -1;
       /* e.g. an offset past what a file can hold: qemu-img cannot get
        * these refcounts either (a check error per cluster) */
       report (ck, PR_REFCOUNT_UNREADABLE, end - first,
@@ -1588,10 +1674,8 @@ phase_compare (struct ck *ck)
       /* qemu-img leaves these clusters out of image-end-offset */
       continue;
     }
-    if (rbo)
-      have = true;
     for (uint64_t k = first; k < end; k++) {
-      uint64_t stored = have ? qk_refblock_get (blk, h->refcount_order,
+      uint64_t stored = blk ? qk_refblock_get (blk, h->refcount_order,
                                                 k - first) : 0;
       uint64_t counted = qk_refblock_get (ck->imrt, ck->order, k);
       if (stored || counted) {
@@ -1621,7 +1705,6 @@ phase_compare (struct ck *ck)
                 " reference=%" PRIu64, k, k << ck->cb, stored, counted);
     }
   }
-  free (blk);
   (void) any;
   ck->res->image_end_offset = (highest + 1) * ck->cs;
   return 0;
@@ -2013,12 +2096,29 @@ qk_check_run (struct qk_image *img, unsigned flags, qk_problem_fn fn,
     }
     if (imrt_grow (&ck, n) < 0)
       goto out;
+    {
+      size_t slots = 2;
+      while (slots * 2 * ck.cs <= RB_CACHE_BYTES)
+        slots *= 2;
+      ck.rbc = calloc (slots, sizeof *ck.rbc);
+      ck.rb_bufs = calloc (slots, sizeof *ck.rb_bufs);
+      if (ck.rbc == NULL || ck.rb_bufs == NULL) {
+        set_error (ENOMEM, "malloc");
+        goto out;
+      }
+      ck.n_rbc = slots;
+    }
     if (qk_image_read_refcount_table (img, &ck.reftable, &ck.reftable_n) < 0) {
       ck.reftable = NULL;
       ck.reftable_n = 0;
       if (!ck.reftable_invalid)   /* else phase_header said why */
         report (&ck, PR_HDR_REFTABLE_INVALID, 1, NOLOC,
                 "the refcount table cannot be read: %s", qk_get_error ());
+    }
+    ck.rb_seen = calloc (ck.reftable_n / 8 + 1, 1);
+    if (ck.rb_seen == NULL) {
+      set_error (ENOMEM, "malloc");
+      goto out;
     }
   }
   if (phase_tables (&ck) < 0)
@@ -2043,5 +2143,10 @@ out:
   free (ck.mu);
   free (ck.conf);
   free (ck.reftable);
+  for (size_t i = 0; i < ck.n_rb_bufs; i++)
+    free (ck.rbc[ck.rb_bufs[i]].buf);
+  free (ck.rbc);
+  free (ck.rb_bufs);
+  free (ck.rb_seen);
   return r;
 }
