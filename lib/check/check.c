@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/path.h"
 #include "image/image.h"
 
 #pragma GCC diagnostic ignored "-Woverride-init"
@@ -535,13 +536,6 @@ feature_bits (struct ck *ck, int type, uint64_t bits, int pr)
               type == 0 ? "incompatible" : type == 1 ? "compatible"
               : "autoclear", what);
     }
-}
-
-static bool
-has_protocol (const char *name)
-{
-  const char *p = name + strcspn (name, ":/");
-  return *p == ':';
 }
 
 static void
@@ -1976,7 +1970,7 @@ chain_break (struct ck *ck, const struct qk_image *at)
   if (at != ck->img)
     snprintf (where, sizeof where, " (in the chain, below '%s')",
               at->filename);
-  if (has_protocol (at->backing_name))
+  if (qk_path_has_protocol (at->backing_name))
     report (ck, PR_BACKING_PROTOCOL, 1, NOLOC,
             "backing file '%s'%s is a protocol or json: specification",
             at->backing_name, where);
