@@ -1,0 +1,363 @@
+/* Unit tests of lib/io: read-only and writable file and memory sources,
+ * QEMU's image locks (against a forked holder and a real qemu-io), the
+ * undo journal (capture, replay, refusals, a crash at every write), the
+ * fault layer (fail, and kill in a child), durable file creation, and
+ * SHA-256. */
+#include <config.h>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "io/io.h"
+#include "../tap.h"
+
+static char top[256];
+static int topfd;
+
+static char *
+path_of (const char *leaf)
+{
+  static char p[4][512];
+  static int k;
+  k = (k + 1) % 4;
+  snprintf (p[k], sizeof p[k], "%s/%s", top, leaf);
+  return p[k];
+}
+
+static void
+die (const char *what)
+{
+  perror (what);
+  exit (99);
+}
+
+/* A file of len pseudo-random bytes (seeded). */
+static void
+mkfile (const char *leaf, size_t len, unsigned seed)
+{
+  uint8_t *b = malloc (len ? len : 1);
+  int fd;
+  if (b == NULL)
+    die ("malloc");
+  srand (seed);
+  for (size_t i = 0; i < len; i++)
+    b[i] = rand ();
+  fd = open (path_of (leaf), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0 || (len && write (fd, b, len) != (ssize_t) len))
+    die (leaf);
+  close (fd);
+  free (b);
+}
+
+static uint64_t
+file_size (const char *leaf)
+{
+  struct stat st;
+  if (stat (path_of (leaf), &st) < 0)
+    return (uint64_t) -1;
+  return st.st_size;
+}
+
+static bool
+has_program (const char *name)
+{
+  char cmd[300];
+  snprintf (cmd, sizeof cmd, "command -v %s >/dev/null 2>&1", name);
+  return system (cmd) == 0;
+}
+
+/* ---- read-only and writable bottoms ---- */
+
+static void
+test_readonly (void)
+{
+  struct qk_source *s;
+  uint8_t b[4] = "abc";
+
+  mkfile ("ro", 1000, 1);
+  s = qk_source_file (path_of ("ro"));
+  ok (s != NULL, "open read-only");
+  ok (qk_source_pwrite (s, b, 3, 0) < 0 && qk_get_errno () == EROFS,
+      "read-only file refuses pwrite with EROFS");
+  ok (strstr (qk_get_error (), "read-only") != NULL,
+      "and says it is read-only: %s", qk_get_error ());
+  ok (qk_source_truncate (s, 10) < 0 && qk_get_errno () == EROFS,
+      "read-only file refuses truncate");
+  ok (qk_source_flush (s) == 0, "flush of a read-only file is fine");
+  qk_source_close (s);
+  is_u64 (file_size ("ro"), 1000, "file unchanged");
+
+  s = qk_source_memory (b, 3, "m");
+  ok (qk_source_pwrite (s, "x", 1, 0) < 0 && qk_get_errno () == EROFS,
+      "read-only memory refuses pwrite with EROFS");
+  ok (qk_source_lock (s, QK_LOCK_WRITE) == 0, "memory locks are no-ops");
+  qk_source_close (s);
+
+  {
+    int fd = open (path_of ("ro"), O_RDONLY);
+    s = qk_source_fd_rw (fd, "ro", 0);
+    ok (s == NULL && qk_get_errno () == EBADF,
+        "qk_source_fd_rw refuses a read-only descriptor");
+  }
+  {
+    char ln[600];
+    snprintf (ln, sizeof ln, "%s", path_of ("ro-link"));
+    if (symlink ("ro", ln) < 0)
+      die ("symlink");
+    s = qk_source_file_rw (ln, 0);
+    ok (s == NULL && qk_get_errno () == ELOOP,
+        "qk_source_file_rw does not follow a symlink");
+  }
+}
+
+static void
+test_file_rw (void)
+{
+  struct qk_source *s;
+  uint8_t buf[64];
+
+  mkfile ("rw", 100, 2);
+  s = qk_source_file_rw (path_of ("rw"), 0);
+  ok (s != NULL, "open read-write");
+  if (s == NULL)
+    return;
+  ok (qk_source_pwrite (s, "hello", 5, 10) == 0, "pwrite inside");
+  ok (qk_source_read_exact (s, buf, 5, 10, "x") == 0
+      && memcmp (buf, "hello", 5) == 0, "read back");
+  ok (qk_source_pwrite (s, "tail", 4, 200) == 0, "pwrite past the end");
+  is_u64 (s->size, 204, "the source grew");
+  ok (qk_source_read_exact (s, buf, 4, 150, "x") == 0
+      && memcmp (buf, "\0\0\0\0", 4) == 0, "the gap reads as zeros");
+  ok (qk_source_flush (s) == 0, "flush");
+  ok (qk_source_truncate (s, 50) == 0 && s->size == 50, "truncate");
+  qk_source_close (s);
+  is_u64 (file_size ("rw"), 50, "file has the new size");
+}
+
+static void
+test_memory_rw (void)
+{
+  struct qk_source *s = qk_source_memory_rw ("abcdef", 6, "mem");
+  uint8_t buf[16];
+
+  ok (s != NULL && s->size == 6, "memory rw");
+  ok (qk_source_pwrite (s, "XY", 2, 1) == 0
+      && memcmp (qk_source_memory_data (s), "aXYdef", 6) == 0, "overwrite");
+  ok (qk_source_pwrite (s, "Z", 1, 9) == 0 && s->size == 10
+      && memcmp (qk_source_memory_data (s), "aXYdef\0\0\0Z", 10) == 0,
+      "grow with a zeroed gap");
+  ok (qk_source_truncate (s, 4) == 0 && qk_source_truncate (s, 8) == 0
+      && memcmp (qk_source_memory_data (s), "aXYd\0\0\0\0", 8) == 0,
+      "shrink then grow reads zeros");
+  ok (s->ops->pread (s, buf, 16, 6) == 2, "short read at the end");
+  qk_source_close (s);
+  s = qk_source_memory_rw (NULL, 0, NULL);
+  ok (s != NULL && s->size == 0 && qk_source_pwrite (s, "q", 1, 100000) == 0
+      && s->size == 100001, "empty memory grows");
+  qk_source_close (s);
+}
+
+/* ---- locks ---- */
+
+/* A child that opens leaf and takes mode; returns its pid once the locks
+ * are held; it holds them until *release is closed. */
+static pid_t
+holder (const char *leaf, unsigned mode, int *release)
+{
+  int up[2], down[2];
+  pid_t pid;
+  char c;
+
+  if (pipe (up) < 0 || pipe (down) < 0)
+    die ("pipe");
+  pid = fork ();
+  if (pid < 0)
+    die ("fork");
+  if (pid == 0) {
+    struct qk_source *s = qk_source_file (path_of (leaf));
+    close (up[0]);
+    close (down[1]);
+    if (s == NULL || qk_source_lock (s, mode) < 0)
+      _exit (3);
+    if (write (up[1], "y", 1) != 1)
+      _exit (4);
+    while (read (down[0], &c, 1) > 0)
+      ;
+    _exit (0);
+  }
+  close (up[1]);
+  close (down[0]);
+  if (read (up[0], &c, 1) != 1)
+    die ("holder did not lock");
+  close (up[0]);
+  *release = down[1];
+  return pid;
+}
+
+static void
+release_holder (pid_t pid, int fd)
+{
+  int st;
+  close (fd);
+  waitpid (pid, &st, 0);
+}
+
+static void
+test_locks (void)
+{
+  struct qk_source *s, *r;
+  int rel;
+  pid_t pid;
+  char want[64];
+
+  mkfile ("locked", 4096, 7);
+  /* a child holds a writer's locks */
+  pid = holder ("locked", QK_LOCK_READ | QK_LOCK_WRITE, &rel);
+  s = qk_source_file_rw (path_of ("locked"), QK_IO_LOCK);
+  ok (s == NULL && qk_get_errno () == EBUSY,
+      "a writer is refused while another writer holds the image");
+  printf ("# %s\n", qk_get_error ());
+  snprintf (want, sizeof want, "(pid %d)", (int) pid);
+  ok (strstr (qk_get_error (), want) != NULL
+      && strstr (qk_get_error (), "\"write\"") != NULL,
+      "the message names the permission and the holder's pid");
+  r = qk_source_file (path_of ("locked"));
+  ok (qk_source_lock_test (r, QK_LOCK_READ) < 0 && qk_get_errno () == EBUSY,
+      "lock_test: a reader sees the writer");
+  ok (qk_source_lock (r, QK_LOCK_READ) < 0 && qk_get_errno () == EBUSY,
+      "and cannot take read locks");
+  release_holder (pid, rel);
+  ok (qk_source_lock (r, QK_LOCK_READ) == 0, "once the writer is gone, it can");
+
+  /* we hold a reader's locks: another reader is fine, a writer is not */
+  pid = holder ("locked", QK_LOCK_READ, &rel);
+  ok (qk_source_lock_test (r, QK_LOCK_READ) == 0, "two readers share");
+  ok (qk_source_lock (r, QK_LOCK_READ | QK_LOCK_WRITE) < 0
+      && qk_get_errno () == EBUSY, "a writer is refused while a reader reads");
+  ok (qk_source_lock_test (r, QK_LOCK_READ) == 0,
+      "the failed upgrade kept the read locks only");
+  release_holder (pid, rel);
+  ok (qk_source_lock (r, QK_LOCK_WRITE) == 0, "upgrade once alone");
+  pid = fork ();
+  if (pid == 0) {
+    struct qk_source *c = qk_source_file_rw (path_of ("locked"), QK_IO_LOCK);
+    _exit (c == NULL && qk_get_errno () == EBUSY ? 0 : 1);
+  }
+  {
+    int st;
+    waitpid (pid, &st, 0);
+    ok (WIFEXITED (st) && WEXITSTATUS (st) == 0,
+        "another process cannot write while we hold the write locks");
+  }
+  ok (qk_source_lock (r, QK_LOCK_NONE) == 0, "unlock");
+  s = qk_source_file_rw (path_of ("locked"), QK_IO_LOCK);
+  ok (s != NULL, "then a writer gets in");
+  qk_source_close (s);
+  qk_source_close (r);
+}
+
+/* The same against QEMU itself. */
+static void
+test_qemu_locks (void)
+{
+  bool ci = getenv ("CI") && strcmp (getenv ("CI"), "true") == 0;
+  char cmd[1200];
+  struct qk_source *s;
+  pid_t pid;
+  int st, i;
+
+  if (!has_program ("qemu-io") || !has_program ("qemu-img")) {
+    if (ci)
+      ok (0, "qemu-io and qemu-img are installed (CI)");
+    else
+      printf ("ok %d # SKIP qemu-io or qemu-img is not installed\n", ++tap_n);
+    return;
+  }
+  snprintf (cmd, sizeof cmd, "qemu-img create -q -f qcow2 '%s' 1M",
+            path_of ("q.qcow2"));
+  if (system (cmd) != 0)
+    die ("qemu-img create");
+
+  /* qemu-io holds the image (read-write) */
+  pid = fork ();
+  if (pid < 0)
+    die ("fork");
+  if (pid == 0) {
+    int nul = open ("/dev/null", O_RDWR);
+    dup2 (nul, 0);
+    dup2 (nul, 1);
+    execlp ("qemu-io", "qemu-io", "-c", "sleep 5000", path_of ("q.qcow2"),
+            (char *) NULL);
+    _exit (127);
+  }
+  s = qk_source_file (path_of ("q.qcow2"));
+  for (i = 0; i < 100 && qk_source_lock_test (s, QK_LOCK_READ) == 0; i++) {
+    struct timespec ts = { 0, 50 * 1000 * 1000 };
+    nanosleep (&ts, NULL);
+  }
+  ok (i < 100, "qemu-io's locks are seen by lock_test");
+  qk_source_close (s);
+  s = qk_source_file_rw (path_of ("q.qcow2"), QK_IO_LOCK);
+  ok (s == NULL && qk_get_errno () == EBUSY,
+      "a writer is refused while qemu-io has the image");
+  printf ("# %s\n", qk_get_error ());
+  ok (strstr (qk_get_error (), "qemu-io") != NULL,
+      "the message names qemu-io");
+  kill (pid, SIGTERM);
+  waitpid (pid, &st, 0);
+
+  /* we hold the write locks: qemu-img info (without -U) is refused */
+  s = qk_source_file_rw (path_of ("q.qcow2"), QK_IO_LOCK);
+  ok (s != NULL, "a writer gets in once qemu-io is gone");
+  snprintf (cmd, sizeof cmd, "qemu-img info '%s' >/dev/null 2>&1",
+            path_of ("q.qcow2"));
+  ok (system (cmd) != 0, "qemu-img info fails while we hold the write locks");
+  snprintf (cmd, sizeof cmd, "qemu-img info -U '%s' >/dev/null 2>&1",
+            path_of ("q.qcow2"));
+  ok (system (cmd) == 0, "qemu-img info -U still works");
+  ok (qk_source_lock (s, QK_LOCK_READ) == 0, "downgrade to reading");
+  snprintf (cmd, sizeof cmd, "qemu-img info '%s' >/dev/null 2>&1",
+            path_of ("q.qcow2"));
+  ok (system (cmd) == 0, "qemu-img info shares the image with a reader");
+  snprintf (cmd, sizeof cmd, "qemu-io -c 'write 0 512' '%s' >/dev/null 2>&1",
+            path_of ("q.qcow2"));
+  ok (system (cmd) != 0, "qemu-io cannot write while we read");
+  qk_source_close (s);
+  ok (system (cmd) == 0, "and can once we closed");
+}
+
+int
+main (void)
+{
+  const char *t = getenv ("TMPDIR");
+
+  snprintf (top, sizeof top, "%s/qk-io.XXXXXX", t ? t : "/tmp");
+  if (mkdtemp (top) == NULL)
+    die ("mkdtemp");
+  topfd = open (top, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (topfd < 0)
+    die (top);
+
+  test_readonly ();
+  test_file_rw ();
+  test_memory_rw ();
+  test_locks ();
+  test_qemu_locks ();
+
+  close (topfd);
+  {
+    char cmd[300];
+    snprintf (cmd, sizeof cmd, "rm -rf '%s'", top);
+    if (system (cmd) != 0)
+      return 1;
+  }
+  return tap_done ();
+}
