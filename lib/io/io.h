@@ -102,4 +102,31 @@ extern ssize_t qk_source_below_pread (struct qk_source *s, void *buf,
 extern int qk_source_below_block_status (struct qk_source *s, uint64_t off,
                                          uint64_t len, uint64_t *pnum);
 
+/* ---- fault injection (io/fault.c) ----
+ * Counts the writes and flushes that reach it; at write (or flush) number
+ * n, counting from 1, it fails with EIO, or kills the process with
+ * SIGKILL, before passing it down: exactly n - 1 writes (flushes) reached
+ * the source below. A failure repeats for every later write (flush) too,
+ * unless QK_FAULT_ONCE. n 0: never. */
+enum qk_fault_kind {
+  QK_FAULT_WRITE_FAIL,
+  QK_FAULT_WRITE_KILL,
+  QK_FAULT_FLUSH_FAIL,
+  QK_FAULT_FLUSH_KILL,
+};
+#define QK_FAULT_ONCE 0x100u
+extern struct qk_source *qk_source_fault (struct qk_source *below,
+                                          enum qk_fault_kind kind,
+                                          uint64_t n, unsigned flags);
+/* "write-fail-N", "write-kill-N", "flush-fail-N", "flush-kill-N". */
+extern int qk_fault_parse (const char *spec, enum qk_fault_kind *kind,
+                           uint64_t *n);
+/* The fault layer QCOWKIT_FAULT asks for over below, or below itself when
+ * it is unset or empty. An invalid value fails (EINVAL). */
+extern struct qk_source *qk_source_fault_env (struct qk_source *below,
+                                              unsigned flags);
+/* Writes and flushes seen so far (failed ones included). */
+extern void qk_source_fault_counts (const struct qk_source *s,
+                                    uint64_t *writes, uint64_t *flushes);
+
 #endif

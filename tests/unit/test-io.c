@@ -165,6 +165,105 @@ test_memory_rw (void)
   qk_source_close (s);
 }
 
+/* ---- fault layer ---- */
+
+static void
+test_fault (void)
+{
+  struct qk_source *m = qk_source_memory_rw (NULL, 0, "f");
+  struct qk_source *s = qk_source_fault (m, QK_FAULT_WRITE_FAIL, 3, 0);
+  uint64_t w, f;
+  enum qk_fault_kind k;
+  uint64_t n;
+  int r1, r2, r3, r4;
+
+  r1 = qk_source_pwrite (s, "1", 1, 0);
+  r2 = qk_source_pwrite (s, "2", 1, 1);
+  r3 = qk_source_pwrite (s, "3", 1, 2);
+  ok (r3 < 0 && qk_get_errno () == EIO, "write 3 fails with EIO");
+  r4 = qk_source_pwrite (s, "4", 1, 3);
+  ok (r1 == 0 && r2 == 0 && r4 < 0, "writes 1, 2 pass, 4 fails too");
+  is_u64 (m->size, 2, "exactly 2 writes reached below");
+  is_u64 (s->size, 2, "the layer's size follows below");
+  qk_source_fault_counts (s, &w, &f);
+  ok (w == 4 && f == 0, "counts: 4 writes, 0 flushes");
+  qk_source_close (s);   /* closes m */
+
+  m = qk_source_memory_rw (NULL, 0, "f");
+  s = qk_source_fault (m, QK_FAULT_WRITE_FAIL, 1, QK_FAULT_ONCE);
+  ok (qk_source_pwrite (s, "1", 1, 0) < 0 && qk_source_pwrite (s, "2", 1, 0) == 0,
+      "QK_FAULT_ONCE fails one write only");
+  qk_source_close (s);
+
+  m = qk_source_memory_rw (NULL, 0, "f");
+  s = qk_source_fault (m, QK_FAULT_FLUSH_FAIL, 2, QK_IO_KEEP_BELOW);
+  ok (qk_source_flush (s) == 0 && qk_source_flush (s) < 0
+      && qk_get_errno () == EIO, "flush 2 fails");
+  qk_source_close (s);
+  ok (m->size == 0 && qk_source_pwrite (m, "x", 1, 0) == 0,
+      "QK_IO_KEEP_BELOW leaves below open");
+  qk_source_close (m);
+
+  ok (qk_fault_parse ("write-kill-7", &k, &n) == 0 && k == QK_FAULT_WRITE_KILL
+      && n == 7, "parse write-kill-7");
+  ok (qk_fault_parse ("flush-fail-1", &k, &n) == 0 && k == QK_FAULT_FLUSH_FAIL
+      && n == 1, "parse flush-fail-1");
+  ok (qk_fault_parse ("write-fail-", &k, &n) < 0
+      && qk_fault_parse ("write-fail-0", &k, &n) < 0
+      && qk_fault_parse ("write-fail-2x", &k, &n) < 0
+      && qk_fault_parse ("read-fail-2", &k, &n) < 0
+      && qk_get_errno () == EINVAL, "bad specs refused");
+
+  m = qk_source_memory_rw (NULL, 0, "f");
+  unsetenv ("QCOWKIT_FAULT");
+  ok (qk_source_fault_env (m, 0) == m, "no QCOWKIT_FAULT: no layer");
+  setenv ("QCOWKIT_FAULT", "write-fail-2", 1);
+  s = qk_source_fault_env (m, 0);
+  ok (s != NULL && s != m && qk_source_pwrite (s, "a", 1, 0) == 0
+      && qk_source_pwrite (s, "b", 1, 0) < 0, "QCOWKIT_FAULT=write-fail-2");
+  qk_source_close (s);
+  setenv ("QCOWKIT_FAULT", "bogus", 1);
+  m = qk_source_memory_rw (NULL, 0, "f");
+  ok (qk_source_fault_env (m, 0) == NULL && qk_get_errno () == EINVAL,
+      "QCOWKIT_FAULT=bogus refused");
+  unsetenv ("QCOWKIT_FAULT");
+
+  /* kill: a child writes byte i at offset i, 10 times */
+  for (int kind = 0; kind < 2; kind++) {
+    pid_t pid;
+    int st;
+    mkfile ("kill", 0, 0);
+    pid = fork ();
+    if (pid < 0)
+      die ("fork");
+    if (pid == 0) {
+      struct qk_source *c = qk_source_file_rw (path_of ("kill"), 0);
+      if (kind == 0)
+        setenv ("QCOWKIT_FAULT", "write-kill-4", 1);
+      else
+        setenv ("QCOWKIT_FAULT", "flush-kill-2", 1);
+      c = c ? qk_source_fault_env (c, 0) : NULL;
+      if (c == NULL)
+        _exit (3);
+      for (int i = 0; i < 10; i++) {
+        uint8_t b = 'a' + i;
+        if (qk_source_pwrite (c, &b, 1, i) < 0 || qk_source_flush (c) < 0)
+          _exit (4);
+      }
+      _exit (0);
+    }
+    if (waitpid (pid, &st, 0) != pid)
+      die ("waitpid");
+    ok (WIFSIGNALED (st) && WTERMSIG (st) == SIGKILL,
+        "%s: the child died of SIGKILL", kind ? "flush-kill-2" : "write-kill-4");
+    /* write-kill-4: writes 1-3 reached the file; flush-kill-2: the second
+     * flush comes after the second write */
+    is_u64 (file_size ("kill"), kind ? 2 : 3,
+            "%s: exactly %d writes reached the file",
+            kind ? "flush-kill-2" : "write-kill-4", kind ? 2 : 3);
+  }
+}
+
 /* ---- locks ---- */
 
 /* A child that opens leaf and takes mode; returns its pid once the locks
@@ -349,6 +448,7 @@ main (void)
   test_readonly ();
   test_file_rw ();
   test_memory_rw ();
+  test_fault ();
   test_locks ();
   test_qemu_locks ();
 
