@@ -129,4 +129,32 @@ extern struct qk_source *qk_source_fault_env (struct qk_source *below,
 extern void qk_source_fault_counts (const struct qk_source *s,
                                     uint64_t *writes, uint64_t *flushes);
 
+/* ---- durable file operations (io/durable.c) ----
+ * Create or replace dirfd/leaf so that after a crash it is either absent
+ * (or the old file) or complete: write a temporary file next to it
+ * (O_CREAT | O_EXCL | O_NOFOLLOW), fsync it, rename it over the leaf
+ * (renameat2 RENAME_NOREPLACE unless QK_DURABLE_REPLACE), fsync the
+ * directory. */
+#define QK_DURABLE_REPLACE 0x1u
+struct qk_durable {
+  int dirfd;
+  int fd;          /* the temporary file: write here */
+  char *tmp;       /* its name in dirfd */
+  char *leaf;
+};
+extern int qk_durable_begin (struct qk_durable *d, int dirfd,
+                             const char *leaf, mode_t mode);
+/* fsync, rename, fsync the directory; d is finished either way. */
+extern int qk_durable_commit (struct qk_durable *d, unsigned flags);
+/* Remove the temporary file. */
+extern void qk_durable_abort (struct qk_durable *d);
+/* All of it for a buffer. */
+extern int qk_durable_write (int dirfd, const char *leaf, const void *buf,
+                             size_t len, mode_t mode, unsigned flags);
+/* unlinkat, then fsync the directory. */
+extern int qk_durable_unlink (int dirfd, const char *leaf);
+extern int qk_fsync_dir (int dirfd);
+/* leaf is one name: not empty, ".", "..", and without '/'. */
+extern bool qk_leaf_ok (const char *leaf);
+
 #endif

@@ -433,6 +433,48 @@ test_qemu_locks (void)
   ok (system (cmd) == 0, "and can once we closed");
 }
 
+/* ---- durable files ---- */
+
+static void
+test_durable (void)
+{
+  struct qk_durable d;
+  char buf[64] = "";
+  int fd;
+
+  ok (qk_durable_write (topfd, "new", "one", 3, 0644, 0) == 0,
+      "durable write of a new file");
+  fd = open (path_of ("new"), O_RDONLY);
+  ok (fd >= 0 && read (fd, buf, sizeof buf) == 3 && memcmp (buf, "one", 3) == 0,
+      "it holds its bytes");
+  close (fd);
+  ok (qk_durable_write (topfd, "new", "two", 3, 0644, 0) < 0
+      && qk_get_errno () == EEXIST, "no replacing without QK_DURABLE_REPLACE");
+  ok (qk_durable_write (topfd, "new", "three", 5, 0644, QK_DURABLE_REPLACE)
+      == 0 && file_size ("new") == 5, "replacing with it");
+  if (symlink ("new", path_of ("link")) < 0)
+    die ("symlink");
+  ok (qk_durable_write (topfd, "link", "x", 1, 0644, 0) < 0
+      && qk_get_errno () == EEXIST, "a symlink leaf is not followed");
+  ok (qk_durable_write (topfd, "link", "four", 4, 0644, QK_DURABLE_REPLACE)
+      == 0 && file_size ("new") == 5 && file_size ("link") == 4,
+      "replacing a symlink replaces the link, not its target");
+  ok (qk_durable_write (topfd, "a/b", "x", 1, 0644, 0) < 0
+      && qk_get_errno () == EINVAL
+      && qk_durable_write (topfd, "..", "x", 1, 0644, 0) < 0,
+      "a path is not a leaf");
+  ok (qk_durable_begin (&d, topfd, "aborted", 0600) == 0, "begin");
+  qk_durable_abort (&d);
+  {
+    char cmd[700];
+    snprintf (cmd, sizeof cmd, "ls -A '%s' | grep -q qk-", top);
+    ok (system (cmd) != 0, "no temporary file left behind");
+  }
+  ok (faccessat (topfd, "aborted", F_OK, 0) < 0, "abort creates nothing");
+  ok (qk_durable_unlink (topfd, "new") == 0
+      && faccessat (topfd, "new", F_OK, AT_SYMLINK_NOFOLLOW) < 0, "unlink");
+}
+
 int
 main (void)
 {
@@ -451,6 +493,7 @@ main (void)
   test_fault ();
   test_locks ();
   test_qemu_locks ();
+  test_durable ();
 
   close (topfd);
   {
