@@ -102,6 +102,24 @@ extern ssize_t qk_source_below_pread (struct qk_source *s, void *buf,
 extern int qk_source_below_block_status (struct qk_source *s, uint64_t off,
                                          uint64_t len, uint64_t *pnum);
 
+/* ---- undo journal (io/undo.c) ----
+ * Before a byte of below is first overwritten (or cut by a truncate), its
+ * old value is appended to the journal file dirfd/leaf (created, must not
+ * exist) and the journal is fdatasynced; only then is below written. The
+ * journal stays when the layer is closed: it is the undo file. */
+extern struct qk_source *qk_source_undo (struct qk_source *below, int dirfd,
+                                         const char *leaf, unsigned flags);
+/* Put back the old bytes recorded in dirfd/leaf into image (newest first),
+ * shrink it back to its old size, flush it, then mark the journal applied.
+ * Refuses (EINVAL) a journal for another image (identity, size or content
+ * of the first and last 64 KiB after the replay), and (EALREADY) one that
+ * was already replayed. flags: QK_UNDO_IGNORE_ID accepts another file
+ * identity (device, inode: a copy, a restored backup) when the content
+ * matches. */
+#define QK_UNDO_IGNORE_ID 0x1u
+extern int qk_undo_replay (int dirfd, const char *leaf,
+                           struct qk_source *image, unsigned flags);
+
 /* ---- fault injection (io/fault.c) ----
  * Counts the writes and flushes that reach it; at write (or flush) number
  * n, counting from 1, it fails with EIO, or kills the process with
@@ -156,5 +174,16 @@ extern int qk_durable_unlink (int dirfd, const char *leaf);
 extern int qk_fsync_dir (int dirfd);
 /* leaf is one name: not empty, ".", "..", and without '/'. */
 extern bool qk_leaf_ok (const char *leaf);
+
+/* ---- SHA-256 (io/sha256.c) ---- */
+struct qk_sha256 {
+  uint32_t h[8];
+  uint64_t len;
+  uint8_t buf[64];
+  size_t n;
+};
+extern void qk_sha256_init (struct qk_sha256 *c);
+extern void qk_sha256_update (struct qk_sha256 *c, const void *p, size_t len);
+extern void qk_sha256_final (struct qk_sha256 *c, uint8_t out[32]);
 
 #endif

@@ -57,6 +57,25 @@ mkfile (const char *leaf, size_t len, unsigned seed)
   free (b);
 }
 
+static void
+sha_file (const char *leaf, uint8_t out[32], uint64_t *size)
+{
+  struct qk_sha256 c;
+  static uint8_t buf[65536];
+  ssize_t r;
+  int fd = open (path_of (leaf), O_RDONLY);
+  if (fd < 0)
+    die (leaf);
+  qk_sha256_init (&c);
+  *size = 0;
+  while ((r = read (fd, buf, sizeof buf)) > 0) {
+    qk_sha256_update (&c, buf, r);
+    *size += r;
+  }
+  close (fd);
+  qk_sha256_final (&c, out);
+}
+
 static uint64_t
 file_size (const char *leaf)
 {
@@ -66,12 +85,50 @@ file_size (const char *leaf)
   return st.st_size;
 }
 
+static void
+copy_file (const char *from, const char *to)
+{
+  char cmd[1200];
+  snprintf (cmd, sizeof cmd, "cp '%s' '%s'", path_of (from), path_of (to));
+  if (system (cmd) != 0)
+    die ("cp");
+}
+
 static bool
 has_program (const char *name)
 {
   char cmd[300];
   snprintf (cmd, sizeof cmd, "command -v %s >/dev/null 2>&1", name);
   return system (cmd) == 0;
+}
+
+/* ---- sha256 ---- */
+
+static void
+test_sha256 (void)
+{
+  static const char *const abc =
+    "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+  static const char *const two =
+    "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1";
+  const char *msg2 = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+  uint8_t d[32];
+  char hex[65];
+  struct qk_sha256 c;
+
+  qk_sha256_init (&c);
+  qk_sha256_update (&c, "abc", 3);
+  qk_sha256_final (&c, d);
+  for (int i = 0; i < 32; i++)
+    sprintf (hex + 2 * i, "%02x", d[i]);
+  is_str (hex, abc, "sha256 (\"abc\")");
+  qk_sha256_init (&c);
+  for (const char *p = msg2; *p; p++)   /* byte at a time */
+    qk_sha256_update (&c, p, 1);
+  qk_sha256_final (&c, d);
+  for (int i = 0; i < 32; i++)
+    sprintf (hex + 2 * i, "%02x", d[i]);
+  is_str (hex, two, "sha256 of the two-block FIPS vector, fed a byte at a time");
 }
 
 /* ---- read-only and writable bottoms ---- */
@@ -262,6 +319,235 @@ test_fault (void)
             "%s: exactly %d writes reached the file",
             kind ? "flush-kill-2" : "write-kill-4", kind ? 2 : 3);
   }
+}
+
+/* ---- undo journal ---- */
+
+#define IMG_SIZE (300 * 1024 + 123)
+
+struct wr {
+  uint64_t off;
+  size_t len;
+};
+
+static const struct wr writes[] = {
+  { 0, 512 },                     /* the header */
+  { 100, 50 },                    /* inside it again: nothing to save */
+  { 4000, 70000 },                /* across the first window */
+  { 60000, 20000 },               /* overlapping the previous one */
+  { 4000, 10 },                   /* repeated */
+  { 200000, 3 },
+  { 199998, 8 },                  /* around the last one */
+  { IMG_SIZE - 100, 1000 },       /* across the end: grows */
+  { IMG_SIZE + 50000, 4096 },     /* past the end */
+  { 150000, 1 << 21 },            /* more than a record holds, grows */
+};
+
+static void
+do_writes (struct qk_source *s, size_t upto, unsigned seed)
+{
+  uint8_t *b = malloc (1 << 21);
+  if (b == NULL)
+    die ("malloc");
+  srand (seed);
+  for (size_t i = 0; i < upto; i++) {
+    for (size_t k = 0; k < writes[i].len; k++)
+      b[k] = rand ();
+    if (qk_source_pwrite (s, b, writes[i].len, writes[i].off) < 0) {
+      printf ("# write %zu: %s\n", i, qk_get_error ());
+      exit (98);
+    }
+  }
+  free (b);
+}
+
+static void
+test_undo (void)
+{
+  uint8_t before[32], after[32], now[32];
+  uint64_t size0, size1, size2;
+  struct qk_source *s, *img;
+  const size_t nw = sizeof writes / sizeof writes[0];
+
+  mkfile ("img", IMG_SIZE, 3);
+  sha_file ("img", before, &size0);
+  s = qk_source_file_rw (path_of ("img"), QK_IO_LOCK);
+  s = s ? qk_source_undo (s, topfd, "img.undo", 0) : NULL;
+  ok (s != NULL, "undo layer over a locked file");
+  if (s == NULL) {
+    printf ("# %s\n", qk_get_error ());
+    return;
+  }
+  ok (qk_source_undo (s, topfd, "img.undo", QK_IO_KEEP_BELOW) == NULL
+      && qk_get_errno () == EEXIST, "an existing journal is never reused");
+  {
+    /* a write entirely inside captured bytes appends nothing */
+    uint64_t j0;
+    do_writes (s, 1, 10);
+    j0 = file_size ("img.undo");
+    is_u64 (j0, 512 + 24 + 512, "the first write saved its 512 old bytes");
+    do_writes (s, 2, 10);
+    is_u64 (file_size ("img.undo"), j0, "a second write there saves nothing");
+  }
+  do_writes (s, nw, 10);
+  is_u64 (s->size, 150000 + (1 << 21), "the image grew");
+  ok (qk_source_flush (s) == 0, "flush");
+  qk_source_close (s);
+  sha_file ("img", after, &size1);
+  ok (memcmp (before, after, 32) != 0, "the writes changed the image");
+  {
+    /* what was saved: each original byte at most once */
+    /* below the original size the writes cover [0, 512), [4000, 80000),
+     * [150000, end): 233835 bytes, in 9 records */
+    is_u64 (file_size ("img.undo"), 512 + 233835 + 24 * 9,
+            "each original byte saved once, nothing past the old end");
+  }
+
+  /* a copy of the changed image is another file: refused by identity */
+  copy_file ("img", "copy");
+  img = qk_source_file_rw (path_of ("copy"), 0);
+  ok (qk_undo_replay (topfd, "img.undo", img, 0) < 0
+      && qk_get_errno () == EINVAL, "replay onto another file is refused");
+  printf ("# %s\n", qk_get_error ());
+  qk_source_close (img);
+
+  /* another image of the same size with QK_UNDO_IGNORE_ID: content differs */
+  mkfile ("other", size1, 4);
+  sha_file ("other", after, &size2);
+  img = qk_source_file_rw (path_of ("other"), 0);
+  ok (qk_undo_replay (topfd, "img.undo", img, QK_UNDO_IGNORE_ID) < 0
+      && qk_get_errno () == EINVAL, "replay onto other content is refused");
+  printf ("# %s\n", qk_get_error ());
+  qk_source_close (img);
+  sha_file ("other", now, &size2);
+  ok (size2 == size1 && memcmp (after, now, 32) == 0,
+      "the refused image was not touched");
+
+  /* the copy with QK_UNDO_IGNORE_ID: same content, so it works */
+  img = qk_source_file_rw (path_of ("copy"), 0);
+  ok (qk_undo_replay (topfd, "img.undo", img, QK_UNDO_IGNORE_ID) == 0,
+      "replay onto an identical copy with QK_UNDO_IGNORE_ID");
+  qk_source_close (img);
+  sha_file ("copy", now, &size2);
+  ok (memcmp (before, now, 32) == 0 && size2 == size0,
+      "the copy is back to the original bytes and size");
+  img = qk_source_file_rw (path_of ("copy"), 0);
+  ok (qk_undo_replay (topfd, "img.undo", img, QK_UNDO_IGNORE_ID) < 0
+      && qk_get_errno () == EALREADY, "a second replay is refused");
+  printf ("# %s\n", qk_get_error ());
+  qk_source_close (img);
+}
+
+/* Same, twice over, with a torn record at the end and on the image
+ * itself; then journals in memory. */
+static void
+test_undo_replay (void)
+{
+  uint8_t before[32], now[32];
+  uint64_t size0, size2;
+  struct qk_source *s, *img;
+  const size_t nw = sizeof writes / sizeof writes[0];
+  int fd;
+
+  mkfile ("img2", IMG_SIZE, 5);
+  sha_file ("img2", before, &size0);
+  s = qk_source_file_rw (path_of ("img2"), 0);
+  s = qk_source_undo (s, topfd, "img2.undo", 0);
+  do_writes (s, nw, 11);
+  ok (qk_source_truncate (s, 1000) == 0, "truncate through the journal");
+  ok (qk_source_pwrite (s, "again", 5, 5000) == 0, "write past the cut");
+  qk_source_close (s);
+  /* a torn record: a header whose data never made it */
+  fd = open (path_of ("img2.undo"), O_WRONLY | O_APPEND);
+  if (fd < 0 || write (fd, "QKUR\0\0\0\x10garbage-garbage", 23) != 23)
+    die ("append");
+  close (fd);
+  img = qk_source_file_rw (path_of ("img2"), QK_IO_LOCK);
+  ok (qk_undo_replay (topfd, "img2.undo", img, 0) == 0,
+      "replay despite a torn tail record");
+  qk_source_close (img);
+  sha_file ("img2", now, &size2);
+  ok (memcmp (before, now, 32) == 0 && size2 == size0,
+      "overlapping, repeated, growing writes and a truncate all undone");
+
+  {
+    uint8_t orig[5000];
+    struct qk_source *m;
+    for (size_t i = 0; i < sizeof orig; i++)
+      orig[i] = i * 7;
+    m = qk_source_memory_rw (orig, sizeof orig, "mem");
+    s = qk_source_undo (m, topfd, "mem.undo", QK_IO_KEEP_BELOW);
+    ok (s != NULL, "undo over memory");
+    ok (qk_source_pwrite (s, "abc", 3, 4999) == 0
+        && qk_source_pwrite (s, "abc", 3, 0) == 0
+        && qk_source_pwrite (s, "xyz", 3, 1) == 0, "writes");
+    qk_source_close (s);
+    ok (qk_undo_replay (topfd, "mem.undo", m, 0) == 0
+        && m->size == sizeof orig
+        && memcmp (qk_source_memory_data (m), orig, sizeof orig) == 0,
+        "memory restored exactly");
+    qk_source_close (m);
+    m = qk_source_memory (orig, sizeof orig, "ro");
+    ok (qk_source_undo (m, topfd, "ro.undo", 0) == NULL
+        && qk_get_errno () == EROFS, "no journal over a read-only source");
+  }
+}
+
+/* A crash at every image write: a child writes through undo over a
+ * fault layer that kills it at write n; the parent replays and must get
+ * the original back each time. */
+static void
+test_undo_crash_sweep (void)
+{
+  uint8_t before[32], now[32];
+  uint64_t size0, size2;
+  const size_t nw = sizeof writes / sizeof writes[0];
+  int bad = 0, killed = 0;
+
+  for (uint64_t n = 1; n <= nw + 1; n++) {
+    pid_t pid;
+    int st;
+    struct qk_source *img;
+
+    mkfile ("sweep", IMG_SIZE, 6);
+    unlinkat (topfd, "sweep.undo", 0);
+    if (n == 1)
+      sha_file ("sweep", before, &size0);
+    pid = fork ();
+    if (pid < 0)
+      die ("fork");
+    if (pid == 0) {
+      struct qk_source *c = qk_source_file_rw (path_of ("sweep"), 0);
+      c = c ? qk_source_fault (c, QK_FAULT_WRITE_KILL, n, 0) : NULL;
+      c = c ? qk_source_undo (c, topfd, "sweep.undo", 0) : NULL;
+      if (c == NULL)
+        _exit (3);
+      do_writes (c, nw, 12);
+      qk_source_close (c);
+      _exit (0);
+    }
+    if (waitpid (pid, &st, 0) != pid)
+      die ("waitpid");
+    if (WIFSIGNALED (st) && WTERMSIG (st) == SIGKILL)
+      killed++;
+    else if (!(n == nw + 1 && WIFEXITED (st) && WEXITSTATUS (st) == 0)) {
+      printf ("# n=%" PRIu64 ": child status 0x%x\n", n, st);
+      bad++;
+    }
+    img = qk_source_file_rw (path_of ("sweep"), 0);
+    if (img == NULL || qk_undo_replay (topfd, "sweep.undo", img, 0) < 0) {
+      printf ("# n=%" PRIu64 ": %s\n", n, qk_get_error ());
+      bad++;
+    }
+    qk_source_close (img);
+    sha_file ("sweep", now, &size2);
+    if (memcmp (before, now, 32) != 0 || size2 != size0) {
+      printf ("# n=%" PRIu64 ": not restored\n", n);
+      bad++;
+    }
+  }
+  is_u64 (killed, nw, "killed at each of the %zu writes", nw);
+  is_u64 (bad, 0, "replay after a kill at every write restores the image");
 }
 
 /* ---- locks ---- */
@@ -487,10 +773,14 @@ main (void)
   if (topfd < 0)
     die (top);
 
+  test_sha256 ();
   test_readonly ();
   test_file_rw ();
   test_memory_rw ();
   test_fault ();
+  test_undo ();
+  test_undo_replay ();
+  test_undo_crash_sweep ();
   test_locks ();
   test_qemu_locks ();
   test_durable ();
