@@ -63,7 +63,10 @@ extern int qk_strvec_addf (struct qk_strvec *sv, const char *fmt, ...)
 extern void qk_strvec_free (struct qk_strvec *sv);
 extern void *qk_grow (void *ptr, size_t *cap, size_t need, size_t elem);
 
-/* ---- byte sources (io/source.c) ---- */
+/* ---- byte sources (io/source.c; the layers and writers: io/io.h) ----
+ * A source is one layer of a stack: a file or a memory buffer at the
+ * bottom, an undo journal or fault injection above it, each over the
+ * source below. */
 struct qk_source_ops {
   /* Read up to len bytes at off; returns bytes read (short only at EOF)
    * or -1 with the error set. */
@@ -71,22 +74,40 @@ struct qk_source_ops {
   /* 1: [off, off+*pnum) holds data, 0: a hole, -1: unknown. */
   int (*block_status) (struct qk_source *s, uint64_t off, uint64_t len,
                        uint64_t *pnum);
+  /* Write exactly len bytes at off (past the end grows the source);
+   * 0, or -1 with the error set. NULL: read-only (qk_source_pwrite fails
+   * with EROFS). */
+  int (*pwrite) (struct qk_source *s, const void *buf, size_t len,
+                 uint64_t off);
+  /* Make every write so far durable. NULL: flush the source below. */
+  int (*flush) (struct qk_source *s);
+  /* Set the size (undo replay shrinks a grown image back). NULL: EROFS. */
+  int (*truncate) (struct qk_source *s, uint64_t size);
+  /* Take or drop QEMU's image locks (QK_LOCK_* in io/io.h); test: only
+   * check that they could be taken. NULL: lock the source below. */
+  int (*lock) (struct qk_source *s, unsigned mode, bool test);
   void (*close) (struct qk_source *s);
 };
 
 struct qk_source {
   const struct qk_source_ops *ops;
   char *name;
-  uint64_t size;
+  uint64_t size;           /* follows writes that grow the source */
   int64_t allocated;       /* bytes allocated on the host, -1 unknown */
   bool has_id;
   dev_t dev;
   ino_t ino;
+  bool writable;           /* pwrite allowed (ops->pwrite alone is not) */
+  struct qk_source *below; /* the next layer down, NULL at the bottom */
+  bool own_below;          /* close below with this one */
+  void *priv;              /* the layer's own state, freed by its close */
   /* file */
   int fd;
+  unsigned lock_mode;      /* QK_LOCK_* held on fd */
   /* memory */
   const uint8_t *mem;
   uint8_t *mem_owned;
+  size_t mem_cap;          /* writable memory: allocated bytes */
 };
 
 extern void qk_source_close (struct qk_source *s);
