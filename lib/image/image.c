@@ -487,6 +487,7 @@ struct window {
   size_t cap;
   uint64_t woff;         /* window start, relative to base */
   size_t wlen;
+  size_t chunk;          /* read ahead this much (0: 1 MiB), doubling */
 };
 
 /* Make [rel, rel+len) available; returns a pointer or NULL. */
@@ -496,8 +497,10 @@ window_get (struct window *w, uint64_t rel, size_t len, size_t *avail)
   if (rel >= w->limit)
     return NULL;
   if (rel < w->woff || rel + len > w->woff + w->wlen) {
-    size_t want = MAX (len, (size_t) 1 << 20);
+    size_t want = MAX (len, w->chunk ? w->chunk : (size_t) 1 << 20);
     ssize_t r;
+    if (w->chunk && w->chunk < ((size_t) 1 << 20))
+      w->chunk *= 2;      /* the estimate was short: read more next time */
     if (want > w->limit - rel)
       want = w->limit - rel;
     if (want > w->cap) {
@@ -549,6 +552,9 @@ read_snapshots (struct qk_image *img)
     return;
   }
   w.limit = MIN (w.limit, img->src->size - h->snapshots_offset);
+  /* a first read sized for n typical entries (40 bytes, extra data, id
+   * and name), not a whole MiB of whatever follows the table */
+  w.chunk = MIN ((size_t) n * 128 + 4096, (size_t) 1 << 20);
   img->snaps = calloc (n, sizeof *img->snaps);
   if (img->snaps == NULL) {
     img->snaps_ok = false;
