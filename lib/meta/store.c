@@ -5,12 +5,14 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <libxml/parser.h>
 #include <libxml/tree.h>
 
 #include "meta/meta.h"
@@ -501,51 +503,299 @@ meta_active_range (const char *elem, size_t len, size_t *a, size_t *b)
   widen_active (elem, len, a, b);
 }
 
-/* Scan and parse one document held in memory; extract into mp. */
-static int
-load_doc (struct qk_meta *m, struct meta_set *s, struct meta_moment_priv *mp,
-          const char *buf, size_t len, const char *what,
-          const struct doc_tags *pre)
-{
-  struct xml_scan sc;
-  struct doc_tags t = { 0 };
-  char err[256];
+/* ---- parsing, in batches on every core ----
+ *
+ * Parsing (the scanner, then libxml2) is most of the time of a load, and
+ * each document is parsed alone: a batch of documents is parsed by a few
+ * threads, then completed (findings, hash, extraction) by the loading
+ * thread in file order, so that the results are the same as one by one. */
+
+#define BATCH_DOCS 256
+#define BATCH_BYTES (8U << 20)
+#define PARALLEL_MIN_BYTES (256U << 10)   /* small loads (and fuzzing): serial */
+
+struct pjob {
+  size_t idx;               /* the moment, s->m[idx] */
+  char *buf;                /* the document (owned) */
+  size_t len;
+  char *what;               /* its name in messages (owned) */
+  struct doc_tags tags;
+  bool pre;                 /* tags come from the bulk reader's scan */
+  /* per-file: for the checks after a successful parse */
+  char *entry;              /* the directory entry (owned), or NULL */
+  uint64_t size;
+  /* results */
+  int scan_err;             /* -1: none, else enum scan_err */
+  char errmsg[256];
   xmlDocPtr doc;
+};
+
+struct batch {
+  struct pjob *jobs;
+  size_t n, cap;
+  size_t bytes;
+  size_t next;              /* the next job to parse (atomic) */
+  unsigned max_depth;
+};
+
+/* Two batches: one parsed by background threads while the loading thread
+ * reads and scans the next one. */
+struct pool {
+  struct batch b[2];
+  int cur;                  /* the batch being filled */
+  bool inflight;            /* b[!cur] is being parsed */
+  pthread_t tid[8];
+  unsigned started;
+  unsigned threads;
+};
+
+static unsigned
+parse_threads (void)
+{
+  const char *e = getenv ("QCOWKIT_THREADS");
+  long n = e ? strtol (e, NULL, 10) : sysconf (_SC_NPROCESSORS_ONLN);
+
+  if (n < 1)
+    n = 1;
+  return n > 8 ? 8 : (unsigned) n;
+}
+
+static void
+parse_job (struct pjob *j, unsigned max_depth)
+{
+  j->scan_err = -1;
+  if (!j->pre) {
+    struct xml_scan sc;
+    memset (&j->tags, 0, sizeof j->tags);
+    xml_scan_init (&sc, max_depth);
+    sc.on_tag = doc_on_tag;
+    sc.opaque = &j->tags;
+    if (xml_scan_feed (&sc, j->buf, j->len) < 0
+        || xml_scan_finish (&sc) < 0) {
+      j->scan_err = sc.err;
+      snprintf (j->errmsg, sizeof j->errmsg, "%s", sc.errmsg);
+      return;
+    }
+  }
+  j->doc = meta_xml_parse (j->buf, j->len, j->what, j->errmsg,
+                           sizeof j->errmsg);
+}
+
+static void *
+parse_worker (void *opaque)
+{
+  struct batch *bt = opaque;
+  size_t i;
+
+  while ((i = __atomic_fetch_add (&bt->next, 1, __ATOMIC_RELAXED)) < bt->n)
+    parse_job (&bt->jobs[i], bt->max_depth);
+  return NULL;
+}
+
+static void
+free_job (struct pjob *j)
+{
+  free (j->buf);
+  free (j->what);
+  free (j->entry);
+  if (j->doc)
+    meta_xml_free_doc (j->doc);
+  memset (j, 0, sizeof *j);
+}
+
+/* Complete one parsed job into its moment, as the loading thread. */
+static int
+complete_job (struct qk_meta *m, struct meta_set *s, struct pjob *j)
+{
+  struct meta_moment_priv *mp = &s->m[j->idx];
+  const struct doc_tags *t = &j->tags;
   int r;
 
-  xml_scan_init (&sc, m->lim.max_depth);
-  sc.on_tag = doc_on_tag;
-  sc.opaque = &t;
-  if (pre)
-    t = *pre;     /* the bulk reader scanned these bytes already */
-  else if (xml_scan_feed (&sc, buf, len) < 0 || xml_scan_finish (&sc) < 0) {
-    meta_add_finding (m, sc.err == SCAN_HOSTILE ? MP_HOSTILE : MP_PARSE,
-                      s->kind, mp->pub.offset, "%s: %s", what, sc.errmsg);
+  if (j->scan_err >= 0) {
+    meta_add_finding (m, j->scan_err == SCAN_HOSTILE ? MP_HOSTILE : MP_PARSE,
+                      s->kind, mp->pub.offset, "%s: %s", j->what, j->errmsg);
     mp->parse_failed = true;
     return 0;
   }
-  doc = meta_xml_parse (buf, len, what, err, sizeof err);
-  if (doc == NULL) {
-    meta_add_finding (m, MP_PARSE, s->kind, mp->pub.offset, "%s: %s", what,
-                      err);
+  if (j->doc == NULL) {
+    meta_add_finding (m, MP_PARSE, s->kind, mp->pub.offset, "%s: %s",
+                      j->what, j->errmsg);
     mp->parse_failed = true;
     return 0;
   }
-  mp->pub.offset += t.root_start;
-  mp->pub.length = t.root_end - t.root_start;
+  mp->pub.offset += t->root_start;
+  mp->pub.length = t->root_end - t->root_start;
   {
-    const char *e = buf + t.root_start;
-    size_t n = t.root_end - t.root_start, a = 0, b = 0;
-    if (t.act && s->kind == QK_META_SNAPSHOT) {
-      a = t.act_start - t.root_start;
-      b = t.act_end - t.root_start;
+    const char *e = j->buf + t->root_start;
+    size_t n = t->root_end - t->root_start, a = 0, b = 0;
+    if (t->act && s->kind == QK_META_SNAPSHOT) {
+      a = t->act_start - t->root_start;
+      b = t->act_end - t->root_start;
       widen_active (e, n, &a, &b);
     }
     mp->hash = meta_hash2 (e, a, e + b, n - b);
   }
-  r = meta_extract_moment (m, s, doc, mp);
-  meta_xml_free_doc (doc);
+  r = meta_extract_moment (m, s, j->doc, mp);
+  if (r < 0 || j->entry == NULL)
+    return r;
+  /* per-file: what libvirt checks of a file it could parse */
+  mp = &s->m[j->idx];
+  if (j->size > LIBVIRT_MAX_FILE) {
+    meta_add_finding (m, MP_LIBVIRT_SIZE, s->kind, QK_NONE, "%s: %" PRIu64
+                      " bytes; libvirt reads at most %llu", j->what, j->size,
+                      LIBVIRT_MAX_FILE);
+    mp->pub.loaded = false;
+  }
+  if (mp->pub.name && !mp->unsafe_name) {
+    char *want = joinf ("%s.xml", mp->pub.name);
+    if (want == NULL)
+      return -1;
+    if (strcmp (want, j->entry) != 0)
+      meta_add_finding (m, MP_FILE_NAME, s->kind, QK_NONE, "%s holds %s "
+                        "'%s': the file should be named %s", j->what,
+                        meta_kind_name (s->kind), mp->pub.name, want);
+    free (want);
+  }
+  return 0;
+}
+
+/* Finish the batch in flight: help parse it, wait for its threads, then
+ * complete its jobs in order. */
+static int
+pool_land (struct qk_meta *m, struct meta_set *s, struct pool *p)
+{
+  struct batch *bt = &p->b[!p->cur];
+  int ret = 0;
+
+  if (!p->inflight)
+    return 0;
+  parse_worker (bt);
+  for (unsigned i = 0; i < p->started; i++)
+    pthread_join (p->tid[i], NULL);
+  p->started = 0;
+  p->inflight = false;
+  for (size_t i = 0; i < bt->n; i++) {
+    if (ret == 0 && complete_job (m, s, &bt->jobs[i]) < 0)
+      ret = -1;
+    free_job (&bt->jobs[i]);
+  }
+  bt->n = 0;
+  bt->bytes = 0;
+  return ret;
+}
+
+/* The batch being filled is full: land the one in flight, then send this
+ * one to background threads (all of it is parsed there but for the part
+ * the loading thread helps with when it lands it). Small loads, and one
+ * thread, parse in the loading thread. */
+static int
+pool_cycle (struct qk_meta *m, struct meta_set *s, struct pool *p)
+{
+  struct batch *bt = &p->b[p->cur];
+  unsigned nt = bt->bytes >= PARALLEL_MIN_BYTES && bt->n > 1 ? p->threads : 1;
+
+  if (pool_land (m, s, p) < 0)
+    return -1;
+  bt->next = 0;
+  bt->max_depth = m->lim.max_depth;
+  if (nt > 1) {
+    xmlInitParser ();       /* once, before threads parse */
+    for (unsigned i = 0; i + 1 < nt && i < 8; i++)
+      if (pthread_create (&p->tid[p->started], NULL, parse_worker, bt) == 0)
+        p->started++;
+  }
+  p->cur = !p->cur;
+  p->inflight = true;
+  if (p->started == 0)
+    return pool_land (m, s, p);   /* no thread: parse it here, now */
+  return 0;
+}
+
+/* Parse and complete everything queued. */
+static int
+pool_flush (struct qk_meta *m, struct meta_set *s, struct pool *p)
+{
+  if (pool_land (m, s, p) < 0)
+    return -1;
+  if (p->b[p->cur].n == 0)
+    return 0;
+  if (pool_cycle (m, s, p) < 0)
+    return -1;
+  return pool_land (m, s, p);
+}
+
+static void
+pool_free (struct pool *p)
+{
+  for (unsigned i = 0; i < p->started; i++)
+    pthread_join (p->tid[i], NULL);
+  for (int k = 0; k < 2; k++) {
+    for (size_t i = 0; i < p->b[k].n; i++)
+      free_job (&p->b[k].jobs[i]);
+    free (p->b[k].jobs);
+  }
+  memset (p, 0, sizeof *p);
+}
+
+/* A finding about what is not queued: after those queued before it. */
+static int
+pool_finding (struct qk_meta *m, struct meta_set *s, struct pool *p, int pr,
+              const char *fmt, ...)
+  __attribute__ ((format (printf, 5, 6)));
+
+static int
+pool_finding (struct qk_meta *m, struct meta_set *s, struct pool *p, int pr,
+              const char *fmt, ...)
+{
+  va_list ap;
+  char *msg;
+  int r;
+
+  if (pool_flush (m, s, p) < 0)
+    return -1;
+  va_start (ap, fmt);
+  r = vasprintf (&msg, fmt, ap);
+  va_end (ap);
+  if (r < 0)
+    return -1;
+  r = meta_add_finding (m, pr, s->kind, QK_NONE, "%s", msg);
+  free (msg);
   return r;
+}
+
+/* Queue one document (buf, what and entry are taken over); flushes when
+ * the batch is full. */
+static int
+pool_add (struct qk_meta *m, struct meta_set *s, struct pool *p,
+          size_t idx, char *buf, size_t len, char *what,
+          const struct doc_tags *pre, char *entry, uint64_t size)
+{
+  struct batch *bt = &p->b[p->cur];
+  struct pjob *nj = qk_grow (bt->jobs, &bt->cap, bt->n + 1, sizeof *nj);
+
+  if (nj == NULL) {
+    free (buf);
+    free (what);
+    free (entry);
+    return -1;
+  }
+  bt->jobs = nj;
+  nj = &bt->jobs[bt->n++];
+  memset (nj, 0, sizeof *nj);
+  nj->idx = idx;
+  nj->buf = buf;
+  nj->len = len;
+  nj->what = what;
+  nj->entry = entry;
+  nj->size = size;
+  if (pre) {
+    nj->tags = *pre;
+    nj->pre = true;
+  }
+  bt->bytes += len;
+  if (bt->n >= BATCH_DOCS || bt->bytes >= BATCH_BYTES)
+    return pool_cycle (m, s, p);
+  return 0;
 }
 
 struct dent {
@@ -568,6 +818,7 @@ load_per_file (struct qk_meta *m, struct meta_set *s)
 {
   struct dent *ents = NULL;
   size_t nents = 0, capents = 0;
+  struct pool pool = { .threads = parse_threads () };
   int dfd = meta_open (m, s->dir, O_RDONLY | O_DIRECTORY);
   DIR *d = dfd >= 0 ? fdopendir (dfd) : NULL;
   struct dirent *e;
@@ -599,11 +850,11 @@ load_per_file (struct qk_meta *m, struct meta_set *s)
   for (size_t i = 0; i < nents; i++) {
     struct meta_moment_priv *mp;
     char *path = joinf ("%s/%s", s->dir, ents[i].name);
-    char *buf = NULL, *want;
+    char *buf = NULL;
     size_t len;
     uint64_t size = 0;
     mode_t mode = 0;
-    int r, fd;
+    int r, fd, err;
 
     if (path == NULL)
       goto out;
@@ -613,18 +864,19 @@ load_per_file (struct qk_meta *m, struct meta_set *s)
                 O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
     r = fd < 0 ? -1 : read_limited_fd (fd, m->lim.max_size, &buf, &len,
                                        &size, &mode);
-    if (r < 0 && fd >= 0 && errno == EINVAL && !S_ISDIR (mode)) {
-      meta_add_finding (m, MP_BLOCKING_FILE, s->kind, QK_NONE, "%s is %s: "
-                        "libvirt reads every entry when its QEMU driver "
-                        "starts and blocks on it", path, file_type (mode));
+    err = errno;
+    if (r < 0 && (fd < 0 || err == EINVAL)) {
+      bool blocks = fd >= 0 && !S_ISDIR (mode);
+      r = blocks
+        ? pool_finding (m, s, &pool, MP_BLOCKING_FILE, "%s is %s: libvirt "
+                        "reads every entry when its QEMU driver starts and "
+                        "blocks on it", path, file_type (mode))
+        : pool_finding (m, s, &pool, MP_NOT_A_FILE, "%s is not a regular "
+                        "file (%s)", path,
+                        fd < 0 ? strerror (err) : file_type (mode));
       free (path);
-      continue;
-    }
-    if (r < 0 && (fd < 0 || errno == EINVAL)) {
-      meta_add_finding (m, MP_NOT_A_FILE, s->kind, QK_NONE, "%s is not a "
-                        "regular file (%s)", path,
-                        fd < 0 ? strerror (errno) : file_type (mode));
-      free (path);
+      if (r < 0)
+        goto out;
       continue;
     }
     mp = new_moment (s);
@@ -636,46 +888,37 @@ load_per_file (struct qk_meta *m, struct meta_set *s)
     mp->read_order = ents[i].order;
     mp->pub.file = path;
     mp->file_size = size;
-    if (r < 0) {
-      meta_add_finding (m, MP_PARSE, s->kind, QK_NONE, "%s: %s", path,
-                        strerror (errno));
-      mp->parse_failed = true;
-      continue;
-    }
-    if (r > 0) {
-      meta_add_finding (m, MP_TOO_LARGE, s->kind, QK_NONE, "%s: %" PRIu64
-                        " bytes is over the %" PRIu64 "-byte limit", path,
-                        size, m->lim.max_size);
-      mp->parse_failed = true;
+    if (r != 0) {
+      size_t idx = mp - s->m;
+      if ((r < 0 ? pool_finding (m, s, &pool, MP_PARSE, "%s: %s", path,
+                                 strerror (err))
+                 : pool_finding (m, s, &pool, MP_TOO_LARGE, "%s: %" PRIu64
+                                 " bytes is over the %" PRIu64 "-byte limit",
+                                 path, size, m->lim.max_size)) < 0)
+        goto out;
+      s->m[idx].parse_failed = true;
       continue;
     }
     /* libvirt reads the file into a C string: it ends at a NUL byte */
     len = strlen (buf);
-    r = load_doc (m, s, mp, buf, len, path, NULL);
-    free (buf);
-    if (r < 0)
-      goto out;
-    if (mp->parse_failed)
-      continue;
-    if (size > LIBVIRT_MAX_FILE) {
-      meta_add_finding (m, MP_LIBVIRT_SIZE, s->kind, QK_NONE, "%s: %" PRIu64
-                        " bytes; libvirt reads at most %llu", path, size,
-                        LIBVIRT_MAX_FILE);
-      mp->pub.loaded = false;
-    }
-    if (mp->pub.name && !mp->unsafe_name) {
-      want = joinf ("%s.xml", mp->pub.name);
-      if (want == NULL)
+    {
+      char *what = strdup (path), *entry = strdup (ents[i].name);
+      if (what == NULL || entry == NULL) {
+        free (what);
+        free (entry);
+        free (buf);
         goto out;
-      if (strcmp (want, ents[i].name) != 0)
-        meta_add_finding (m, MP_FILE_NAME, s->kind, QK_NONE, "%s holds %s "
-                          "'%s': the file should be named %s", path,
-                          meta_kind_name (s->kind), mp->pub.name, want);
-      free (want);
+      }
+      if (pool_add (m, s, &pool, mp - s->m, buf, len, what, NULL, entry,
+                    size) < 0)
+        goto out;
     }
   }
+  if (pool_flush (m, s, &pool) < 0)
+    goto out;
   ret = 0;
 out:
+  pool_free (&pool);
   if (ret < 0 && errno == ENOMEM)
     set_error (ENOMEM, "reading %s", s->dir);
   closedir (d);
@@ -699,6 +942,7 @@ struct bulk {
   struct doc_tags tags;   /* of the element being read, relative to it */
   bool stop;              /* structure error: stop */
   int fail;               /* allocation failure */
+  struct pool pool;       /* elements being parsed */
 };
 
 static void
@@ -714,6 +958,8 @@ bulk_invalid (struct bulk *b, uint64_t at, const char *fmt, ...)
   va_start (ap, fmt);
   vsnprintf (msg, sizeof msg, fmt, ap);
   va_end (ap);
+  if (pool_flush (b->m, b->s, &b->pool) < 0)
+    b->fail = 1;
   meta_add_finding (b->m, MP_BULK_INVALID, b->s->kind, at, "%s: %s",
                     b->s->bulk, msg);
 }
@@ -776,6 +1022,10 @@ bulk_element (struct bulk *b, uint64_t start, uint64_t stop)
   mp->pub.offset = start;
   mp->pub.length = stop - start;
   if (b->elem_skip || stop - start > b->m->lim.max_size) {
+    if (pool_flush (b->m, b->s, &b->pool) < 0) {
+      b->fail = 1;
+      return -1;
+    }
     meta_add_finding (b->m, MP_TOO_LARGE, b->s->kind, start, "%s: the "
                       "element at offset %" PRIu64 " is %" PRIu64 " bytes, "
                       "over the %" PRIu64 "-byte limit", b->s->bulk, start,
@@ -791,11 +1041,17 @@ bulk_element (struct bulk *b, uint64_t start, uint64_t stop)
       b->fail = 1;
       return -1;
     }
+    char *copy = malloc (stop - start + 1);
     b->tags.root_start = 0;
     b->tags.root_end = stop - start;
-    r = load_doc (b->m, b->s, mp, b->acc + (start - b->acc_off),
-                  stop - start, full, &b->tags);
-    free (full);
+    if (copy == NULL) {
+      free (full);
+      b->fail = 1;
+      return -1;
+    }
+    memcpy (copy, b->acc + (start - b->acc_off), stop - start);
+    r = pool_add (b->m, b->s, &b->pool, mp - b->s->m, copy, stop - start,
+                  full, &b->tags, NULL, 0);
     if (r < 0) {
       b->fail = 1;
       return -1;
@@ -875,7 +1131,7 @@ bulk_on_text (void *opaque, unsigned depth, uint64_t at)
 static int
 load_bulk (struct qk_meta *m, struct meta_set *s)
 {
-  struct bulk b = { .m = m, .s = s };
+  struct bulk b = { .m = m, .s = s, .pool.threads = parse_threads () };
   struct xml_scan sc;
   int fd = meta_open (m, s->bulk, O_RDONLY | O_NONBLOCK);
   struct stat st;
@@ -933,10 +1189,13 @@ load_bulk (struct qk_meta *m, struct meta_set *s)
     }
     n = read (fd, b.acc + b.acc_len, CHUNK);
     if (n < 0) {
-      if (errno == EINTR)
+      int e = errno;
+      if (e == EINTR)
         continue;
+      if (pool_flush (m, s, &b.pool) < 0)
+        goto out;
       meta_add_finding (m, MP_BULK_INVALID, s->kind, sc.pos, "%s: %s",
-                        s->bulk, strerror (errno));
+                        s->bulk, strerror (e));
       break;
     }
     if (n == 0) {
@@ -953,7 +1212,7 @@ load_bulk (struct qk_meta *m, struct meta_set *s)
     }
     b.acc_len += n;
     if (xml_scan_feed (&sc, b.acc + b.acc_len - n, n) < 0) {
-      if (b.fail)
+      if (b.fail || pool_flush (m, s, &b.pool) < 0)
         goto out;
       if (!b.stop)
         meta_add_finding (m, sc.err == SCAN_HOSTILE ? MP_HOSTILE
@@ -962,8 +1221,11 @@ load_bulk (struct qk_meta *m, struct meta_set *s)
       break;
     }
   }
+  if (b.fail || pool_flush (m, s, &b.pool) < 0)
+    goto out;
   ret = 0;
 out:
+  pool_free (&b.pool);
   free (b.acc);
   close (fd);
   if (ret < 0)
