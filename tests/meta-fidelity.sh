@@ -17,21 +17,9 @@ scratch
 
 ROOT=$T/root
 IMG=$T/img
-mkdir -p "$ROOT/etc" "$IMG"
-# user root: see meta-libvirt.sh
-printf 'stdio_handler = "file"\nuser = "root"\ngroup = "root"\n' \
-  > "$ROOT/etc/qemu.conf"
-V () { timeout 120 virsh -q -c "qemu:///embed?root=$ROOT" "$@"; }
+lab_init
 Q () { timeout 60 qcowkit meta "$1" --libvirt-root "$ROOT" "${@:2}"; }
 
-qemu-img create -q -f qcow2 "$IMG/vm1.qcow2" 64M
-cat > "$T/dom.xml" <<XML
-<domain type='qemu'><name>vm1</name><memory unit='MiB'>64</memory>
-<os><type arch='x86_64' machine='pc'>hvm</type></os><devices>
-<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
-<source file='$IMG/vm1.qcow2'/><target dev='vda' bus='virtio'/></disk>
-</devices></domain>
-XML
 if ! out=$(V "define $T/dom.xml; snapshot-create-as vm1 s1; snapshot-create-as vm1 s2" 2>&1); then
   fail "libvirt creates the snapshots" "$out"
   done_testing; exit

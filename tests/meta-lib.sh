@@ -78,3 +78,25 @@ XML
 
 # problems JSONFILE: the sorted problem names of a meta check --output=json
 problems () { jq -r '[.problems[].name] | sort | join(" ")' "$1"; }
+
+# lab_init: an embedded-libvirt lab (LIBVIRT-LAB.md) under $ROOT, a 64 MiB
+# qcow2 disk $IMG/vm1.qcow2, and the definition of vm1 using it in
+# $T/dom.xml (not defined yet: V "define $T/dom.xml; ..."). The QEMU user
+# is root: no libvirt-qemu account is needed, and the capability cache
+# stays valid (as libvirt-qemu, /dev/kvm is not usable and libvirt
+# re-probes QEMU on every connection, ~15 s each).
+lab_init () {
+  mkdir -p "$ROOT/etc" "$IMG"
+  printf 'stdio_handler = "file"\nuser = "root"\ngroup = "root"\n' \
+    > "$ROOT/etc/qemu.conf"
+  qemu-img create -q -f qcow2 "$IMG/vm1.qcow2" 64M
+  cat > "$T/dom.xml" <<XML
+<domain type='qemu'><name>vm1</name><memory unit='MiB'>64</memory>
+<os><type arch='x86_64' machine='pc'>hvm</type></os><devices>
+<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+<source file='$IMG/vm1.qcow2'/><target dev='vda' bus='virtio'/></disk>
+</devices></domain>
+XML
+}
+# V ARGS: virsh on the lab under $ROOT
+V () { timeout 120 virsh -q -c "qemu:///embed?root=$ROOT" "$@"; }

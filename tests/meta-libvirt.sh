@@ -15,23 +15,9 @@ scratch
 
 ROOT=$T/root
 IMG=$T/img
-mkdir -p "$ROOT/etc" "$IMG"
-# user root: no libvirt-qemu account needed, and the capability cache stays
-# valid (as libvirt-qemu, /dev/kvm is not usable and libvirt re-probes QEMU
-# on every connection, ~15 s each)
-printf 'stdio_handler = "file"\nuser = "root"\ngroup = "root"\n' \
-  > "$ROOT/etc/qemu.conf"
-V () { timeout 120 virsh -q -c "qemu:///embed?root=$ROOT" "$@"; }
+lab_init
 Q () { qcowkit meta "$1" --libvirt-root "$ROOT" "${@:2}"; }
 
-qemu-img create -q -f qcow2 "$IMG/vm1.qcow2" 64M
-cat > "$T/dom.xml" <<XML
-<domain type='qemu'><name>vm1</name><memory unit='MiB'>64</memory>
-<os><type arch='x86_64' machine='pc'>hvm</type></os><devices>
-<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
-<source file='$IMG/vm1.qcow2'/><target dev='vda' bus='virtio'/></disk>
-</devices></domain>
-XML
 if ! out=$(V "define $T/dom.xml; snapshot-create-as vm1 s1; snapshot-create-as vm1 s2; snapshot-revert vm1 s1; snapshot-create-as vm1 s3; snapshot-create-as vm1 e1 --disk-only; snapshot-create-as vm1 e2 --disk-only" 2>&1); then
   fail "libvirt creates the snapshots" "$out"
   done_testing; exit
