@@ -14,6 +14,9 @@
 #    be identical, and whatever qemu-img writes past the snapshot's size
 #    must be zeros (a grown disk); where the snapshot is bigger than the
 #    current disk (taken before a shrink), ours holds more.
+# The snapshots themselves: `qcowkit snapshot list` prints exactly what
+# `qemu-img snapshot -l` prints, and the disk size it gives each snapshot
+# is the size qemu-img's revert (snapshot -a) gives the disk.
 srcdir=${srcdir:-.}
 . "$srcdir/tests/tap.sh"
 . "$srcdir/tests/functions.sh"
@@ -45,6 +48,16 @@ while IFS=$'\t' read -r -a f; do
   [ -s "$T/o.err" ] && diag "stderr: $(cat "$T/o.err")"
   cmp_files "$i: export equals qemu-img convert -O raw" "$T/q.raw" "$T/o.raw"
 
+  if [ ${#f[@]} -gt 1 ]; then
+    qemu-img snapshot -l "$i" > "$T/q.list" 2>&1
+    qcowkit snapshot list "$i" > "$T/o.list" 2>&1
+    if cmp -s "$T/q.list" "$T/o.list"; then
+      pass "$i: snapshot list is qemu-img snapshot -l's"
+    else
+      fail "$i: snapshot list is qemu-img snapshot -l's" \
+        "$(diff "$T/q.list" "$T/o.list" | head -8 | tr '\n' '|')"
+    fi
+  fi
   for s in "${f[@]:1}"; do
     names=$(qemu-img info --output=json "$i" | jq -r '.snapshots[].name')
     if printf '%s\n' "$names" | grep -qxF -- "$s"; then
@@ -69,9 +82,12 @@ while IFS=$'\t' read -r -a f; do
       { fail "$i: qemu-img convert -l $opt failed" "$(cat "$T/q.err")"; continue; }
     qs=$(stat -c %s "$T/q.raw")
     os=$(stat -c %s "$T/o.raw")
-    want=$(qcowkit snapshot list --output=json "$i" |
-           jq --arg s "$s" '[.[] | select(.id == $s or .name == $s)][0]."disk-size"')
-    is "$os" "$want" "$i: snapshot '$s' exported at its own disk size"
+    # the snapshot's disk size: what qemu-img's revert made of the disk
+    as=$(stat -c %s "$T/a.raw")
+    is "$os" "$as" "$i: snapshot '$s' exported at its own disk size (snapshot -a's)"
+    is "$(qcowkit snapshot list --output=json "$i" |
+          jq --arg s "$s" '[.[] | select(.id == $s or .name == $s)][0]."disk-size"')" \
+      "$as" "$i: snapshot list gives '$s' the disk size of qemu-img's revert"
     if [ "$qs" = "$os" ]; then
       cmp_files "$i: export --snapshot '$s' equals convert -l $opt" \
         "$T/q.raw" "$T/o.raw"
