@@ -10,7 +10,7 @@
 srcdir=${srcdir:-.}
 . "$srcdir/tests/tap.sh"
 . "$srcdir/tests/functions.sh"   # json_superset
-require qemu-img qemu-io
+require qemu-img qemu-io jq
 scratch
 
 # ---- limits ----
@@ -21,11 +21,7 @@ if grep -q __asan_init "$(command -v qcowkit)" 2>/dev/null; then
 fi
 
 json_ok () {  # exactly one JSON document in FILE
-  if command -v jq >/dev/null; then
-    [ "$(jq -s length "$1" 2>/dev/null)" = 1 ]
-  else
-    python3 -m json.tool "$1" >/dev/null 2>&1
-  fi
+  [ "$(jq -s length "$1" 2>/dev/null)" = 1 ]
 }
 
 # lim CMD...: run under the limits; stdout to $T/out, stderr to $T/err.
@@ -460,138 +456,134 @@ for bits in "72 be64 2" "72 be64 3" "88 be64 $((AUTOCLEAR | 32))"; do
 done
 
 # ---- backing file names and the end marker, as qemu-img reads them ----
-if command -v jq >/dev/null; then
-  # same_info LABEL IMG: qemu-img info opens IMG and ours is a superset
-  same_info () {
-    if qemu-img info --output=json "$2" > "$T/q.json" 2> "$T/q.err" \
-       && qcowkit info --output=json "$2" > "$T/o.json" 2> "$T/o.err" \
-       && json_superset "$T/q.json" "$T/o.json"; then
-      pass "$1: info is a superset of qemu-img info"
-    else fail "$1: info is a superset of qemu-img info" \
-      "$(cat "$T/q.err" "$T/o.err" | head -c 300)"; fi
-  }
-  # an offset and no name (qemu-img rebase -u -b "" on some versions)
-  fresh; qkpoke d.qcow2 8 be64 0x1000; qkpoke d.qcow2 16 be32 0
-  same_info "backing_file_offset 0x1000, size 0" d.qcow2
-  is "$(jq -r '.["backing-filename"] // "none", (.qcowkit.warnings | length)' "$T/o.json" | tr '\n' ' ')" \
-    "none 0 " "backing_file_offset 0x1000, size 0: no backing file, no warning"
-  lim qcowkit export d.qcow2 e.raw
-  if [ $? -eq 0 ] && cmp -s e.raw base.raw; then
-    pass "backing_file_offset 0x1000, size 0: export equals"
-  else fail "backing_file_offset 0x1000, size 0: export equals" "$(cat "$T/err")"; fi
-  fresh; qkpoke d.qcow2 8 be64 65536
-  same_info "backing_file_offset == cluster size, size 0" d.qcow2
-  is "$(jq -r '.qcowkit.unreadable // "readable"' "$T/o.json")" readable \
-    "backing_file_offset == cluster size, size 0: readable"
-  fresh; qkpoke d.qcow2 8 be64 65536; qkpoke d.qcow2 16 be32 1
-  qemu-img info d.qcow2 >/dev/null 2>&1
-  is "$?" 1 "backing_file_offset == cluster size, size 1: qemu-img refuses"
-  lim qcowkit info --output=json d.qcow2
-  is "$(jq -r '.qcowkit.unreadable' "$T/out")" "the backing file name is invalid" \
-    "backing_file_offset == cluster size, size 1: invalid for us too"
-  # a name starting with NUL
-  fresh; qkpoke d.qcow2 8 be64 0x1000; qkpoke d.qcow2 16 be32 4
-  qkpoke d.qcow2 0x1000 00616263
-  same_info "a backing file name starting with NUL" d.qcow2
-  if jq -e '(has("backing-filename") | not) and (.qcowkit.warnings | any(test("NUL")))' \
-       "$T/o.json" >/dev/null; then
-    pass "a backing file name starting with NUL: no backing file, a warning"
-  else fail "a backing file name starting with NUL" "$(jq -c .qcowkit.warnings "$T/o.json")"; fi
-  # the end marker's length is checked too
-  fresh; qkpoke d.qcow2 112 be32 0; qkpoke d.qcow2 116 be32 0x10000
-  qemu-img info d.qcow2 > /dev/null 2> "$T/q.err"
-  if grep -q 'Header extension too large' "$T/q.err"; then
-    pass "end marker of length 0x10000: qemu-img says Header extension too large"
-  else fail "end marker of length 0x10000: qemu-img refuses" "$(cat "$T/q.err")"; fi
-  lim qcowkit info d.qcow2
-  rc=$?
-  if [ $rc -eq 0 ] && grep -q 'end marker.*Header extension too large' "$T/err"; then
-    pass "end marker of length 0x10000: info shows the image and says why QEMU refuses it"
-  else fail "end marker of length 0x10000: info warns" "exit $rc: $(cat "$T/err")"; fi
-  export_same "end marker of length 0x10000: export equals"
-fi
+# same_info LABEL IMG: qemu-img info opens IMG and ours is a superset
+same_info () {
+  if qemu-img info --output=json "$2" > "$T/q.json" 2> "$T/q.err" \
+     && qcowkit info --output=json "$2" > "$T/o.json" 2> "$T/o.err" \
+     && json_superset "$T/q.json" "$T/o.json"; then
+    pass "$1: info is a superset of qemu-img info"
+  else fail "$1: info is a superset of qemu-img info" \
+    "$(cat "$T/q.err" "$T/o.err" | head -c 300)"; fi
+}
+# an offset and no name (qemu-img rebase -u -b "" on some versions)
+fresh; qkpoke d.qcow2 8 be64 0x1000; qkpoke d.qcow2 16 be32 0
+same_info "backing_file_offset 0x1000, size 0" d.qcow2
+is "$(jq -r '.["backing-filename"] // "none", (.qcowkit.warnings | length)' "$T/o.json" | tr '\n' ' ')" \
+  "none 0 " "backing_file_offset 0x1000, size 0: no backing file, no warning"
+lim qcowkit export d.qcow2 e.raw
+if [ $? -eq 0 ] && cmp -s e.raw base.raw; then
+  pass "backing_file_offset 0x1000, size 0: export equals"
+else fail "backing_file_offset 0x1000, size 0: export equals" "$(cat "$T/err")"; fi
+fresh; qkpoke d.qcow2 8 be64 65536
+same_info "backing_file_offset == cluster size, size 0" d.qcow2
+is "$(jq -r '.qcowkit.unreadable // "readable"' "$T/o.json")" readable \
+  "backing_file_offset == cluster size, size 0: readable"
+fresh; qkpoke d.qcow2 8 be64 65536; qkpoke d.qcow2 16 be32 1
+qemu-img info d.qcow2 >/dev/null 2>&1
+is "$?" 1 "backing_file_offset == cluster size, size 1: qemu-img refuses"
+lim qcowkit info --output=json d.qcow2
+is "$(jq -r '.qcowkit.unreadable' "$T/out")" "the backing file name is invalid" \
+  "backing_file_offset == cluster size, size 1: invalid for us too"
+# a name starting with NUL
+fresh; qkpoke d.qcow2 8 be64 0x1000; qkpoke d.qcow2 16 be32 4
+qkpoke d.qcow2 0x1000 00616263
+same_info "a backing file name starting with NUL" d.qcow2
+if jq -e '(has("backing-filename") | not) and (.qcowkit.warnings | any(test("NUL")))' \
+     "$T/o.json" >/dev/null; then
+  pass "a backing file name starting with NUL: no backing file, a warning"
+else fail "a backing file name starting with NUL" "$(jq -c .qcowkit.warnings "$T/o.json")"; fi
+# the end marker's length is checked too
+fresh; qkpoke d.qcow2 112 be32 0; qkpoke d.qcow2 116 be32 0x10000
+qemu-img info d.qcow2 > /dev/null 2> "$T/q.err"
+if grep -q 'Header extension too large' "$T/q.err"; then
+  pass "end marker of length 0x10000: qemu-img says Header extension too large"
+else fail "end marker of length 0x10000: qemu-img refuses" "$(cat "$T/q.err")"; fi
+lim qcowkit info d.qcow2
+rc=$?
+if [ $rc -eq 0 ] && grep -q 'end marker.*Header extension too large' "$T/err"; then
+  pass "end marker of length 0x10000: info shows the image and says why QEMU refuses it"
+else fail "end marker of length 0x10000: info warns" "exit $rc: $(cat "$T/err")"; fi
+export_same "end marker of length 0x10000: export equals"
 
 # ---- LUKS: what qemu-img info shows, read from the header without a key ----
-if command -v jq >/dev/null; then
-  S="--object secret,id=s0,data=pw"
-  L="encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10"
-  # mkcrypt IMG SIZE OPTIONS: qemu-img create with a key; timing the PBKDF
-  # fails now and then ("Unable to get accurate CPU usage"), so retry
-  mkcrypt () {
-    local k
-    for k in 1 2 3 4 5 6 7 8; do
-      qemu-img create -q -f qcow2 $S -o "$3" "$1" "$2" 2>"$T/mk.err" && return 0
-    done
-    fail "qemu-img create $1" "$(cat "$T/mk.err")"
-  }
-  mkcrypt luks.qcow2 4M "$L"
-  mkcrypt luks-essiv.qcow2 1M "$L,encrypt.cipher-alg=twofish-128,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=essiv,encrypt.ivgen-hash-alg=sha256,encrypt.hash-alg=sha512,cluster_size=4k"
-  mkcrypt luks-df.qcow2 1M "$L,encrypt.cipher-alg=serpent-192,encrypt.cipher-mode=xts,encrypt.hash-alg=sha1,data_file=luks-df.data"
-  mkcrypt aes.qcow2 1M encrypt.format=aes,encrypt.key-secret=s0
+S="--object secret,id=s0,data=pw"
+L="encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10"
+# mkcrypt IMG SIZE OPTIONS: qemu-img create with a key; timing the PBKDF
+# fails now and then ("Unable to get accurate CPU usage"), so retry
+mkcrypt () {
+  local k
   for k in 1 2 3 4 5 6 7 8; do
-    qemu-img amend $S --object secret,id=s1,data=pw2 -o encrypt.keyslot=3,encrypt.state=active,encrypt.new-secret=s1,encrypt.iter-time=10 \
-      --image-opts driver=qcow2,file.filename=luks.qcow2,encrypt.key-secret=s0 2>/dev/null && break
+    qemu-img create -q -f qcow2 $S -o "$3" "$1" "$2" 2>"$T/mk.err" && return 0
   done
-  for i in luks luks-essiv luks-df aes; do
-    ok "$i.qcow2 was made" test -s $i.qcow2
-    same_info "$i" $i.qcow2
-    qemu-img info $i.qcow2 > "$T/q.txt" 2>/dev/null
-    qcowkit info $i.qcow2 2>/dev/null | sed '/^qcowkit details:/,$d' > "$T/o.txt"
-    if cmp -s "$T/q.txt" "$T/o.txt"; then
-      pass "$i: human info is qemu-img's text"
-    else fail "$i: human info is qemu-img's text" "$(diff "$T/q.txt" "$T/o.txt" | head -12)"; fi
-    is "$(jq -c '.qcowkit.warnings' "$T/o.json")" "[]" "$i: no warning"
-    hammer "$i" $i.qcow2
-  done
-  slots='[.["format-specific"].data.encrypt.slots[].active | tostring] | join(",")'
-  is "$(qcowkit info --output=json luks.qcow2 | jq -r "$slots")" \
-    "$(qemu-img info --output=json luks.qcow2 | jq -r "$slots")" \
-    "luks: the active key slots are qemu-img's"
-  # where the LUKS header is: the extension's offset and length
-  pos=$(peek luks.qcow2 100 be32)
-  while [ "$(peek luks.qcow2 "$pos" be32)" != $((0x0537be77)) ] && [ "$pos" -lt 4096 ]; do
-    pos=$((pos + 8 + ($(peek luks.qcow2 $((pos + 4)) be32) + 7) / 8 * 8))
-  done
-  LHOFF=$(peek luks.qcow2 $((pos + 8)))
-  LHLEN=$(peek luks.qcow2 $((pos + 16)))
-  qcowkit info --output=json luks.qcow2 > "$T/o.json"
-  is "$(jq -r '.qcowkit["luks-header"] | "\(.offset) \(.length) \(.readable) \(.version) \(.["cipher-mode"]) \(.slots | length)"' "$T/o.json")" \
-    "$LHOFF $LHLEN true 1 xts-plain64 8" "luks: luks-header has the extension's offset and length and the header's fields"
-  is "$(jq -r '.qcowkit["luks-header"].uuid' "$T/o.json")" \
-    "$(qemu-img info --output=json luks.qcow2 | jq -r '.["format-specific"].data.encrypt.uuid')" \
-    "luks: the uuid is qemu-img's"
-  qcowkit info luks.qcow2 > "$T/o.txt" 2>/dev/null
-  if grep -q "LUKS header: $LHLEN bytes at $(printf '0x%x' "$LHOFF"), LUKS1 aes xts-plain64 sha256" "$T/o.txt"; then
-    pass "luks: qcowkit details say where the LUKS header is"
-  else fail "luks: qcowkit details say where the LUKS header is" "$(grep LUKS "$T/o.txt")"; fi
-  # damaged LUKS headers: qemu-img refuses, we show what we can
-  # luks_damage LABEL WANT-WARNING POKE-ARGS...
-  luks_damage () {
-    local label=$1 want=$2
-    shift 2
-    cp luks.qcow2 d.qcow2
-    qkpoke d.qcow2 "$@"
-    hammer "LUKS $label" d.qcow2
-    lim qcowkit info --output=json d.qcow2
-    if [ $? -eq 0 ] && jq -e --arg w "$want" \
-         '.qcowkit.warnings | any(test($w))' "$T/out" >/dev/null; then
-      pass "LUKS $label: info warns ($want)"
-    else fail "LUKS $label: info warns ($want)" "$(jq -c .qcowkit.warnings "$T/out" 2>&1)"; fi
-    if qemu-img info d.qcow2 >/dev/null 2>&1; then
-      fail "LUKS $label: qemu-img refuses it"
-    else pass "LUKS $label: qemu-img refuses it"; fi
-  }
-  luks_damage "bad magic" "magic" "$LHOFF" 00
-  luks_damage "version 2" "version 2" $((LHOFF + 6)) be16 2
-  luks_damage "unknown cipher" "not supported" $((LHOFF + 8)) 78797a00
-  luks_damage "slot 0 stripes 0" "stripes == 0" $((LHOFF + 208 + 44)) be32 0
-  luks_damage "slot 5 state garbage" "slot 5 state" $((LHOFF + 208 + 48 * 5)) be32 0x12345678
-  luks_damage "payload offset 0" "overlaps the encrypted payload" $((LHOFF + 104)) be32 0
-  luks_damage "all-ones key bytes" "LUKS" $((LHOFF + 108)) be32 0xffffffff
-  luks_damage "header pointer unaligned" "not cluster aligned" $((pos + 8)) be64 $((LHOFF + 512))
-  luks_damage "header area 100 bytes" "shorter than a LUKS header" $((pos + 16)) be64 100
-  luks_damage "header pointer past EOF" "LUKS header" $((pos + 8)) be64 0x10000000000
-fi
+  fail "qemu-img create $1" "$(cat "$T/mk.err")"
+}
+mkcrypt luks.qcow2 4M "$L"
+mkcrypt luks-essiv.qcow2 1M "$L,encrypt.cipher-alg=twofish-128,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=essiv,encrypt.ivgen-hash-alg=sha256,encrypt.hash-alg=sha512,cluster_size=4k"
+mkcrypt luks-df.qcow2 1M "$L,encrypt.cipher-alg=serpent-192,encrypt.cipher-mode=xts,encrypt.hash-alg=sha1,data_file=luks-df.data"
+mkcrypt aes.qcow2 1M encrypt.format=aes,encrypt.key-secret=s0
+for k in 1 2 3 4 5 6 7 8; do
+  qemu-img amend $S --object secret,id=s1,data=pw2 -o encrypt.keyslot=3,encrypt.state=active,encrypt.new-secret=s1,encrypt.iter-time=10 \
+    --image-opts driver=qcow2,file.filename=luks.qcow2,encrypt.key-secret=s0 2>/dev/null && break
+done
+for i in luks luks-essiv luks-df aes; do
+  ok "$i.qcow2 was made" test -s $i.qcow2
+  same_info "$i" $i.qcow2
+  qemu-img info $i.qcow2 > "$T/q.txt" 2>/dev/null
+  qcowkit info $i.qcow2 2>/dev/null | sed '/^qcowkit details:/,$d' > "$T/o.txt"
+  if cmp -s "$T/q.txt" "$T/o.txt"; then
+    pass "$i: human info is qemu-img's text"
+  else fail "$i: human info is qemu-img's text" "$(diff "$T/q.txt" "$T/o.txt" | head -12)"; fi
+  is "$(jq -c '.qcowkit.warnings' "$T/o.json")" "[]" "$i: no warning"
+  hammer "$i" $i.qcow2
+done
+slots='[.["format-specific"].data.encrypt.slots[].active | tostring] | join(",")'
+is "$(qcowkit info --output=json luks.qcow2 | jq -r "$slots")" \
+  "$(qemu-img info --output=json luks.qcow2 | jq -r "$slots")" \
+  "luks: the active key slots are qemu-img's"
+# where the LUKS header is: the extension's offset and length
+pos=$(peek luks.qcow2 100 be32)
+while [ "$(peek luks.qcow2 "$pos" be32)" != $((0x0537be77)) ] && [ "$pos" -lt 4096 ]; do
+  pos=$((pos + 8 + ($(peek luks.qcow2 $((pos + 4)) be32) + 7) / 8 * 8))
+done
+LHOFF=$(peek luks.qcow2 $((pos + 8)))
+LHLEN=$(peek luks.qcow2 $((pos + 16)))
+qcowkit info --output=json luks.qcow2 > "$T/o.json"
+is "$(jq -r '.qcowkit["luks-header"] | "\(.offset) \(.length) \(.readable) \(.version) \(.["cipher-mode"]) \(.slots | length)"' "$T/o.json")" \
+  "$LHOFF $LHLEN true 1 xts-plain64 8" "luks: luks-header has the extension's offset and length and the header's fields"
+is "$(jq -r '.qcowkit["luks-header"].uuid' "$T/o.json")" \
+  "$(qemu-img info --output=json luks.qcow2 | jq -r '.["format-specific"].data.encrypt.uuid')" \
+  "luks: the uuid is qemu-img's"
+qcowkit info luks.qcow2 > "$T/o.txt" 2>/dev/null
+if grep -q "LUKS header: $LHLEN bytes at $(printf '0x%x' "$LHOFF"), LUKS1 aes xts-plain64 sha256" "$T/o.txt"; then
+  pass "luks: qcowkit details say where the LUKS header is"
+else fail "luks: qcowkit details say where the LUKS header is" "$(grep LUKS "$T/o.txt")"; fi
+# damaged LUKS headers: qemu-img refuses, we show what we can
+# luks_damage LABEL WANT-WARNING POKE-ARGS...
+luks_damage () {
+  local label=$1 want=$2
+  shift 2
+  cp luks.qcow2 d.qcow2
+  qkpoke d.qcow2 "$@"
+  hammer "LUKS $label" d.qcow2
+  lim qcowkit info --output=json d.qcow2
+  if [ $? -eq 0 ] && jq -e --arg w "$want" \
+       '.qcowkit.warnings | any(test($w))' "$T/out" >/dev/null; then
+    pass "LUKS $label: info warns ($want)"
+  else fail "LUKS $label: info warns ($want)" "$(jq -c .qcowkit.warnings "$T/out" 2>&1)"; fi
+  if qemu-img info d.qcow2 >/dev/null 2>&1; then
+    fail "LUKS $label: qemu-img refuses it"
+  else pass "LUKS $label: qemu-img refuses it"; fi
+}
+luks_damage "bad magic" "magic" "$LHOFF" 00
+luks_damage "version 2" "version 2" $((LHOFF + 6)) be16 2
+luks_damage "unknown cipher" "not supported" $((LHOFF + 8)) 78797a00
+luks_damage "slot 0 stripes 0" "stripes == 0" $((LHOFF + 208 + 44)) be32 0
+luks_damage "slot 5 state garbage" "slot 5 state" $((LHOFF + 208 + 48 * 5)) be32 0x12345678
+luks_damage "payload offset 0" "overlaps the encrypted payload" $((LHOFF + 104)) be32 0
+luks_damage "all-ones key bytes" "LUKS" $((LHOFF + 108)) be32 0xffffffff
+luks_damage "header pointer unaligned" "not cluster aligned" $((pos + 8)) be64 $((LHOFF + 512))
+luks_damage "header area 100 bytes" "shorter than a LUKS header" $((pos + 16)) be64 100
+luks_damage "header pointer past EOF" "LUKS header" $((pos + 8)) be64 0x10000000000
 
 # ---- truncation at every cluster boundary ----
 for i in base small ext zstd v2; do
@@ -635,26 +627,24 @@ shared_l1 () {  # IMG SIZE: data in the first L2 table, then every L1 entry = L1
   dd if=e.bin of="$1" bs=8 seek=$((l1 / 8)) count="$n" conv=notrunc status=none
   rm -f e.bin
 }
-if command -v jq >/dev/null; then
-  shared_l1 shared-small.qcow2 1T      # 2048 L1 entries
-  qemu-img check --output=json shared-small.qcow2 > "$T/q.json" 2>/dev/null
-  qrc=$?
-  lim qcowkit check --output=json shared-small.qcow2
-  rc=$?
-  is "$rc $(jq -c '[.corruptions, .leaks // 0]' "$T/out")" \
-     "$qrc $(jq -c '[.corruptions, .leaks // 0]' "$T/q.json")" \
-     "L1 of 2048 entries all at one L2 table: exit, corruptions and leaks as qemu-img check"
-  is "$(jq '[.problems[] | select(.name == "DUPLICATE_MAPPING")] | length' "$T/out")" 4 \
-     "L1 of 2048 entries all at one L2 table: each of the 4 host clusters mapped twice is named once"
-  shared_l1 shared.qcow2 1P            # 2 Mi L1 entries
-  ( if [ -n "$VLIMIT" ]; then ulimit -v "$VLIMIT"; fi
-    exec timeout 120 qcowkit check --output=json shared.qcow2 ) >"$T/out" 2>"$T/err"
-  rc=$?
-  if [ "$rc" -eq 2 ] && [ "$(jq .corruptions "$T/out")" = 10158090 ]; then
-    pass "L1 of 2 Mi entries all at one L2 table: check completes (10158090 corruptions, as qemu-img counts them)"
-  else fail "L1 of 2 Mi entries all at one L2 table: check completes" \
-    "exit $rc: $(head -c 300 "$T/err")"; fi
-  rm -f shared.qcow2 shared-small.qcow2
-fi
+shared_l1 shared-small.qcow2 1T      # 2048 L1 entries
+qemu-img check --output=json shared-small.qcow2 > "$T/q.json" 2>/dev/null
+qrc=$?
+lim qcowkit check --output=json shared-small.qcow2
+rc=$?
+is "$rc $(jq -c '[.corruptions, .leaks // 0]' "$T/out")" \
+   "$qrc $(jq -c '[.corruptions, .leaks // 0]' "$T/q.json")" \
+   "L1 of 2048 entries all at one L2 table: exit, corruptions and leaks as qemu-img check"
+is "$(jq '[.problems[] | select(.name == "DUPLICATE_MAPPING")] | length' "$T/out")" 4 \
+   "L1 of 2048 entries all at one L2 table: each of the 4 host clusters mapped twice is named once"
+shared_l1 shared.qcow2 1P            # 2 Mi L1 entries
+( if [ -n "$VLIMIT" ]; then ulimit -v "$VLIMIT"; fi
+  exec timeout 120 qcowkit check --output=json shared.qcow2 ) >"$T/out" 2>"$T/err"
+rc=$?
+if [ "$rc" -eq 2 ] && [ "$(jq .corruptions "$T/out")" = 10158090 ]; then
+  pass "L1 of 2 Mi entries all at one L2 table: check completes (10158090 corruptions, as qemu-img counts them)"
+else fail "L1 of 2 Mi entries all at one L2 table: check completes" \
+  "exit $rc: $(head -c 300 "$T/err")"; fi
+rm -f shared.qcow2 shared-small.qcow2
 
 done_testing
