@@ -7,9 +7,13 @@
 # Each harness runs SECONDS (default 60) under ASan + UBSan with its
 # dictionary, a 2 GiB RSS limit and a 10 s per-input timeout. Any crash,
 # leak, timeout or out-of-memory fails the script; the input that did it
-# is left in smoke/artifacts/. Prints one TAP line per harness with its
-# executions and coverage (cov: edges, ft: features).
+# is left in smoke/artifacts/. Exiting cleanly is not enough: a session
+# must also run at least MIN_RATE inputs a second (libFuzzer's "Done N
+# runs"), and the coverage must grow past what the seed corpus reached
+# (the cov: of the INITED line against the last one), so that a harness
+# that rejects every input fails. Three TAP lines per harness.
 set -u
+MIN_RATE=20
 secs=${1:-60}
 [ $# -gt 0 ] && shift
 only=" $* "
@@ -44,13 +48,32 @@ run () {  # HARNESS SEEDDIR... (dictionary picked by harness)
       -artifact_prefix="$work/artifacts/$h-" \
       "$work/corpus-$h" "$@" >"$log" 2>&1
   rc=$?
-  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+  execs=$(sed -nE 's/^Done ([0-9]+) runs .*/\1/p' "$log" | tail -1)
+  [ -n "$execs" ] ||
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -1)
+  cov0=$(sed -nE 's/^#[0-9]+[[:space:]]+INITED cov: ([0-9]+) .*/\1/p' "$log" | head -1)
+  cov1=$(sed -nE 's/^#[0-9]+[[:space:]]+[A-Z]+ +cov: ([0-9]+) .*/\1/p' "$log" | tail -1)
   if [ $rc -eq 0 ]; then
     echo "ok $n - fuzz-$h: ${secs} s, ${execs:-?} executions, ${cov:-no coverage line}, no finding"
   else
     echo "not ok $n - fuzz-$h: exit $rc after ${execs:-?} executions"
     grep -E 'ERROR|SUMMARY|runtime error|Test unit written' "$log" | head -10 | sed 's/^/#   /'
+    bad=$((bad + 1))
+  fi
+  n=$((n + 1))
+  min=$((MIN_RATE * secs))
+  if [ "${execs:-0}" -ge "$min" ]; then
+    echo "ok $n - fuzz-$h: at least $min executions (${execs})"
+  else
+    echo "not ok $n - fuzz-$h: at least $min executions (${execs:-none})"
+    bad=$((bad + 1))
+  fi
+  n=$((n + 1))
+  if [ -n "$cov0" ] && [ -n "$cov1" ] && [ "$cov1" -gt "$cov0" ]; then
+    echo "ok $n - fuzz-$h: coverage grew from the seed corpus (cov: $cov0 -> $cov1)"
+  else
+    echo "not ok $n - fuzz-$h: coverage grew from the seed corpus (cov: ${cov0:-none} -> ${cov1:-none})"
     bad=$((bad + 1))
   fi
 }
