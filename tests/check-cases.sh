@@ -188,8 +188,9 @@ for dir in "$cases_dir"/*/; do
   qrc=$?
   qemu_diag () {
     diag "qemu-img check: exit $qrc"
-    head -c 600 "$w/qemu.json" | sed 's/^/#   /'
-    head -c 600 "$w/qemu.err" | head -n 8 | sed 's/^/#   /'
+    # (whole lines: a cut one would swallow the next TAP line)
+    head -n 8 "$w/qemu.json" | cut -c 1-300 | sed 's/^/#   /'
+    head -n 8 "$w/qemu.err" | cut -c 1-300 | sed 's/^/#   /'
   }
   case $qemu in
     same) reason= ;;
