@@ -1203,21 +1203,24 @@ load_bulk (struct qk_meta *m, struct meta_set *s)
         bulk_invalid (&b, sc.pos, "%s", sc.errmsg);
       break;
     }
+    /* a NUL byte is not XML: what comes before it is read (however the
+     * file was cut into reads), then the file ends there */
     nul = memchr (b.acc + b.acc_len, '\0', n);
-    if (nul) {
-      bulk_invalid (&b, sc.pos + (nul - (b.acc + b.acc_len)), "a NUL byte at "
-                    "offset %" PRIu64 ": not XML",
-                    sc.pos + (uint64_t) (nul - (b.acc + b.acc_len)));
-      break;
-    }
+    if (nul)
+      n = nul - (b.acc + b.acc_len);
     b.acc_len += n;
-    if (xml_scan_feed (&sc, b.acc + b.acc_len - n, n) < 0) {
+    if (n > 0 && xml_scan_feed (&sc, b.acc + b.acc_len - n, n) < 0) {
       if (b.fail || pool_flush (m, s, &b.pool) < 0)
         goto out;
       if (!b.stop)
         meta_add_finding (m, sc.err == SCAN_HOSTILE ? MP_HOSTILE
                           : MP_BULK_INVALID, s->kind, sc.pos, "%s: %s",
                           s->bulk, sc.errmsg);
+      break;
+    }
+    if (nul) {
+      bulk_invalid (&b, sc.pos, "a NUL byte at offset %" PRIu64 ": not XML",
+                    sc.pos);
       break;
     }
   }
