@@ -36,7 +36,7 @@ fi
 printf '#include "qcowkit.h"\nint main (void) { return qk_get_errno (); }\n' > "$T/c99.c"
 ok "qcowkit.h compiles as ISO C99 with -pedantic" \
   ${CC:-cc} -std=c99 -pedantic -Werror -Wall -I"$srcdir/lib" -c "$T/c99.c" -o "$T/c99.o"
-if command -v g++ >/dev/null; then
+if have g++ "qcowkit.h compiles as C++"; then
   cp "$T/c99.c" "$T/cxx.cc"
   ok "qcowkit.h compiles as C++" g++ -Wall -Werror -I"$srcdir/lib" -c "$T/cxx.cc" -o "$T/cxx.o"
 fi

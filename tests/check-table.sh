@@ -22,7 +22,7 @@ qcowkit check --list-problems=man > "$T/man"
 missing=0
 for c in $codes; do grep -q "^.B $c " "$T/man" || { missing=1; diag "$c missing from the man page"; }; done
 is "$missing" 0 "every code is in qcowkit-problems(7)"
-if command -v groff >/dev/null; then
+if have groff "qcowkit-problems(7) renders without warnings"; then
   w=$(groff -man -Tutf8 -ww -z "$T/man" 2>&1)
   is "$w" "" "qcowkit-problems(7) renders without warnings"
 fi

@@ -34,7 +34,7 @@ is "$(code qcowkit info "$T/empty")" 0 "an empty file is a (raw) image"
 is "$(code qcowkit export "$T/empty" "$T/out")" 0 "exporting an empty raw image works"
 
 # Options and sizes as qemu-img reads them
-if command -v qemu-img >/dev/null; then
+if have qemu-img "options and sizes as qemu-img reads them"; then
   qemu-img create -q -f qcow2 "$T/a.qcow2" 4M
   qemu-img create -q -f qcow2 -b a.qcow2 -F qcow2 "$T/b.qcow2"
   a=$(qcowkit map --output=json --start-offset 1M --max-length 64k "$T/a.qcow2")
