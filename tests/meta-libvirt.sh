@@ -73,6 +73,27 @@ case_ () {
   if [ "$got" != "$want" ]; then
     jq -r '.problems[] | "#   " + .name + ": " + .message' "$T/case.json"
   fi
+  lv_view "$name"
+}
+# lv_view NAME: a fresh libvirt loads the same damaged files; the snapshots
+# and checkpoints it keeps, and its current snapshot, must be what qcowkit
+# says libvirt keeps (meta tree: libvirt's view) and its current one
+lv_view () {
+  V "snapshot-list vm1 --name; echo @@; checkpoint-list vm1 --name; echo @@; snapshot-current vm1 --name" \
+    > "$T/v.raw" 2> "$T/v.err"
+  if [ $? -ne 0 ] && ! grep -q "no current snapshot" "$T/v.err"; then
+    fail "$1: libvirt loads the metadata" "$(head -3 "$T/v.err")"
+    return
+  fi
+  # virsh's echo ends no line (nor does snapshot-current --name)
+  sed 's/@@/\n@@\n/g' "$T/v.raw" > "$T/v.out"
+  local vs vc vcur
+  vs=$(awk '/^@@/ { exit } NF' "$T/v.out" | sort | tr '\n' ' ')
+  vc=$(awk '/^@@/ { s++; next } s == 1 && NF' "$T/v.out" | sort | tr '\n' ' ')
+  vcur=$(awk '/^@@/ { s++; next } s == 2 && NF' "$T/v.out")
+  Q tree vm1 --kind all --output=json > "$T/tree.json" 2>/dev/null
+  is "$(jq -r '.snapshots.moments[].name' "$T/tree.json" | sort | tr '\n' ' ') | $(jq -r '.checkpoints.moments[].name' "$T/tree.json" | sort | tr '\n' ' ') | $(jq -r '.snapshots.current // ""' "$T/tree.json")" \
+     "$vs | $vc | $vcur" "$1: what libvirt loads (snapshots | checkpoints | current) is what qcowkit says"
 }
 sub () { sed -i "$1" "$2"; }
 bm_off () { qcowkit dump --output=json "$1" bitmaps | jq -r ".[] | select(.name == \"$2\") | .entry_offset"; }
