@@ -132,6 +132,24 @@ for i in cs64k.qcow2 chain/sub/top.qcow2; do
   cmp_files "$i: export to a pipe equals qemu-img convert" "$T/q.raw" "$T/o.raw"
 done
 
+# The flush: one fsync of the output by default, none with --no-flush (the
+# bytes are the same); a new output is sized with one ftruncate, never
+# emptied first (ext4's replace-via-truncate would force the data out)
+i=cs64k.qcow2
+qemu-img convert -O raw "$i" "$T/q.raw"
+if have strace "export's fsync and ftruncate calls"; then
+  for flush in "" --no-flush; do
+    rm -f "$T/o.raw"
+    strace -f -qq -e trace=fsync,fdatasync,ftruncate -o "$T/st" \
+      qcowkit export $flush "$i" "$T/o.raw"
+    cmp_files "$i: export ${flush:-(flushed)} equals qemu-img convert" "$T/q.raw" "$T/o.raw"
+    is "$(grep -cE '^[0-9]+ +f(data)?sync\(' "$T/st")" "$([ -z "$flush" ] && echo 1 || echo 0)" \
+      "$i: export ${flush:-without --no-flush}: $([ -z "$flush" ] && echo one fsync || echo no fsync)"
+    is "$(grep -E '^[0-9]+ +ftruncate\(' "$T/st" | sed -E 's/.*, ([0-9]+)\).*/\1/' | tr '\n' ' ')" \
+      "$(stat -c %s "$T/q.raw") " "$i: a new output is sized once, not emptied first"
+  done
+fi
+
 # Unknown snapshot: exit 1 and a message
 qcowkit export --snapshot no-such-snapshot snap.qcow2 "$T/o.raw" 2> "$T/o.err"
 is "$?" 1 "export --snapshot of an unknown snapshot exits 1"
