@@ -157,12 +157,19 @@ fifo=$T/fifo
 mkfifo "$fifo"
 timeout 60 virsh -q -c "qemu:///embed?root=$ROOT" < "$fifo" > /dev/null 2>&1 &
 vpid=$!
+at_exit "kill $vpid 2>/dev/null"
 exec 9> "$fifo"
-for _ in $(seq 100); do
-  [ -s "$ROOT/run/qemu/driver.pid" ] && break
+# wait until the driver holds its pid file's lock (in /proc/locks by inode)
+held () {
+  local ino
+  ino=$(stat -c %i "$ROOT/run/qemu/driver.pid" 2>/dev/null) || return 1
+  grep -qE "POSIX +ADVISORY +WRITE +[0-9]+ +[0-9a-f]+:[0-9a-f]+:$ino " /proc/locks
+}
+for _ in $(seq 600); do
+  held && break
   sleep 0.1
 done
-sleep 0.5
+ok "the embedded driver holds its lock" held
 Q convert vm1 --to bulk > "$T/out" 2>&1; rc=$?
 is "$rc" 1 "convert refuses while an embedded libvirt runs on the root"
 ok "and says why" grep -q "locked by process" "$T/out"
