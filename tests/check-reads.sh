@@ -49,7 +49,7 @@ metadata () {
 # file each: no call is split between two lines)
 bytes_read () {
   rm -f "$T"/st.*
-  strace -ff -y -e trace=read,pread64,readv,preadv,preadv2 -o "$T/st" \
+  traced_env strace -ff -y -e trace=read,pread64,readv,preadv,preadv2 -o "$T/st" \
     qcowkit check "$1" >/dev/null || return 1
   cat "$T"/st.* | grep -F "<$1>" |
     awk -F'= ' '$NF ~ /^[0-9]+$/ { s += $NF } END { print s + 0 }'

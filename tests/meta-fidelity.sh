@@ -179,7 +179,7 @@ laughs="$laughs]>"
 variant v.xml v 's|^<domainsnapshot>|<domainsnapshot><description>\&j;</description>|'
 prepend "$S/v.xml" "$laughs"
 case_ "a billion laughs (66 GB expanded)" v no PARSE
-if (ulimit -v $((128 * 1024)); Q check vm1 --no-images --output=json > "$T/bomb.json" 2>&1); [ $? -le 2 ]; then
+if vlimited $((128 * 1024)) Q check vm1 --no-images --output=json > "$T/bomb.json" 2>&1; [ $? -le 2 ]; then
   is "$(problems "$T/bomb.json")" PARSE "and refused within 128 MiB of address space"
 else
   fail "the billion laughs under ulimit -v 128M" "$(head -c 300 "$T/bomb.json")"

@@ -26,7 +26,7 @@ Q () { timeout 60 qcowkit meta "$1" --libvirt-root "$R" "${@:2}"; }
 # traced COMMAND...: run under strace; every mutating call inside $1's root
 traced () {
   local root=$1; shift
-  strace -f -y -qq -o "$T/strace" \
+  traced_env strace -f -y -qq -o "$T/strace" \
     -e trace=unlink,unlinkat,rename,renameat,renameat2,mkdir,mkdirat,rmdir,link,linkat,symlink,symlinkat,truncate,chmod,fchmodat,chown,fchownat,open,openat,openat2,creat \
     "$@" > "$T/out" 2>&1
   local rc=$?
@@ -164,7 +164,7 @@ fresh bulk
 printf '<snapshots>\n<!--' > "$S/d.xml"
 truncate -s 2G "$S/d.xml"
 printf -- '-->\n</snapshots>\n' >> "$S/d.xml"
-( ulimit -v 400000; Q check d --no-images --output=json ) > "$T/o.json"
+vlimited 400000 Q check d --no-images --output=json > "$T/o.json"
 rc=$?
 ok "a 2 GiB sparse comment: done under 400 MB of address space (exit $rc)" test $rc -ne 124 -a -s "$T/o.json"
 case $(jq -r '.problems[].message' "$T/o.json") in
@@ -182,7 +182,7 @@ s = s.replace("PAD", "x" * (64 << 20), 1)
 s = s.replace("<domainsnapshot>", "<domainsnapshot><description a='%s'/>" % ("y" * (40 << 20)), 1)
 open(p, "w").write(s)
 PY
-( ulimit -v 300000; Q check d --no-images --output=json ) > "$T/o.json"
+vlimited 300000 Q check d --no-images --output=json > "$T/o.json"
 rc=$?
 ok "a 64 MiB comment and a 40 MiB attribute: done under 300 MB (exit $rc)" test -s "$T/o.json"
 is "$(problems "$T/o.json")" "MISSING_PARENT TOO_LARGE" \

@@ -58,6 +58,21 @@ have () {
   return 1
 }
 
+# Sanitizer builds (ASan reserves terabytes of shadow address space):
+# ulimit -v cannot bound them, so memory bounds hold in normal builds only;
+# and LeakSanitizer cannot run under ptrace, so traced runs go without it.
+tap_san=false
+if grep -q __asan_init "$(command -v qcowkit 2>/dev/null)" 2>/dev/null; then
+  tap_san=true
+fi
+vlimited () {  # vlimited KIB CMD...: CMD under ulimit -v KIB (not under ASan)
+  local kib=$1; shift
+  if $tap_san; then "$@"; else (ulimit -v "$kib"; "$@"); fi
+}
+traced_env () {  # traced_env CMD...: CMD with leak detection off (strace)
+  ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" "$@"
+}
+
 done_testing () {
   # how long the test took, for whoever trims the suite (never asserted)
   echo "# ran in ${SECONDS} s"

@@ -1542,6 +1542,10 @@ main (void)
     struct rlimit rl = { 1ULL << 30, 1ULL << 30 };
     ok (setrlimit (RLIMIT_AS, &rl) == 0, "address space limited to 1 GiB");
   }
+#else
+  /* the same number of assertions in every build (CI compares them) */
+  printf ("ok %d - address space limited to 1 GiB # SKIP ASan needs "
+          "terabytes of shadow mappings\n", ++tap_n);
 #endif
 
   test_std (3, QK_COMPRESSION_DEFLATE);
