@@ -47,7 +47,7 @@ fi
 run qcowkit map vm.qcow2
 
 say "6. qcowkit check: what is wrong, with a stable code per problem (read-only)"
-run qcowkit check vm.qcow2 || echo "(qcowkit check: exit $?, as qemu-img check would)"
+run qcowkit check vm.qcow2 || echo "(qcowkit check: exit $?, qemu-img check's code for corruptions; qemu-img check itself stops at the snapshot table: exit 1, Check failed)"
 
 say "7. A second VM whose libvirt snapshot metadata went wrong"
 # web.qcow2 has internal snapshots s1 and s2, plus one taken by hand
