@@ -463,10 +463,15 @@ qk_meta_daemon_running (const struct qk_meta *m, char **why)
         nc++;
   for (int i = 0; i < nc && ret == 0; i++) {
     struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
-    int fd = open (cands[i], O_RDWR | O_CLOEXEC | O_NOCTTY);
+    struct qk_saved_error sv;
+    int fd;
 
+    /* a probe, resolved under the sysroot like every other read */
+    qk_internal_save_error (&sv);
+    fd = meta_open (m, cands[i], O_RDWR | O_NONBLOCK);
     if (fd < 0)
-      fd = open (cands[i], O_RDONLY | O_CLOEXEC | O_NOCTTY);
+      fd = meta_open (m, cands[i], O_RDONLY | O_NONBLOCK);
+    qk_internal_restore_error (&sv);
     if (fd < 0)
       continue;
     if (fcntl (fd, F_GETLK, &fl) == 0 && fl.l_type != F_UNLCK) {
