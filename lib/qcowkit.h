@@ -316,6 +316,101 @@ extern int qk_problem_info (size_t i, uint32_t *code, const char **name,
                             const char **description);
 extern const char *qk_problem_class_name (enum qk_problem_class cls);
 
+/* ---- image repair ----
+ * A repair runs the check, groups what can be fixed into fixes (one
+ * question each, e2fsck's latch groups: "Free 10512 leaked clusters?"),
+ * asks, and makes the fixes answered yes through a write stack: the image
+ * file opened read-write under QEMU's write locks (refused with EBUSY
+ * while QEMU holds it), an undo journal (the old bytes of every range,
+ * fsynced before it is first overwritten), and QCOWKIT_FAULT injection
+ * for tests. It then checks again. The protocol (the order of writes and
+ * what a crash after each leaves) is stated in lib/repair/repair.c.
+ * Settings are made with setters, so that new ones never change the ABI. */
+struct qk_repair;
+
+enum qk_repair_mode {
+  QK_REPAIR_NONE = 0,   /* report what would be fixed; open read-only */
+  QK_REPAIR_PREEN = 1,  /* fixes that cannot lose guest data, unasked */
+  QK_REPAIR_ALL = 2,    /* every fix, unasked */
+  QK_REPAIR_ASK = 3,    /* ask the callback for each fix */
+};
+
+enum qk_answer { QK_ANSWER_NO = 0, QK_ANSWER_YES = 1, QK_ANSWER_ABORT = 2 };
+
+#define QK_FIX_PREEN      (1U << 0) /* cannot lose guest data: preen makes it */
+#define QK_FIX_LOSES_DATA (1U << 1) /* guest ranges are lost (see lost) */
+#define QK_FIX_LEAKS      (1U << 2) /* what qemu-img check -r leaks fixes */
+
+/* One fix, offered or made. */
+struct qk_fix {
+  uint32_t code;          /* 0x20NNNN, see qcowkit-repair(1) */
+  const char *name;       /* e.g. "FREE_LEAKS" */
+  unsigned flags;         /* QK_FIX_* */
+  uint64_t count;         /* how many items (clusters, entries) */
+  const char *prompt;     /* "Free 3 leaked clusters?" */
+  const char *done;       /* "Freed 3 leaked clusters." */
+  enum qk_answer answer;  /* what was answered (NO in QK_REPAIR_NONE) */
+  bool made;              /* the fix was written (and flushed) */
+  uint64_t leaks_fixed, corruptions_fixed;  /* qemu-img's units */
+};
+typedef enum qk_answer (*qk_fix_fn) (void *opaque, const struct qk_fix *f);
+
+/* A guest range whose contents a fix changed or could not keep. */
+struct qk_lost {
+  int64_t snapshot;       /* -1: the active image, else the snapshot index */
+  uint64_t guest_offset;
+  uint64_t length;
+  const char *reason;
+};
+
+#define QK_REPAIR_LEAKS_ONLY (1U << 0) /* only leaks (check -r leaks) */
+
+extern struct qk_repair *qk_repair_new (void);
+extern void qk_repair_free (struct qk_repair *r);
+extern int qk_repair_set_mode (struct qk_repair *r, enum qk_repair_mode mode);
+extern int qk_repair_set_flags (struct qk_repair *r, unsigned flags);
+/* Journal path (created; must not exist), or NULL for none (default). */
+extern int qk_repair_set_undo (struct qk_repair *r, const char *path);
+extern int qk_repair_set_ask (struct qk_repair *r, qk_fix_fn fn, void *opaque);
+/* Problems of the first check go to fn (as qk_check_run's), and notes of
+ * each change made ("Repairing cluster 5 refcount=2 reference=1", with
+ * the code and name of the fix, class QK_CLASS_INFO) to note; either may
+ * be NULL. */
+extern int qk_repair_set_report (struct qk_repair *r, qk_problem_fn fn,
+                                 qk_problem_fn note, void *opaque);
+extern int qk_repair_set_open_options (struct qk_repair *r,
+                                       const struct qk_open_options *opts);
+/* Repair the image at path. 0 when the repair ran (whatever remains is
+ * in the results), -1 on a failure (EBUSY: the image is in use; EIO...):
+ * then what was written before the failure is in the journal. */
+extern int qk_repair_run (struct qk_repair *r, const char *path);
+/* Results. */
+extern size_t qk_repair_fix_count (const struct qk_repair *r);
+extern const struct qk_fix *qk_repair_fix (const struct qk_repair *r,
+                                           size_t i);
+extern size_t qk_repair_lost_count (const struct qk_repair *r);
+extern const struct qk_lost *qk_repair_lost (const struct qk_repair *r,
+                                             size_t i);
+/* The first check (before) and the last (after). */
+extern const struct qk_check_result *qk_repair_before (const struct qk_repair *r);
+extern const struct qk_check_result *qk_repair_after (const struct qk_repair *r);
+/* Whether anything was written. */
+extern bool qk_repair_wrote (const struct qk_repair *r);
+/* The fix table (rows 0 .. count-1). */
+extern size_t qk_fix_count (void);
+extern int qk_fix_info (size_t i, uint32_t *code, const char **name,
+                        unsigned *flags, const char **description);
+
+/* Put back the bytes a repair overwrote: replay the journal at
+ * journal_path onto the image at image_path (under QEMU's write locks).
+ * Refuses (EINVAL) a journal of another image and (EALREADY) one already
+ * replayed; QK_UNDO_FORCE accepts another file identity (a copy) when its
+ * content matches the journal. */
+#define QK_UNDO_FORCE (1U << 0)
+extern int qk_undo_apply (const char *journal_path, const char *image_path,
+                          unsigned flags);
+/* ---- end of image repair ---- */
+
 /* ---- libvirt metadata ---- */
 /* A domain's libvirt snapshot and checkpoint metadata (see
  * qcowkit-meta(1)): loaded from the per-file layout libvirt writes

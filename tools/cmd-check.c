@@ -147,8 +147,14 @@ human_summary (struct check_ctx *c, const struct qk_check_result *r)
             "above).\n", r->warnings);
 }
 
+/* What a check -r run repaired, in qemu-img's units. */
+struct fixed {
+  uint64_t corruptions_fixed, leaks_fixed;
+};
+
 static void
-json_result (struct qk_json *j, const struct qk_check_result *r)
+json_result (struct qk_json *j, const struct qk_check_result *r,
+             const struct fixed *fx)
 {
   /* qemu-img's ImageCheck: the optional members only when non-zero */
   qk_json_uint (j, "check-errors", r->check_errors);
@@ -158,6 +164,10 @@ json_result (struct qk_json *j, const struct qk_check_result *r)
     qk_json_uint (j, "corruptions", r->corruptions);
   if (r->leaks)
     qk_json_uint (j, "leaks", r->leaks);
+  if (fx && fx->corruptions_fixed)
+    qk_json_uint (j, "corruptions-fixed", fx->corruptions_fixed);
+  if (fx && fx->leaks_fixed)
+    qk_json_uint (j, "leaks-fixed", fx->leaks_fixed);
   if (r->total_clusters)
     qk_json_uint (j, "total-clusters", r->total_clusters);
   if (r->allocated_clusters)
@@ -245,6 +255,80 @@ list_problems (bool man)
   return EXIT_OK;
 }
 
+/* check -r: notes of the changes made, on stderr as qemu-img's
+ * "Repairing cluster ..." lines. */
+static int
+on_note (void *opaque, const struct qk_problem *p)
+{
+  (void) opaque;
+  fprintf (stderr, "%s\n", p->message);
+  return 0;
+}
+
+/* check -r leaks|all: qk_repair with every fix (or the leak fixes) and no
+ * questions, then qemu-img's summary of what was repaired. The caller
+ * then checks again ("Double checking the fixed image now..."): the exit
+ * status describes the image after the repair, as qemu-img's does. */
+static int
+repair_image (struct check_ctx *c, const char *path,
+              const struct common_opts *o, bool leaks_only, const char *undo,
+              struct fixed *fx)
+{
+  struct qk_repair *r = qk_repair_new ();
+  struct qk_open_options oo = { .flags = QK_OPEN_FORCE,
+                                .confine_root = o->root };
+  const struct qk_check_result *b, *a;
+  int ret = -1;
+
+  if (r == NULL
+      || qk_repair_set_mode (r, QK_REPAIR_ALL) < 0
+      || qk_repair_set_flags (r, leaks_only ? QK_REPAIR_LEAKS_ONLY : 0) < 0
+      || qk_repair_set_undo (r, undo) < 0
+      || qk_repair_set_open_options (r, &oo) < 0
+      || qk_repair_set_report (r, c->output == OUT_JSON ? NULL : on_problem,
+                               on_note, c) < 0) {
+    errx_ ("%s", qk_get_error ());
+    goto out;
+  }
+  if (qk_repair_run (r, path) < 0) {
+    errx_ ("%s", qk_get_error ());
+    goto out;
+  }
+  b = qk_repair_before (r);
+  a = qk_repair_after (r);
+  fx->leaks_fixed = b->leaks > a->leaks ? b->leaks - a->leaks : 0;
+  fx->corruptions_fixed = b->corruptions > a->corruptions
+                          ? b->corruptions - a->corruptions : 0;
+  if (qk_repair_wrote (r) && fx->leaks_fixed == 0
+      && fx->corruptions_fixed == 0)
+    for (size_t i = 0; i < qk_repair_fix_count (r); i++) {
+      const struct qk_fix *f = qk_repair_fix (r, i);
+      if (f->made) {
+        fx->leaks_fixed += f->leaks_fixed;
+        fx->corruptions_fixed += f->corruptions_fixed;
+      }
+    }
+  for (size_t i = 0; i < qk_repair_lost_count (r); i++) {
+    const struct qk_lost *l = qk_repair_lost (r, i);
+    char where[40] = "the active image";
+    if (l->snapshot >= 0)
+      snprintf (where, sizeof where, "snapshot %" PRId64, l->snapshot);
+    warnx_ ("%s: guest range 0x%" PRIx64 "+0x%" PRIx64 " of %s is lost: %s",
+            path, l->guest_offset, l->length, where, l->reason);
+  }
+  if (c->output == OUT_HUMAN && (fx->leaks_fixed || fx->corruptions_fixed))
+    printf ("The following inconsistencies were found and repaired:\n\n"
+            "    %" PRIu64 " leaked clusters\n"
+            "    %" PRIu64 " corruptions\n\n"
+            "Double checking the fixed image now...\n",
+            fx->leaks_fixed, fx->corruptions_fixed);
+  c->n_seen = 0;
+  ret = 0;
+out:
+  qk_repair_free (r);
+  return ret;
+}
+
 /* A usage error exits 1, as qemu-img check does: 2 would say "corruptions
  * found" to a script. */
 #define check_usage(...) (usage_error ("check", __VA_ARGS__), EXIT_CHECK_FAILED)
@@ -252,12 +336,15 @@ list_problems (bool man)
 static const char help[] =
   "Usage: qcowkit check [--output=json|human] [--chain] [--deep] "
   "[--max-per-code N] [--root DIR] IMAGE\n"
+  "       qcowkit check -r leaks|all [--undo FILE] [--output=json|human] "
+  "IMAGE\n"
   "       qcowkit check --list-problems[=man]\n"
   "Check IMAGE read-only, like qemu-img check (same exit codes: 0 clean,\n"
   "1 check could not complete, 2 corruptions, 3 leaks only, 63 not\n"
   "checkable) and more; each problem carries a code (qcowkit-problems(7)).\n"
   "--chain checks every image of the backing chain; --deep decompresses\n"
-  "every compressed cluster.\n";
+  "every compressed cluster. -r repairs as qemu-img check -r does, then\n"
+  "checks again (see also qcowkit repair).\n";
 
 int
 cmd_check (int argc, char **argv)
@@ -265,6 +352,9 @@ cmd_check (int argc, char **argv)
   struct common_opts o = { .progress = -1 };
   struct check_ctx c = { .max_per_code = 10 };
   bool chain = false;
+  int repair = 0;            /* 1: -r leaks, 2: -r all */
+  const char *undo = NULL;
+  struct fixed fx = { 0, 0 };
   unsigned flags = 0;
   const char *path = NULL;
   struct qk_image *img;
@@ -295,9 +385,26 @@ cmd_check (int argc, char **argv)
       c.max_per_code = v;
       i++;
     }
-    else if (strcmp (a, "-r") == 0 || strncmp (a, "--repair", 8) == 0)
-      return check_usage ("qcowkit check never writes; repair is "
-                          "not available yet");
+    else if (strcmp (a, "-r") == 0 || strcmp (a, "--repair") == 0
+             || strncmp (a, "--repair=", 9) == 0) {
+      const char *v = a[2] == 'r' && a[8] == '=' ? a + 9 : NULL;
+      if (v == NULL) {
+        if (i + 1 >= argc)
+          return check_usage ("%s needs leaks or all", a);
+        v = argv[++i];
+      }
+      if (strcmp (v, "leaks") == 0)
+        repair = 1;
+      else if (strcmp (v, "all") == 0)
+        repair = 2;
+      else
+        return check_usage ("-r: '%s' is not leaks or all", v);
+    }
+    else if (strcmp (a, "--undo") == 0) {
+      if (i + 1 >= argc)
+        return check_usage ("--undo needs a file");
+      undo = argv[++i];
+    }
     else if (a[0] == '-' && a[1])
       return check_usage ("unknown option '%s'", a);
     else if (path)
@@ -307,6 +414,10 @@ cmd_check (int argc, char **argv)
   }
   if (path == NULL)
     return check_usage ("no image given");
+  if (repair && chain)
+    return check_usage ("-r repairs one image: not with --chain");
+  if (undo && !repair)
+    return check_usage ("--undo is for -r");
   c.output = o.output;
 
   img = open_image (path, &o, QK_OPEN_FORCE, false);
@@ -316,6 +427,14 @@ cmd_check (int argc, char **argv)
     errx_ ("%s: the %s format has no check", path, qk_image_format (img));
     qk_image_close (img);
     return EXIT_CHECK_UNCHECKABLE;
+  }
+  if (repair) {
+    qk_image_close (img);
+    if (repair_image (&c, path, &o, repair == 1, undo, &fx) < 0)
+      return EXIT_CHECK_FAILED;
+    img = open_image (path, &o, QK_OPEN_FORCE, false);
+    if (img == NULL)
+      return EXIT_CHECK_FAILED;
   }
 
   if (o.output == OUT_JSON) {
@@ -351,7 +470,7 @@ cmd_check (int argc, char **argv)
     }
     else {
       if (c.j) {
-        json_result (c.j, &res);
+        json_result (c.j, &res, repair ? &fx : NULL);
         qk_json_object_begin (c.j, "qcowkit");
         qk_json_uint (c.j, "warnings", res.warnings);
         qk_json_uint (c.j, "infos", res.infos);

@@ -13,6 +13,10 @@ static const struct {
   { "info", cmd_info, "show what an image is (qemu-img info compatible)" },
   { "check", cmd_check, "check consistency, like fsck (qemu-img check "
     "compatible)" },
+  { "repair", cmd_repair, "repair an image in place, the e2fsck way "
+    "(asks; -n, -p, -y)" },
+  { "undo", cmd_undo, "put back what a repair overwrote, from its undo "
+    "journal" },
   { "map", cmd_map, "show where guest data lives (qemu-img map compatible)" },
   { "export", cmd_export, "write the guest-visible contents to a raw file" },
   { "dump", cmd_dump, "dump on-disk structures (header, tables, ...)" },
@@ -27,7 +31,7 @@ usage (FILE *f)
 {
   fprintf (f,
            "Usage: %s COMMAND [OPTIONS] ...\n"
-           "Offline inspection of qcow2 images; no QEMU needed.\n\n"
+           "Offline inspection and repair of qcow2 images; no QEMU needed.\n\n"
            "Commands:\n", progname);
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
     fprintf (f, "  %-12s %s\n", commands[i].name, commands[i].summary);

@@ -24,6 +24,7 @@
 
 #include "util/path.h"
 #include "image/image.h"
+#include "check/check.h"
 
 #pragma GCC diagnostic ignored "-Woverride-init"
 
@@ -153,6 +154,9 @@ struct ck {
   bool reftable_invalid;  /* phase_header reported the refcount table */
   const char *missing; /* metadata that could not be read (so an excess
                            refcount may be its, not a leak), or NULL */
+  const char *uncounted; /* a snapshot whose references were not counted
+                            (qemu-img counts its clusters as leaks, and so
+                            does the check; a repair must not free them) */
   unsigned flags;
 
   uint8_t *imrt;
@@ -172,8 +176,13 @@ struct ck {
 
   uint64_t *reftable;
   size_t reftable_n;
+  bool reftable_counted;   /* phase_refcount_structs counted the table */
+  uint8_t *rb_counted;     /* a bit per table index: its block was counted */
 
   uint64_t max_data_end;   /* for the data file size check */
+  /* the L2 entry walk_l2 is counting (QK_NONE outside it): PAST_EOF
+   * names it, so that a repair knows which entry to clear */
+  uint64_t at_table, at_index, at_guest;
 
   /* The refcount blocks read, direct-mapped by refcount table index t
    * (slot t & (n_rbc - 1)), shared by the stored refcount lookups of the
@@ -464,7 +473,9 @@ inc_refs (struct ck *ck, uint64_t offset, uint64_t size, uint64_t mult,
   /* A partial last cluster is fine; a cluster or more past EOF is not. */
   if (ADD_OVERFLOW (offset, size, &end) || end >= ck->file_len + ck->cs) {
     report (ck, PR_PAST_EOF, mult,
-            LOC (.host_offset = offset, .length = size),
+            LOC (.host_offset = offset, .length = size,
+                 .table_offset = ck->at_table, .index = ck->at_index,
+                 .guest_offset = ck->at_guest),
             "counting reference for region exceeding the end of the file by "
             "one cluster or more: offset 0x%" PRIx64 " size 0x%" PRIx64
             " (%s)", offset, size, kind_name (who->kind));
@@ -978,6 +989,10 @@ walk_l2 (struct ck *ck, const struct l2group *g, uint8_t *buf,
     enum qk_cluster_type t = qk_l2_cluster_type (e, extl2, ck->data_file);
     const uint64_t e0 = e;   /* as found, for the reports */
 
+    ck->at_table = l2off;
+    ck->at_index = i;
+    ck->at_guest = guest;
+
     if (t != QK_CLUSTER_COMPRESSED && (e & QK_L2E_STD_RESERVED))
       report (ck, PR_L2_RESERVED, g->mult, L2_LOC,
               "found l2 entry with reserved bits set: %" PRIx64 " (L2 table "
@@ -1125,6 +1140,7 @@ walk_l2 (struct ck *ck, const struct l2group *g, uint8_t *buf,
       break;
     }
   }
+  ck->at_table = ck->at_index = ck->at_guest = QK_NONE;
   return 0;
 }
 
@@ -1322,6 +1338,7 @@ phase_tables (struct ck *ck)
               "snapshot %s (%s) l1_offset=%#" PRIx64 ": L1 table is not "
               "cluster aligned; snapshot table entry corrupted", s->id,
               s->name, s->l1_table_offset);
+      ck->uncounted = "a snapshot's L1 table";
       continue;
     }
     if (s->l1_size > (32U << 20) / 8) {
@@ -1330,6 +1347,7 @@ phase_tables (struct ck *ck)
                    .found = s->l1_size),
               "snapshot %s (%s) l1_size=%#" PRIx32 ": L1 table is too large; "
               "snapshot table entry corrupted", s->id, s->name, s->l1_size);
+      ck->uncounted = "a snapshot's L1 table";
       continue;
     }
     {
@@ -1352,6 +1370,7 @@ phase_tables (struct ck *ck)
       if (inc_refs (ck, s->l1_table_offset, (uint64_t) s->l1_size * 8, 1,
                     &o) < 0)
         goto out;
+      ck->uncounted = "a snapshot's L1 table";
       continue;
     }
     r = walk_l1 (ck, l1, n, s->l1_table_offset, (int32_t) i, refs);
@@ -1381,9 +1400,13 @@ phase_refcount_structs (struct ck *ck)
 {
   const struct qk_header *h = ck->h;
   struct owner o = { .kind = OWN_REFTABLE };
+  uint64_t end;
 
   if (inc_refs (ck, h->refcount_table_offset, ck->reftable_n * 8, 1, &o) < 0)
     return -1;
+  ck->reftable_counted = ck->reftable_n
+    && !ADD_OVERFLOW (h->refcount_table_offset, ck->reftable_n * 8, &end)
+    && end < ck->file_len + ck->cs;
   if (ck->img->has_crypto_ext && ck->img->crypto_length) {
     struct owner oc = { .kind = OWN_CRYPTO };
     if (inc_refs (ck, ck->img->crypto_offset, ck->img->crypto_length, 1,
@@ -1426,6 +1449,8 @@ phase_refblocks (struct ck *ck)
       uint64_t rc;
       if (inc_refs (ck, off, ck->cs, 1, &o) < 0)
         return -1;
+      if (ck->rb_counted)
+        ck->rb_counted[i / 8] |= 1U << (i & 7);
       rc = qk_refblock_get (ck->imrt, ck->order, cl);
       if (rc != 1)
         report (ck, PR_REFBLOCK_REFCOUNT, 1,
@@ -2055,10 +2080,63 @@ QK_EXPORT int
 qk_check_run (struct qk_image *img, unsigned flags, qk_problem_fn fn,
               void *opaque, struct qk_check_result *res)
 {
+  return qk_check_run_map (img, flags, fn, opaque, res, NULL);
+}
+
+uint64_t
+qk_refmap_get (const struct qk_refmap *map, uint64_t k)
+{
+  return k < map->n ? qk_refblock_get (map->counted, map->order, k) : 0;
+}
+
+static void
+refmap_dec (struct qk_refmap *map, uint64_t k)
+{
+  uint64_t v = qk_refmap_get (map, k);
+  if (v)
+    qk_refblock_set (map->counted, map->order, k, v - 1);
+}
+
+void
+qk_refmap_drop_refstructs (struct qk_refmap *map, unsigned cluster_bits)
+{
+  if (!map->refstructs)
+    return;
+  if (map->reftable_len) {
+    uint64_t first = map->reftable_offset >> cluster_bits;
+    uint64_t last = (map->reftable_offset + map->reftable_len - 1)
+                    >> cluster_bits;
+    for (uint64_t k = first; k <= last; k++)
+      refmap_dec (map, k);
+  }
+  for (size_t t = 0; t < map->reftable_n; t++)
+    if (map->refblocks && (map->refblocks[t / 8] >> (t & 7)) & 1)
+      refmap_dec (map, (map->reftable[t] & QK_REFT_OFFSET_MASK)
+                       >> cluster_bits);
+  map->refstructs = false;
+}
+
+void
+qk_refmap_free (struct qk_refmap *map)
+{
+  free (map->counted);
+  free (map->refblocks);
+  free (map->reftable);
+  memset (map, 0, sizeof *map);
+}
+
+int
+qk_check_run_map (struct qk_image *img, unsigned flags, qk_problem_fn fn,
+                  void *opaque, struct qk_check_result *res,
+                  struct qk_refmap *map)
+{
   struct ck ck = { .img = img, .fn = fn, .opaque = opaque, .res = res,
-                   .flags = flags };
+                   .flags = flags, .at_table = QK_NONE, .at_index = QK_NONE,
+                   .at_guest = QK_NONE };
   int r = -1;
 
+  if (map)
+    memset (map, 0, sizeof *map);
   memset (res, 0, sizeof *res);
   if (!img->is_qcow2) {
     set_error (ENOTSUP, "%s is not a qcow2 image", img->filename);
@@ -2110,7 +2188,8 @@ qk_check_run (struct qk_image *img, unsigned flags, qk_problem_fn fn,
                 "the refcount table cannot be read: %s", qk_get_error ());
     }
     ck.rb_seen = calloc (ck.reftable_n / 8 + 1, 1);
-    if (ck.rb_seen == NULL) {
+    ck.rb_counted = calloc (ck.reftable_n / 8 + 1, 1);
+    if (ck.rb_seen == NULL || ck.rb_counted == NULL) {
       set_error (ENOMEM, "malloc");
       goto out;
     }
@@ -2128,6 +2207,24 @@ qk_check_run (struct qk_image *img, unsigned flags, qk_problem_fn fn,
     goto out;
   phase_overlaps (&ck);
   phase_chain (&ck);
+  if (map) {
+    map->counted = ck.imrt;
+    map->order = ck.order;
+    map->n = ck.nb;
+    map->counting = ck.counting && ck.reftable != NULL;
+    map->complete = ck.missing == NULL && ck.uncounted == NULL;
+    map->refstructs = true;
+    if (ck.reftable_counted) {
+      map->reftable_offset = ck.h->refcount_table_offset;
+      map->reftable_len = ck.reftable_n * 8;
+    }
+    map->refblocks = ck.rb_counted;
+    map->reftable = ck.reftable;
+    map->reftable_n = ck.reftable_n;
+    ck.imrt = NULL;
+    ck.rb_counted = NULL;
+    ck.reftable = NULL;
+  }
   r = 0;
 out:
   free (ck.imrt);
@@ -2142,5 +2239,6 @@ out:
   free (ck.rbc);
   free (ck.rb_bufs);
   free (ck.rb_seen);
+  free (ck.rb_counted);
   return r;
 }

@@ -231,6 +231,35 @@ extern uint64_t qk_l2_bitmap_make (uint32_t alloc, uint32_t zero);
 /* A refcount block of refcount width 1 << order: n values (n at most the
  * entries of len bytes; the rest is zeroed). EINVAL if a value does not
  * fit the width. */
+/* ---- a fresh refcount structure (format/refcount.c) ----
+ * A refcount table and blocks placed contiguously from cluster start: the
+ * table at [start, start + table_clusters), then one block per entry of
+ * block_index (sorted refcount table indexes), up to end. need[] are the
+ * table indexes whose clusters have references (any order, duplicates
+ * allowed); the plan adds those that count the structure itself. */
+struct qk_reflayout {
+  unsigned cluster_bits, refcount_order;
+  uint64_t per_block;        /* refcounts per block */
+  uint64_t start, end;       /* clusters [start, end) */
+  uint64_t table_clusters;
+  uint64_t table_entries;    /* last block index + 1 */
+  uint64_t *block_index;     /* n_blocks, sorted; owned */
+  uint64_t n_blocks;
+};
+extern int qk_reflayout_plan (unsigned cluster_bits, unsigned refcount_order,
+                              const uint64_t *need, size_t n_need,
+                              uint64_t start, struct qk_reflayout *L);
+extern void qk_reflayout_free (struct qk_reflayout *L);
+/* The table (len = table_clusters clusters). */
+extern int qk_reflayout_table (const struct qk_reflayout *L, uint8_t *out,
+                               size_t len);
+/* Block j (len = a cluster): counted[k] (refcounts at counted_order for
+ * clusters 0 .. n_counted-1), plus 1 for the structure's own clusters.
+ * EOVERFLOW when a refcount does not fit the width. */
+extern int qk_reflayout_block (const struct qk_reflayout *L, uint64_t j,
+                               const uint8_t *counted, unsigned counted_order,
+                               uint64_t n_counted, uint8_t *out, size_t len);
+
 extern int qk_refblock_format (const uint64_t *refcounts, size_t n,
                                unsigned order, uint8_t *buf, size_t len);
 

@@ -890,17 +890,19 @@ open_data_file (struct qk_image *img, struct chain_ctx *cc)
 /* ---- open ---- */
 
 static struct qk_image *
-new_image (struct qk_source *src, const char *name)
+new_image (struct qk_source *src, const char *name, bool keep)
 {
   struct qk_image *img = calloc (1, sizeof *img);
 
   if (img == NULL || (img->filename = strdup (name)) == NULL) {
     free (img);
-    qk_source_close (src);
+    if (!keep)
+      qk_source_close (src);
     set_error (ENOMEM, "calloc");
     return NULL;
   }
   img->src = img->data = src;
+  img->keep_src = keep;
   img->meta_prealloc = -1;
   return img;
 }
@@ -998,7 +1000,7 @@ open_source (struct qk_source *src, const char *name, const char *format,
     cc->ino[cc->n] = src->ino;
     cc->n++;
   }
-  img = new_image (src, name);
+  img = new_image (src, name, src == cc->keep);
   if (img == NULL)
     return NULL;
   n = src->ops->pread (src, magic, 4, 0);
@@ -1054,6 +1056,19 @@ qk_image_open (const char *path, const struct qk_open_options *opts)
   return open_top (s, path, opts);
 }
 
+struct qk_image *
+qk_image_open_src (struct qk_source *src, const char *name,
+                   const struct qk_open_options *opts, bool keep_src)
+{
+  struct chain_ctx cc = { .opts = opts, .keep = keep_src ? src : NULL };
+
+  cc.max_depth = opts && opts->max_chain_depth ? opts->max_chain_depth
+                                               : QK_DEFAULT_CHAIN_DEPTH;
+  if (cc.max_depth > QK_DEFAULT_CHAIN_DEPTH * 4)
+    cc.max_depth = QK_DEFAULT_CHAIN_DEPTH * 4;
+  return open_source (src, name, NULL, &cc);
+}
+
 QK_EXPORT struct qk_image *
 qk_image_open_memory (const void *buf, size_t len, const char *name,
                       const struct qk_open_options *opts)
@@ -1073,7 +1088,8 @@ qk_image_close (struct qk_image *img)
   qk_image_close (img->backing);
   if (img->data != img->src)
     qk_source_close (img->data);
-  qk_source_close (img->src);
+  if (!img->keep_src)
+    qk_source_close (img->src);
   for (int t = 0; t < 3; t++)
     for (int b = 0; b < 64; b++)
       free (img->feature_names[t][b]);

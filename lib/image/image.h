@@ -16,6 +16,7 @@ struct chain_ctx {
   const struct qk_open_options *opts;
   unsigned depth;
   unsigned max_depth;
+  struct qk_source *keep;  /* the top source a writer keeps (never closed) */
   size_t n;
   dev_t dev[QK_DEFAULT_CHAIN_DEPTH * 4 + 1];
   ino_t ino[QK_DEFAULT_CHAIN_DEPTH * 4 + 1];
@@ -128,7 +129,19 @@ struct qk_image {
   uint8_t *rb_buf;
   uint64_t rb_off;
   int meta_prealloc;       /* -1 unknown, 0/1 */
+  bool keep_src;           /* src belongs to the caller (a writer) */
 };
+
+/* Open an image over src, as qk_image_open does over a file. keep_src:
+ * closing the image leaves src open (a writer reopens the image over the
+ * same source after it wrote, so that no cache outlives a write: the one
+ * place caches are invalidated), and a failed open leaves it open too.
+ * Without keep_src, src is closed with the image, and when the open
+ * fails. */
+extern struct qk_image *qk_image_open_src (struct qk_source *src,
+                                           const char *name,
+                                           const struct qk_open_options *opts,
+                                           bool keep_src);
 
 extern int qk_image_warn (struct qk_image *img, const char *fmt, ...)
   __attribute__ ((format (printf, 2, 3)));

@@ -2665,6 +2665,93 @@ test_builder_model (void)
   qk_builder_free (b2);
 }
 
+/* qk_reflayout: a refcount structure planned past `start` for a random
+ * map of counted references covers every cluster in use and itself. The
+ * check decodes the table and blocks as a reader would. */
+static void
+test_reflayout_one (unsigned cb, unsigned order, uint64_t n, uint64_t start,
+                    unsigned density)
+{
+  uint64_t cs = 1ULL << cb, per = cs * 8 >> order;
+  uint64_t max = order == 6 ? UINT64_MAX : (1ULL << (1U << order)) - 1;
+  size_t mapbytes = (size_t) ((n << order) + 7) / 8 + 8;
+  uint8_t *counted = calloc (1, mapbytes), *buf = NULL, *tab = NULL;
+  uint64_t *need = calloc (n / per + 2, sizeof *need);
+  size_t n_need = 0;
+  struct qk_reflayout L;
+  bool good = true;
+
+  for (uint64_t k = 0; k < n; k++)
+    if (rnd () % 100 < density)
+      qk_refblock_set (counted, order, k, 1 + rnd () % (max < 3 ? max : 3));
+  for (uint64_t t = 0; t * per < n; t++)
+    for (uint64_t k = t * per; k < n && k < (t + 1) * per; k++)
+      if (qk_refblock_get (counted, order, k)) {
+        need[n_need++] = t;
+        break;
+      }
+  if (qk_reflayout_plan (cb, order, need, n_need, start, &L) < 0) {
+    ok (0, "reflayout cb=%u order=%u n=%" PRIu64 ": plan (%s)", cb, order, n,
+        qk_get_error ());
+    goto out;
+  }
+  tab = malloc (L.table_clusters * cs);
+  buf = malloc (cs);
+  if (qk_reflayout_table (&L, tab, L.table_clusters * cs) < 0)
+    good = false;
+  /* every cluster: the refcount the structure gives it */
+  for (uint64_t k = 0; good && k < (n > L.end ? n : L.end); k++) {
+    uint64_t t = k / per, want, got = 0, e;
+    want = k < n ? qk_refblock_get (counted, order, k) : 0;
+    if (k >= L.start && k < L.end)
+      want++;
+    e = t < L.table_entries ? be64_get (tab + 8 * t) : 0;
+    if (e) {
+      uint64_t j = (e >> cb) - L.start - L.table_clusters;
+      if (j >= L.n_blocks
+          || qk_reflayout_block (&L, j, counted, order, n, buf, cs) < 0)
+        good = false;
+      else
+        got = qk_refblock_get (buf, order, k % per);
+    }
+    if (got != want) {
+      printf ("#   cluster %" PRIu64 ": refcount %" PRIu64 ", want %" PRIu64
+              "\n", k, got, want);
+      good = false;
+    }
+  }
+  ok (good, "reflayout cb=%u order=%u: %" PRIu64 " clusters, %zu blocks "
+      "needed, structure of %" PRIu64 " table clusters and %" PRIu64
+      " blocks at %" PRIu64 " counts them and itself", cb, order, n, n_need,
+      L.table_clusters, L.n_blocks, L.start);
+  qk_reflayout_free (&L);
+out:
+  free (counted);
+  free (need);
+  free (buf);
+  free (tab);
+}
+
+static void
+test_reflayout (void)
+{
+  struct qk_reflayout L;
+
+  test_reflayout_one (16, 4, 1000, 1000, 50);
+  test_reflayout_one (9, 4, 70000, 70000, 30);     /* many blocks, 512 B */
+  test_reflayout_one (9, 6, 20000, 20000, 90);     /* 64 per block */
+  test_reflayout_one (9, 0, 9000, 9000, 10);       /* 1-bit refcounts */
+  test_reflayout_one (12, 3, 50000, 60000, 5);     /* a gap before start */
+  test_reflayout_one (21, 5, 100, 100, 100);       /* 2 MiB clusters */
+  test_reflayout_one (16, 4, 0, 1, 0);             /* nothing in use */
+  ok (qk_reflayout_plan (8, 4, NULL, 0, 1, &L) < 0 && errno == EINVAL,
+      "reflayout refuses 256-byte clusters");
+  ok (qk_reflayout_plan (16, 7, NULL, 0, 1, &L) < 0 && errno == EINVAL,
+      "reflayout refuses refcount order 7");
+  ok (qk_reflayout_plan (16, 4, NULL, 0, 0, &L) < 0,
+      "reflayout refuses start cluster 0 (the header)");
+}
+
 int
 main (void)
 {
@@ -2699,6 +2786,7 @@ main (void)
   test_write_bitmap_entries ();
   test_builder_args ();
   test_builder_model ();
+  test_reflayout ();
 
   fuzz_header (20000 * scale);
   fuzz_extensions (20000 * scale);

@@ -1,0 +1,42 @@
+/* Internal interface of the checker for the writers (repair). */
+#ifndef QK_CHECK_CHECK_H
+#define QK_CHECK_CHECK_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "qcowkit.h"
+
+/* The references the check counted: the refcount every host cluster
+ * should have, at the image's refcount width (order), for clusters
+ * [0, n). complete: every table that holds references was read in full
+ * (so a refcount above the count is a leak); counting: refcounts could be
+ * counted at all. refstructs: the counts include the refcount table and
+ * the refcount blocks the check could use (refblocks[t] is 1 for each
+ * table index whose block it counted); qk_refmap_drop_refstructs takes
+ * them out again, for a rebuild into fresh clusters. */
+struct qk_refmap {
+  uint8_t *counted;
+  unsigned order;
+  uint64_t n;
+  bool counting;
+  bool complete;
+  bool refstructs;
+  uint64_t reftable_offset;   /* what was counted for the table */
+  uint64_t reftable_len;
+  uint8_t *refblocks;         /* a bit per refcount table index */
+  uint64_t *reftable;         /* the table as read (entries) */
+  size_t reftable_n;
+};
+
+extern int qk_check_run_map (struct qk_image *img, unsigned flags,
+                             qk_problem_fn fn, void *opaque,
+                             struct qk_check_result *res,
+                             struct qk_refmap *map);
+extern void qk_refmap_drop_refstructs (struct qk_refmap *map,
+                                       unsigned cluster_bits);
+extern void qk_refmap_free (struct qk_refmap *map);
+/* The count for cluster k (0 past the map). */
+extern uint64_t qk_refmap_get (const struct qk_refmap *map, uint64_t k);
+
+#endif

@@ -1,0 +1,1576 @@
+/* lib/repair/repair.c: repair a qcow2 image in place (qk_repair_run).
+ *
+ * The repair is the check (lib/check) run again after each pass of fixes:
+ * the check finds, the pass plans a group of changes, asks once for the
+ * group (a latch group, as e2fsck asks "Fix?" once for many blocks),
+ * writes, flushes, and the image is reopened over the same write stack so
+ * that no cache survives a write. Writes go through one stack (lib/io):
+ *   image file (read-write, QEMU's write locks: refused while in use)
+ *   <- fault injection (QCOWKIT_FAULT, for the fault sweep tests)
+ *   <- undo journal (made before the first write, when asked for)
+ *
+ * Crash-safety protocol. The passes, in this order, each ending with a
+ * flush (fdatasync) before the next one reads:
+ *   0. Snapshot table entries whose extra data size field alone is wrong
+ *      (pass_snapshots): the 4-byte field, one entry at a time, each
+ *      followed by a flush and a new check. Either value leaves a table
+ *      that reads (the old one as before); a rerun fixes the next.
+ *   1. Table entries (pass_entries): reserved bits stripped, misaligned
+ *      preallocated zero clusters made plain zero clusters, entries
+ *      pointing outside the file or misaligned cleared. L2 tables first,
+ *      then L1 tables. Each write is one run of entries of one table. A
+ *      crash in the middle leaves some entries fixed and others as found:
+ *      every entry is either, so the image checks no worse (a cleared
+ *      entry's cluster becomes a leak: space, not data), and a rerun finds
+ *      and fixes the rest.
+ *   2. Refcounts (pass_refcounts), from the references the check counted.
+ *      In place when the structure is sound and every cluster in use has a
+ *      refcount block: each changed block is written once (the run of
+ *      changed entries); a crash leaves every refcount either as found or
+ *      right, never another value. Otherwise rebuilt as QEMU rebuilds it
+ *      (qcow2-refcount.c, rebuild_refcount_structure): a new table and
+ *      blocks written past the end of the file, nothing points at them
+ *      yet; flush; then the header's refcount_table_offset and
+ *      refcount_table_clusters, one 12-byte write inside one sector;
+ *      flush. A crash before the header write leaves the old image and
+ *      some clusters past its end that nothing references (qemu-img and
+ *      qcowkit count them as nothing); after it, the new structure, whole.
+ *   3. The dirty bit, when the refcounts are complete and right: one
+ *      header write; flush.
+ *   4. COPIED flags (pass_copied), now that refcounts are right: L2 tables,
+ *      then the L1 table; flush. Either value of a flag is consistent
+ *      data, so a crash leaves only flags still to correct.
+ *   5. The corrupt bit, when the image then checks clean: one header
+ *      write; flush.
+ * A rerun after a crash anywhere repeats the check and makes the fixes
+ * still needed: each pass derives its changes from the image as it is.
+ * The undo journal holds the old bytes of every range before it is first
+ * written (lib/io/undo.c), so qk_undo_apply puts the image back byte for
+ * byte whatever point the repair reached.
+ *
+ * Never written: what the check did not find, guest data clusters, the
+ * snapshot table other than those size fields, bitmaps. */
+#include <config.h>
+
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "image/image.h"
+#include "check/check.h"
+#include "io/io.h"
+#include "util/path.h"
+
+enum {
+#define FIX(code, name, flags, prompt, done, desc) FX_##name,
+#include "repair/fixes.def"
+#undef FIX
+  FX_N
+};
+
+#define PREEN QK_FIX_PREEN
+#define LOSES QK_FIX_LOSES_DATA
+#define LEAKS QK_FIX_LEAKS
+
+static const struct {
+  uint32_t code;
+  const char *name;
+  unsigned flags;
+  const char *prompt, *done, *desc;
+} fixrows[] = {
+#define FIX(code, name, flags, prompt, done, desc) \
+  { code, #name, flags, prompt, done, desc },
+#include "repair/fixes.def"
+#undef FIX
+};
+
+#undef PREEN
+#undef LOSES
+#undef LEAKS
+
+QK_EXPORT size_t
+qk_fix_count (void)
+{
+  return FX_N;
+}
+
+QK_EXPORT int
+qk_fix_info (size_t i, uint32_t *code, const char **name, unsigned *flags,
+             const char **description)
+{
+  if (i >= FX_N) {
+    set_error (EINVAL, "no fix %zu", i);
+    return -1;
+  }
+  if (code)
+    *code = fixrows[i].code;
+  if (name)
+    *name = fixrows[i].name;
+  if (flags)
+    *flags = fixrows[i].flags;
+  if (description)
+    *description = fixrows[i].desc;
+  return 0;
+}
+
+/* The prompt or past tense of a fix with its count: each "%s" of the
+ * table's text replaced by countstr (no other conversions). */
+static char *
+subst_count (const char *fmt, const char *countstr)
+{
+  size_t n = strlen (fmt) + 1, k = strlen (countstr), o = 0;
+  const char *p;
+  char *out;
+
+  for (p = fmt; (p = strstr (p, "%s")) != NULL; p += 2)
+    n += k;
+  out = malloc (n);
+  if (out == NULL)
+    return NULL;
+  for (p = fmt; *p; ) {
+    if (p[0] == '%' && p[1] == 's') {
+      memcpy (out + o, countstr, k);
+      o += k;
+      p += 2;
+    }
+    else
+      out[o++] = *p++;
+  }
+  out[o] = '\0';
+  return out;
+}
+
+/* A table with entries to look at again (pass 1 and 4). */
+struct tref {
+  uint64_t offset;      /* the table */
+  uint64_t guest_base;  /* guest offset of its entry 0, or QK_NONE */
+  int64_t source;       /* -1 active, else snapshot index (L1 tables) */
+  bool l1;
+  uint32_t entries;     /* L1: its size */
+};
+
+struct fixrec {
+  struct qk_fix f;
+  char *prompt, *done;
+};
+
+struct qk_repair {
+  enum qk_repair_mode mode;
+  unsigned flags;
+  char *undo_path;
+  qk_fix_fn ask;
+  void *ask_opaque;
+  qk_problem_fn report, note;
+  void *report_opaque;
+  struct qk_open_options opts;
+  bool has_opts;
+
+  struct qk_check_result before, after;
+  bool have_before;
+  struct fixrec *fixes;
+  size_t n_fixes, cap_fixes;
+  struct qk_lost *lost;
+  size_t n_lost, cap_lost;
+  bool wrote, aborted;
+
+  /* one run */
+  const char *path;
+  struct qk_source *base;   /* file (+ fault) */
+  struct qk_source *top;    /* the undo layer over base, or base */
+  int undo_dirfd;
+  struct qk_image *img;
+  bool first_check;         /* report the problems of this check */
+  /* what the current check found */
+  uint64_t n_code[0x0b];    /* phases 0..0a: counts by class, below */
+  struct tref *tabs;        /* tables with entries to fix */
+  size_t n_tabs, cap_tabs;
+  bool any_past_eof_table;  /* a PAST_EOF of an L2 table (no entry) */
+  bool refstruct_broken;    /* the refcount structure must be rebuilt */
+  unsigned refstruct_problems;
+  uint64_t n_leak, n_low, n_copied, n_entry, n_overflow;
+};
+
+QK_EXPORT struct qk_repair *
+qk_repair_new (void)
+{
+  struct qk_repair *r = calloc (1, sizeof *r);
+  if (r == NULL)
+    set_error (ENOMEM, "qk_repair_new");
+  if (r)
+    r->undo_dirfd = -1;
+  return r;
+}
+
+static void
+clear_results (struct qk_repair *r)
+{
+  for (size_t i = 0; i < r->n_fixes; i++) {
+    free (r->fixes[i].prompt);
+    free (r->fixes[i].done);
+  }
+  r->n_fixes = 0;
+  r->n_lost = 0;
+  r->wrote = r->aborted = r->have_before = false;
+  memset (&r->before, 0, sizeof r->before);
+  memset (&r->after, 0, sizeof r->after);
+}
+
+QK_EXPORT void
+qk_repair_free (struct qk_repair *r)
+{
+  if (r == NULL)
+    return;
+  clear_results (r);
+  free (r->fixes);
+  free (r->lost);
+  free (r->tabs);
+  free (r->undo_path);
+  free (r);
+}
+
+QK_EXPORT int
+qk_repair_set_mode (struct qk_repair *r, enum qk_repair_mode mode)
+{
+  if (mode > QK_REPAIR_ASK) {
+    set_error (EINVAL, "qk_repair_set_mode: invalid mode %d", (int) mode);
+    return -1;
+  }
+  r->mode = mode;
+  return 0;
+}
+
+QK_EXPORT int
+qk_repair_set_flags (struct qk_repair *r, unsigned flags)
+{
+  if (flags & ~QK_REPAIR_LEAKS_ONLY) {
+    set_error (EINVAL, "qk_repair_set_flags: unknown flags 0x%x", flags);
+    return -1;
+  }
+  r->flags = flags;
+  return 0;
+}
+
+QK_EXPORT int
+qk_repair_set_undo (struct qk_repair *r, const char *path)
+{
+  char *p = NULL;
+
+  if (path && (p = strdup (path)) == NULL) {
+    set_error (ENOMEM, "qk_repair_set_undo");
+    return -1;
+  }
+  free (r->undo_path);
+  r->undo_path = p;
+  return 0;
+}
+
+QK_EXPORT int
+qk_repair_set_ask (struct qk_repair *r, qk_fix_fn fn, void *opaque)
+{
+  r->ask = fn;
+  r->ask_opaque = opaque;
+  return 0;
+}
+
+QK_EXPORT int
+qk_repair_set_report (struct qk_repair *r, qk_problem_fn fn,
+                      qk_problem_fn note, void *opaque)
+{
+  r->report = fn;
+  r->note = note;
+  r->report_opaque = opaque;
+  return 0;
+}
+
+QK_EXPORT int
+qk_repair_set_open_options (struct qk_repair *r,
+                            const struct qk_open_options *opts)
+{
+  if (opts) {
+    r->opts = *opts;
+    r->has_opts = true;
+  }
+  else
+    r->has_opts = false;
+  return 0;
+}
+
+QK_EXPORT size_t
+qk_repair_fix_count (const struct qk_repair *r)
+{
+  return r->n_fixes;
+}
+
+QK_EXPORT const struct qk_fix *
+qk_repair_fix (const struct qk_repair *r, size_t i)
+{
+  return i < r->n_fixes ? &r->fixes[i].f : NULL;
+}
+
+QK_EXPORT size_t
+qk_repair_lost_count (const struct qk_repair *r)
+{
+  return r->n_lost;
+}
+
+QK_EXPORT const struct qk_lost *
+qk_repair_lost (const struct qk_repair *r, size_t i)
+{
+  return i < r->n_lost ? &r->lost[i] : NULL;
+}
+
+QK_EXPORT const struct qk_check_result *
+qk_repair_before (const struct qk_repair *r)
+{
+  return &r->before;
+}
+
+QK_EXPORT const struct qk_check_result *
+qk_repair_after (const struct qk_repair *r)
+{
+  return &r->after;
+}
+
+QK_EXPORT bool
+qk_repair_wrote (const struct qk_repair *r)
+{
+  return r->wrote;
+}
+
+/* ---- questions ---- */
+
+/* Offer fix fx for count items; the answer (and the record of it). */
+static struct fixrec *
+offer (struct qk_repair *r, int fx, uint64_t count, const char *countstr)
+{
+  struct fixrec *fr;
+  char num[32];
+  enum qk_answer a = QK_ANSWER_NO;
+
+  fr = qk_grow (r->fixes, &r->cap_fixes, r->n_fixes + 1, sizeof *fr);
+  if (fr == NULL)
+    return NULL;
+  r->fixes = fr;
+  fr = &r->fixes[r->n_fixes];
+  memset (fr, 0, sizeof *fr);
+  if (countstr == NULL) {
+    snprintf (num, sizeof num, "%" PRIu64, count);
+    countstr = num;
+  }
+  fr->prompt = subst_count (fixrows[fx].prompt, countstr);
+  fr->done = subst_count (fixrows[fx].done, countstr);
+  if (fr->prompt == NULL || fr->done == NULL) {
+    free (fr->prompt);
+    free (fr->done);
+    set_error (ENOMEM, "malloc");
+    return NULL;
+  }
+  r->n_fixes++;
+  fr->f.code = fixrows[fx].code;
+  fr->f.name = fixrows[fx].name;
+  fr->f.flags = fixrows[fx].flags;
+  fr->f.count = count;
+  fr->f.prompt = fr->prompt;
+  fr->f.done = fr->done;
+
+  if (r->aborted)
+    a = QK_ANSWER_NO;
+  else if ((r->flags & QK_REPAIR_LEAKS_ONLY) && !(fixrows[fx].flags & QK_FIX_LEAKS))
+    a = QK_ANSWER_NO;
+  else
+    switch (r->mode) {
+    case QK_REPAIR_NONE: a = QK_ANSWER_NO; break;
+    case QK_REPAIR_PREEN:
+      a = (fixrows[fx].flags & QK_FIX_PREEN) ? QK_ANSWER_YES : QK_ANSWER_NO;
+      break;
+    case QK_REPAIR_ALL: a = QK_ANSWER_YES; break;
+    case QK_REPAIR_ASK:
+      a = r->ask ? r->ask (r->ask_opaque, &fr->f) : QK_ANSWER_NO;
+      break;
+    }
+  if (a == QK_ANSWER_ABORT)
+    r->aborted = true;   /* recorded as ABORT: not made, and no more */
+  fr->f.answer = a;
+  return fr;
+}
+
+static void
+note (struct qk_repair *r, int fx, const char *fmt, ...)
+  __attribute__ ((format (printf, 3, 4)));
+
+static void
+note (struct qk_repair *r, int fx, const char *fmt, ...)
+{
+  char msg[512];
+  va_list ap;
+  struct qk_problem p = {
+    .code = fixrows[fx].code, .name = fixrows[fx].name,
+    .cls = QK_CLASS_INFO, .message = msg,
+    .host_offset = QK_NONE, .length = QK_NONE, .guest_offset = QK_NONE,
+    .guest_offset2 = QK_NONE, .table_offset = QK_NONE, .index = QK_NONE,
+    .expected = QK_NONE, .found = QK_NONE,
+  };
+
+  if (r->note == NULL)
+    return;
+  va_start (ap, fmt);
+  vsnprintf (msg, sizeof msg, fmt, ap);
+  va_end (ap);
+  r->note (r->report_opaque, &p);
+}
+
+static int
+add_lost (struct qk_repair *r, int64_t source, uint64_t guest, uint64_t len,
+          const char *reason)
+{
+  struct qk_lost *l;
+
+  if (r->n_lost && r->lost[r->n_lost - 1].snapshot == source
+      && r->lost[r->n_lost - 1].reason == reason
+      && r->lost[r->n_lost - 1].guest_offset + r->lost[r->n_lost - 1].length
+         == guest) {
+    r->lost[r->n_lost - 1].length += len;
+    return 0;
+  }
+  l = qk_grow (r->lost, &r->cap_lost, r->n_lost + 1, sizeof *l);
+  if (l == NULL)
+    return -1;
+  r->lost = l;
+  r->lost[r->n_lost++] = (struct qk_lost) { source, guest, len, reason };
+  return 0;
+}
+
+/* ---- the write stack ---- */
+
+static int
+writable (struct qk_repair *r)
+{
+  const char *slash, *leaf;
+  char *dir;
+
+  if (r->top)
+    return 0;
+  if (r->undo_path == NULL) {
+    r->top = r->base;
+    return 0;
+  }
+  slash = strrchr (r->undo_path, '/');
+  leaf = slash ? slash + 1 : r->undo_path;
+  dir = slash ? strndup (r->undo_path, slash == r->undo_path ? 1
+                                       : (size_t) (slash - r->undo_path))
+              : strdup (".");
+  if (dir == NULL) {
+    set_error (ENOMEM, "strdup");
+    return -1;
+  }
+  r->undo_dirfd = open (dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (r->undo_dirfd < 0) {
+    set_error (errno, "open the directory %s of the undo journal", dir);
+    free (dir);
+    return -1;
+  }
+  free (dir);
+  r->top = qk_source_undo (r->base, r->undo_dirfd, leaf, QK_IO_KEEP_BELOW);
+  if (r->top == NULL) {
+    qk_internal_prefix_error ("undo journal %s", r->undo_path);
+    return -1;
+  }
+  return 0;
+}
+
+/* The stack as it is now: reads see every write made. */
+static struct qk_source *
+cur (struct qk_repair *r)
+{
+  return r->top ? r->top : r->base;
+}
+
+static int
+put (struct qk_repair *r, const void *buf, size_t len, uint64_t off)
+{
+  if (writable (r) < 0)
+    return -1;
+  r->wrote = true;
+  return qk_source_pwrite (r->top, buf, len, off);
+}
+
+static int
+flush (struct qk_repair *r)
+{
+  if (r->top == NULL)
+    return 0;
+  return qk_source_flush (r->top);
+}
+
+/* ---- checking ---- */
+
+static void
+add_table (struct qk_repair *r, uint64_t off, uint64_t guest_base, bool l1)
+{
+  struct tref *t;
+
+  if (r->n_tabs && r->tabs[r->n_tabs - 1].offset == off
+      && r->tabs[r->n_tabs - 1].l1 == l1)
+    return;
+  for (size_t i = 0; r->n_tabs < 64 && i < r->n_tabs; i++)
+    if (r->tabs[i].offset == off && r->tabs[i].l1 == l1)
+      return;
+  t = qk_grow (r->tabs, &r->cap_tabs, r->n_tabs + 1, sizeof *t);
+  if (t == NULL)
+    return;   /* then that table is not fixed; the recheck says so */
+  r->tabs = t;
+  r->tabs[r->n_tabs++] = (struct tref) { .offset = off,
+                                         .guest_base = guest_base,
+                                         .l1 = l1, .source = -1 };
+}
+
+static int
+on_problem (void *opaque, const struct qk_problem *p)
+{
+  struct qk_repair *r = opaque;
+  uint64_t cs = r->img->hdr.cluster_size;
+
+  if (r->first_check && r->report)
+    r->report (r->report_opaque, p);
+
+  switch (p->code) {
+  case 0x010001: case 0x010002:          /* L1_RESERVED, L1_UNALIGNED */
+    r->n_entry++;
+    add_table (r, p->table_offset, QK_NONE, true);
+    break;
+  case 0x010003: case 0x010004: case 0x010005: case 0x010006:
+    r->n_entry++;
+    if (p->table_offset != QK_NONE)
+      add_table (r, p->table_offset,
+                 p->guest_offset != QK_NONE && p->index != QK_NONE
+                 ? p->guest_offset - p->index * cs : QK_NONE, false);
+    break;
+  case 0x01000b:                         /* PAST_EOF */
+    r->n_entry++;
+    if (p->table_offset != QK_NONE)
+      add_table (r, p->table_offset,
+                 p->guest_offset != QK_NONE && p->index != QK_NONE
+                 ? p->guest_offset - p->index * cs : QK_NONE, false);
+    else
+      r->any_past_eof_table = true;
+    break;
+  case 0x000009:                         /* HDR_L1_INVALID */
+    break;
+  case 0x00000a: case 0x030001: case 0x030002: case 0x030003:
+  case 0x030004: case 0x030006:
+    r->refstruct_broken = true;
+    r->refstruct_problems++;
+    break;
+  case 0x040003:                         /* REFCOUNT_UNREADABLE */
+    if (p->length != QK_NONE) {          /* a refcount block, not an L2 */
+      r->refstruct_broken = true;
+      r->refstruct_problems++;
+    }
+    break;
+  case 0x030005:
+    r->n_overflow += p->count;
+    break;
+  case 0x040001:
+    r->n_low++;
+    break;
+  case 0x040002:
+    r->n_leak++;
+    break;
+  case 0x050001:
+    r->n_copied++;
+    add_table (r, p->table_offset, QK_NONE, true);
+    break;
+  case 0x050002:
+    r->n_copied++;
+    add_table (r, p->table_offset, QK_NONE, false);
+    break;
+  }
+  return 0;
+}
+
+/* Reopen the image over the stack and check it. */
+static int
+check (struct qk_repair *r, struct qk_check_result *res, struct qk_refmap *map)
+{
+  struct qk_source *s = r->top ? r->top : r->base;
+
+  qk_image_close (r->img);
+  r->img = qk_image_open_src (s, r->path, r->has_opts ? &r->opts : NULL,
+                              true);
+  if (r->img == NULL)
+    return -1;
+  r->n_tabs = 0;
+  r->any_past_eof_table = r->refstruct_broken = false;
+  r->refstruct_problems = 0;
+  r->n_leak = r->n_low = r->n_copied = r->n_entry = r->n_overflow = 0;
+  if (qk_check_run_map (r->img, 0, on_problem, r, res, map) < 0)
+    return -1;
+  if (r->first_check) {
+    r->before = *res;
+    r->have_before = true;
+    r->first_check = false;
+  }
+  return 0;
+}
+
+/* ---- pass 0: snapshot table entries ---- */
+
+/* Whether the snapshot table entry at p (avail bytes) reads as a sane
+ * entry with extra bytes of extra data; *elen gets its padded size. */
+static bool
+entry_plausible (const uint8_t *p, size_t avail, uint32_t extra,
+                 const struct qk_header *h, size_t *elen)
+{
+  uint16_t idlen, namelen;
+  uint64_t need;
+
+  if (avail < 40 || extra > 1024 || (h->version >= 3 && extra < 16))
+    return false;
+  idlen = be16_get (p + 12);
+  namelen = be16_get (p + 14);
+  need = 40 + (uint64_t) extra + idlen + namelen;
+  if (idlen == 0 || need > avail
+      || !IS_ALIGNED (be64_get (p), h->cluster_size))
+    return false;
+  for (size_t k = 0; k < idlen; k++)
+    if (p[40 + extra + k] < 0x21 || p[40 + extra + k] > 0x7e)
+      return false;
+  for (size_t k = 0; k < namelen; k++) {
+    uint8_t c = p[40 + extra + idlen + k];
+    if (c < 0x20 || c == 0x7f)
+      return false;
+  }
+  if (extra >= 16 && be64_get (p + 48) % 512 != 0)
+    return false;
+  *elen = (size_t) ((need + 7) & ~7ULL);
+  return true;
+}
+
+/* Entry i declares more than 1024 bytes of extra data: find the size its
+ * bytes say it has, if exactly one reading makes sense (QK_NONE if not). */
+static uint64_t
+guess_extra (struct qk_repair *r, size_t i)
+{
+  const struct qk_header *h = &r->img->hdr;
+  const struct qk_snapshot *s = &r->img->snaps[i].s;
+  static const uint32_t first[] = { 24, 16, 8, 0 };
+  size_t want = 2 * (40 + 1024 + 2 * 65535 + 8), avail;
+  uint64_t found = QK_NONE;
+  uint8_t *buf;
+
+  if (s->entry_offset >= r->img->src->size)
+    return QK_NONE;
+  avail = r->img->src->size - s->entry_offset < want
+          ? (size_t) (r->img->src->size - s->entry_offset) : want;
+  buf = malloc (avail);
+  if (buf == NULL || qk_source_read_zeropad (r->img->src, buf, avail,
+                                             s->entry_offset) < 0) {
+    free (buf);
+    return QK_NONE;
+  }
+  for (uint32_t k = 0; k < 4 + 1024 / 8 && found == QK_NONE; k++) {
+    uint32_t c = k < 4 ? first[k] : (k - 4) * 8 + 32;
+    size_t elen, elen2;
+    if (c > 1024 || (k >= 4 && c <= 24))
+      continue;
+    if (!entry_plausible (buf, avail, c, h, &elen))
+      continue;
+    if (i + 1 < h->nb_snapshots
+        && (elen >= avail
+            || !entry_plausible (buf + elen, avail - elen,
+                                 be32_get (buf + elen + 36), h, &elen2)))
+      continue;
+    found = c;
+  }
+  free (buf);
+  return found;
+}
+
+static int
+pass_snapshots (struct qk_repair *r, bool *changed)
+{
+  *changed = false;
+  for (size_t i = 0; i < r->img->n_snaps; i++) {
+    const struct qk_snapshot *s = &r->img->snaps[i].s;
+    uint64_t c;
+    char what[64];
+    struct fixrec *f;
+    uint8_t b[4];
+
+    if (s->extra_data_size <= 1024)
+      continue;
+    c = guess_extra (r, i);
+    if (c == QK_NONE) {
+      note (r, FX_SNAPSHOT_EXTRA_SIZE, "Not changing snapshot table entry "
+            "%zu: no standard extra data size makes its id and name "
+            "readable (it keeps its %u bytes)", i, s->extra_data_size);
+      return 0;
+    }
+    snprintf (what, sizeof what, "%zu (%u bytes, not %u)", i, (unsigned) c,
+              s->extra_data_size);
+    f = offer (r, FX_SNAPSHOT_EXTRA_SIZE, 1, what);
+    if (f == NULL)
+      return -1;
+    if (f->f.answer != QK_ANSWER_YES)
+      return 0;
+    be32_put (b, (uint32_t) c);
+    if (put (r, b, 4, s->entry_offset + 36) < 0 || flush (r) < 0)
+      return -1;
+    f->f.made = true;
+    f->f.corruptions_fixed = 1;
+    *changed = true;
+    return 0;     /* the table reads differently now: check again */
+  }
+  return 0;
+}
+
+/* ---- pass 1: table entries ---- */
+
+struct entry_fix {
+  uint64_t strip, to_zero, ccopied, clear;
+};
+
+/* Which groups to apply. */
+struct allow {
+  bool strip, to_zero, ccopied, clear;
+};
+
+static const struct allow allow_all = { true, true, true, true };
+
+static bool
+past_eof (uint64_t off, uint64_t len, uint64_t file_len, uint64_t cs)
+{
+  uint64_t end;
+  return ADD_OVERFLOW (off, len, &end) || end >= file_len + cs;
+}
+
+static const char lost_l2[] =
+  "its L2 entry pointed outside the image or was misaligned";
+static const char lost_l1[] =
+  "its L1 entry pointed outside the image or was misaligned";
+
+/* Fix the entries of one L2 table in buf, the groups al allows; returns
+ * whether it changed. Lost ranges go to r when record. */
+static bool
+fix_l2 (struct qk_repair *r, uint8_t *buf, const struct tref *t,
+        struct entry_fix *ef, const struct allow *al, bool record)
+{
+  const struct qk_header *h = &r->img->hdr;
+  bool extl2 = h->subclusters > 1;
+  bool data_file = (h->incompatible_features & QK_INCOMPAT_DATA_FILE) != 0;
+  uint64_t cs = h->cluster_size, flen = r->img->src->size;
+  bool changed = false;
+
+  for (uint32_t i = 0; i < h->l2_entries; i++) {
+    uint8_t *p = buf + (size_t) i * h->l2_entry_size;
+    uint64_t e = be64_get (p), ne = e;
+    enum qk_cluster_type ty = qk_l2_cluster_type (e, extl2, data_file);
+    bool clear = false;
+
+    if (ty == QK_CLUSTER_COMPRESSED) {
+      uint64_t coff, clen;
+      qk_l2_compressed (e & ~QK_OFLAG_COPIED, h->cluster_bits, &coff, &clen);
+      if (!data_file && past_eof (coff, clen, flen, cs))
+        clear = al->clear;
+      if (!clear && (e & QK_OFLAG_COPIED) && al->ccopied) {
+        ne &= ~QK_OFLAG_COPIED;
+        ef->ccopied++;
+      }
+    }
+    else {
+      uint64_t off = e & QK_L2E_OFFSET_MASK;
+      bool bad = off && !data_file
+                 && (!IS_ALIGNED (off, cs) || past_eof (off, cs, flen, cs));
+      if (bad && !extl2 && h->version >= 3 && (e & QK_OFLAG_ZERO)) {
+        if (al->to_zero) {
+          ne = QK_OFLAG_ZERO;
+          ef->to_zero++;
+        }
+      }
+      else if (bad)
+        clear = al->clear;
+      else if ((e & QK_L2E_STD_RESERVED) && al->strip) {
+        ne &= ~QK_L2E_STD_RESERVED;
+        ef->strip++;
+      }
+    }
+    if (clear) {
+      ne = 0;
+      ef->clear++;
+      if (extl2 && be64_get (p + 8)) {
+        be64_put (p + 8, 0);
+        changed = true;
+      }
+      if (record && t->guest_base != QK_NONE)
+        add_lost (r, -1, t->guest_base + (uint64_t) i * cs, cs, lost_l2);
+    }
+    if (ne != e) {
+      be64_put (p, ne);
+      changed = true;
+    }
+  }
+  return changed;
+}
+
+/* The same for an L1 table of n raw entries. */
+static bool
+fix_l1 (struct qk_repair *r, uint8_t *raw, uint32_t n, int64_t source,
+        struct entry_fix *ef, const struct allow *al, bool record)
+{
+  const struct qk_header *h = &r->img->hdr;
+  uint64_t cs = h->cluster_size, flen = r->img->src->size;
+  uint64_t span = (uint64_t) h->l2_entries * cs;
+  bool changed = false;
+
+  for (uint32_t i = 0; i < n; i++) {
+    uint64_t e = be64_get (raw + 8 * (size_t) i), off = e & QK_L1E_OFFSET_MASK;
+    if (e == 0)
+      continue;
+    if (off && (!IS_ALIGNED (off, cs) || past_eof (off, cs, flen, cs))) {
+      if (!al->clear)
+        continue;
+      be64_put (raw + 8 * (size_t) i, 0);
+      ef->clear++;
+      if (record)
+        add_lost (r, source, (uint64_t) i * span, span, lost_l1);
+      changed = true;
+    }
+    else if ((e & QK_L1E_RESERVED_MASK) && al->strip) {
+      be64_put (raw + 8 * (size_t) i, e & ~QK_L1E_RESERVED_MASK);
+      ef->strip++;
+      changed = true;
+    }
+  }
+  return changed;
+}
+
+/* Write the run of buf that differs from old (entry size es). */
+static int
+put_diff (struct qk_repair *r, const uint8_t *buf, const uint8_t *old,
+          size_t len, size_t es, uint64_t off)
+{
+  size_t a = 0, b = len;
+
+  while (a < len && memcmp (buf + a, old + a, es) == 0)
+    a += es;
+  while (b > a && memcmp (buf + b - es, old + b - es, es) == 0)
+    b -= es;
+  if (a == b)
+    return 0;
+  return put (r, buf + a, b - a, off + a);
+}
+
+/* Whether [off, off+len) may be written as a table of the kind l1 (an L1
+ * table, or an L2 table): it must not touch the header cluster, the
+ * refcount table or a refcount block, the snapshot table, the bitmap
+ * directory, nor (for an L2 table) any L1 table. The check reports such
+ * overlaps; the repair then leaves the table alone rather than write
+ * entries into other metadata (an L1 entry with offset 0 and reserved bits
+ * makes the check walk the header cluster as an L2 table, as qemu-img
+ * does). Returns what it overlaps, or NULL. */
+static bool
+touches (uint64_t off, uint64_t len, uint64_t a, uint64_t alen)
+{
+  return alen && off < a + alen && a < off + len;
+}
+
+static const char *
+overlaps_metadata (const struct qk_repair *r, const struct qk_refmap *map,
+                   uint64_t off, uint64_t len, bool l1)
+{
+  const struct qk_image *img = r->img;
+  const struct qk_header *h = &img->hdr;
+  uint64_t cs = h->cluster_size;
+
+  if (off < cs)
+    return "the header cluster";
+  if (touches (off, len, h->refcount_table_offset,
+               (uint64_t) h->refcount_table_clusters * cs))
+    return "the refcount table";
+  if (map && map->reftable)
+    for (size_t t = 0; t < map->reftable_n; t++) {
+      uint64_t b = map->reftable[t] & QK_REFT_OFFSET_MASK;
+      if (b && touches (off, len, b, cs))
+        return "a refcount block";
+    }
+  if (img->n_snaps) {
+    uint64_t end = h->snapshots_offset;
+    for (size_t i = 0; i < img->n_snaps; i++)
+      if (img->snaps[i].s.entry_offset + img->snaps[i].s.entry_size > end)
+        end = img->snaps[i].s.entry_offset + img->snaps[i].s.entry_size;
+    if (touches (off, len, h->snapshots_offset, end - h->snapshots_offset))
+      return "the snapshot table";
+  }
+  if (img->has_bitmaps_ext
+      && touches (off, len, img->bitmaps_ext.directory_offset,
+                  img->bitmaps_ext.directory_size))
+    return "the bitmap directory";
+  if (l1)
+    return NULL;
+  if (touches (off, len, h->l1_table_offset, (uint64_t) h->l1_size * 8))
+    return "the active L1 table";
+  for (size_t i = 0; i < img->n_snaps; i++) {
+    uint64_t n = img->snaps[i].s.l1_size;
+    if (n <= (32u << 20) / 8
+        && touches (off, len, img->snaps[i].s.l1_table_offset, n * 8))
+      return "a snapshot's L1 table";
+  }
+  return NULL;
+}
+
+/* Each L1 table (the active one, then each snapshot's) that can be read,
+ * and each L2 table the check named: fix with al, and when write, write
+ * them back, L2 tables first. */
+static int
+entries_walk (struct qk_repair *r, const struct qk_refmap *map,
+              struct entry_fix *ef, const struct allow *al, bool write)
+{
+  struct qk_image *img = r->img;
+  uint64_t cs = img->hdr.cluster_size;
+  uint8_t *buf = malloc (cs), *old = malloc (cs);
+  int ret = -1;
+
+  if (buf == NULL || old == NULL) {
+    set_error (ENOMEM, "malloc");
+    goto out;
+  }
+  for (size_t i = 0; i < r->n_tabs; i++) {
+    const struct tref *t = &r->tabs[i];
+    const char *what;
+    if (t->l1 || !IS_ALIGNED (t->offset, cs)
+        || past_eof (t->offset, cs, img->src->size, cs))
+      continue;
+    if ((what = overlaps_metadata (r, map, t->offset, cs, false)) != NULL) {
+      if (!write)
+        note (r, FX_CLEAR_BAD_ENTRIES, "Not fixing the entries of the L2 "
+              "table at 0x%" PRIx64 ": it overlaps %s", t->offset, what);
+      continue;
+    }
+    if (qk_source_read_zeropad (img->src, buf, cs, t->offset) < 0)
+      goto out;
+    memcpy (old, buf, cs);
+    if (fix_l2 (r, buf, t, ef, al, write) && write
+        && put_diff (r, buf, old, cs, img->hdr.l2_entry_size, t->offset) < 0)
+      goto out;
+  }
+  for (size_t s = 0; s <= img->n_snaps; s++) {
+    uint64_t off = s == 0 ? img->hdr.l1_table_offset
+                          : img->snaps[s - 1].s.l1_table_offset;
+    uint32_t cnt = s == 0 ? img->hdr.l1_size : img->snaps[s - 1].s.l1_size;
+    size_t len = (size_t) cnt * 8;
+    uint8_t *raw, *o;
+    if (cnt == 0 || !IS_ALIGNED (off, cs) || cnt > (32u << 20) / 8
+        || past_eof (off, len, img->src->size, cs)
+        || overlaps_metadata (r, map, off, len, true))
+      continue;    /* the check reports these; not fixed here */
+    raw = malloc (len);
+    o = malloc (len);
+    if (raw == NULL || o == NULL) {
+      free (raw);
+      free (o);
+      set_error (ENOMEM, "malloc");
+      goto out;
+    }
+    if (qk_source_read_zeropad (img->src, raw, len, off) < 0) {
+      free (raw);
+      free (o);
+      goto out;
+    }
+    memcpy (o, raw, len);
+    if (fix_l1 (r, raw, cnt, (int64_t) s - 1, ef, al, write) && write
+        && put_diff (r, raw, o, len, 8, off) < 0) {
+      free (raw);
+      free (o);
+      goto out;
+    }
+    free (raw);
+    free (o);
+  }
+  ret = 0;
+out:
+  free (buf);
+  free (old);
+  return ret;
+}
+
+static int
+pass_entries (struct qk_repair *r, const struct qk_refmap *map)
+{
+  struct entry_fix plan = { 0 }, done = { 0 };
+  struct fixrec *f[4] = { NULL };
+  struct allow al = { false, false, false, false };
+
+  if (entries_walk (r, map, &plan, &allow_all, false) < 0)
+    return -1;
+  if (plan.strip && (f[0] = offer (r, FX_STRIP_RESERVED, plan.strip, NULL)) == NULL)
+    return -1;
+  if (plan.to_zero
+      && (f[1] = offer (r, FX_PREALLOC_TO_ZERO, plan.to_zero, NULL)) == NULL)
+    return -1;
+  if (plan.ccopied
+      && (f[2] = offer (r, FX_COMPRESSED_COPIED, plan.ccopied, NULL)) == NULL)
+    return -1;
+  if (plan.clear
+      && (f[3] = offer (r, FX_CLEAR_BAD_ENTRIES, plan.clear, NULL)) == NULL)
+    return -1;
+  al.strip = f[0] && f[0]->f.answer == QK_ANSWER_YES;
+  al.to_zero = f[1] && f[1]->f.answer == QK_ANSWER_YES;
+  al.ccopied = f[2] && f[2]->f.answer == QK_ANSWER_YES;
+  al.clear = f[3] && f[3]->f.answer == QK_ANSWER_YES;
+  if (!al.strip && !al.to_zero && !al.ccopied && !al.clear)
+    return 0;
+  if (entries_walk (r, map, &done, &al, true) < 0 || flush (r) < 0)
+    return -1;
+  for (int i = 0; i < 4; i++)
+    if (f[i] && f[i]->f.answer == QK_ANSWER_YES)
+      f[i]->f.made = true;
+  return 0;
+}
+
+/* ---- pass 2: refcounts ---- */
+
+/* Whether every cluster with references has a usable refcount block. */
+static bool
+blocks_cover (const struct qk_repair *r, const struct qk_refmap *map)
+{
+  const struct qk_header *h = &r->img->hdr;
+  uint64_t per = h->cluster_size * 8 >> h->refcount_order;
+
+  for (uint64_t t = 0; t * per < map->n; t++) {
+    uint64_t first = t * per, end = first + per, e;
+    bool used = false;
+    if (end > map->n)
+      end = map->n;
+    for (uint64_t k = first; k < end && !used; k++)
+      used = qk_refmap_get (map, k) != 0;
+    if (!used)
+      continue;
+    if (t >= map->reftable_n)
+      return false;
+    e = map->reftable[t];
+    if ((e & QK_REFT_OFFSET_MASK) == 0
+        || !(map->refblocks[t / 8] >> (t & 7) & 1))
+      return false;
+  }
+  return true;
+}
+
+static int
+refcounts_in_place (struct qk_repair *r, const struct qk_refmap *map)
+{
+  const struct qk_header *h = &r->img->hdr;
+  uint64_t cs = h->cluster_size, per = cs * 8 >> h->refcount_order;
+  unsigned order = h->refcount_order;
+  uint8_t *blk = malloc (cs), *old = malloc (cs);
+  struct fixrec *fl = NULL, *fr = NULL;
+  bool yl, yr;
+  int ret = -1;
+
+  if (blk == NULL || old == NULL) {
+    set_error (ENOMEM, "malloc");
+    goto out;
+  }
+  if (r->n_leak && map->complete)
+    fl = offer (r, FX_FREE_LEAKS, r->n_leak, NULL);
+  if (r->n_low)
+    fr = offer (r, FX_RAISE_REFCOUNTS, r->n_low, NULL);
+  yl = fl && fl->f.answer == QK_ANSWER_YES;
+  yr = fr && fr->f.answer == QK_ANSWER_YES;
+  if (!yl && !yr) {
+    ret = 0;
+    goto out;
+  }
+  for (size_t t = 0; t < map->reftable_n && t * per < map->n; t++) {
+    uint64_t off = map->reftable[t] & QK_REFT_OFFSET_MASK;
+    uint64_t first = t * per, end = first + per;
+    size_t a = SIZE_MAX, b = 0;
+    if (off == 0 || !(map->refblocks[t / 8] >> (t & 7) & 1))
+      continue;
+    if (end > map->n)
+      end = map->n;
+    if (qk_source_read_exact (cur (r), blk, cs, off, "refcount block") < 0)
+      goto out;
+    memcpy (old, blk, cs);
+    for (uint64_t k = first; k < end; k++) {
+      uint64_t stored = qk_refblock_get (blk, order, k - first);
+      uint64_t counted = qk_refmap_get (map, k);
+      size_t byte;
+      if (stored == counted)
+        continue;
+      if (stored > counted ? !yl : !yr)
+        continue;
+      qk_refblock_set (blk, order, k - first, counted);
+      note (r, stored > counted ? FX_FREE_LEAKS : FX_RAISE_REFCOUNTS,
+            "Repairing cluster %" PRIu64 " refcount=%" PRIu64
+            " reference=%" PRIu64, k, stored, counted);
+      if (stored > counted)
+        fl->f.leaks_fixed++;
+      else
+        fr->f.corruptions_fixed++;
+      byte = order >= 3 ? (size_t) ((k - first) << (order - 3))
+                        : (size_t) ((k - first) >> (3 - order));
+      if (byte < a)
+        a = byte;
+      if (byte > b)
+        b = byte;
+    }
+    if (a != SIZE_MAX) {
+      size_t w = order >= 3 ? (size_t) 1 << (order - 3) : 1;
+      if (put (r, blk + a, b + w - a, off + a) < 0)
+        goto out;
+    }
+  }
+  if (flush (r) < 0)
+    goto out;
+  if (yl)
+    fl->f.made = true;
+  if (yr)
+    fr->f.made = true;
+  ret = 0;
+out:
+  free (blk);
+  free (old);
+  return ret;
+}
+
+static int
+refcounts_rebuild (struct qk_repair *r, struct qk_refmap *map)
+{
+  const struct qk_header *h = &r->img->hdr;
+  unsigned cb = h->cluster_bits;
+  uint64_t cs = h->cluster_size, per = cs * 8 >> h->refcount_order;
+  uint64_t *need = NULL, start;
+  size_t n_need = 0, cap_need = 0;
+  struct qk_reflayout L = { 0 };
+  struct fixrec *f;
+  uint8_t *buf = NULL, hdr[12];
+  int ret = -1;
+
+  f = offer (r, FX_REBUILD_REFCOUNTS,
+             r->refstruct_problems + r->n_low + r->n_leak, NULL);
+  if (f == NULL)
+    return -1;
+  if (f->f.answer != QK_ANSWER_YES)
+    return 0;
+  if (!map->complete) {
+    /* unreachable: pass_refcounts refuses first */
+    set_error (EINVAL, "cannot rebuild from incomplete references");
+    return -1;
+  }
+  qk_refmap_drop_refstructs (map, cb);
+  for (uint64_t t = 0; t * per < map->n; t++) {
+    uint64_t first = t * per, end = first + per;
+    if (end > map->n)
+      end = map->n;
+    for (uint64_t k = first; k < end; k++)
+      if (qk_refmap_get (map, k)) {
+        uint64_t *nv = qk_grow (need, &cap_need, n_need + 1, sizeof *nv);
+        if (nv == NULL)
+          goto out;
+        need = nv;
+        need[n_need++] = t;
+        break;
+      }
+  }
+  start = (r->img->src->size + cs - 1) >> cb;
+  if (start < map->n)
+    start = map->n;
+  if (qk_reflayout_plan (cb, h->refcount_order, need, n_need, start, &L) < 0)
+    goto out;
+  buf = malloc (L.table_clusters * cs > cs ? L.table_clusters * cs : cs);
+  if (buf == NULL) {
+    set_error (ENOMEM, "malloc");
+    goto out;
+  }
+  note (r, FX_REBUILD_REFCOUNTS, "Rebuilding refcount structure: table of %"
+        PRIu64 " clusters at 0x%" PRIx64 ", %" PRIu64 " blocks",
+        L.table_clusters, L.start << cb, L.n_blocks);
+  if (qk_reflayout_table (&L, buf, L.table_clusters * cs) < 0
+      || put (r, buf, L.table_clusters * cs, L.start << cb) < 0)
+    goto out;
+  for (uint64_t j = 0; j < L.n_blocks; j++)
+    if (qk_reflayout_block (&L, j, map->counted, map->order, map->n, buf,
+                            cs) < 0
+        || put (r, buf, cs, (L.start + L.table_clusters + j) << cb) < 0)
+      goto out;
+  if (flush (r) < 0)
+    goto out;
+  be64_put (hdr, L.start << cb);
+  be32_put (hdr + 8, (uint32_t) L.table_clusters);
+  if (L.table_clusters > UINT32_MAX) {
+    set_error (EFBIG, "refcount table of %" PRIu64 " clusters",
+               L.table_clusters);
+    goto out;
+  }
+  if (put (r, hdr, 12, 48) < 0 || flush (r) < 0)
+    goto out;
+  f->f.made = true;
+  f->f.leaks_fixed = r->n_leak;
+  f->f.corruptions_fixed = r->n_low + r->refstruct_problems;
+  ret = 0;
+out:
+  qk_reflayout_free (&L);
+  free (need);
+  free (buf);
+  return ret;
+}
+
+/* Returns 1 when the refcounts are now right (complete and checked), 0
+ * when not (declined, or could not), -1 on failure. */
+static int
+pass_refcounts (struct qk_repair *r, struct qk_refmap *map)
+{
+  bool rebuild;
+  size_t before = r->n_fixes;
+
+  if (!map->counting)
+    return 0;
+  rebuild = r->refstruct_broken || !blocks_cover (r, map);
+  if (!rebuild) {
+    if (r->n_leak == 0 && r->n_low == 0)
+      return map->complete ? 1 : 0;
+    if (refcounts_in_place (r, map) < 0)
+      return -1;
+  }
+  else {
+    if (!map->complete || (r->flags & QK_REPAIR_LEAKS_ONLY))
+      return 0;
+    if (refcounts_rebuild (r, map) < 0)
+      return -1;
+  }
+  for (size_t i = before; i < r->n_fixes; i++)
+    if (!r->fixes[i].f.made)
+      return 0;
+  return map->complete ? 1 : 0;
+}
+
+/* ---- header bits ---- */
+
+static int
+clear_incompat (struct qk_repair *r, uint64_t bit, int fx)
+{
+  struct fixrec *f;
+  uint8_t b[8];
+
+  if (r->img->hdr.version < 3 || !(r->img->hdr.incompatible_features & bit))
+    return 0;
+  f = offer (r, fx, 1, "");
+  if (f == NULL)
+    return -1;
+  if (f->f.answer != QK_ANSWER_YES)
+    return 0;
+  be64_put (b, r->img->hdr.incompatible_features & ~bit);
+  if (put (r, b, 8, 72) < 0 || flush (r) < 0)
+    return -1;
+  f->f.made = true;
+  return 0;
+}
+
+/* ---- pass 4: COPIED ---- */
+
+static int
+pass_copied (struct qk_repair *r, const struct qk_refmap *map)
+{
+  const struct qk_header *h = &r->img->hdr;
+  uint64_t cs = h->cluster_size;
+  bool extl2 = h->subclusters > 1;
+  bool data_file = (h->incompatible_features & QK_INCOMPAT_DATA_FILE) != 0;
+  uint8_t *buf = malloc (cs), *old = malloc (cs);
+  uint8_t *l1 = NULL, *l1old = NULL;
+  struct fixrec *f;
+  int ret = -1;
+
+  if (buf == NULL || old == NULL) {
+    set_error (ENOMEM, "malloc");
+    goto out;
+  }
+  f = offer (r, FX_FIX_COPIED, r->n_copied, NULL);
+  if (f == NULL)
+    goto out;
+  if (f->f.answer != QK_ANSWER_YES) {
+    ret = 0;
+    goto out;
+  }
+  for (size_t i = 0; i < r->n_tabs; i++) {
+    const struct tref *t = &r->tabs[i];
+    if (t->l1 || !IS_ALIGNED (t->offset, cs)
+        || overlaps_metadata (r, map, t->offset, cs, false))
+      continue;
+    if (qk_source_read_zeropad (cur (r), buf, cs, t->offset) < 0)
+      goto out;
+    memcpy (old, buf, cs);
+    for (uint32_t k = 0; k < h->l2_entries; k++) {
+      uint8_t *p = buf + (size_t) k * h->l2_entry_size;
+      uint64_t e = be64_get (p), off = e & QK_L2E_OFFSET_MASK;
+      enum qk_cluster_type ty = qk_l2_cluster_type (e, extl2, data_file);
+      bool want;
+      if (ty != QK_CLUSTER_NORMAL && ty != QK_CLUSTER_ZERO_ALLOC)
+        continue;
+      if (off == 0)
+        continue;
+      want = data_file || qk_refmap_get (map, off >> h->cluster_bits) == 1;
+      if (want != ((e & QK_OFLAG_COPIED) != 0)) {
+        be64_put (p, want ? e | QK_OFLAG_COPIED : e & ~QK_OFLAG_COPIED);
+        f->f.corruptions_fixed++;
+      }
+    }
+    if (put_diff (r, buf, old, cs, h->l2_entry_size, t->offset) < 0)
+      goto out;
+  }
+  /* the active L1 table */
+  if (r->img->l1 && r->img->l1_count
+      && !overlaps_metadata (r, map, h->l1_table_offset,
+                             (uint64_t) r->img->l1_count * 8, true)) {
+    size_t len = (size_t) r->img->l1_count * 8;
+    l1 = malloc (len);
+    l1old = malloc (len);
+    if (l1 == NULL || l1old == NULL) {
+      set_error (ENOMEM, "malloc");
+      goto out;
+    }
+    if (qk_source_read_zeropad (cur (r), l1, len, h->l1_table_offset) < 0)
+      goto out;
+    memcpy (l1old, l1, len);
+    for (uint32_t k = 0; k < r->img->l1_count; k++) {
+      uint64_t e = be64_get (l1 + 8 * (size_t) k);
+      uint64_t off = e & QK_L1E_OFFSET_MASK;
+      bool want;
+      if (off == 0)
+        continue;
+      want = qk_refmap_get (map, off >> h->cluster_bits) == 1;
+      if (want != ((e & QK_OFLAG_COPIED) != 0)) {
+        be64_put (l1 + 8 * (size_t) k,
+                  want ? e | QK_OFLAG_COPIED : e & ~QK_OFLAG_COPIED);
+        f->f.corruptions_fixed++;
+      }
+    }
+    if (put_diff (r, l1, l1old, len, 8, h->l1_table_offset) < 0)
+      goto out;
+  }
+  if (flush (r) < 0)
+    goto out;
+  f->f.made = true;
+  ret = 0;
+out:
+  free (buf);
+  free (old);
+  free (l1);
+  free (l1old);
+  return ret;
+}
+
+/* ---- driver ---- */
+
+static int
+open_stack (struct qk_repair *r, const char *path)
+{
+  int fd = open (path, O_RDWR | O_CLOEXEC | O_NOCTTY);
+
+  if (fd < 0) {
+    set_error (errno, "open %s read-write", path);
+    return -1;
+  }
+  r->base = qk_source_fd_rw (fd, path, QK_IO_LOCK);
+  if (r->base == NULL)
+    return -1;
+  r->base = qk_source_fault_env (r->base, 0);
+  return r->base ? 0 : -1;
+}
+
+static void
+close_stack (struct qk_repair *r)
+{
+  qk_image_close (r->img);
+  r->img = NULL;
+  if (r->top && r->top != r->base)
+    qk_source_close (r->top);
+  r->top = NULL;
+  if (r->base)
+    qk_source_close (r->base);
+  r->base = NULL;
+  if (r->undo_dirfd >= 0)
+    close (r->undo_dirfd);
+  r->undo_dirfd = -1;
+}
+
+static bool
+clean (const struct qk_check_result *c)
+{
+  return c->corruptions == 0 && c->leaks == 0 && c->check_errors == 0;
+}
+
+static int
+run (struct qk_repair *r)
+{
+  struct qk_refmap map = { 0 };
+  struct qk_check_result res;
+  int refs_ok;
+
+  /* pass 1: entries */
+  r->first_check = true;
+  if (check (r, &res, &map) < 0)
+    goto fail;
+  if (!r->img->is_qcow2) {
+    set_error (ENOTSUP, "%s is not a qcow2 image", r->path);
+    goto fail;
+  }
+
+  /* pass 0: snapshot table entries, one at a time (each changes how the
+   * rest of the table reads) */
+  for (int k = 0; k < 64; k++) {
+    bool changed;
+    if (pass_snapshots (r, &changed) < 0)
+      goto fail;
+    if (!changed)
+      break;
+    qk_refmap_free (&map);
+    if (check (r, &res, &map) < 0)
+      goto fail;
+  }
+  if (r->n_entry || r->any_past_eof_table) {
+    bool w = r->wrote;
+    if (pass_entries (r, &map) < 0)
+      goto fail;
+    if (r->wrote != w) {
+      qk_refmap_free (&map);
+      if (check (r, &res, &map) < 0)
+        goto fail;
+    }
+  }
+
+  /* pass 2: refcounts; 3: the dirty bit */
+  {
+    bool w = r->wrote;
+    refs_ok = pass_refcounts (r, &map);
+    if (refs_ok < 0)
+      goto fail;
+    if (r->wrote != w) {
+      qk_refmap_free (&map);
+      if (check (r, &res, &map) < 0)
+        goto fail;
+    }
+  }
+  if (refs_ok && r->n_leak == 0 && r->n_low == 0 && !r->refstruct_broken
+      && map.complete && !(r->flags & QK_REPAIR_LEAKS_ONLY)
+      && clear_incompat (r, QK_INCOMPAT_DIRTY, FX_CLEAR_DIRTY) < 0)
+    goto fail;
+
+  /* pass 4: COPIED, only on right refcounts */
+  if (r->n_copied && r->n_leak == 0 && r->n_low == 0 && !r->refstruct_broken
+      && !(r->flags & QK_REPAIR_LEAKS_ONLY)) {
+    if (pass_copied (r, &map) < 0)
+      goto fail;
+  }
+  qk_refmap_free (&map);
+
+  /* the last check; pass 5: the corrupt bit */
+  if (check (r, &r->after, NULL) < 0)
+    goto fail;
+  if (clean (&r->after) && !(r->flags & QK_REPAIR_LEAKS_ONLY)
+      && (r->img->hdr.incompatible_features & QK_INCOMPAT_CORRUPT)) {
+    bool w = r->wrote;
+    if (clear_incompat (r, QK_INCOMPAT_CORRUPT, FX_CLEAR_CORRUPT) < 0)
+      goto fail;
+    if (r->wrote != w && check (r, &r->after, NULL) < 0)
+      goto fail;
+  }
+  return 0;
+fail:
+  qk_refmap_free (&map);
+  return -1;
+}
+
+QK_EXPORT int
+qk_repair_run (struct qk_repair *r, const char *path)
+{
+  int ret;
+
+  if (r == NULL || path == NULL) {
+    set_error (EINVAL, "qk_repair_run: NULL argument");
+    return -1;
+  }
+  clear_results (r);
+  r->path = path;
+  if (r->mode == QK_REPAIR_NONE) {
+    struct qk_source *s = qk_source_file (path);
+    if (s == NULL)
+      return -1;
+    r->base = s;
+  }
+  else if (open_stack (r, path) < 0) {
+    qk_internal_prefix_error ("qk_repair_run");
+    close_stack (r);
+    return -1;
+  }
+  ret = run (r);
+  if (ret < 0) {
+    struct qk_saved_error sv;
+    qk_internal_save_error (&sv);
+    close_stack (r);
+    qk_internal_restore_error (&sv);
+    return -1;
+  }
+  close_stack (r);
+  return 0;
+}
+
+/* ---- undo ---- */
+
+QK_EXPORT int
+qk_undo_apply (const char *journal_path, const char *image_path,
+               unsigned flags)
+{
+  const char *slash, *leaf;
+  char *dir;
+  int dirfd, fd, ret;
+  struct qk_source *s;
+  struct qk_saved_error sv;
+
+  if (journal_path == NULL || image_path == NULL) {
+    set_error (EINVAL, "qk_undo_apply: NULL argument");
+    return -1;
+  }
+  slash = strrchr (journal_path, '/');
+  leaf = slash ? slash + 1 : journal_path;
+  dir = slash ? strndup (journal_path, slash == journal_path ? 1
+                                       : (size_t) (slash - journal_path))
+              : strdup (".");
+  if (dir == NULL) {
+    set_error (ENOMEM, "strdup");
+    return -1;
+  }
+  dirfd = open (dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dirfd < 0) {
+    set_error (errno, "qk_undo_apply: open %s", dir);
+    free (dir);
+    return -1;
+  }
+  free (dir);
+  fd = open (image_path, O_RDWR | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) {
+    set_error (errno, "qk_undo_apply: open %s read-write", image_path);
+    close (dirfd);
+    return -1;
+  }
+  s = qk_source_fd_rw (fd, image_path, QK_IO_LOCK);
+  if (s == NULL) {
+    qk_internal_prefix_error ("qk_undo_apply");
+    close (dirfd);
+    return -1;
+  }
+  ret = qk_undo_replay (dirfd, leaf, s,
+                        (flags & QK_UNDO_FORCE) ? QK_UNDO_IGNORE_ID : 0);
+  if (ret < 0)
+    qk_internal_save_error (&sv);
+  qk_source_close (s);
+  close (dirfd);
+  if (ret < 0) {
+    qk_internal_restore_error (&sv);
+    qk_internal_prefix_error ("qk_undo_apply");
+  }
+  return ret;
+}

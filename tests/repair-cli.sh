@@ -1,0 +1,210 @@
+#!/bin/bash
+# qcowkit repair, undo and check -r: the answer modes, the questions on a
+# terminal, exit codes, the lost-range report, the undo journal's refusals,
+# QEMU's locks, and the fault sweep: the repair killed (SIGKILL) or failed
+# at every write and every flush, then (a) qemu-img finds the image no
+# worse than before, (b) undo puts back the original bytes, (c) a rerun
+# finishes the repair to a clean image.
+srcdir=${srcdir:-.}
+. "$srcdir/tests/tap.sh"
+require qemu-img qemu-io jq qkpoke
+scratch
+srcdir=$(cd "$srcdir" && pwd)
+cd "$T" || exit 1
+
+sha () { sha256sum < "$1" | cut -d' ' -f1; }
+stamp () { echo "$(sha "$1") $(stat -c %y "$1")"; }
+# build CASE FILE: the image of a check catalog case
+build () {
+  rm -rf "$T/b" && mkdir -p "$T/b" &&
+  (cd "$T/b" && IMG=$T/b/x.qcow2 bash -ec '. "$1"; . "$2"' s \
+     "$srcdir/tests/check/functions.sh" "$srcdir/tests/check/$1/script") \
+     >/dev/null 2>&1 && cp "$T/b/x.qcow2" "$2"
+}
+qcorr () { qemu-img check --output=json "$1" 2>/dev/null | jq -r '.corruptions // 0'; }
+
+# ---- modes and exit codes ----
+build leak-l2-entry-cleared leak.qcow2 || fail "build leak"
+s0=$(stamp leak.qcow2)
+qcowkit repair leak.qcow2 < /dev/null > out 2>&1
+is "$?" 4 "repair off a terminal defaults to -n: exit 4, problems left"
+is "$(stamp leak.qcow2)" "$s0" "repair -n wrote nothing"
+grep -q "Free 1 leaked clusters? no" out
+is "$?" 0 "repair -n says what it would do: 'Free 1 leaked clusters? no'"
+[ ! -e leak.qcow2.qkundo ]
+is "$?" 0 "repair -n makes no undo journal"
+qcowkit repair -p leak.qcow2 > out 2>&1
+is "$?" 1 "repair -p frees leaks (a preen fix): exit 1, fixed"
+grep -q "Freed 1 leaked clusters." out
+is "$?" 0 "repair -p says what it did"
+is "$(qemu-img check leak.qcow2 >/dev/null 2>&1; echo $?)" 0 "qemu-img check finds the result clean"
+[ -s leak.qcow2.qkundo ]
+is "$?" 0 "the default undo journal is IMAGE.qkundo"
+s1=$(sha leak.qcow2)
+qcowkit repair -p leak.qcow2 > out 2>&1
+is "$?" 0 "a second repair finds it clean: exit 0"
+is "$(sha leak.qcow2)" "$s1" "and changes nothing"
+build leak-l2-entry-cleared leak2.qcow2
+cp leak.qcow2.qkundo leak2.qcow2.qkundo
+s2=$(stamp leak2.qcow2)
+qcowkit repair -y leak2.qcow2 > out 2>&1
+is "$?" 8 "an existing undo journal is never overwritten: exit 8"
+grep -q "qcowkit undo leak2.qcow2.qkundo leak2.qcow2" out
+is "$?" 0 "and the message says how to apply it"
+is "$(stamp leak2.qcow2)" "$s2" "nor is the image written then"
+qcowkit undo leak.qcow2.qkundo leak2.qcow2 > out 2>&1
+is "$?" 1 "undo refuses a journal of another image"
+qcowkit undo leak.qcow2.qkundo leak.qcow2 > out 2>&1
+is "$?" 0 "undo applies the journal"
+build leak-l2-entry-cleared leak3.qcow2
+is "$(sha leak.qcow2)" "$(sha leak3.qcow2)" "undo put back the original bytes"
+qcowkit undo leak.qcow2.qkundo leak.qcow2 > out 2>&1
+is "$?" 1 "undo refuses a journal applied already"
+qcowkit repair -n -y leak.qcow2 > out 2>&1
+is "$?" 16 "-n and -y together: usage error, exit 16"
+qcowkit repair --undo x --no-undo leak.qcow2 > out 2>&1
+is "$?" 16 "--undo with --no-undo: exit 16"
+qcowkit check -r sometimes leak.qcow2 > out 2>&1
+is "$?" 1 "check -r takes leaks or all (exit 1 as qemu-img)"
+qcowkit check -r all --chain leak.qcow2 > out 2>&1
+is "$?" 1 "check -r does not go with --chain"
+is "$(sha leak.qcow2)" "$(sha leak3.qcow2)" "refused runs wrote nothing"
+
+# ---- check -r: qemu-img's output ----
+cp leak3.qcow2 q.qcow2
+qcowkit check -r leaks leak.qcow2 > out 2> err
+is "$?" 0 "check -r leaks: exit 0 (the image after the repair is clean)"
+qemu-img check -r leaks q.qcow2 > qout 2> qerr
+diff <(grep -v "^Image end\|allocated" out) <(grep -v "^Image end\|allocated" qout) > d
+is "$?" 0 "check -r leaks prints what qemu-img check -r leaks prints"
+grep -q "^Repairing cluster 6 refcount=1 reference=0$" err
+is "$?" 0 "with qemu-img's 'Repairing cluster' line"
+cp leak3.qcow2 j.qcow2
+qcowkit check -r all --output=json j.qcow2 > j.json 2>/dev/null
+is "$(jq -r '."leaks-fixed"' j.json)" 1 "check -r JSON: leaks-fixed, as qemu-img's"
+is "$(jq -r '.leaks // 0' j.json)" 0 "and the counts of the check after the repair"
+
+# ---- a fix that loses guest data: -p leaves it, -y makes and reports it ----
+build past-eof-l2-entry lost.qcow2 || fail "build lost"
+qcowkit repair -p --no-undo lost.qcow2 > out 2>&1
+is "$?" 4 "repair -p leaves a fix that loses guest data: exit 4"
+grep -q "it can lose guest data" out
+is "$?" 0 "and says why"
+is "$(qcorr lost.qcow2)" 1 "and the entry past the end of the file stays (qemu-img check: 1 corruption)"
+qcowkit repair -y --no-undo --output=json lost.qcow2 > lost.json 2>/dev/null
+is "$?" 1 "repair -y clears the entry: exit 1"
+is "$(jq -r '.lost | length' lost.json)" 1 "the JSON report lists the lost range"
+is "$(jq -r '.lost[0]."guest-offset"' lost.json)" 65536 "at guest offset 64 KiB (L2 entry 1)"
+is "$(jq -r '.lost[0].length' lost.json)" 65536 "one cluster long"
+is "$(jq -r '[.fixes[] | select(.name == "CLEAR_BAD_ENTRIES")][0]."loses-data"' lost.json)" true \
+  "the fix is marked as losing data"
+is "$(qemu-img check lost.qcow2 >/dev/null 2>&1; echo $?)" 0 "qemu-img check finds it clean"
+
+# ---- questions on a terminal ----
+if have script "repair's questions on a terminal (script from util-linux)"; then
+  for a in n y q; do
+    build leak-l2-entry-cleared t$a.qcow2
+    printf '%s\n' "$a" | script -qec "qcowkit repair --no-undo t$a.qcow2" /dev/null > t$a.out 2>&1
+    echo "$?" > t$a.rc
+  done
+  grep -q "Free 1 leaked clusters? \[y/n/a/q\]" tn.out
+  is "$?" 0 "on a terminal repair asks once per fix"
+  is "$(qemu-img check tn.qcow2 >/dev/null 2>&1; echo $?)" 3 "answered n: the leak stays"
+  is "$(qemu-img check ty.qcow2 >/dev/null 2>&1; echo $?)" 0 "answered y: fixed"
+  is "$(cat tq.rc)" 32 "answered q: stopped, exit 32"
+  is "$(qemu-img check tq.qcow2 >/dev/null 2>&1; echo $?)" 3 "answered q: nothing fixed"
+fi
+
+# ---- QEMU's locks ----
+build leak-l2-entry-cleared busy.qcow2
+qemu-io -c 'sleep 20000' busy.qcow2 > /dev/null 2>&1 &
+qpid=$!
+at_exit "kill $qpid 2>/dev/null"
+for _ in $(seq 50); do
+  qemu-img info -U busy.qcow2 >/dev/null 2>&1 &&
+    ! qemu-img check busy.qcow2 >/dev/null 2>&1 && break
+  sleep 0.1
+done
+s0=$(stamp busy.qcow2)
+qcowkit repair -y --no-undo busy.qcow2 > out 2>&1
+is "$?" 8 "repair refuses an image QEMU has open: exit 8"
+grep -q "in use" out
+is "$?" 0 "and says it is in use"
+qcowkit check -r all busy.qcow2 > out 2>&1
+is "$?" 1 "check -r refuses it too: exit 1"
+is "$(stamp busy.qcow2)" "$s0" "the image in use was not written"
+kill "$qpid" 2>/dev/null; wait "$qpid" 2>/dev/null
+
+# ---- clean images are never written ----
+# Every image of the fuzz corpus (every feature combination qcowkit can
+# make: v2/v3, cluster sizes, refcount widths, extended L2, compression,
+# snapshots, bitmaps, backing and data files) is clean; repair -y changes
+# none of them, except the one left dirty on purpose (lazy refcounts), of
+# which it clears the dirty bit and nothing else.
+mkdir -p fc
+qcowkit fuzz-corpus fc > /dev/null 2>&1 || fail "fuzz-corpus runs"
+changed= n=0
+for f in fc/*.qcow2; do
+  s=$(sha "$f")
+  qcowkit repair -y --no-undo "$f" > fc.out 2>&1
+  rc=$?
+  n=$((n + 1))
+  if [ "$(sha "$f")" != "$s" ]; then changed="$changed $(basename "$f"):$rc"; fi
+done
+is "$changed" " v3-c4k-rc16-lazy-dirty.qcow2:1" \
+  "repair -y on the $n fuzz corpus images writes only the lazy-dirty one's dirty bit"
+is "$(qemu-img info --output=json fc/v3-c4k-rc16-lazy-dirty.qcow2 | jq '."dirty-flag"')" false \
+  "whose dirty bit is then clear (qemu-img info)"
+
+# ---- the fault sweep ----
+# Cases: leaks in place; a refcount structure rebuilt past the end of the
+# file and switched to by the header; entries cleared and COPIED flags;
+# the dirty and corrupt bits.
+for c in leak-orphans-appended reftable-entry-zeroed refblock-outside-image \
+         l2-reserved-bits copied-l2-clear dirty-and-corrupt-bits; do
+  build "$c" orig.qcow2 || { fail "$c: build"; continue; }
+  osha=$(sha orig.qcow2)
+  oc=$(qcorr orig.qcow2)
+  # the number of writes and flushes of a whole repair
+  cp orig.qcow2 full.qcow2
+  qcowkit repair -y --no-undo full.qcow2 > /dev/null 2>&1
+  clean_sha=$(sha full.qcow2)
+  kinds_ok=0 points=0 bad=
+  for kind in write-kill write-fail flush-kill flush-fail; do
+    for n in $(seq 1 40); do
+      rm -f img.qcow2 j.undo
+      cp orig.qcow2 img.qcow2
+      # (a shell between: its report of the kill goes to f.out)
+      bash -c 'QCOWKIT_FAULT=$1 qcowkit repair -y --undo j.undo img.qcow2
+               r=$?; exit $r' _ "$kind-$n" > f.out 2>&1
+      rc=$?
+      # a run that did not reach fault number n is the whole repair
+      if [ "$rc" -ne 137 ] && [ "$rc" -ne 8 ]; then
+        [ "$(sha img.qcow2)" = "$clean_sha" ] || bad="$bad $kind-$n:unfaulted-run-differs"
+        break
+      fi
+      points=$((points + 1))
+      # (a) no worse than before
+      c2=$(qcorr img.qcow2)
+      [ -n "$c2" ] && [ "$c2" -le "${oc:-0}" ] || bad="$bad $kind-$n:corruptions=$c2>$oc"
+      # (c) a rerun finishes
+      cp img.qcow2 rerun.qcow2
+      qcowkit repair -y --no-undo rerun.qcow2 > /dev/null 2>&1
+      [ "$(qemu-img check rerun.qcow2 >/dev/null 2>&1; echo $?)" = 0 ] ||
+        bad="$bad $kind-$n:rerun-not-clean"
+      # (b) undo restores the original
+      if [ -f j.undo ]; then
+        qcowkit undo j.undo img.qcow2 > /dev/null 2>&1
+        [ "$(sha img.qcow2)" = "$osha" ] || bad="$bad $kind-$n:undo-differs"
+      else
+        [ "$(sha img.qcow2)" = "$osha" ] || bad="$bad $kind-$n:written-without-journal"
+      fi
+    done
+  done
+  if [ -z "$bad" ] && [ "$points" -gt 0 ]; then
+    pass "$c: killed or failed at each of $points writes and flushes: never worse, undo restores, a rerun finishes"
+  else
+    fail "$c: fault sweep ($points points)" "$bad"
+  fi
+done
+done_testing
