@@ -19,6 +19,7 @@ qemu-img snapshot -c before-upgrade vm.qcow2
 qemu-io -f qcow2 -c 'write -P 0x33 32M 2M' vm.qcow2 >/dev/null
 qemu-img bitmap --add vm.qcow2 backup-0
 qemu-img convert -O raw vm.qcow2 expected.raw
+qemu-img convert -l snapshot.name=before-upgrade -O raw vm.qcow2 expected-snap.raw
 echo "guest data sha256: $(sha256sum < expected.raw | cut -c1-16)..."
 
 say "2. Damage: the host crashed mid-write and a tool wrote a bad snapshot entry"
@@ -49,7 +50,32 @@ run qcowkit map vm.qcow2
 say "6. qcowkit check: what is wrong, with a stable code per problem (read-only)"
 run qcowkit check vm.qcow2 || echo "(qcowkit check: exit $?, qemu-img check's code for corruptions; qemu-img check itself stops at the snapshot table: exit 1, Check failed)"
 
-say "7. A second VM whose libvirt snapshot metadata went wrong"
+say "7. Repair: qemu-img check -r all deletes the snapshot, qcowkit repair keeps it"
+cp vm.qcow2 damaged.qcow2
+cp vm.qcow2 qemu-repaired.qcow2
+run qemu-img check -r all qemu-repaired.qcow2 > /dev/null 2>&1 || true
+echo "(qemu-img check -r all: exit $?, on a copy)"
+run qemu-img snapshot -l qemu-repaired.qcow2
+if [ -z "$(qemu-img snapshot -l qemu-repaired.qcow2)" ]; then
+  echo "(no snapshot left: qemu-img dropped 'before-upgrade' and freed its clusters)"
+fi
+rm -f vm.qcow2.qkundo
+run qcowkit repair -y vm.qcow2 || echo "(qcowkit repair: exit $?: 1 means fixed)"
+run qemu-img check vm.qcow2
+run qemu-img snapshot -l vm.qcow2
+run qemu-img compare -f raw -F qcow2 expected.raw vm.qcow2
+cp vm.qcow2 vm-repaired.qcow2
+
+say "8. qcowkit undo puts back every byte the repair changed"
+run qcowkit undo vm.qcow2.qkundo vm.qcow2
+if cmp -s vm.qcow2 damaged.qcow2; then
+  echo "vm.qcow2 is byte-identical to the damaged image again"
+else
+  echo "vm.qcow2 DIFFERS from the damaged image after undo" >&2
+  exit 1
+fi
+
+say "9. A second VM whose libvirt snapshot metadata went wrong"
 # web.qcow2 has internal snapshots s1 and s2, plus one taken by hand
 rm -rf web.qcow2 libvirt
 qemu-img create -q -f qcow2 web.qcow2 16M
