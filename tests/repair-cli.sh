@@ -22,6 +22,7 @@ build () {
      >/dev/null 2>&1 && cp "$T/b/x.qcow2" "$2"
 }
 qcorr () { qemu-img check --output=json "$1" 2>/dev/null | jq -r '.corruptions // 0'; }
+kcorr () { qcowkit check --output=json "$1" 2>/dev/null | jq -r '.corruptions // 0'; }
 
 # ---- modes and exit codes ----
 build leak-l2-entry-cleared leak.qcow2 || fail "build leak"
@@ -100,6 +101,21 @@ is "$(jq -r '[.fixes[] | select(.name == "CLEAR_BAD_ENTRIES")][0]."loses-data"' 
   "the fix is marked as losing data"
 is "$(qemu-img check lost.qcow2 >/dev/null 2>&1; echo $?)" 0 "qemu-img check finds it clean"
 
+# ---- a cluster mapped twice gets its own copy ----
+build refcount-low-duplicate-l2-entry dup.qcow2 || fail "build dup"
+qcowkit repair -y --no-undo dup.qcow2 > out 2>&1
+is "$?" 1 "repair -y copies a cluster two guest offsets shared: exit 1"
+grep -q "Gave 1 guest clusters their own copy" out
+is "$?" 0 "and says so"
+qemu-io -f qcow2 -c 'write -P 7 0 64k' dup.qcow2 > /dev/null 2>&1
+out=$(qemu-io -f qcow2 -c 'read -P 1 64k 64k' dup.qcow2 2>&1)
+if grep -q "Pattern verification failed" <<< "$out"; then
+  fail "after the repair, a write at guest 0 leaves guest 64 KiB as it was" "$out"
+else
+  pass "after the repair, a write at guest 0 leaves guest 64 KiB as it was (qemu-io)"
+fi
+is "$(qemu-img check dup.qcow2 > /dev/null 2>&1; echo $?)" 0 "and qemu-img check finds it clean"
+
 # ---- questions on a terminal ----
 if have script "repair's questions on a terminal (script from util-linux)"; then
   for a in n y q; do
@@ -161,10 +177,18 @@ is "$(qemu-img info --output=json fc/v3-c4k-rc16-lazy-dirty.qcow2 | jq '."dirty-
 # file and switched to by the header; entries cleared and COPIED flags;
 # the dirty and corrupt bits.
 for c in leak-orphans-appended reftable-entry-zeroed refblock-outside-image \
-         l2-reserved-bits copied-l2-clear dirty-and-corrupt-bits; do
+         l2-reserved-bits copied-l2-clear dirty-and-corrupt-bits \
+         refcount-low-duplicate-l2-entry sn-extra-size-field; do
   build "$c" orig.qcow2 || { fail "$c: build"; continue; }
   osha=$(sha orig.qcow2)
+  # "worse" is qemu-img check's count of corruptions; where qemu-img cannot
+  # check the original at all, qcowkit check's
+  corr=qcorr
   oc=$(qcorr orig.qcow2)
+  if [ -z "$oc" ]; then
+    corr=kcorr
+    oc=$(kcorr orig.qcow2)
+  fi
   # the number of writes and flushes of a whole repair
   cp orig.qcow2 full.qcow2
   qcowkit repair -y --no-undo full.qcow2 > /dev/null 2>&1
@@ -185,7 +209,7 @@ for c in leak-orphans-appended reftable-entry-zeroed refblock-outside-image \
       fi
       points=$((points + 1))
       # (a) no worse than before
-      c2=$(qcorr img.qcow2)
+      c2=$($corr img.qcow2)
       [ -n "$c2" ] && [ "$c2" -le "${oc:-0}" ] || bad="$bad $kind-$n:corruptions=$c2>$oc"
       # (c) a rerun finishes
       cp img.qcow2 rerun.qcow2
@@ -202,7 +226,7 @@ for c in leak-orphans-appended reftable-entry-zeroed refblock-outside-image \
     done
   done
   if [ -z "$bad" ] && [ "$points" -gt 0 ]; then
-    pass "$c: killed or failed at each of $points writes and flushes: never worse, undo restores, a rerun finishes"
+    pass "$c: killed or failed at each of $points writes and flushes: never worse ($corr), undo restores, a rerun finishes"
   else
     fail "$c: fault sweep ($points points)" "$bad"
   fi

@@ -29,6 +29,11 @@ struct qk_refmap {
   size_t reftable_n;
 };
 
+/* A flag of qk_check_run_map beside the public QK_CHECK_*: problems are
+ * reported with an empty message (the callback wants only codes and
+ * offsets; formatting millions of messages costs more than the check). */
+#define QK_CHECK_NO_MESSAGES (1U << 30)
+
 extern int qk_check_run_map (struct qk_image *img, unsigned flags,
                              qk_problem_fn fn, void *opaque,
                              struct qk_check_result *res,

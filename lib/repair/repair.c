@@ -23,6 +23,12 @@
  *      every entry is either, so the image checks no worse (a cleared
  *      entry's cluster becomes a leak: space, not data), and a rerun finds
  *      and fixes the rest.
+ *   1b. A host cluster mapped at two guest offsets of the active image
+ *      (pass_duplicates): the second gets a copy, written past the end of
+ *      the file and flushed before its L2 entry (8 bytes) is switched to
+ *      it; flush. A crash before the switch leaves bytes past the end that
+ *      nothing references; after it, the copy without its refcount yet
+ *      (pass 2 sets it), no worse than the shared cluster's refcount.
  *   2. Refcounts (pass_refcounts), from the references the check counted.
  *      In place when the structure is sound and every cluster in use has a
  *      refcount block: each changed block is written once (the run of
@@ -176,6 +182,7 @@ struct qk_repair {
   struct qk_lost *lost;
   size_t n_lost, cap_lost;
   bool wrote, aborted;
+  uint64_t n_writes;        /* writes made (a pass wrote: check again) */
 
   /* one run */
   const char *path;
@@ -192,6 +199,8 @@ struct qk_repair {
   bool refstruct_broken;    /* the refcount structure must be rebuilt */
   unsigned refstruct_problems;
   uint64_t n_leak, n_low, n_copied, n_entry, n_overflow;
+  struct dup { uint64_t host, guest; } *dups;   /* DUPLICATE_MAPPING */
+  size_t n_dups, cap_dups;
 };
 
 QK_EXPORT struct qk_repair *
@@ -228,6 +237,7 @@ qk_repair_free (struct qk_repair *r)
   free (r->fixes);
   free (r->lost);
   free (r->tabs);
+  free (r->dups);
   free (r->undo_path);
   free (r);
 }
@@ -495,6 +505,7 @@ put (struct qk_repair *r, const void *buf, size_t len, uint64_t off)
   if (writable (r) < 0)
     return -1;
   r->wrote = true;
+  r->n_writes++;
   return qk_source_pwrite (r->top, buf, len, off);
 }
 
@@ -560,6 +571,17 @@ on_problem (void *opaque, const struct qk_problem *p)
     break;
   case 0x000009:                         /* HDR_L1_INVALID */
     break;
+  case 0x01000c:                         /* DUPLICATE_MAPPING */
+    if (p->guest_offset2 != QK_NONE && p->host_offset != QK_NONE) {
+      struct dup *d = qk_grow (r->dups, &r->cap_dups, r->n_dups + 1,
+                               sizeof *d);
+      if (d) {
+        r->dups = d;
+        r->dups[r->n_dups++] = (struct dup) { p->host_offset,
+                                              p->guest_offset2 };
+      }
+    }
+    break;
   case 0x00000a: case 0x030001: case 0x030002: case 0x030003:
   case 0x030004: case 0x030006:
     r->refstruct_broken = true;
@@ -604,10 +626,13 @@ check (struct qk_repair *r, struct qk_check_result *res, struct qk_refmap *map)
   if (r->img == NULL)
     return -1;
   r->n_tabs = 0;
+  r->n_dups = 0;
   r->any_past_eof_table = r->refstruct_broken = false;
   r->refstruct_problems = 0;
   r->n_leak = r->n_low = r->n_copied = r->n_entry = r->n_overflow = 0;
-  if (qk_check_run_map (r->img, 0, on_problem, r, res, map) < 0)
+  if (qk_check_run_map (r->img,
+                        r->first_check && r->report ? 0
+                        : QK_CHECK_NO_MESSAGES, on_problem, r, res, map) < 0)
     return -1;
   if (r->first_check) {
     r->before = *res;
@@ -1031,6 +1056,84 @@ pass_entries (struct qk_repair *r, const struct qk_refmap *map)
   return 0;
 }
 
+/* ---- pass 1b: clusters mapped twice by the active tables ---- */
+
+/* The second guest offset of each pair the check found gets its own copy
+ * of the host cluster: the copy is written past the end of the file and
+ * flushed before the L2 entry is switched to it (one 8-byte write), then
+ * flushed. A crash before the switch leaves unreferenced bytes past the
+ * end; after it, the copy with no refcount yet (pass 2, or a rerun, sets
+ * it), which is no worse than the shared cluster's refcount was. */
+static int
+pass_duplicates (struct qk_repair *r, const struct qk_refmap *map,
+                 bool *changed)
+{
+  struct qk_image *img = r->img;
+  const struct qk_header *h = &img->hdr;
+  uint64_t cs = h->cluster_size, span = (uint64_t) h->l2_entries * cs;
+  uint64_t next;
+  bool extl2 = h->subclusters > 1;
+  bool data_file = (h->incompatible_features & QK_INCOMPAT_DATA_FILE) != 0;
+  struct fixrec *f;
+  uint8_t *buf;
+  int ret = -1;
+
+  *changed = false;
+  if (r->n_dups == 0 || data_file || img->l1 == NULL)
+    return 0;
+  f = offer (r, FX_COPY_SHARED, r->n_dups, NULL);
+  if (f == NULL)
+    return -1;
+  if (f->f.answer != QK_ANSWER_YES)
+    return 0;
+  buf = malloc (cs);
+  if (buf == NULL) {
+    set_error (ENOMEM, "malloc");
+    return -1;
+  }
+  next = (img->src->size + cs - 1) / cs;
+  if (map && next < map->n)
+    next = map->n;
+  for (size_t i = 0; i < r->n_dups; i++) {
+    uint64_t g = r->dups[i].guest, host = r->dups[i].host;
+    uint64_t l1i = g / span, l2off, e, eoff, dst;
+    uint32_t idx = (uint32_t) ((g % span) / cs);
+    uint8_t eb[8];
+
+    if (l1i >= img->l1_count)
+      continue;
+    l2off = img->l1[l1i] & QK_L1E_OFFSET_MASK;
+    if (l2off == 0 || !IS_ALIGNED (l2off, cs)
+        || overlaps_metadata (r, map, l2off, cs, false))
+      continue;
+    eoff = l2off + (uint64_t) idx * h->l2_entry_size;
+    if (qk_source_read_exact (cur (r), eb, 8, eoff, "L2 entry") < 0)
+      goto out;
+    e = be64_get (eb);
+    if (qk_l2_cluster_type (e, extl2, false) != QK_CLUSTER_NORMAL
+        || (e & QK_L2E_OFFSET_MASK) != host)
+      continue;     /* not as the check saw it: left to the next check */
+    if (qk_source_read_zeropad (cur (r), buf, cs, host) < 0)
+      goto out;
+    dst = next++ * cs;
+    if (put (r, buf, cs, dst) < 0 || flush (r) < 0)
+      goto out;
+    /* COPIED stays clear until the copy's refcount is 1 (pass 4) */
+    be64_put (eb, (e & ~(QK_L2E_OFFSET_MASK | QK_OFLAG_COPIED)) | dst);
+    if (put (r, eb, 8, eoff) < 0 || flush (r) < 0)
+      goto out;
+    note (r, FX_COPY_SHARED, "Copied host cluster 0x%" PRIx64 " to 0x%"
+          PRIx64 " for guest offset 0x%" PRIx64, host, dst, g);
+    f->f.corruptions_fixed++;
+    *changed = true;
+  }
+  f->f.made = *changed;
+  ret = 0;
+out:
+  free (buf);
+  return ret;
+}
+
 /* ---- pass 2: refcounts ---- */
 
 /* Whether every cluster with references has a usable refcount block. */
@@ -1432,23 +1535,35 @@ run (struct qk_repair *r)
       goto fail;
   }
   if (r->n_entry || r->any_past_eof_table) {
-    bool w = r->wrote;
+    uint64_t w = r->n_writes;
     if (pass_entries (r, &map) < 0)
       goto fail;
-    if (r->wrote != w) {
+    if (r->n_writes != w) {
       qk_refmap_free (&map);
       if (check (r, &res, &map) < 0)
         goto fail;
     }
   }
 
+  /* pass 1b: clusters mapped twice by the active tables */
+  for (int k = 0; k < 64 && r->n_dups; k++) {
+    bool changed;
+    if (pass_duplicates (r, &map, &changed) < 0)
+      goto fail;
+    if (!changed)
+      break;
+    qk_refmap_free (&map);
+    if (check (r, &res, &map) < 0)
+      goto fail;
+  }
+
   /* pass 2: refcounts; 3: the dirty bit */
   {
-    bool w = r->wrote;
+    uint64_t w = r->n_writes;
     refs_ok = pass_refcounts (r, &map);
     if (refs_ok < 0)
       goto fail;
-    if (r->wrote != w) {
+    if (r->n_writes != w) {
       qk_refmap_free (&map);
       if (check (r, &res, &map) < 0)
         goto fail;
@@ -1472,7 +1587,7 @@ run (struct qk_repair *r)
     goto fail;
   if (clean (&r->after) && !(r->flags & QK_REPAIR_LEAKS_ONLY)
       && (r->img->hdr.incompatible_features & QK_INCOMPAT_CORRUPT)) {
-    bool w = r->wrote;
+    uint64_t w = r->n_writes;
     if (clear_incompat (r, QK_INCOMPAT_CORRUPT, FX_CLEAR_CORRUPT) < 0)
       goto fail;
     if (r->wrote != w && check (r, &r->after, NULL) < 0)
