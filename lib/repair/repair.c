@@ -15,6 +15,13 @@
  *      (pass_snapshots): the 4-byte field, one entry at a time, each
  *      followed by a flush and a new check. Either value leaves a table
  *      that reads (the old one as before); a rerun fixes the next.
+ *   0b. The snapshot table written again when entries have extra data
+ *      QEMU rejects (too long: cut to 1024 bytes; too short in a version
+ *      3 image: completed) or name nothing (dropped): the new table past
+ *      the end of the file, flush, one 12-byte header write (nb_snapshots
+ *      and snapshots_offset), flush. A crash before the header write
+ *      leaves the old table; after it, the new one without its refcounts
+ *      yet (pass 2 sets them and frees the old table).
  *   1. Table entries (pass_entries): reserved bits stripped, misaligned
  *      preallocated zero clusters made plain zero clusters, entries
  *      pointing outside the file or misaligned cleared. L2 tables first,
@@ -55,7 +62,7 @@
  * byte whatever point the repair reached.
  *
  * Never written: what the check did not find, guest data clusters, the
- * snapshot table other than those size fields, bitmaps. */
+ * snapshot table other than by passes 0 and 0b, bitmaps. */
 #include <config.h>
 
 #include <fcntl.h>
@@ -751,6 +758,119 @@ pass_snapshots (struct qk_repair *r, bool *changed)
     return 0;     /* the table reads differently now: check again */
   }
   return 0;
+}
+
+/* The snapshot table written again (pass_snaptable): entries QEMU rejects
+ * for their extra data made acceptable, entries that name nothing dropped.
+ * The new table goes past the end of the file and is flushed before one
+ * 12-byte header write (nb_snapshots at 60, snapshots_offset at 64, inside
+ * one sector) switches to it; flush. A crash before the switch leaves the
+ * old table and bytes past the end nothing references; after it, the new
+ * table without its refcounts yet (pass 2 sets them and frees the old
+ * table's clusters), no worse than the rejected entries were. */
+static bool
+names_nothing (const struct qk_snapshot_raw *sr)
+{
+  return sr->id[0] == '\0' && sr->name[0] == '\0'
+         && sr->s.l1_table_offset == 0;
+}
+
+static int
+pass_snaptable (struct qk_repair *r, const struct qk_refmap *map,
+                bool *changed)
+{
+  struct qk_image *img = r->img;
+  const struct qk_header *h = &img->hdr;
+  uint64_t cs = h->cluster_size, total = 0, next, dst;
+  size_t n_trim = 0, n_pad = 0, n_drop = 0, kept = 0;
+  char what[160];
+  uint8_t *tab = NULL, hdr[12];
+  struct fixrec *f;
+  int ret = -1;
+
+  *changed = false;
+  if (!img->snaps_ok || img->n_snaps != h->nb_snapshots || img->n_snaps == 0)
+    return 0;
+  for (size_t i = 0; i < img->n_snaps; i++) {
+    const struct qk_snapshot_raw *sr = &img->snaps[i];
+    uint32_t e = sr->s.extra_data_size;
+    if (names_nothing (sr)) {
+      n_drop++;
+      continue;
+    }
+    if (e > 1024) {
+      n_trim++;
+      e = 1024;
+    }
+    else if (h->version >= 3 && e < 16) {
+      n_pad++;
+      e = 24;
+    }
+    total += qk_snapshot_entry_size (e, strlen (sr->id), strlen (sr->name));
+  }
+  if (n_trim + n_pad + n_drop == 0)
+    return 0;
+  snprintf (what, sizeof what, "%zu entries' extra data cut to 1024 bytes, "
+            "%zu completed, %zu entries that name nothing dropped",
+            n_trim, n_pad, n_drop);
+  f = offer (r, FX_SNAPSHOT_TABLE_REWRITE, n_trim + n_pad + n_drop, what);
+  if (f == NULL)
+    return -1;
+  if (f->f.answer != QK_ANSWER_YES)
+    return 0;
+  tab = calloc (1, total ? total : 1);
+  if (tab == NULL) {
+    set_error (ENOMEM, "calloc");
+    return -1;
+  }
+  for (size_t i = 0, o = 0; i < img->n_snaps; i++) {
+    struct qk_snapshot_raw sr = img->snaps[i];
+    uint8_t extra[1024];
+    int n;
+    if (names_nothing (&sr))
+      continue;
+    memset (extra, 0, sizeof extra);
+    if (sr.s.extra_data_size > 1024) {
+      memcpy (extra, sr.extra, 1024);
+      sr.s.extra_data_size = 1024;
+    }
+    else if (h->version >= 3 && sr.s.extra_data_size < 16) {
+      if (!sr.s.has_vm_state_size_large)
+        sr.s.vm_state_size = sr.s.vm_state_size32;
+      sr.s.disk_size = h->size;
+      sr.s.icount = UINT64_MAX;
+      sr.s.extra_data_size = 24;
+      qk_snapshot_extra_format (&sr.s, extra, sizeof extra);
+    }
+    else
+      memcpy (extra, sr.extra, sr.s.extra_data_size);
+    sr.extra = extra;
+    n = qk_snapshot_format (&sr, tab + o, total - o);
+    if (n < 0)
+      goto out;
+    o += (size_t) n;
+    kept++;
+  }
+  next = (img->src->size + cs - 1) / cs;
+  if (map && next < map->n)
+    next = map->n;
+  dst = next * cs;
+  if ((total && put (r, tab, total, dst) < 0) || flush (r) < 0)
+    goto out;
+  be32_put (hdr, (uint32_t) kept);
+  be64_put (hdr + 4, kept ? dst : 0);
+  if (put (r, hdr, 12, 60) < 0 || flush (r) < 0)
+    goto out;
+  note (r, FX_SNAPSHOT_TABLE_REWRITE, "Wrote a snapshot table of %zu entries "
+        "at 0x%" PRIx64 " (was %zu at 0x%" PRIx64 ")", kept, kept ? dst : 0,
+        img->n_snaps, h->snapshots_offset);
+  f->f.made = true;
+  f->f.corruptions_fixed = n_trim + n_pad + n_drop;
+  *changed = true;
+  ret = 0;
+out:
+  free (tab);
+  return ret;
 }
 
 /* ---- pass 1: table entries ---- */
@@ -1539,6 +1659,18 @@ run (struct qk_repair *r)
     if (pass_entries (r, &map) < 0)
       goto fail;
     if (r->n_writes != w) {
+      qk_refmap_free (&map);
+      if (check (r, &res, &map) < 0)
+        goto fail;
+    }
+  }
+
+  /* pass 0b: the snapshot table written again */
+  {
+    bool changed;
+    if (pass_snaptable (r, &map, &changed) < 0)
+      goto fail;
+    if (changed) {
       qk_refmap_free (&map);
       if (check (r, &res, &map) < 0)
         goto fail;
