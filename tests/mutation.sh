@@ -26,7 +26,23 @@ if ! (cd "$B" && autoreconf -fi && ./configure -q \
         && make -s -j"$jobs" && make -s -j"$jobs" check TESTS=) \
         > "$T/build.log" 2>&1; then
   fail "the copy of the tree builds" "$(tail -n 5 "$T/build.log" | tr '\n' '|')"
-  done_testing
+  # Repair writes into the header cluster when an L1 entry with offset 0 and
+# reserved bits makes the check walk it as an L2 table.
+cases="l1-entry-reserved-bits-only"
+export REPAIR_CASES=$cases
+baseline "repair cases: $cases" repair-cases.sh
+mutant repair-header lib/repair/repair.c \
+  's/^    return "the header cluster";$/    return NULL;/' \
+  "repair no longer protects the header cluster" repair-cases.sh
+unset REPAIR_CASES
+
+# Repair writes around its undo journal: undo then restores nothing.
+baseline "repair and undo" repair-cli.sh
+mutant repair-undo lib/repair/repair.c \
+  's/return qk_source_pwrite (r->top, buf, len, off);/return qk_source_pwrite (r->base, buf, len, off);/' \
+  "repair bypasses the undo journal" repair-cli.sh
+
+done_testing
   exit 1
 fi
 diag "built the copy in $SECONDS s"
@@ -114,5 +130,21 @@ baseline "read-only commands, under strace" readonly.sh
 mutant ro-rdwr tools/util.c \
   's/int fd = open (path, O_RDONLY | O_CLOEXEC);/int fd = open (path, O_RDWR | O_CLOEXEC);/' \
   "every command opens the image read-write" readonly.sh
+
+# Repair writes into the header cluster when an L1 entry with offset 0 and
+# reserved bits makes the check walk it as an L2 table.
+cases="l1-entry-reserved-bits-only"
+export REPAIR_CASES=$cases
+baseline "repair cases: $cases" repair-cases.sh
+mutant repair-header lib/repair/repair.c \
+  's/^    return "the header cluster";$/    return NULL;/' \
+  "repair no longer protects the header cluster" repair-cases.sh
+unset REPAIR_CASES
+
+# Repair writes around its undo journal: undo then restores nothing.
+baseline "repair and undo" repair-cli.sh
+mutant repair-undo lib/repair/repair.c \
+  's/return qk_source_pwrite (r->top, buf, len, off);/return qk_source_pwrite (r->base, buf, len, off);/' \
+  "repair bypasses the undo journal" repair-cli.sh
 
 done_testing
