@@ -45,18 +45,6 @@ seen_of (struct check_ctx *c, uint32_t code)
   return &c->seen[c->n_seen++];
 }
 
-static const char *
-class_label (enum qk_problem_class cls)
-{
-  switch (cls) {
-  case QK_CLASS_CORRUPTION: return "ERROR";
-  case QK_CLASS_LEAK: return "Leak";
-  case QK_CLASS_ERROR: return "FAILED";
-  case QK_CLASS_WARNING: return "Warning";
-  default: return "Info";
-  }
-}
-
 static void
 json_opt (struct qk_json *j, const char *key, uint64_t v)
 {
@@ -74,7 +62,7 @@ on_problem (void *opaque, const struct qk_problem *p)
     s->n++;
   if (s && s->n > c->max_per_code)
     return 0;
-  fprintf (stderr, "%s 0x%06x: %s\n", class_label (p->cls), p->code,
+  fprintf (stderr, "%s 0x%06x: %s\n", problem_label (p->cls), p->code,
            p->message);
   return 0;
 }

@@ -57,18 +57,6 @@ kind_plural (int k)
   return k == QK_META_CHECKPOINT ? "checkpoints" : "snapshots";
 }
 
-static const char *
-class_label (enum qk_problem_class cls)
-{
-  switch (cls) {
-  case QK_CLASS_CORRUPTION: return "ERROR";
-  case QK_CLASS_LEAK: return "Leak";
-  case QK_CLASS_ERROR: return "FAILED";
-  case QK_CLASS_WARNING: return "Warning";
-  default: return "Info";
-  }
-}
-
 static int
 list_problems (bool man)
 {
@@ -222,7 +210,7 @@ on_problem (void *opaque, const struct qk_problem *p)
     qk_json_object_end (c->j);
   }
   else
-    printf ("%s 0x%06x %s: %s\n", class_label (p->cls), p->code, p->name,
+    printf ("%s 0x%06x %s: %s\n", problem_label (p->cls), p->code, p->name,
             printable (p->message));
   return 0;
 }

@@ -34,18 +34,6 @@ struct rctx {
   FILE *tty;             /* questions are read from here */
 };
 
-static const char *
-label (enum qk_problem_class cls)
-{
-  switch (cls) {
-  case QK_CLASS_CORRUPTION: return "ERROR";
-  case QK_CLASS_LEAK: return "Leak";
-  case QK_CLASS_ERROR: return "FAILED";
-  case QK_CLASS_WARNING: return "Warning";
-  default: return "Info";
-  }
-}
-
 /* The problems of the first check, as qcowkit check prints them (at most
  * max_per_code in a row of one code). */
 static int
@@ -63,7 +51,7 @@ on_problem (void *opaque, const struct qk_problem *p)
     c->same = 1;
   }
   if (c->same <= c->max_per_code)
-    printf ("%s 0x%06x: %s\n", label (p->cls), p->code, p->message);
+    printf ("%s 0x%06x: %s\n", problem_label (p->cls), p->code, p->message);
   return 0;
 }
 

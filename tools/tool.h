@@ -44,6 +44,9 @@ extern struct qk_image *open_image (const char *path,
                                     const struct common_opts *o,
                                     unsigned flags, bool show_warnings);
 
+/* The word that starts a problem line ("ERROR", "Leak", "Warning", ...). */
+extern const char *problem_label (enum qk_problem_class cls);
+
 /* qemu's size_to_str: "216 KiB". Returns a static buffer. */
 extern const char *size_str (uint64_t v);
 /* Image-supplied text made safe for a terminal (rotating static buffers). */

@@ -280,3 +280,17 @@ printable (const char *s)
   *p = '\0';
   return b;
 }
+
+/* The word that starts a problem line: "ERROR 0x040001: ...", as
+ * qemu-img starts its lines (ERROR, Leaked) where it has one. */
+const char *
+problem_label (enum qk_problem_class cls)
+{
+  switch (cls) {
+  case QK_CLASS_CORRUPTION: return "ERROR";
+  case QK_CLASS_LEAK: return "Leak";
+  case QK_CLASS_ERROR: return "FAILED";
+  case QK_CLASS_WARNING: return "Warning";
+  default: return "Info";
+  }
+}
