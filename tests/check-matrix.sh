@@ -1,0 +1,226 @@
+#!/bin/bash
+# The generated damage matrix: the damage classes of the check catalog on
+# images the hand-written catalog does not have (512 B, 4 KiB and 2 MiB
+# clusters; refcount widths 1, 8, 16, 32 and 64; many L2 tables and
+# refcount blocks, damaged in the middle ones, not the first; snapshots;
+# compressed clusters; extended L2). Each image is made by qemu-img and
+# qemu-io, damaged by the functions below, then:
+#   - qcowkit check --output=json against qemu-img check --output=json:
+#     the same exit status and the same corruptions, leaks, check-errors,
+#     image-end-offset, total-clusters, allocated-clusters,
+#     fragmented-clusters and compressed-clusters, where qemu-img gives a
+#     report ("not comparable" otherwise, counted and listed, never a pass);
+#   - qcowkit check -r all against qemu-img check -r all on copies:
+#     qemu-img check finds no more corruptions and leaks after ours, and
+#     qemu-img compare finds the guest data of the original unchanged
+#     unless the repair reported lost ranges; a second repair changes
+#     nothing.
+# MATRIX_SHARD=K/N runs every Nth combination from the Kth
+# (tests/check-matrix-K.sh).
+srcdir=${srcdir:-.}
+. "$srcdir/tests/tap.sh"
+require qemu-img qemu-io jq qkpoke
+scratch
+srcdir=$(cd "$srcdir" && pwd)
+. "$srcdir/tests/check/functions.sh"
+shard=${MATRIX_SHARD:-1/1}
+shard_k=${shard%/*} shard_n=${shard#*/}
+
+# ---- images ----
+# each writes $IMG; SIZE is the virtual size
+spread () {  # spread COUNT STEP LEN [FLAGS]: COUNT writes of LEN every STEP
+  local a=() k
+  for (( k = 0; k < $1; k++ )); do
+    a+=(-c "write $4 -P $(( k % 200 + 1 )) $(( k * $2 )) $3")
+  done
+  qemu-io -f qcow2 "${a[@]}" "$IMG" > /dev/null
+}
+cfg_c512_rc16 () { SIZE=4M mkimg -o cluster_size=512; spread 64 65536 4096; }
+cfg_c4k_rc16 () { SIZE=64M mkimg -o cluster_size=4096; spread 64 1048576 262144; }
+cfg_c4k_rc64 () { SIZE=64M mkimg -o cluster_size=4096,refcount_bits=64; spread 32 2097152 65536; }
+cfg_c2m_rc64 () { SIZE=64M mkimg -o cluster_size=2M,refcount_bits=64; spread 3 8388608 2097152; }
+cfg_c64k_rc1 () { SIZE=256M mkimg -o refcount_bits=1; spread 16 16777216 131072; }
+cfg_c64k_rc8_snap () {
+  SIZE=256M mkimg -o refcount_bits=8; spread 16 16777216 131072
+  qemu-img snapshot -c s1 "$IMG"; spread 8 16777216 65536
+}
+cfg_c64k_rc32_comp () {
+  SIZE=256M mkimg -o refcount_bits=32; spread 16 16777216 131072 -c
+}
+cfg_c64k_extl2 () {
+  SIZE=256M mkimg -o extended_l2=on; spread 16 16777216 131072
+  qemu-io -f qcow2 -c 'write -P 9 4096 4096' "$IMG" > /dev/null
+}
+configs="c512_rc16 c4k_rc16 c4k_rc64 c2m_rc64 c64k_rc1 c64k_rc8_snap
+         c64k_rc32_comp c64k_extl2"
+
+# ---- where to damage: the middle ones ----
+# rows OFF COUNT WIDTH: COUNT entries of WIDTH bytes at OFF, one a line,
+# as big-endian hex (one od for the whole table)
+rows () {
+  od -An -v -tx1 -w"$3" -j "$(( $1 ))" -N "$(( $2 * $3 ))" "$IMG" | tr -d ' '
+}
+# the line numbers (from 1) of rows whose offset bits (bytes 1..6) are
+# not all zero
+allocated () { grep -n -E '^..0{0,11}[1-9a-f]' | cut -d: -f1; }
+# mid_l1: the middle of the allocated active L1 entries
+mid_l1 () {
+  local used
+  mapfile -t used < <(rows "$(l1_off)" "$(( $(peek32 36) ))" 8 | allocated)
+  echo $(( used[${#used[@]} / 2] - 1 ))
+}
+# first_entry I: the first allocated entry of L2 table I
+first_entry () {
+  local j
+  j=$(rows "$(l2_off "$1")" $(( $(cs) / $(l2e_size) )) "$(l2e_size)" |
+      allocated | head -n 1)
+  echo $(( ${j:-1} - 1 ))
+}
+rorder () { echo $(( $(peek32 96) )); }
+# refcount access for every width: QEMU keeps sub-byte refcounts from the
+# low bits of each byte up
+rc_loc () {  # rc_loc HOST: "BLOCK_BYTE SHIFT WIDTH" of HOST's refcount
+  local w=$(( 1 << $(rorder) )) c=$(cs) k per blk i
+  per=$(( c * 8 / w )); k=$(( $1 / c ))
+  blk=$(( $(rte $(( k / per ))) & ~0x1ff ))
+  i=$(( k % per ))
+  echo "$(( blk + i * w / 8 )) $(( (i * w) % 8 )) $w"
+}
+get_rc () {
+  local a s w; read -r a s w <<< "$(rc_loc "$1")"
+  case $w in
+    1|2|4) echo $(( ($(peek8 "$a") >> s) & ((1 << w) - 1) )) ;;
+    8) echo $(( $(peek8 "$a") )) ;; 16) echo $(( $(peek16 "$a") )) ;;
+    32) echo $(( $(peek32 "$a") )) ;; 64) echo $(( $(peek64 "$a") )) ;;
+  esac
+}
+set_rc () {
+  local a s w b; read -r a s w <<< "$(rc_loc "$1")"
+  case $w in
+    1|2|4) b=$(( ($(peek8 "$a") & ~(((1 << w) - 1) << s)) | ($2 << s) ))
+           pokehex "$a" "$(printf %02x "$b")" ;;
+    8) pokehex "$a" "$(printf %02x "$2")" ;; 16) poke16 "$a" "$2" ;;
+    32) poke32 "$a" "$2" ;; 64) poke64 "$a" "$2" ;;
+  esac
+}
+past_end () { hex $(( ($(file_len) / $(cs) + 64) * $(cs) )); }
+
+# ---- damage classes ----
+d_leak () { local m; m=$(mid_l1); set_l2e "$m" "$(first_entry "$m")" 0; }
+d_l2_reserved () {
+  local m j; m=$(mid_l1); j=$(first_entry "$m")
+  set_l2e "$m" "$j" $(( $(l2e "$m" "$j") | (1 << 57) ))
+}
+d_copied_clear () {
+  local m j; m=$(mid_l1); j=$(first_entry "$m")
+  set_l2e "$m" "$j" $(( $(l2e "$m" "$j") & ~COPIED ))
+}
+d_past_eof () {
+  local m j; m=$(mid_l1); j=$(first_entry "$m")
+  set_l2e "$m" "$j" $(( $(past_end) | ($(l2e "$m" "$j") & COPIED) ))
+}
+d_refcount_low () {
+  local m; m=$(mid_l1)
+  set_rc "$(data_off "$m" "$(first_entry "$m")")" 0
+}
+d_refcount_high () {
+  local m d; m=$(mid_l1); d=$(data_off "$m" "$(first_entry "$m")")
+  (( $(rorder) > 0 )) || return 2     # a 1-bit refcount cannot go higher
+  set_rc "$d" $(( $(get_rc "$d") + 1 ))
+}
+d_l2_table_refcount_zero () { set_rc "$(l2_off "$(mid_l1)")" 0; }
+d_reftable_entry_zeroed () {
+  local used
+  mapfile -t used < <(rows "$(rt_off)" $(( $(peek32 56) * $(cs) / 8 )) 8 |
+                      allocated)
+  set_rte $(( used[${#used[@]} / 2] - 1 )) 0
+}
+d_l1_entry_past_eof () { local m; m=$(mid_l1); set_l1e "$m" $(( $(past_end) | COPIED )); }
+damages="leak l2_reserved copied_clear past_eof refcount_low refcount_high
+         l2_table_refcount_zero reftable_entry_zeroed l1_entry_past_eof"
+
+FIELDS="corruptions leaks check-errors image-end-offset total-clusters
+        allocated-clusters fragmented-clusters compressed-clusters"
+fields () {  # fields FILE: "f=v ..." of a check report, or nothing
+  jq -r --arg f "$(echo $FIELDS)" 'select(type == "object" and has("check-errors")) |
+     . as $o | [($f | split(" "))[] | "\(.)=\($o[.] // 0)"] | join(" ")' \
+     "$1" 2>/dev/null
+}
+counts () {
+  jq -r 'select(type == "object" and has("check-errors")) |
+         "\(.corruptions // 0) \(.leaks // 0)"' "$1" 2>/dev/null
+}
+
+idx=0 nc=0 nc_list= skipped=
+for c in $configs; do
+  for d in $damages; do
+    idx=$((idx + 1))
+    [ $(( (idx - 1) % shard_n + 1 )) -eq "$shard_k" ] || continue
+    name=$c/$d
+    w=$T/$c-$d
+    mkdir -p "$w"
+    IMG=$w/orig.qcow2
+    (cd "$w" && "cfg_$c") > "$w/build.log" 2>&1 ||
+      { fail "$name: the image builds" "$(tail -n 3 "$w/build.log" | tr '\n' '|')"; continue; }
+    (cd "$w" && "d_$d") >> "$w/build.log" 2>&1
+    drc=$?
+    if [ $drc -eq 2 ]; then
+      skipped="$skipped $name"
+      continue
+    elif [ $drc -ne 0 ]; then
+      fail "$name: the damage applies" "$(tail -n 3 "$w/build.log" | tr '\n' '|')"
+      continue
+    fi
+
+    # the check, against qemu-img check
+    qcowkit check --output=json "$IMG" > "$w/k.json" 2> "$w/k.err"; krc=$?
+    qemu-img check --output=json "$IMG" > "$w/q.json" 2> "$w/q.err"; qrc=$?
+    qf=$(fields "$w/q.json")
+    if [ -z "$qf" ]; then
+      nc=$((nc + 1)) nc_list="$nc_list $name"
+      diag "$name: not comparable: qemu-img check exit $qrc: $(head -n 1 "$w/q.err" | cut -c 1-150)"
+    else
+      is "$krc $(fields "$w/k.json")" "$qrc $qf" \
+        "$name: check: exit status and every count as qemu-img check"
+    fi
+
+    # the repair, against qemu-img's
+    for t in k q; do cp "$IMG" "$w/$t.qcow2"; done
+    qcowkit check -r all --output=json "$w/k.qcow2" > /dev/null 2> "$w/kr.err"
+    qemu-img check -r all "$w/q.qcow2" > /dev/null 2>&1
+    qemu-img check --output=json "$w/k.qcow2" > "$w/qk.json" 2> /dev/null
+    qemu-img check --output=json "$w/q.qcow2" > "$w/qq.json" 2> /dev/null
+    ck=$(counts "$w/qk.json") cq=$(counts "$w/qq.json")
+    if [ -z "$cq" ]; then
+      diag "$name: repair not comparable: qemu-img cannot check its own repair"
+    elif [ -z "$ck" ]; then
+      fail "$name: qemu-img can check our repair"
+    else
+      read -r kc kl <<< "$ck"; read -r qc ql <<< "$cq"
+      if [ "$kc" -le "$qc" ] && [ "$kl" -le "$ql" ]; then
+        pass "$name: repair: qemu-img check finds $kc corruptions, $kl leaks after ours ($qc, $ql after its own)"
+      else
+        fail "$name: repair at least as well as qemu-img check -r all" \
+          "after ours: $kc $kl; after qemu-img's: $qc $ql"
+      fi
+    fi
+    qemu-img compare -q "$IMG" "$w/k.qcow2" > "$w/cmp.out" 2>&1
+    crc=$?
+    if [ $crc -eq 0 ]; then
+      pass "$name: repair: the guest data is unchanged (qemu-img compare)"
+    elif [ $crc -eq 1 ] && grep -q "is lost" "$w/kr.err"; then
+      pass "$name: repair: the guest data changed only where the repair said it was lost"
+    elif [ $crc -eq 1 ]; then
+      fail "$name: repair: the guest data changed without a lost range reported"
+    else
+      diag "$name: guest data not comparable: $(head -n 1 "$w/cmp.out" | cut -c 1-150)"
+    fi
+    s1=$(sha256sum < "$w/k.qcow2")
+    qcowkit check -r all "$w/k.qcow2" > /dev/null 2>&1
+    is "$(sha256sum < "$w/k.qcow2")" "$s1" "$name: repair: a second run changes nothing"
+    rm -f "$w"/*.qcow2
+  done
+done
+diag "not comparable (qemu-img check gave no report):${nc_list:- none}"
+diag "combinations that do not apply:${skipped:- none}"
+done_testing
