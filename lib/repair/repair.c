@@ -19,9 +19,11 @@
  *      QEMU rejects (too long: cut to 1024 bytes; too short in a version
  *      3 image: completed) or name nothing (dropped): the new table past
  *      the end of the file, flush, one 12-byte header write (nb_snapshots
- *      and snapshots_offset), flush. A crash before the header write
- *      leaves the old table; after it, the new one without its refcounts
- *      yet (pass 2 sets them and frees the old table).
+ *      and snapshots_offset), flush; the new table's clusters get their
+ *      refcounts before the switch where a refcount block covers them
+ *      (claim). A crash before the header write leaves the old table (and
+ *      maybe leaks); after it, the new one (pass 2 sets what claim could
+ *      not, and frees the old table).
  *   1. Table entries (pass_entries): reserved bits stripped, misaligned
  *      preallocated zero clusters made plain zero clusters, entries
  *      pointing outside the file or misaligned cleared. L2 tables first,
@@ -32,10 +34,12 @@
  *      and fixes the rest.
  *   1b. A host cluster mapped at two guest offsets of the active image
  *      (pass_duplicates): the second gets a copy, written past the end of
- *      the file and flushed before its L2 entry (8 bytes) is switched to
- *      it; flush. A crash before the switch leaves bytes past the end that
- *      nothing references; after it, the copy without its refcount yet
- *      (pass 2 sets it), no worse than the shared cluster's refcount.
+ *      the file and flushed, then given refcount 1 where a refcount block
+ *      covers it (claim; flushed), before its L2 entry (8 bytes) is
+ *      switched to it; flush. A crash before the switch leaves bytes past
+ *      the end that nothing references (or a leak); after it, the copy,
+ *      with its refcount or, where no block covered it, without (pass 2
+ *      sets it): no worse than the shared cluster's refcount.
  *   2. Refcounts (pass_refcounts), from the references the check counted.
  *      In place when the structure is sound and every cluster in use has a
  *      refcount block: each changed block is written once (the run of
@@ -649,6 +653,70 @@ check (struct qk_repair *r, struct qk_check_result *res, struct qk_refmap *map)
   return 0;
 }
 
+/* ---- claiming fresh clusters ---- */
+
+/* Give the fresh clusters [first, first + n), which nothing references
+ * yet, refcount 1 before anything is made to point at them, where a
+ * refcount block of the current structure covers them (in place, the run
+ * of changed entries; flushed). Returns whether every one was claimed: if
+ * not, the pass that writes them relies on pass 2 to set the rest, and a
+ * crash between leaves them referenced with refcount 0, no worse than what
+ * is being fixed. A crash after the claim and before the switch leaves
+ * leaks: space, not data. */
+static int
+claim (struct qk_repair *r, const struct qk_refmap *map, uint64_t first,
+       uint64_t n, bool *all)
+{
+  const struct qk_header *h = &r->img->hdr;
+  uint64_t cs = h->cluster_size, per = cs * 8 >> h->refcount_order;
+  unsigned order = h->refcount_order;
+  uint8_t *blk;
+  int ret = -1;
+
+  *all = false;
+  if (map == NULL || map->reftable == NULL || !map->counting)
+    return 0;
+  for (uint64_t k = first; k < first + n; k++) {
+    uint64_t t = k / per;
+    if (t >= map->reftable_n || !(map->reftable[t] & QK_REFT_OFFSET_MASK)
+        || !(map->refblocks[t / 8] >> (t & 7) & 1))
+      return 0;
+  }
+  blk = malloc (cs);
+  if (blk == NULL) {
+    set_error (ENOMEM, "malloc");
+    return -1;
+  }
+  for (uint64_t k = first; k < first + n; ) {
+    uint64_t t = k / per, off = map->reftable[t] & QK_REFT_OFFSET_MASK;
+    uint64_t end = (t + 1) * per < first + n ? (t + 1) * per : first + n;
+    size_t a, b, w = order >= 3 ? (size_t) 1 << (order - 3) : 1;
+    if (qk_source_read_exact (cur (r), blk, cs, off, "refcount block") < 0)
+      goto out;
+    for (uint64_t i = k; i < end; i++)
+      if (qk_refblock_get (blk, order, i % per) != 0) {
+        ret = 0;          /* not fresh after all: leave it to pass 2 */
+        goto out;
+      }
+    for (uint64_t i = k; i < end; i++)
+      qk_refblock_set (blk, order, i % per, 1);
+    a = order >= 3 ? (size_t) ((k % per) << (order - 3))
+                   : (size_t) ((k % per) >> (3 - order));
+    b = order >= 3 ? (size_t) (((end - 1) % per) << (order - 3))
+                   : (size_t) (((end - 1) % per) >> (3 - order));
+    if (put (r, blk + a, b + w - a, off + a) < 0)
+      goto out;
+    k = end;
+  }
+  if (flush (r) < 0)
+    goto out;
+  *all = true;
+  ret = 0;
+out:
+  free (blk);
+  return ret;
+}
+
 /* ---- pass 0: snapshot table entries ---- */
 
 /* Whether the snapshot table entry at p (avail bytes) reads as a sane
@@ -857,6 +925,11 @@ pass_snaptable (struct qk_repair *r, const struct qk_refmap *map,
   dst = next * cs;
   if ((total && put (r, tab, total, dst) < 0) || flush (r) < 0)
     goto out;
+  if (total) {
+    bool all;
+    if (claim (r, map, next, (total + cs - 1) / cs, &all) < 0)
+      goto out;
+  }
   be32_put (hdr, (uint32_t) kept);
   be64_put (hdr + 4, kept ? dst : 0);
   if (put (r, hdr, 12, 60) < 0 || flush (r) < 0)
@@ -1238,8 +1311,14 @@ pass_duplicates (struct qk_repair *r, const struct qk_refmap *map,
     dst = next++ * cs;
     if (put (r, buf, cs, dst) < 0 || flush (r) < 0)
       goto out;
-    /* COPIED stays clear until the copy's refcount is 1 (pass 4) */
-    be64_put (eb, (e & ~(QK_L2E_OFFSET_MASK | QK_OFLAG_COPIED)) | dst);
+    {
+      bool all;
+      if (claim (r, map, dst / cs, 1, &all) < 0)
+        goto out;
+      /* COPIED only once the copy's refcount is 1 (else pass 4 sets it) */
+      be64_put (eb, (e & ~(QK_L2E_OFFSET_MASK | QK_OFLAG_COPIED)) | dst
+                    | (all ? QK_OFLAG_COPIED : 0));
+    }
     if (put (r, eb, 8, eoff) < 0 || flush (r) < 0)
       goto out;
     note (r, FX_COPY_SHARED, "Copied host cluster 0x%" PRIx64 " to 0x%"
