@@ -41,8 +41,6 @@ declare -A keeps_leaks=(
   [sn-l1-unaligned]="a snapshot's L1 table could not be read, so its clusters are not freed as leaks (qemu-img frees them and the snapshot's data with them)"
 )
 declare -A unrepaired=(
-  [sn-too-many]="snapshot table entries are not repaired yet (issue 10: qemu-img force-removes the overhanging snapshots)"
-  [sn-table-past-eof]="snapshot table entries are not repaired yet (issue 10: drop and report them)"
 )
 
 stamp () { echo "$(sha256sum < "$1" | cut -d' ' -f1) $(stat -c %y "$1")"; }

@@ -179,7 +179,7 @@ is "$(qemu-img info --output=json fc/v3-c4k-rc16-lazy-dirty.qcow2 | jq '."dirty-
 for c in leak-orphans-appended reftable-entry-zeroed refblock-outside-image \
          l2-reserved-bits copied-l2-clear dirty-and-corrupt-bits \
          refcount-low-duplicate-l2-entry sn-extra-size-field \
-         sn-extra-incomplete sn-many-empty-entries; do
+         sn-extra-incomplete sn-many-empty-entries sn-table-past-eof; do
   build "$c" orig.qcow2 || { fail "$c: build"; continue; }
   osha=$(sha orig.qcow2)
   # "worse" is qemu-img check's count of corruptions; where qemu-img cannot

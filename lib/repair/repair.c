@@ -836,6 +836,10 @@ pass_snapshots (struct qk_repair *r, bool *changed)
  * old table and bytes past the end nothing references; after it, the new
  * table without its refcounts yet (pass 2 sets them and frees the old
  * table's clusters), no worse than the rejected entries were. */
+static const char lost_snapshot[] =
+  "its snapshot table entry could not be read (past the end of the file or "
+  "of the table): the snapshot is dropped";
+
 static bool
 names_nothing (const struct qk_snapshot_raw *sr)
 {
@@ -851,14 +855,28 @@ pass_snaptable (struct qk_repair *r, const struct qk_refmap *map,
   const struct qk_header *h = &img->hdr;
   uint64_t cs = h->cluster_size, total = 0, next, dst;
   size_t n_trim = 0, n_pad = 0, n_drop = 0, kept = 0;
+  uint64_t n_unread = 0;
   char what[160];
   uint8_t *tab = NULL, hdr[12];
-  struct fixrec *f;
+  struct fixrec *f = NULL, *fu = NULL;
   int ret = -1;
 
   *changed = false;
-  if (!img->snaps_ok || img->n_snaps != h->nb_snapshots || img->n_snaps == 0)
+  if (h->nb_snapshots == 0)
     return 0;
+  if (!img->snaps_ok || img->n_snaps != h->nb_snapshots) {
+    /* entries that cannot be read: only dropping them fixes the table */
+    if (h->snapshots_offset != 0 && !IS_ALIGNED (h->snapshots_offset, cs))
+      return 0;       /* an unaligned offset: reported, never guessed at */
+    n_unread = h->nb_snapshots - img->n_snaps;
+    if (n_unread == 0)
+      return 0;
+    fu = offer (r, FX_SNAPSHOT_DROP_UNREADABLE, n_unread, NULL);
+    if (fu == NULL)
+      return -1;
+    if (fu->f.answer != QK_ANSWER_YES)
+      return 0;
+  }
   for (size_t i = 0; i < img->n_snaps; i++) {
     const struct qk_snapshot_raw *sr = &img->snaps[i];
     uint32_t e = sr->s.extra_data_size;
@@ -876,16 +894,20 @@ pass_snaptable (struct qk_repair *r, const struct qk_refmap *map,
     }
     total += qk_snapshot_entry_size (e, strlen (sr->id), strlen (sr->name));
   }
-  if (n_trim + n_pad + n_drop == 0)
+  if (n_trim + n_pad + n_drop == 0 && n_unread == 0)
     return 0;
-  snprintf (what, sizeof what, "%zu entries' extra data cut to 1024 bytes, "
-            "%zu completed, %zu entries that name nothing dropped",
-            n_trim, n_pad, n_drop);
-  f = offer (r, FX_SNAPSHOT_TABLE_REWRITE, n_trim + n_pad + n_drop, what);
-  if (f == NULL)
-    return -1;
-  if (f->f.answer != QK_ANSWER_YES)
-    return 0;
+  if (n_trim + n_pad + n_drop) {
+    snprintf (what, sizeof what, "%zu entries' extra data cut to 1024 "
+              "bytes, %zu completed, %zu entries that name nothing dropped",
+              n_trim, n_pad, n_drop);
+    f = offer (r, FX_SNAPSHOT_TABLE_REWRITE, n_trim + n_pad + n_drop, what);
+    if (f == NULL)
+      return -1;
+    if (f->f.answer != QK_ANSWER_YES && n_unread == 0)
+      return 0;
+    if (f->f.answer != QK_ANSWER_YES)
+      n_trim = n_pad = n_drop = 0;   /* written as they are */
+  }
   tab = calloc (1, total ? total : 1);
   if (tab == NULL) {
     set_error (ENOMEM, "calloc");
@@ -895,10 +917,14 @@ pass_snaptable (struct qk_repair *r, const struct qk_refmap *map,
     struct qk_snapshot_raw sr = img->snaps[i];
     uint8_t extra[1024];
     int n;
-    if (names_nothing (&sr))
+    bool fix = f && f->f.answer == QK_ANSWER_YES;
+    if (fix && names_nothing (&sr))
       continue;
     memset (extra, 0, sizeof extra);
-    if (sr.s.extra_data_size > 1024) {
+    if (!fix)
+      memcpy (extra, sr.extra, sr.s.extra_data_size < sizeof extra
+                               ? sr.s.extra_data_size : sizeof extra);
+    else if (sr.s.extra_data_size > 1024) {
       memcpy (extra, sr.extra, 1024);
       sr.s.extra_data_size = 1024;
     }
@@ -935,10 +961,25 @@ pass_snaptable (struct qk_repair *r, const struct qk_refmap *map,
   if (put (r, hdr, 12, 60) < 0 || flush (r) < 0)
     goto out;
   note (r, FX_SNAPSHOT_TABLE_REWRITE, "Wrote a snapshot table of %zu entries "
-        "at 0x%" PRIx64 " (was %zu at 0x%" PRIx64 ")", kept, kept ? dst : 0,
-        img->n_snaps, h->snapshots_offset);
-  f->f.made = true;
-  f->f.corruptions_fixed = n_trim + n_pad + n_drop;
+        "at 0x%" PRIx64 " (was %u at 0x%" PRIx64 ")", kept, kept ? dst : 0,
+        h->nb_snapshots, h->snapshots_offset);
+  if (f && f->f.answer == QK_ANSWER_YES) {
+    f->f.made = true;
+    f->f.corruptions_fixed = n_trim + n_pad + n_drop;
+  }
+  if (fu) {
+    fu->f.made = true;
+    fu->f.corruptions_fixed = n_unread;
+    /* each dropped snapshot is lost whole; at most 16 listed, the rest
+     * counted in a note (a table can claim 4 billion entries) */
+    for (uint64_t k = img->n_snaps; k < h->nb_snapshots
+                                    && k < img->n_snaps + 16; k++)
+      add_lost (r, (int64_t) k, 0, h->size, lost_snapshot);
+    if (n_unread > 16)
+      note (r, FX_SNAPSHOT_DROP_UNREADABLE, "Dropped %" PRIu64 " more "
+            "unreadable snapshot table entries (not listed one by one)",
+            n_unread - 16);
+  }
   *changed = true;
   ret = 0;
 out:
