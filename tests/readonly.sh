@@ -54,10 +54,8 @@ dump${t}$i${t}snapshots
 dump${t}--output=json${t}$i${t}snapshots
 dump${t}$i${t}bitmaps
 dump${t}--output=json${t}$i${t}bitmaps
-check${t}$i
 check${t}--output=json${t}--deep${t}$i
 repair${t}-n${t}$i
-repair${t}-n${t}--output=json${t}$i
 EOF
   # (an empty disk has no L2 table to show)
   if [ "$(qemu-img info --output=json "$i" | jq '."virtual-size"')" -gt 0 ]; then
