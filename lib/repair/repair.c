@@ -1746,6 +1746,18 @@ clean (const struct qk_check_result *c)
   return c->corruptions == 0 && c->leaks == 0 && c->check_errors == 0;
 }
 
+/* Check again, over the stack, when the pass just run wrote (w: the
+ * write count before it). */
+static int
+recheck (struct qk_repair *r, uint64_t w, struct qk_check_result *res,
+         struct qk_refmap *map)
+{
+  if (r->n_writes == w)
+    return 0;
+  qk_refmap_free (map);
+  return check (r, res, map);
+}
+
 static int
 run (struct qk_repair *r)
 {
@@ -1763,50 +1775,37 @@ run (struct qk_repair *r)
   }
 
   /* pass 0: snapshot table entries, one at a time (each changes how the
-   * rest of the table reads) */
+   * rest of the table reads); 0b: the table written again */
   for (int k = 0; k < 64; k++) {
+    uint64_t w = r->n_writes;
     bool changed;
-    if (pass_snapshots (r, &changed) < 0)
+    if (pass_snapshots (r, &changed) < 0 || recheck (r, w, &res, &map) < 0)
       goto fail;
     if (!changed)
       break;
-    qk_refmap_free (&map);
-    if (check (r, &res, &map) < 0)
+  }
+  {
+    uint64_t w = r->n_writes;
+    bool changed;
+    if (pass_snaptable (r, &map, &changed) < 0
+        || recheck (r, w, &res, &map) < 0)
       goto fail;
   }
+
+  /* pass 1: entries; 1b: clusters mapped twice by the active tables */
   if (r->n_entry || r->any_past_eof_table) {
     uint64_t w = r->n_writes;
-    if (pass_entries (r, &map) < 0)
+    if (pass_entries (r, &map) < 0 || recheck (r, w, &res, &map) < 0)
       goto fail;
-    if (r->n_writes != w) {
-      qk_refmap_free (&map);
-      if (check (r, &res, &map) < 0)
-        goto fail;
-    }
   }
-
-  /* pass 0b: the snapshot table written again */
-  {
-    bool changed;
-    if (pass_snaptable (r, &map, &changed) < 0)
-      goto fail;
-    if (changed) {
-      qk_refmap_free (&map);
-      if (check (r, &res, &map) < 0)
-        goto fail;
-    }
-  }
-
-  /* pass 1b: clusters mapped twice by the active tables */
   for (int k = 0; k < 64 && r->n_dups; k++) {
+    uint64_t w = r->n_writes;
     bool changed;
-    if (pass_duplicates (r, &map, &changed) < 0)
+    if (pass_duplicates (r, &map, &changed) < 0
+        || recheck (r, w, &res, &map) < 0)
       goto fail;
     if (!changed)
       break;
-    qk_refmap_free (&map);
-    if (check (r, &res, &map) < 0)
-      goto fail;
   }
 
   /* pass 2: refcounts; 3: the dirty bit */
