@@ -45,6 +45,7 @@ extern void qk_internal_prefix_error (const char *fmt, ...)
 #define QK_MAX_REFTABLE_BYTES      (16ULL << 20)   /* QEMU: 8 MiB */
 #define QK_MAX_SNAPSHOTS           131072          /* QEMU: 65536 */
 #define QK_MAX_SNAPSHOT_TABLE      (128ULL << 20)  /* QEMU: 64 MiB */
+#define QK_QEMU_SNAPSHOT_TABLE     (64ULL << 20)   /* QCOW_MAX_SNAPSHOTS_SIZE */
 #define QK_MAX_SNAPSHOT_EXTRA      (64U << 10)     /* QEMU: 1 KiB */
 #define QK_MAX_BITMAPS             65535
 #define QK_MAX_BITMAP_DIR          (64ULL << 20)

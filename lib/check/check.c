@@ -1294,6 +1294,13 @@ phase_tables (struct ck *ck)
             LOC (.host_offset = h->snapshots_offset),
             "failed to read the snapshot table: %s", why);
   }
+  else if (img->snaps_qemu < img->n_snaps)
+    /* qcow2_read_snapshots: "Snapshot table is too big" (EFBIG) */
+    report (ck, PR_SN_TABLE_TOO_BIG, 1,
+            LOC (.host_offset = h->snapshots_offset, .index = img->snaps_qemu),
+            "the snapshot table is too big: entry %zu ends past QEMU's "
+            "limit of 64 MiB (%zu of %zu entries fit)", img->snaps_qemu,
+            img->snaps_qemu, img->n_snaps);
   if (h->nb_snapshots && !snaps)
     ck->missing = ck->missing ? "the active L1 table and the snapshot table"
                               : "the snapshot table";

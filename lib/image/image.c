@@ -590,6 +590,9 @@ read_snapshots (struct qk_image *img)
       qk_image_warn (img, "snapshot table entry %u has %u bytes of extra data "
                      "(QEMU refuses more than 1024 and will not open the "
                      "image)", i, img->snaps[i].s.extra_data_size);
+    if (img->n_snaps == img->snaps_qemu
+        && rel + full <= QK_QEMU_SNAPSHOT_TABLE)
+      img->snaps_qemu++;
     img->n_snaps++;
     rel += elen;
   }

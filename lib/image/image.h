@@ -105,6 +105,7 @@ struct qk_image {
   struct qk_snapshot_raw *snaps;
   size_t n_snaps;
   bool snaps_ok;
+  size_t snaps_qemu;       /* entries that end within QEMU's 64 MiB table limit */
   struct qk_bitmap_raw *bitmaps;
   size_t n_bitmaps;
 

@@ -856,6 +856,7 @@ pass_snaptable (struct qk_repair *r, const struct qk_refmap *map,
   uint64_t cs = h->cluster_size, total = 0, next, dst;
   size_t n_trim = 0, n_pad = 0, n_drop = 0, kept = 0;
   uint64_t n_unread = 0;
+  size_t n_read;
   char what[160];
   uint8_t *tab = NULL, hdr[12];
   struct fixrec *f = NULL, *fu = NULL;
@@ -864,11 +865,14 @@ pass_snaptable (struct qk_repair *r, const struct qk_refmap *map,
   *changed = false;
   if (h->nb_snapshots == 0)
     return 0;
-  if (!img->snaps_ok || img->n_snaps != h->nb_snapshots) {
+  /* the entries QEMU can read: those that end within its 64 MiB table limit
+   * (as declared; snaps_qemu == n_snaps for any table below the limit) */
+  n_read = img->snaps_qemu;
+  if (!img->snaps_ok || n_read != h->nb_snapshots) {
     /* entries that cannot be read: only dropping them fixes the table */
     if (h->snapshots_offset != 0 && !IS_ALIGNED (h->snapshots_offset, cs))
       return 0;       /* an unaligned offset: reported, never guessed at */
-    n_unread = h->nb_snapshots - img->n_snaps;
+    n_unread = h->nb_snapshots - n_read;
     if (n_unread == 0)
       return 0;
     fu = offer (r, FX_SNAPSHOT_DROP_UNREADABLE, n_unread, NULL);
@@ -877,7 +881,7 @@ pass_snaptable (struct qk_repair *r, const struct qk_refmap *map,
     if (fu->f.answer != QK_ANSWER_YES)
       return 0;
   }
-  for (size_t i = 0; i < img->n_snaps; i++) {
+  for (size_t i = 0; i < n_read; i++) {
     const struct qk_snapshot_raw *sr = &img->snaps[i];
     uint32_t e = sr->s.extra_data_size;
     if (names_nothing (sr)) {
@@ -913,7 +917,7 @@ pass_snaptable (struct qk_repair *r, const struct qk_refmap *map,
     set_error (ENOMEM, "calloc");
     return -1;
   }
-  for (size_t i = 0, o = 0; i < img->n_snaps; i++) {
+  for (size_t i = 0, o = 0; i < n_read; i++) {
     struct qk_snapshot_raw sr = img->snaps[i];
     uint8_t extra[1024];
     int n;
@@ -972,8 +976,7 @@ pass_snaptable (struct qk_repair *r, const struct qk_refmap *map,
     fu->f.corruptions_fixed = n_unread;
     /* each dropped snapshot is lost whole; at most 16 listed, the rest
      * counted in a note (a table can claim 4 billion entries) */
-    for (uint64_t k = img->n_snaps; k < h->nb_snapshots
-                                    && k < img->n_snaps + 16; k++)
+    for (uint64_t k = n_read; k < h->nb_snapshots && k < n_read + 16; k++)
       add_lost (r, (int64_t) k, 0, h->size, lost_snapshot);
     if (n_unread > 16)
       note (r, FX_SNAPSHOT_DROP_UNREADABLE, "Dropped %" PRIu64 " more "
