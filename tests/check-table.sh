@@ -41,4 +41,13 @@ is "$(grep -c '^\.B 0x' "$T/man")" "$(cat "$T/list" "$T/mlist" | wc -l)" "the pa
 for c in 0x000001 0x010001 0x01000c 0x020003 0x030004 0x040001 0x040002 0x050001 0x060004 0x070001 0x080001 0x100001 0x10000c 0x10000f 0x110002 0x110004; do
   ok "shipped code $c still exists" grep -q "^$c " "$T/list" "$T/mlist"
 done
+# The fix table: every fix has its row in the FIXES section, and names at
+# least one problem it fixes (its "Fixed by" line under that problem).
+fixes=$(sed -n '/^\.SH FIXES/,/^\.SH /s/^\.B \(0x20[0-9a-f]*\) .*/\1/p' "$T/man")
+ok "the FIXES section lists fixes ($(echo $fixes | wc -w))" test -n "$fixes"
+unnamed=
+for f in $fixes; do
+  grep "^Fixed by " "$T/man" | grep -qF "fB$f " || unnamed="$unnamed $f"
+done
+is "$unnamed" "" "every fix is named under a problem it fixes (Fixed by)"
 done_testing

@@ -2,6 +2,7 @@
  * check's exit codes and JSON, and a stable problem code on every line. */
 #include <config.h>
 
+#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -178,6 +179,44 @@ exit_code (const struct qk_check_result *r)
   return EXIT_CHECK_CLEAN;
 }
 
+/* How a fix is made: by preen, or asked (and whether it loses data). */
+static const char *
+fix_mode (unsigned flags)
+{
+  if (flags & QK_FIX_PREEN)
+    return "preen";
+  return flags & QK_FIX_LOSES_DATA ? "-y only, loses data" : "-y only";
+}
+
+/* The fixes whose man text names problem CODE (as 0xPPNNNN) or NAME (as
+ * a word), for the "Fixed by" line of qcowkit-problems(7): the fix table
+ * names the problems each fix repairs in its description. */
+static void
+print_fixed_by (uint32_t code, const char *name)
+{
+  char hex[16];
+  size_t nl = strlen (name), n = 0;
+
+  snprintf (hex, sizeof hex, "0x%06x", code);
+  for (size_t i = 0; i < qk_fix_count (); i++) {
+    uint32_t fcode;
+    const char *fname, *fdesc, *p;
+    unsigned flags;
+    bool hit;
+
+    qk_fix_info (i, &fcode, &fname, &flags, &fdesc);
+    hit = strstr (fdesc, hex) != NULL;
+    for (p = fdesc; !hit && (p = strstr (p, name)) != NULL; p += nl)
+      hit = (p == fdesc || !(isalnum ((unsigned char) p[-1]) || p[-1] == '_'))
+            && !(isalnum ((unsigned char) p[nl]) || p[nl] == '_');
+    if (hit)
+      printf ("%s\\fB0x%06x %s\\fR (%s)", n++ ? ", " : ".br\nFixed by ",
+              fcode, fname, fix_mode (flags));
+  }
+  if (n)
+    printf (".\n");
+}
+
 /* Print one problem table, as text or as man page entries. */
 static void
 print_problem_table (size_t (*count) (void),
@@ -191,9 +230,11 @@ print_problem_table (size_t (*count) (void),
     enum qk_problem_class cls;
 
     info (i, &code, &name, &cls, &desc);
-    if (man)
+    if (man) {
       printf (".TP\n.B 0x%06x %s\n(%s) %s\n", code, name,
               qk_problem_class_name (cls), desc);
+      print_fixed_by (code, name);
+    }
     else
       printf ("0x%06x  %-28s %-10s %s\n", code, name,
               qk_problem_class_name (cls), desc);
@@ -237,8 +278,25 @@ list_problems (bool man)
             "when it loads the metadata, or what makes a revert, delete or "
             "backup go wrong (exit status 2).\n");
     print_problem_table (qk_meta_problem_count, qk_meta_problem_info, true);
+    printf (".SH FIXES\n"
+            "What \\fBqcowkit repair\\fR (\\fBqcowkit-repair\\fR(1)) and "
+            "\\fBqcowkit check -r\\fR can do about the image problems above, "
+            "one row per fix, with the problems it fixes. \\fBpreen\\fR: "
+            "the fix cannot lose guest data, \\fBrepair -p\\fR makes it "
+            "without asking; \\fB-y only\\fR: it is made with \\fB-y\\fR "
+            "or when the answer to its question is yes; \\fBloses data\\fR: "
+            "guest ranges become unreadable and each is reported.\n");
+    for (size_t i = 0; i < qk_fix_count (); i++) {
+      uint32_t fcode;
+      const char *fname, *fdesc;
+      unsigned flags;
+      qk_fix_info (i, &fcode, &fname, &flags, &fdesc);
+      printf (".TP\n.B 0x%06x %s\n(%s%s) %s\n", fcode, fname,
+              fix_mode (flags), flags & QK_FIX_LEAKS ? ", check -r leaks" : "",
+              fdesc);
+    }
     printf (".SH SEE ALSO\n.BR qcowkit (1),\n.BR qcowkit-check (1),\n"
-            ".BR qcowkit-meta (1),\n.BR qemu-img (1)\n");
+            ".BR qcowkit-meta (1),\n.BR qcowkit-repair (1),\n.BR qemu-img (1)\n");
   }
   return EXIT_OK;
 }
