@@ -364,6 +364,9 @@ struct qk_lost {
 };
 
 #define QK_REPAIR_LEAKS_ONLY (1U << 0) /* only leaks (check -r leaks) */
+/* Bitmaps left in use are removed (BITMAPS_DROP) instead of being kept
+ * and marked fully dirty (BITMAPS_FULL, the default). */
+#define QK_REPAIR_DROP_BITMAPS (1U << 1)
 
 extern struct qk_repair *qk_repair_new (void);
 extern void qk_repair_free (struct qk_repair *r);

@@ -172,14 +172,99 @@ is "$changed" " v3-c4k-rc16-lazy-dirty.qcow2:1" \
 is "$(qemu-img info --output=json fc/v3-c4k-rc16-lazy-dirty.qcow2 | jq '."dirty-flag"')" false \
   "whose dirty bit is then clear (qemu-img info)"
 
+# ---- persistent bitmaps left in use: --bitmaps=keep (default) and drop ----
+# QEMU refuses a bitmap left in use ("inconsistent and cannot be used").
+# keep: the bitmap is marked fully dirty (every table entry all ones) and
+# its in-use flag cleared, so QEMU accepts it again; drop: removed, as
+# qemu-img bitmap --remove would, the extension with the last one.
+bmimg () {   # bmimg FILE [BACKING]: two bitmaps b0 b1 over written data
+  rm -f "$1"
+  if [ -n "${2:-}" ]; then
+    qemu-img create -q -f qcow2 -b "$2" -F qcow2 "$1" 64M
+  else
+    qemu-img create -q -f qcow2 "$1" 64M
+  fi
+  qemu-io -f qcow2 -c "write -P 7 0 1M" "$1" > /dev/null &&
+  qemu-img bitmap --add "$1" b0 && qemu-img bitmap --add "$1" b1 &&
+  qemu-io -f qcow2 -c "write -P 8 64k 128k" "$1" > /dev/null
+}
+in_use () {  # in_use FILE INDEX: set the in-use flag of bitmap INDEX
+  IMG=$1 bash -c '. "$1"; e=$(bm_dir_off); [ "$2" = 1 ] && e=$(bm2_entry)
+                  poke32 $(( e + 12 )) $(( $(peek32 $(( e + 12 ))) | 1 ))' \
+    _ "$srcdir/tests/check/functions.sh" "$2"
+}
+bm_ok () {   # bm_ok FILE NAME: QEMU uses the bitmap (refuses inconsistent ones)
+  cp "$1" bmq.qcow2 && qemu-img bitmap --disable bmq.qcow2 "$2" 2>/dev/null
+}
+bmimg bm.qcow2 && in_use bm.qcow2 0 && cp bm.qcow2 bm0.qcow2 ||
+  fail "bitmaps: build"
+cp bm.qcow2 bmq.qcow2
+qemu-img bitmap --disable bmq.qcow2 b0 > out 2>&1
+is "$? $(grep -c 'inconsistent and cannot be used' out)" "1 1" \
+  "bitmaps: QEMU refuses the bitmap left in use (inconsistent)"
+qcowkit repair -y --no-undo bm.qcow2 > out 2>&1
+is "$?" 1 "bitmaps keep: repair -y exits 1 (fixed)"
+ok "bitmaps keep: the fix is BITMAPS_FULL" grep -q "Marked 1 persistent bitmaps left in use as fully dirty" out
+ok "bitmaps keep: QEMU uses the bitmap again" bm_ok bm.qcow2 b0
+ok "bitmaps keep: the other bitmap is untouched and usable" bm_ok bm.qcow2 b1
+t0=$(IMG=bm.qcow2 bash -c '. "$1"; bm_table_off' _ "$srcdir/tests/check/functions.sh")
+is "$(od -An -tx1 -v -j $(( t0 )) -N 8 bm.qcow2 | tr -d ' \n')" 0000000000000001 \
+  "bitmaps keep: the table entry is all ones (offset 0, bit 0)"
+is "$(qemu-img info --output=json bm.qcow2 | jq -c '[.["format-specific"].data.bitmaps[] | [.name, .flags]]')" \
+  '[["b0",["auto"]],["b1",["auto"]]]' "bitmaps keep: qemu-img info lists both, none in use"
+is "$(qemu-img check bm.qcow2 > /dev/null 2>&1; echo $?)" 0 "bitmaps keep: qemu-img check is clean"
+is "$(qcowkit check bm.qcow2 > out 2>&1; echo $?) $(grep -c 0x0600 out)" "0 0" "bitmaps keep: qcowkit check is clean, no bitmap warning"
+ok "bitmaps keep: guest data unchanged" qemu-img compare -q bm0.qcow2 bm.qcow2
+s1=$(sha bm.qcow2)
+qcowkit repair -y --no-undo bm.qcow2 > /dev/null 2>&1
+is "$(sha bm.qcow2)" "$s1" "bitmaps keep: a second repair changes nothing"
+cp bm0.qcow2 bm.qcow2
+qcowkit repair -p --no-undo bm.qcow2 > /dev/null 2>&1
+ok "bitmaps keep: preen makes it (no guest data at stake)" bm_ok bm.qcow2 b0
+
+cp bm0.qcow2 bm.qcow2
+qcowkit repair -y --no-undo --bitmaps=drop bm.qcow2 > out 2>&1
+is "$?" 1 "bitmaps drop: repair -y --bitmaps=drop exits 1 (fixed)"
+is "$(qemu-img info --output=json bm.qcow2 | jq -c '[.["format-specific"].data.bitmaps[].name]')" \
+  '["b1"]' "bitmaps drop: qemu-img info lists only the other bitmap"
+ok "bitmaps drop: the other bitmap is usable" bm_ok bm.qcow2 b1
+is "$(qemu-img check bm.qcow2 > /dev/null 2>&1; echo $?)" 0 "bitmaps drop: qemu-img check is clean (the dropped bitmap's clusters freed)"
+ok "bitmaps drop: guest data unchanged" qemu-img compare -q bm0.qcow2 bm.qcow2
+s1=$(sha bm.qcow2)
+qcowkit repair -y --no-undo --bitmaps=drop bm.qcow2 > /dev/null 2>&1
+is "$(sha bm.qcow2)" "$s1" "bitmaps drop: a second repair changes nothing"
+
+# the last bitmap dropped: the header is written again without the
+# extension, the autoclear bit clear, the backing file name kept
+qemu-img create -q -f qcow2 bmbase.qcow2 64M &&
+  qemu-io -f qcow2 -c "write -P 9 0 4M" bmbase.qcow2 > /dev/null &&
+  bmimg bmo.qcow2 bmbase.qcow2 && in_use bmo.qcow2 0 && in_use bmo.qcow2 1 &&
+  cp bmo.qcow2 bmo0.qcow2 || fail "bitmaps: build the overlay"
+qcowkit repair -y --undo bmo.undo --bitmaps=drop bmo.qcow2 > out 2>&1
+is "$?" 1 "bitmaps drop all: exits 1 (fixed)"
+is "$(qemu-img info --output=json bmo.qcow2 | jq -c '[.["backing-filename"], .["format-specific"].data.bitmaps]')" \
+  '["bmbase.qcow2",null]' "bitmaps drop all: no bitmap left, the backing file kept"
+is "$(( $(od -An -tx1 -j 95 -N 1 bmo.qcow2) & 1 ))" 0 "bitmaps drop all: the bitmaps autoclear bit is clear"
+is "$(qemu-img check bmo.qcow2 > /dev/null 2>&1; echo $?)" 0 "bitmaps drop all: qemu-img check is clean"
+is "$(qcowkit check bmo.qcow2 > /dev/null 2>&1; echo $?)" 0 "bitmaps drop all: qcowkit check is clean"
+ok "bitmaps drop all: guest data (through the backing file) unchanged" \
+  qemu-img compare -q bmo0.qcow2 bmo.qcow2
+qcowkit undo bmo.undo bmo.qcow2 > /dev/null 2>&1
+is "$(sha bmo.qcow2)" "$(sha bmo0.qcow2)" "bitmaps drop all: undo puts the header back byte for byte"
+qcowkit repair -y --bitmaps=maybe --no-undo bmo.qcow2 > /dev/null 2>&1
+is "$?" 16 "bitmaps: --bitmaps=maybe is a usage error"
+
 # ---- the fault sweep ----
 # Cases: leaks in place; a refcount structure rebuilt past the end of the
 # file and switched to by the header; entries cleared and COPIED flags;
-# the dirty and corrupt bits.
-for c in leak-orphans-appended reftable-entry-zeroed refblock-outside-image \
+# the dirty and corrupt bits; bitmaps left in use, kept and dropped (CASE:ARG
+# runs the repair with --ARG).
+for cc in bitmap-in-use bitmap-in-use:bitmaps=drop leak-orphans-appended reftable-entry-zeroed refblock-outside-image \
          l2-reserved-bits copied-l2-clear dirty-and-corrupt-bits \
          refcount-low-duplicate-l2-entry sn-extra-size-field \
          sn-extra-incomplete sn-many-empty-entries sn-table-past-eof; do
+  c=${cc%%:*} arg=
+  [ "$c" = "$cc" ] || arg=--${cc#*:}
   build "$c" orig.qcow2 || { fail "$c: build"; continue; }
   osha=$(sha orig.qcow2)
   # "worse" is qemu-img check's count of corruptions; where qemu-img cannot
@@ -192,7 +277,7 @@ for c in leak-orphans-appended reftable-entry-zeroed refblock-outside-image \
   fi
   # the number of writes and flushes of a whole repair
   cp orig.qcow2 full.qcow2
-  qcowkit repair -y --no-undo full.qcow2 > /dev/null 2>&1
+  qcowkit repair -y --no-undo $arg full.qcow2 > /dev/null 2>&1
   clean_sha=$(sha full.qcow2)
   kinds_ok=0 points=0 bad=
   for kind in write-kill write-fail flush-kill flush-fail; do
@@ -200,8 +285,8 @@ for c in leak-orphans-appended reftable-entry-zeroed refblock-outside-image \
       rm -f img.qcow2 j.undo
       cp orig.qcow2 img.qcow2
       # (a shell between: its report of the kill goes to f.out)
-      bash -c 'QCOWKIT_FAULT=$1 qcowkit repair -y --undo j.undo img.qcow2
-               r=$?; exit $r' _ "$kind-$n" > f.out 2>&1
+      bash -c 'QCOWKIT_FAULT=$1 qcowkit repair -y --undo j.undo $2 img.qcow2
+               r=$?; exit $r' _ "$kind-$n" "$arg" > f.out 2>&1
       rc=$?
       # a run that did not reach fault number n is the whole repair
       if [ "$rc" -ne 137 ] && [ "$rc" -ne 8 ]; then
@@ -214,7 +299,7 @@ for c in leak-orphans-appended reftable-entry-zeroed refblock-outside-image \
       [ -n "$c2" ] && [ "$c2" -le "${oc:-0}" ] || bad="$bad $kind-$n:corruptions=$c2>$oc"
       # (c) a rerun finishes
       cp img.qcow2 rerun.qcow2
-      qcowkit repair -y --no-undo rerun.qcow2 > /dev/null 2>&1
+      qcowkit repair -y --no-undo $arg rerun.qcow2 > /dev/null 2>&1
       [ "$(qemu-img check rerun.qcow2 >/dev/null 2>&1; echo $?)" = 0 ] ||
         bad="$bad $kind-$n:rerun-not-clean"
       # (b) undo restores the original
@@ -227,9 +312,9 @@ for c in leak-orphans-appended reftable-entry-zeroed refblock-outside-image \
     done
   done
   if [ -z "$bad" ] && [ "$points" -gt 0 ]; then
-    pass "$c: killed or failed at each of $points writes and flushes: never worse ($corr), undo restores, a rerun finishes"
+    pass "$cc: killed or failed at each of $points writes and flushes: never worse ($corr), undo restores, a rerun finishes"
   else
-    fail "$c: fault sweep ($points points)" "$bad"
+    fail "$cc: fault sweep ($points points)" "$bad"
   fi
 done
 done_testing

@@ -132,14 +132,17 @@ answer_name (enum qk_answer a)
 static const char repair_help[] =
   "Usage: qcowkit repair [-n|-p|-y] [--undo FILE|--no-undo] "
   "[--output=json|human]\n"
-  "                      [--max-per-code N] [--root DIR] IMAGE\n"
+  "                      [--bitmaps=keep|drop] [--max-per-code N] "
+  "[--root DIR] IMAGE\n"
   "Repair a qcow2 image in place, the e2fsck way. -n (the default when not\n"
   "on a terminal) only says what would be fixed; -p makes the fixes that\n"
   "cannot lose guest data; -y makes every fix; on a terminal it asks once\n"
   "per fix. The old bytes of every range written go first to an undo\n"
   "journal (IMAGE.qkundo unless --undo or --no-undo): 'qcowkit undo' puts\n"
-  "them back. Exit: 0 clean, 1 fixed, 4 problems left, 8 operational\n"
-  "error, 16 usage, 32 stopped. See qcowkit-repair(1).\n";
+  "them back. Persistent bitmaps left in use are kept and marked fully\n"
+  "dirty (--bitmaps=keep) or removed (--bitmaps=drop). Exit: 0 clean,\n"
+  "1 fixed, 4 problems left, 8 operational error, 16 usage, 32 stopped.\n"
+  "See qcowkit-repair(1).\n";
 
 int
 cmd_repair (int argc, char **argv)
@@ -148,6 +151,7 @@ cmd_repair (int argc, char **argv)
   struct rctx c = { .max_per_code = 10 };
   enum qk_repair_mode mode = QK_REPAIR_ASK;
   bool mode_given = false, no_undo = false, undo_existed;
+  unsigned rflags = 0;
   const char *path = NULL, *undo = NULL;
   char *undo_default = NULL;
   struct qk_repair *r = NULL;
@@ -182,6 +186,16 @@ cmd_repair (int argc, char **argv)
     }
     if (strcmp (s, "--no-undo") == 0) {
       no_undo = true;
+      continue;
+    }
+    if (strncmp (s, "--bitmaps=", 10) == 0) {
+      if (strcmp (s + 10, "keep") == 0)
+        rflags &= ~QK_REPAIR_DROP_BITMAPS;
+      else if (strcmp (s + 10, "drop") == 0)
+        rflags |= QK_REPAIR_DROP_BITMAPS;
+      else
+        return usage_error ("repair", "--bitmaps is keep or drop, not '%s'",
+                            s + 10), EXIT_R_USAGE;
       continue;
     }
     if (strcmp (s, "--max-per-code") == 0) {
@@ -233,6 +247,7 @@ cmd_repair (int argc, char **argv)
   r = qk_repair_new ();
   if (r == NULL
       || qk_repair_set_mode (r, mode) < 0
+      || qk_repair_set_flags (r, rflags) < 0
       || qk_repair_set_undo (r, undo) < 0
       || qk_repair_set_open_options (r, &oo) < 0
       || qk_repair_set_ask (r, ask, &c) < 0

@@ -40,6 +40,17 @@
  *      the end that nothing references (or a leak); after it, the copy,
  *      with its refcount or, where no block covered it, without (pass 2
  *      sets it): no worse than the shared cluster's refcount.
+ *   1c. Persistent bitmaps left in use (pass_bitmaps). Keep (default):
+ *      the bitmap's table written in place as all ones (each entry: offset
+ *      0, bit 0), flush, then its in-use flag cleared (4 bytes), flush. A
+ *      crash between leaves it in use as found (a rerun finishes); its old
+ *      data clusters are leaks for pass 2. Drop (QK_REPAIR_DROP_BITMAPS):
+ *      a directory of the other entries past the end of the file, flush,
+ *      claim, then one 24-byte write of the extension payload, flush; with
+ *      no bitmap left, the header cluster written again without the
+ *      extension and with the autoclear bit clear, in one write from
+ *      offset 0 (as qcow2_update_header), flush. A crash before that write
+ *      leaves the old directory; after it, the new one.
  *   2. Refcounts (pass_refcounts), from the references the check counted.
  *      In place when the structure is sound and every cluster in use has a
  *      refcount block: each changed block is written once (the run of
@@ -66,7 +77,8 @@
  * byte whatever point the repair reached.
  *
  * Never written: what the check did not find, guest data clusters, the
- * snapshot table other than by passes 0 and 0b, bitmaps. */
+ * snapshot table other than by passes 0 and 0b, bitmaps other than those
+ * left in use (pass 1c). */
 #include <config.h>
 
 #include <fcntl.h>
@@ -210,6 +222,8 @@ struct qk_repair {
   bool refstruct_broken;    /* the refcount structure must be rebuilt */
   unsigned refstruct_problems;
   uint64_t n_leak, n_low, n_copied, n_entry, n_overflow;
+  uint64_t n_bm_in_use;     /* BM_IN_USE */
+  bool bm_bad;              /* a bitmap problem other than BM_IN_USE */
   struct dup { uint64_t host, guest; } *dups;   /* DUPLICATE_MAPPING */
   size_t n_dups, cap_dups;
 };
@@ -267,7 +281,7 @@ qk_repair_set_mode (struct qk_repair *r, enum qk_repair_mode mode)
 QK_EXPORT int
 qk_repair_set_flags (struct qk_repair *r, unsigned flags)
 {
-  if (flags & ~QK_REPAIR_LEAKS_ONLY) {
+  if (flags & ~(QK_REPAIR_LEAKS_ONLY | QK_REPAIR_DROP_BITMAPS)) {
     set_error (EINVAL, "qk_repair_set_flags: unknown flags 0x%x", flags);
     return -1;
   }
@@ -613,6 +627,13 @@ on_problem (void *opaque, const struct qk_problem *p)
   case 0x040002:
     r->n_leak++;
     break;
+  case 0x060004:                         /* BM_IN_USE */
+    r->n_bm_in_use++;
+    break;
+  case 0x060001: case 0x060002: case 0x060003: case 0x060005:
+  case 0x060006: case 0x060007: case 0x060008:
+    r->bm_bad = true;
+    break;
   case 0x050001:
     r->n_copied++;
     add_table (r, p->table_offset, QK_NONE, true);
@@ -641,6 +662,8 @@ check (struct qk_repair *r, struct qk_check_result *res, struct qk_refmap *map)
   r->any_past_eof_table = r->refstruct_broken = false;
   r->refstruct_problems = 0;
   r->n_leak = r->n_low = r->n_copied = r->n_entry = r->n_overflow = 0;
+  r->n_bm_in_use = 0;
+  r->bm_bad = false;
   if (qk_check_run_map (r->img,
                         r->first_check && r->report ? 0
                         : QK_CHECK_NO_MESSAGES, on_problem, r, res, map) < 0)
@@ -1377,6 +1400,285 @@ out:
   return ret;
 }
 
+/* ---- pass 1c: bitmaps left in use ---- */
+
+static const char *
+bitmap_unsafe (struct qk_repair *r, const struct qk_refmap *map,
+               const struct qk_bitmap *b)
+{
+  uint64_t cs = r->img->hdr.cluster_size, len = (uint64_t) b->table_size * 8;
+  const char *why;
+
+  if (b->table_size == 0 || b->table_size > QK_MAX_BITMAP_TABLE_ENTRIES
+      || !IS_ALIGNED (b->table_offset, cs) || b->table_offset == 0)
+    return "its table is invalid";
+  if ((why = overlaps_metadata (r, map, b->table_offset, len, false)) != NULL)
+    return why;
+  for (uint64_t k = b->table_offset / cs;
+       k < (b->table_offset + len + cs - 1) / cs; k++)
+    if (map == NULL || qk_refmap_get (map, k) != 1)
+      return "its table shares a cluster with something else";
+  return NULL;
+}
+
+/* Keep: each bitmap left in use gets a table of all-ones entries (bit 0
+ * with offset 0: every bit of the range set), so that whatever the VM
+ * wrote since the last clean close is marked dirty and an incremental
+ * backup based on it copies everything, then its in-use flag is cleared.
+ * Order: the tables, flush, the flags (4 bytes each), flush. A crash
+ * before a flag is cleared leaves that bitmap in use (QEMU still refuses
+ * it; a rerun finishes); the old data clusters become leaks, freed by
+ * pass 2. */
+static int
+bitmaps_keep (struct qk_repair *r, const struct qk_refmap *map,
+              const uint8_t *sel, size_t n)
+{
+  struct qk_image *img = r->img;
+  struct fixrec *f = offer (r, FX_BITMAPS_FULL, n, NULL);
+  uint8_t *tab = NULL;
+  int ret = -1;
+
+  if (f == NULL)
+    return -1;
+  if (f->f.answer != QK_ANSWER_YES)
+    return 0;
+  for (size_t i = 0; i < img->n_bitmaps; i++) {
+    const struct qk_bitmap *b = &img->bitmaps[i].b;
+    size_t len = (size_t) b->table_size * 8;
+    uint8_t *t;
+    if (!sel[i])
+      continue;
+    t = realloc (tab, len);
+    if (t == NULL) {
+      set_error (ENOMEM, "realloc");
+      goto out;
+    }
+    tab = t;
+    for (size_t k = 0; k < b->table_size; k++)
+      be64_put (tab + 8 * k, 1);        /* offset 0, all ones */
+    if (put (r, tab, len, b->table_offset) < 0)
+      goto out;
+  }
+  if (flush (r) < 0)
+    goto out;
+  for (size_t i = 0; i < img->n_bitmaps; i++) {
+    const struct qk_bitmap *b = &img->bitmaps[i].b;
+    uint8_t fl[4];
+    if (!sel[i])
+      continue;
+    be32_put (fl, b->flags & ~QK_BITMAP_IN_USE);
+    if (put (r, fl, 4, b->entry_offset + 12) < 0)
+      goto out;
+    note (r, FX_BITMAPS_FULL, "Marked bitmap '%s' fully dirty (%u table "
+          "entries) and cleared its in-use flag", b->name, b->table_size);
+  }
+  if (flush (r) < 0)
+    goto out;
+  f->f.made = true;
+  ret = 0;
+out:
+  free (tab);
+  return ret;
+}
+
+/* The header cluster without the bitmaps extension, the 'bitmaps'
+ * autoclear bit cleared and the backing file name moved up behind the
+ * extensions (as qcow2_update_header lays it out). *len gets the bytes
+ * to write from offset 0: the new layout, or the old one if longer (its
+ * tail zeroed). */
+struct hdr_copy {
+  uint8_t *out;
+  size_t pos, cap;
+};
+
+static int
+copy_ext (void *opaque, const struct qk_ext_raw *e, const uint8_t *payload)
+{
+  struct hdr_copy *c = opaque;
+  size_t n = 8 + (((size_t) e->length + 7) & ~(size_t) 7);
+
+  (void) payload;
+  if (e->magic == QK_EXT_BITMAPS)
+    return 0;
+  if (c->pos + n + 8 > c->cap) {
+    set_error (ENOSPC, "the header extensions do not fit the header cluster");
+    return -1;
+  }
+  memcpy (c->out + c->pos, payload - 8, n);
+  c->pos += n;
+  return 0;
+}
+
+static uint8_t *
+header_without_bitmaps (const struct qk_image *img, size_t *len)
+{
+  const struct qk_header *h = &img->hdr;
+  size_t cs = h->cluster_size, ext_end = h->header_length, old_end;
+  struct hdr_copy c = { calloc (1, cs), h->header_length, cs };
+  uint64_t bo = h->backing_file_offset, bn = h->backing_file_size;
+
+  if (c.out == NULL) {
+    set_error (ENOMEM, "calloc");
+    return NULL;
+  }
+  memcpy (c.out, img->cluster0, h->header_length);
+  be64_put (c.out + 88, h->autoclear_features & ~QK_AUTOCLEAR_BITMAPS);
+  if (qk_extensions_walk (img->cluster0, h->header_length,
+                          bo && bo < cs && bo >= h->header_length ? bo : cs,
+                          copy_ext, &c) < 0)
+    goto fail;
+  for (size_t i = 0; i < img->n_ext; i++) {
+    size_t e = img->ext[i].offset + 8 + ((img->ext[i].length + 7) & ~7U);
+    if (e > ext_end)
+      ext_end = e;
+  }
+  ext_end += 8;                           /* the end marker */
+  c.pos += 8;
+  old_end = ext_end;
+  if (bo) {
+    if (bo + bn > cs || c.pos + bn > cs) {
+      set_error (ENOTSUP, "the backing file name is not in the header "
+                 "cluster");
+      goto fail;
+    }
+    memcpy (c.out + c.pos, img->cluster0 + bo, bn);
+    be64_put (c.out + 8, c.pos);
+    if (bo + bn > old_end)
+      old_end = bo + bn;
+    c.pos += bn;
+  }
+  *len = c.pos > old_end ? c.pos : old_end;
+  if (*len > cs)
+    *len = cs;
+  return c.out;
+fail:
+  free (c.out);
+  return NULL;
+}
+
+/* Drop: the bitmaps left in use are taken out of the directory. A new
+ * directory of the other entries is written past the end of the file,
+ * flushed and claimed, then one 24-byte write of the extension's payload
+ * (nb_bitmaps, directory size and offset) switches to it; flush. When no
+ * bitmap remains, the header cluster is written again without the
+ * extension and with the 'bitmaps' autoclear bit clear, in one write, as
+ * QEMU's qcow2_update_header does. A crash before the switch leaves the
+ * old directory (and leaks); after it, the new one. The dropped bitmaps'
+ * tables and data, and the old directory, become leaks (pass 2). */
+static int
+bitmaps_drop (struct qk_repair *r, const struct qk_refmap *map,
+              const uint8_t *sel, size_t n)
+{
+  struct qk_image *img = r->img;
+  const struct qk_bitmaps_ext *be = &img->bitmaps_ext;
+  uint64_t cs = img->hdr.cluster_size, dst, next, total = 0;
+  struct fixrec *f = offer (r, FX_BITMAPS_DROP, n, NULL);
+  uint8_t *dir = NULL, *hdr = NULL;
+  size_t kept = 0, o = 0, hlen;
+  const struct qk_extension *x = NULL;
+  int ret = -1;
+
+  if (f == NULL)
+    return -1;
+  if (f->f.answer != QK_ANSWER_YES)
+    return 0;
+  for (size_t i = 0; i < img->n_ext; i++)
+    if (img->ext[i].magic == QK_EXT_BITMAPS && x == NULL)
+      x = &img->ext[i];
+  for (size_t i = 0; i < img->n_bitmaps; i++)
+    if (!sel[i]) {
+      total += img->bitmaps[i].b.entry_size;
+      kept++;
+    }
+  if (kept == 0) {
+    hdr = header_without_bitmaps (img, &hlen);
+    if (hdr == NULL || put (r, hdr, hlen, 0) < 0 || flush (r) < 0)
+      goto out;
+  }
+  else {
+    uint8_t pl[24];
+    struct qk_bitmaps_ext ne = *be;
+    bool all;
+    dir = calloc (1, total);
+    if (dir == NULL || x == NULL) {
+      set_error (dir ? EINVAL : ENOMEM, "the bitmap directory");
+      goto out;
+    }
+    for (size_t i = 0; i < img->n_bitmaps; i++) {
+      const struct qk_bitmap *b = &img->bitmaps[i].b;
+      uint64_t have = be->directory_offset + be->directory_size
+                      - b->entry_offset;
+      if (sel[i])
+        continue;
+      if (qk_source_read_exact (cur (r), dir + o,
+                                have < b->entry_size ? have : b->entry_size,
+                                b->entry_offset, "bitmap directory") < 0)
+        goto out;
+      o += b->entry_size;
+    }
+    next = (img->src->size + cs - 1) / cs;
+    if (map && next < map->n)
+      next = map->n;
+    dst = next * cs;
+    if (put (r, dir, total, dst) < 0 || flush (r) < 0
+        || claim (r, map, next, (total + cs - 1) / cs, &all) < 0)
+      goto out;
+    ne.nb_bitmaps = (uint32_t) kept;
+    ne.directory_size = total;
+    ne.directory_offset = dst;
+    if (qk_bitmaps_ext_format (&ne, pl, sizeof pl) < 0
+        || put (r, pl, sizeof pl, x->offset + 8) < 0 || flush (r) < 0)
+      goto out;
+  }
+  for (size_t i = 0; i < img->n_bitmaps; i++)
+    if (sel[i])
+      note (r, FX_BITMAPS_DROP, "Removed bitmap '%s' (it was left in use)",
+            img->bitmaps[i].b.name);
+  f->f.made = true;
+  ret = 0;
+out:
+  free (dir);
+  free (hdr);
+  return ret;
+}
+
+static int
+pass_bitmaps (struct qk_repair *r, const struct qk_refmap *map)
+{
+  struct qk_image *img = r->img;
+  uint8_t *sel;
+  size_t n = 0;
+  int ret;
+
+  if (r->n_bm_in_use == 0 || r->bm_bad || img->n_bitmaps == 0
+      || img->n_bitmaps != img->bitmaps_ext.nb_bitmaps)
+    return 0;
+  sel = calloc (img->n_bitmaps, 1);
+  if (sel == NULL) {
+    set_error (ENOMEM, "calloc");
+    return -1;
+  }
+  for (size_t i = 0; i < img->n_bitmaps; i++) {
+    const struct qk_bitmap *b = &img->bitmaps[i].b;
+    const char *why;
+    if (!(b->flags & QK_BITMAP_IN_USE))
+      continue;
+    if (!(r->flags & QK_REPAIR_DROP_BITMAPS)
+        && (why = bitmap_unsafe (r, map, b)) != NULL) {
+      note (r, FX_BITMAPS_FULL, "Bitmap '%s' is left in use: %s", b->name,
+            why);
+      continue;
+    }
+    sel[i] = 1;
+    n++;
+  }
+  ret = n == 0 ? 0
+        : r->flags & QK_REPAIR_DROP_BITMAPS ? bitmaps_drop (r, map, sel, n)
+        : bitmaps_keep (r, map, sel, n);
+  free (sel);
+  return ret;
+}
+
 /* ---- pass 2: refcounts ---- */
 
 /* Whether every cluster with references has a usable refcount block. */
@@ -1809,6 +2111,13 @@ run (struct qk_repair *r)
       goto fail;
     if (!changed)
       break;
+  }
+
+  /* pass 1c: bitmaps left in use */
+  if (r->n_bm_in_use) {
+    uint64_t w = r->n_writes;
+    if (pass_bitmaps (r, &map) < 0 || recheck (r, w, &res, &map) < 0)
+      goto fail;
   }
 
   /* pass 2: refcounts; 3: the dirty bit */
