@@ -36,7 +36,7 @@ is "$(printf '%s\n%s\n' "$codes" "$mcodes" | sort | uniq -d)" "" "no code is in 
 missing=0
 for c in $mcodes; do grep -q "^.B $c " "$T/man" || { missing=1; diag "$c missing from the man page"; }; done
 is "$missing" 0 "every metadata code is in qcowkit-problems(7)"
-is "$(grep -c '^\.B 0x' "$T/man")" "$(cat "$T/list" "$T/mlist" | wc -l)" "the page has exactly the rows of both tables"
+is "$(sed '/^\.SH FIXES/,$d' "$T/man" | grep -c '^\.B 0x')" "$(cat "$T/list" "$T/mlist" | wc -l)" "the page has exactly the rows of both tables (before FIXES)"
 # The shipped codes never change: this list only grows.
 for c in 0x000001 0x010001 0x01000c 0x020003 0x030004 0x040001 0x040002 0x050001 0x060004 0x070001 0x080001 0x100001 0x10000c 0x10000f 0x110002 0x110004; do
   ok "shipped code $c still exists" grep -q "^$c " "$T/list" "$T/mlist"
