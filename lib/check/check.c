@@ -726,12 +726,10 @@ phase_header (struct ck *ck)
       off = e_end;
     }
   }
-  /* An extension walk that stopped early left a warning in the image. */
-  for (size_t i = 0; i < img->warnings.n; i++)
-    if (strstr (img->warnings.v[i], "exceeds the header area")
-        || strstr (img->warnings.v[i], "truncated extension header"))
-      report (ck, PR_EXT_OVERRUN, 1, NOLOC, "%s (area ends at 0x%zx)",
-              img->warnings.v[i], ext_end);
+  /* An extension walk that stopped early (the image says why). */
+  if (img->ext_overrun)
+    report (ck, PR_EXT_OVERRUN, 1, NOLOC, "%s (area ends at 0x%zx)",
+            img->ext_overrun, ext_end);
   if (img->backing_name && img->backing_name[0]
       && img->backing_format_ext == NULL)
     report (ck, PR_EXT_BACKING_FORMAT_MISSING, 1, NOLOC,
@@ -1286,10 +1284,8 @@ phase_tables (struct ck *ck)
     snaps = false;
   }
   else if (!img->snaps_ok) {
-    const char *why = "an entry is damaged";
-    for (size_t i = 0; i < img->warnings.n; i++)
-      if (strstr (img->warnings.v[i], "snapshot table"))
-        why = img->warnings.v[i];
+    const char *why = img->snaps_why ? img->snaps_why
+                                     : "an entry is damaged";
     report (ck, PR_SN_TABLE_UNREADABLE, 1,
             LOC (.host_offset = h->snapshots_offset),
             "failed to read the snapshot table: %s", why);
@@ -2000,39 +1996,46 @@ phase_overlaps (struct ck *ck)
 static void
 chain_break (struct ck *ck, const struct qk_image *at)
 {
-  const char *why = at->unreadable ? at->unreadable : "";
   char where[600] = "";
 
   if (at != ck->img)
     snprintf (where, sizeof where, " (in the chain, below '%s')",
               at->filename);
-  if (qk_path_has_protocol (at->backing_name))
+  if (qk_path_has_protocol (at->backing_name)) {
     report (ck, PR_BACKING_PROTOCOL, 1, NOLOC,
             "backing file '%s'%s is a protocol or json: specification",
             at->backing_name, where);
-  else if (strstr (why, "loop"))
+    return;
+  }
+  switch (at->backing_state) {
+  case QK_BK_LOOP:
     report (ck, PR_BACKING_LOOP, 1, NOLOC,
             "backing file '%s'%s: the backing chain loops back to an image "
             "already in it", at->backing_name, where);
-  else if (strstr (why, "too deep"))
+    break;
+  case QK_BK_TOO_DEEP:
     report (ck, PR_BACKING_TOO_DEEP, 1, NOLOC,
             "backing file '%s'%s: the backing chain is deeper than %u "
             "images", at->backing_name, where, QK_DEFAULT_CHAIN_DEPTH);
-  else if (strstr (why, "format is not supported"))
+    break;
+  case QK_BK_FORMAT_UNSUPPORTED:
     report (ck, PR_BACKING_FORMAT, 1, NOLOC,
             "backing file '%s'%s: format '%s' is not supported",
             at->backing_name, where,
             at->backing_format ? at->backing_format : "?");
-  else if (!strstr (why, "name is invalid")) {
-    const char *w = "cannot be opened";
-    for (size_t i = 0; i < at->warnings.n; i++)
-      if (strstr (at->warnings.v[i], "backing file"))
-        w = at->warnings.v[i];
-    report (ck, PR_BACKING_MISSING, 1, NOLOC, "%s%s", w, where);
-    if (strstr (w, "not a qcow2 image"))
+    break;
+  case QK_BK_NAME_INVALID:
+    break;                      /* phase_header reported the name */
+  case QK_BK_OK:
+  case QK_BK_CANNOT_OPEN:
+  case QK_BK_NOT_QCOW2:
+    report (ck, PR_BACKING_MISSING, 1, NOLOC, "%s%s",
+            at->backing_why ? at->backing_why : "cannot be opened", where);
+    if (at->backing_state == QK_BK_NOT_QCOW2)
       report (ck, PR_EXT_BACKING_FORMAT_MISMATCH, 1, NOLOC,
               "backing file '%s'%s is recorded as qcow2 but is not a qcow2 "
               "image", at->backing_name, where);
+    break;
   }
 }
 

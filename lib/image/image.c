@@ -32,6 +32,24 @@ qk_image_warn (struct qk_image *img, const char *fmt, ...)
   return qk_strvec_add (&img->warnings, s);
 }
 
+/* The warning just added (for the typed findings), or NULL. */
+static const char *
+last_warning (const struct qk_image *img)
+{
+  return img->warnings.n ? img->warnings.v[img->warnings.n - 1] : NULL;
+}
+
+/* The backing file was not opened: state and the warning that says why
+ * (the first reason wins, as set_unreadable's). */
+static void
+backing_failed (struct qk_image *img, enum qk_backing_state st)
+{
+  if (img->backing_state != QK_BK_OK)
+    return;
+  img->backing_state = st;
+  img->backing_why = last_warning (img);
+}
+
 static void set_unreadable (struct qk_image *img, const char *fmt, ...)
   __attribute__ ((format (printf, 2, 3)));
 
@@ -157,8 +175,10 @@ read_extensions (struct qk_image *img)
     end = h->backing_file_offset;
   if (h->version == 2 && start > end)
     return;
-  if (qk_extensions_walk (img->cluster0, start, end, ext_cb, &c) < 0)
+  if (qk_extensions_walk (img->cluster0, start, end, ext_cb, &c) < 0) {
     qk_image_warn (img, "%s", qk_get_error ());
+    img->ext_overrun = last_warning (img);
+  }
 }
 
 /* ---- the LUKS header ---- */
@@ -520,6 +540,15 @@ window_get (struct window *w, uint64_t rel, size_t len, size_t *avail)
   return w->buf + (rel - w->woff);
 }
 
+/* The snapshot table is not read in full: the warning just added says
+ * why. */
+static void
+snaps_failed (struct qk_image *img)
+{
+  img->snaps_ok = false;
+  img->snaps_why = last_warning (img);
+}
+
 static void
 read_snapshots (struct qk_image *img)
 {
@@ -534,21 +563,21 @@ read_snapshots (struct qk_image *img)
   if (!IS_ALIGNED (h->snapshots_offset, h->cluster_size)) {
     qk_image_warn (img, "snapshot table offset 0x%" PRIx64 " is not cluster "
                    "aligned", h->snapshots_offset);
-    img->snaps_ok = false;
+    snaps_failed (img);
     return;
   }
   if (n > QK_MAX_SNAPSHOTS) {
     qk_image_warn (img, "%u snapshots is more than qcowkit reads (%d); only "
                    "the first %d are read", n, QK_MAX_SNAPSHOTS,
                    QK_MAX_SNAPSHOTS);
-    img->snaps_ok = false;
+    snaps_failed (img);
     n = QK_MAX_SNAPSHOTS;
   }
   w.limit = QK_MAX_SNAPSHOT_TABLE;
   if (h->snapshots_offset >= img->src->size) {
     qk_image_warn (img, "snapshot table at 0x%" PRIx64 " is past the end of "
                    "the file", h->snapshots_offset);
-    img->snaps_ok = false;
+    snaps_failed (img);
     return;
   }
   w.limit = MIN (w.limit, img->src->size - h->snapshots_offset);
@@ -557,7 +586,7 @@ read_snapshots (struct qk_image *img)
   w.chunk = MIN ((size_t) n * 128 + 4096, (size_t) 1 << 20);
   img->snaps = calloc (n, sizeof *img->snaps);
   if (img->snaps == NULL) {
-    img->snaps_ok = false;
+    snaps_failed (img);
     return;
   }
   for (uint32_t i = 0; i < n; i++) {
@@ -569,7 +598,7 @@ read_snapshots (struct qk_image *img)
       qk_image_warn (img, "snapshot table entry %u at 0x%" PRIx64 " is past "
                      "the end of the file or the table size limit", i,
                      h->snapshots_offset + rel);
-      img->snaps_ok = false;
+      snaps_failed (img);
       break;
     }
     full = 40 + (uint64_t) be32_get (p + 36) + be16_get (p + 12)
@@ -582,7 +611,7 @@ read_snapshots (struct qk_image *img)
       qk_image_warn (img, "snapshot table entry %u at 0x%" PRIx64 ": %s", i,
                      h->snapshots_offset + rel,
                      p ? qk_get_error () : "cannot be read");
-      img->snaps_ok = false;
+      snaps_failed (img);
       break;
     }
     img->snaps[i].s.entry_offset = h->snapshots_offset + rel;
@@ -778,6 +807,7 @@ open_backing (struct qk_image *img, struct chain_ctx *cc)
                    "is not within the first cluster or longer than 1023 "
                    "bytes", h->backing_file_offset, h->backing_file_size);
     set_unreadable (img, "the backing file name is invalid");
+    backing_failed (img, QK_BK_NAME_INVALID);
     return;
   }
   /* QEMU keeps the name as a C string, so it ends at the first NUL; an
@@ -808,12 +838,14 @@ open_backing (struct qk_image *img, struct chain_ctx *cc)
     qk_image_warn (img, "backing chain is deeper than %u images; not opened "
                    "further", cc->max_depth);
     set_unreadable (img, "the backing chain is too deep");
+    backing_failed (img, QK_BK_TOO_DEEP);
     return;
   }
   s = open_ref (img, cc, "backing file", img->backing_name, &path);
   if (s == NULL) {
     qk_image_warn (img, "%s", qk_get_error ());
     set_unreadable (img, "the backing file cannot be opened");
+    backing_failed (img, QK_BK_CANNOT_OPEN);
     free (path);
     return;
   }
@@ -823,6 +855,7 @@ open_backing (struct qk_image *img, struct chain_ctx *cc)
         qk_image_warn (img, "backing file '%s' is already in the chain "
                        "(a loop)", img->backing_name);
         set_unreadable (img, "the backing chain has a loop");
+        backing_failed (img, QK_BK_LOOP);
         qk_source_close (s);
         free (path);
         return;
@@ -833,6 +866,7 @@ open_backing (struct qk_image *img, struct chain_ctx *cc)
     qk_image_warn (img, "backing file format '%s' is not supported (qcow2 "
                    "and raw are)", img->backing_format);
     set_unreadable (img, "the backing file format is not supported");
+    backing_failed (img, QK_BK_FORMAT_UNSUPPORTED);
     qk_source_close (s);
     free (path);
     return;
@@ -842,9 +876,11 @@ open_backing (struct qk_image *img, struct chain_ctx *cc)
   cc->depth--;
   free (path);
   if (img->backing == NULL) {
+    bool not_qcow2 = errno == EMEDIUMTYPE;   /* recorded qcow2, it is not */
     qk_image_warn (img, "backing file '%s': %s", img->backing_name,
                    qk_get_error ());
     set_unreadable (img, "the backing file cannot be opened");
+    backing_failed (img, not_qcow2 ? QK_BK_NOT_QCOW2 : QK_BK_CANNOT_OPEN);
     return;
   }
   if (img->backing_format == NULL)
@@ -1014,7 +1050,7 @@ open_source (struct qk_source *src, const char *name, const char *format,
   img->is_qcow2 = (format == NULL || strcmp (format, "qcow2") == 0)
                   && n == 4 && be32_get (magic) == QK_QCOW2_MAGIC;
   if (format && strcmp (format, "qcow2") == 0 && !img->is_qcow2) {
-    set_error (EBADMSG, "%s: not a qcow2 image", name);
+    set_error (EMEDIUMTYPE, "%s: not a qcow2 image", name);
     qk_image_close (img);
     return NULL;
   }

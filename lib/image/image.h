@@ -111,6 +111,22 @@ struct qk_image {
 
   struct qk_strvec warnings;
   char *unreadable;        /* why guest reads are impossible, or NULL */
+  /* Typed findings of the open, for the checker (which must not parse
+   * the English of warnings): why the backing file was not opened (with
+   * the warning that says it), whether the extension walk stopped early,
+   * and why the snapshot table was not read in full. */
+  enum qk_backing_state {
+    QK_BK_OK = 0,             /* opened, or none, or not asked to open */
+    QK_BK_NAME_INVALID,       /* the name is outside cluster 0 or too long */
+    QK_BK_TOO_DEEP,
+    QK_BK_CANNOT_OPEN,
+    QK_BK_LOOP,
+    QK_BK_FORMAT_UNSUPPORTED,
+    QK_BK_NOT_QCOW2,          /* recorded as qcow2, and it is not */
+  } backing_state;
+  const char *backing_why; /* a warnings entry, or NULL */
+  const char *ext_overrun; /* a warnings entry: the walk stopped, or NULL */
+  const char *snaps_why;   /* a warnings entry, or NULL */
 
   /* what guest reads go through (active or a snapshot's L1) */
   const uint64_t *rd_l1;
