@@ -152,12 +152,17 @@ struct qk_image;
 struct qk_source;
 typedef struct qk_source *(*qk_open_fn) (void *opaque, const char *path);
 
+/* Callers allocate this: zero all of it (= { 0 } or memset) before
+ * setting fields. New fields take the reserved slots, so that the size,
+ * and the ABI, never change; a zero reserved slot means "as before". */
 struct qk_open_options {
   unsigned flags;
   unsigned max_chain_depth;  /* 0: default (64) */
   const char *confine_root;  /* when set, backing and data files must resolve below it */
   qk_open_fn open_fn;        /* NULL: the file system */
   void *open_opaque;
+  uint64_t reserved[6];      /* zero */
+  void *reserved_ptr[4];     /* NULL */
 };
 
 extern struct qk_image *qk_image_open (const char *path,
@@ -300,6 +305,9 @@ struct qk_check_result {
   uint64_t warnings;
   uint64_t infos;
   uint64_t l2_tables_read;   /* distinct L2 tables read */
+  /* new counters take these slots (the size, and the ABI, never change);
+   * qk_check_run zeroes the whole structure */
+  uint64_t reserved[16];
 };
 
 #define QK_CHECK_DEEP (1U << 0)  /* decompress every compressed cluster */

@@ -75,6 +75,17 @@ main (void)
 
   qk_image_close (NULL);
   ok (1, "qk_image_close (NULL) is a no-op");
+  /* The structures callers allocate keep their size for good: new fields
+   * take reserved slots (a change here is an ABI break). */
+  ok (sizeof (struct qk_open_options)
+      == 2 * sizeof (unsigned) + 3 * sizeof (void *) + 6 * 8
+         + 4 * sizeof (void *)
+      || sizeof (void *) != 8,
+      "struct qk_open_options has its fixed size (%zu bytes)",
+      sizeof (struct qk_open_options));
+  ok (sizeof (struct qk_check_result) == 27 * 8,
+      "struct qk_check_result has its fixed size (%zu bytes)",
+      sizeof (struct qk_check_result));
   ok (qk_version () != NULL && strlen (qk_version ()) > 0, "qk_version");
 
   i = qk_image_open ("/nonexistent/qcowkit-test.qcow2", NULL);
