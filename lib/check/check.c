@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "util/path.h"
+#include "util/problems.h"
 #include "image/image.h"
 #include "check/check.h"
 
@@ -37,12 +38,7 @@ enum {
   PR__COUNT
 };
 
-static const struct row {
-  uint32_t code;
-  const char *name;
-  enum qk_problem_class cls;
-  const char *desc;
-} rows[] = {
+static const struct qk_prow rows[] = {
 #define PROBLEM(code, name, cls, desc) { code, #name, QK_CLASS_##cls, desc },
 #include "check/problems.def"
 #undef PROBLEM
@@ -58,15 +54,8 @@ QK_EXPORT int
 qk_problem_info (size_t i, uint32_t *code, const char **name,
                  enum qk_problem_class *cls, const char **description)
 {
-  if (i >= PR__COUNT) {
-    set_error (EINVAL, "no problem %zu", i);
-    return -1;
-  }
-  if (code) *code = rows[i].code;
-  if (name) *name = rows[i].name;
-  if (cls) *cls = rows[i].cls;
-  if (description) *description = rows[i].desc;
-  return 0;
+  return qk_prows_info (rows, PR__COUNT, "problem", i, code, name, cls,
+                        description);
 }
 
 QK_EXPORT const char *

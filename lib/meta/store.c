@@ -16,6 +16,7 @@
 #include <libxml/tree.h>
 
 #include "meta/meta.h"
+#include "util/problems.h"
 
 #define DEFAULT_MAX_FILE (16ULL << 20)
 /* The scanner's bound on nesting, above libxml2's own limit (257 levels,
@@ -28,12 +29,7 @@
 
 /* ---- the problem table ---- */
 
-static const struct row {
-  uint32_t code;
-  const char *name;
-  enum qk_problem_class cls;
-  const char *desc;
-} rows[] = {
+static const struct qk_prow rows[] = {
 #define PROBLEM(code, name, cls, desc) { code, #name, QK_CLASS_##cls, desc },
 #include "meta/problems.def"
 #undef PROBLEM
@@ -49,15 +45,8 @@ QK_EXPORT int
 qk_meta_problem_info (size_t i, uint32_t *code, const char **name,
                       enum qk_problem_class *cls, const char **description)
 {
-  if (i >= MP__COUNT) {
-    set_error (EINVAL, "no metadata problem %zu", i);
-    return -1;
-  }
-  if (code) *code = rows[i].code;
-  if (name) *name = rows[i].name;
-  if (cls) *cls = rows[i].cls;
-  if (description) *description = rows[i].desc;
-  return 0;
+  return qk_prows_info (rows, MP__COUNT, "metadata problem", i, code, name,
+                        cls, description);
 }
 
 void

@@ -93,6 +93,7 @@
 #include "check/check.h"
 #include "io/io.h"
 #include "util/path.h"
+#include "util/problems.h"
 
 enum {
 #define FIX(code, name, flags, prompt, done, desc) FX_##name,
@@ -105,12 +106,7 @@ enum {
 #define LOSES QK_FIX_LOSES_DATA
 #define LEAKS QK_FIX_LEAKS
 
-static const struct {
-  uint32_t code;
-  const char *name;
-  unsigned flags;
-  const char *prompt, *done, *desc;
-} fixrows[] = {
+static const struct qk_fixrow fixrows[] = {
 #define FIX(code, name, flags, prompt, done, desc) \
   { code, #name, flags, prompt, done, desc },
 #include "repair/fixes.def"
@@ -131,46 +127,7 @@ QK_EXPORT int
 qk_fix_info (size_t i, uint32_t *code, const char **name, unsigned *flags,
              const char **description)
 {
-  if (i >= FX_N) {
-    set_error (EINVAL, "no fix %zu", i);
-    return -1;
-  }
-  if (code)
-    *code = fixrows[i].code;
-  if (name)
-    *name = fixrows[i].name;
-  if (flags)
-    *flags = fixrows[i].flags;
-  if (description)
-    *description = fixrows[i].desc;
-  return 0;
-}
-
-/* The prompt or past tense of a fix with its count: each "%s" of the
- * table's text replaced by countstr (no other conversions). */
-static char *
-subst_count (const char *fmt, const char *countstr)
-{
-  size_t n = strlen (fmt) + 1, k = strlen (countstr), o = 0;
-  const char *p;
-  char *out;
-
-  for (p = fmt; (p = strstr (p, "%s")) != NULL; p += 2)
-    n += k;
-  out = malloc (n);
-  if (out == NULL)
-    return NULL;
-  for (p = fmt; *p; ) {
-    if (p[0] == '%' && p[1] == 's') {
-      memcpy (out + o, countstr, k);
-      o += k;
-      p += 2;
-    }
-    else
-      out[o++] = *p++;
-  }
-  out[o] = '\0';
-  return out;
+  return qk_fixrows_info (fixrows, FX_N, i, code, name, flags, description);
 }
 
 /* A table with entries to look at again (pass 1 and 4). */
@@ -182,17 +139,10 @@ struct tref {
   uint32_t entries;     /* L1: its size */
 };
 
-struct fixrec {
-  struct qk_fix f;
-  char *prompt, *done;
-};
-
 struct qk_repair {
-  enum qk_repair_mode mode;
   unsigned flags;
   char *undo_path;
-  qk_fix_fn ask;
-  void *ask_opaque;
+  struct qk_fixer fixer;    /* the mode, the questions, the offers */
   qk_problem_fn report, note;
   void *report_opaque;
   struct qk_open_options opts;
@@ -200,8 +150,6 @@ struct qk_repair {
 
   struct qk_check_result before, after;
   bool have_before;
-  struct fixrec *fixes;
-  size_t n_fixes, cap_fixes;
   struct qk_lost *lost;
   size_t n_lost, cap_lost;
   bool wrote, aborted;
@@ -242,13 +190,9 @@ qk_repair_new (void)
 static void
 clear_results (struct qk_repair *r)
 {
-  for (size_t i = 0; i < r->n_fixes; i++) {
-    free (r->fixes[i].prompt);
-    free (r->fixes[i].done);
-  }
-  r->n_fixes = 0;
+  qk_fixer_reset (&r->fixer);
   r->n_lost = 0;
-  r->wrote = r->aborted = r->have_before = false;
+  r->wrote = r->have_before = false;
   memset (&r->before, 0, sizeof r->before);
   memset (&r->after, 0, sizeof r->after);
 }
@@ -259,7 +203,7 @@ qk_repair_free (struct qk_repair *r)
   if (r == NULL)
     return;
   clear_results (r);
-  free (r->fixes);
+  qk_fixer_free (&r->fixer);
   free (r->lost);
   free (r->tabs);
   free (r->dups);
@@ -274,7 +218,7 @@ qk_repair_set_mode (struct qk_repair *r, enum qk_repair_mode mode)
     set_error (EINVAL, "qk_repair_set_mode: invalid mode %d", (int) mode);
     return -1;
   }
-  r->mode = mode;
+  r->fixer.mode = mode;
   return 0;
 }
 
@@ -306,8 +250,8 @@ qk_repair_set_undo (struct qk_repair *r, const char *path)
 QK_EXPORT int
 qk_repair_set_ask (struct qk_repair *r, qk_fix_fn fn, void *opaque)
 {
-  r->ask = fn;
-  r->ask_opaque = opaque;
+  r->fixer.ask = fn;
+  r->fixer.ask_opaque = opaque;
   return 0;
 }
 
@@ -337,13 +281,13 @@ qk_repair_set_open_options (struct qk_repair *r,
 QK_EXPORT size_t
 qk_repair_fix_count (const struct qk_repair *r)
 {
-  return r->n_fixes;
+  return r->fixer.n;
 }
 
 QK_EXPORT const struct qk_fix *
 qk_repair_fix (const struct qk_repair *r, size_t i)
 {
-  return i < r->n_fixes ? &r->fixes[i].f : NULL;
+  return i < r->fixer.n ? &r->fixer.recs[i].f : NULL;
 }
 
 QK_EXPORT size_t
@@ -379,58 +323,14 @@ qk_repair_wrote (const struct qk_repair *r)
 /* ---- questions ---- */
 
 /* Offer fix fx for count items; the answer (and the record of it). */
-static struct fixrec *
+/* Offer fix fx (one latch group of count items): the fixer answers by
+ * the mode or asks. check -r leaks (QK_REPAIR_LEAKS_ONLY) makes only the
+ * fixes flagged LEAKS. */
+static struct qk_fixrec *
 offer (struct qk_repair *r, int fx, uint64_t count, const char *countstr)
 {
-  struct fixrec *fr;
-  char num[32];
-  enum qk_answer a = QK_ANSWER_NO;
-
-  fr = qk_grow (r->fixes, &r->cap_fixes, r->n_fixes + 1, sizeof *fr);
-  if (fr == NULL)
-    return NULL;
-  r->fixes = fr;
-  fr = &r->fixes[r->n_fixes];
-  memset (fr, 0, sizeof *fr);
-  if (countstr == NULL) {
-    snprintf (num, sizeof num, "%" PRIu64, count);
-    countstr = num;
-  }
-  fr->prompt = subst_count (fixrows[fx].prompt, countstr);
-  fr->done = subst_count (fixrows[fx].done, countstr);
-  if (fr->prompt == NULL || fr->done == NULL) {
-    free (fr->prompt);
-    free (fr->done);
-    set_error (ENOMEM, "malloc");
-    return NULL;
-  }
-  r->n_fixes++;
-  fr->f.code = fixrows[fx].code;
-  fr->f.name = fixrows[fx].name;
-  fr->f.flags = fixrows[fx].flags;
-  fr->f.count = count;
-  fr->f.prompt = fr->prompt;
-  fr->f.done = fr->done;
-
-  if (r->aborted)
-    a = QK_ANSWER_NO;
-  else if ((r->flags & QK_REPAIR_LEAKS_ONLY) && !(fixrows[fx].flags & QK_FIX_LEAKS))
-    a = QK_ANSWER_NO;
-  else
-    switch (r->mode) {
-    case QK_REPAIR_NONE: a = QK_ANSWER_NO; break;
-    case QK_REPAIR_PREEN:
-      a = (fixrows[fx].flags & QK_FIX_PREEN) ? QK_ANSWER_YES : QK_ANSWER_NO;
-      break;
-    case QK_REPAIR_ALL: a = QK_ANSWER_YES; break;
-    case QK_REPAIR_ASK:
-      a = r->ask ? r->ask (r->ask_opaque, &fr->f) : QK_ANSWER_NO;
-      break;
-    }
-  if (a == QK_ANSWER_ABORT)
-    r->aborted = true;   /* recorded as ABORT: not made, and no more */
-  fr->f.answer = a;
-  return fr;
+  r->fixer.require = (r->flags & QK_REPAIR_LEAKS_ONLY) ? QK_FIX_LEAKS : 0;
+  return qk_fixer_offer (&r->fixer, &fixrows[fx], count, countstr);
 }
 
 static void
@@ -821,7 +721,7 @@ pass_snapshots (struct qk_repair *r, bool *changed)
     const struct qk_snapshot *s = &r->img->snaps[i].s;
     uint64_t c;
     char what[64];
-    struct fixrec *f;
+    struct qk_fixrec *f;
     uint8_t b[4];
 
     if (s->extra_data_size <= 1024)
@@ -882,7 +782,7 @@ pass_snaptable (struct qk_repair *r, const struct qk_refmap *map,
   size_t n_read;
   char what[160];
   uint8_t *tab = NULL, hdr[12];
-  struct fixrec *f = NULL, *fu = NULL;
+  struct qk_fixrec *f = NULL, *fu = NULL;
   int ret = -1;
 
   *changed = false;
@@ -1286,7 +1186,7 @@ static int
 pass_entries (struct qk_repair *r, const struct qk_refmap *map)
 {
   struct entry_fix plan = { 0 }, done = { 0 };
-  struct fixrec *f[4] = { NULL };
+  struct qk_fixrec *f[4] = { NULL };
   struct allow al = { false, false, false, false };
 
   if (entries_walk (r, map, &plan, &allow_all, false) < 0)
@@ -1334,7 +1234,7 @@ pass_duplicates (struct qk_repair *r, const struct qk_refmap *map,
   uint64_t next;
   bool extl2 = h->subclusters > 1;
   bool data_file = (h->incompatible_features & QK_INCOMPAT_DATA_FILE) != 0;
-  struct fixrec *f;
+  struct qk_fixrec *f;
   uint8_t *buf;
   int ret = -1;
 
@@ -1434,7 +1334,7 @@ bitmaps_keep (struct qk_repair *r, const struct qk_refmap *map,
               const uint8_t *sel, size_t n)
 {
   struct qk_image *img = r->img;
-  struct fixrec *f = offer (r, FX_BITMAPS_FULL, n, NULL);
+  struct qk_fixrec *f = offer (r, FX_BITMAPS_FULL, n, NULL);
   uint8_t *tab = NULL;
   int ret = -1;
 
@@ -1572,7 +1472,7 @@ bitmaps_drop (struct qk_repair *r, const struct qk_refmap *map,
   struct qk_image *img = r->img;
   const struct qk_bitmaps_ext *be = &img->bitmaps_ext;
   uint64_t cs = img->hdr.cluster_size, dst, next, total = 0;
-  struct fixrec *f = offer (r, FX_BITMAPS_DROP, n, NULL);
+  struct qk_fixrec *f = offer (r, FX_BITMAPS_DROP, n, NULL);
   uint8_t *dir = NULL, *hdr = NULL;
   size_t kept = 0, o = 0, hlen;
   const struct qk_extension *x = NULL;
@@ -1714,7 +1614,7 @@ refcounts_in_place (struct qk_repair *r, const struct qk_refmap *map)
   uint64_t cs = h->cluster_size, per = cs * 8 >> h->refcount_order;
   unsigned order = h->refcount_order;
   uint8_t *blk = malloc (cs), *old = malloc (cs);
-  struct fixrec *fl = NULL, *fr = NULL;
+  struct qk_fixrec *fl = NULL, *fr = NULL;
   bool yl, yr;
   int ret = -1;
 
@@ -1794,7 +1694,7 @@ refcounts_rebuild (struct qk_repair *r, struct qk_refmap *map)
   uint64_t *need = NULL, start;
   size_t n_need = 0, cap_need = 0;
   struct qk_reflayout L = { 0 };
-  struct fixrec *f;
+  struct qk_fixrec *f;
   uint8_t *buf = NULL, hdr[12];
   int ret = -1;
 
@@ -1873,7 +1773,7 @@ static int
 pass_refcounts (struct qk_repair *r, struct qk_refmap *map)
 {
   bool rebuild;
-  size_t before = r->n_fixes;
+  size_t before = r->fixer.n;
 
   if (!map->counting)
     return 0;
@@ -1890,8 +1790,8 @@ pass_refcounts (struct qk_repair *r, struct qk_refmap *map)
     if (refcounts_rebuild (r, map) < 0)
       return -1;
   }
-  for (size_t i = before; i < r->n_fixes; i++)
-    if (!r->fixes[i].f.made)
+  for (size_t i = before; i < r->fixer.n; i++)
+    if (!r->fixer.recs[i].f.made)
       return 0;
   return map->complete ? 1 : 0;
 }
@@ -1901,7 +1801,7 @@ pass_refcounts (struct qk_repair *r, struct qk_refmap *map)
 static int
 clear_incompat (struct qk_repair *r, uint64_t bit, int fx)
 {
-  struct fixrec *f;
+  struct qk_fixrec *f;
   uint8_t b[8];
 
   if (r->img->hdr.version < 3 || !(r->img->hdr.incompatible_features & bit))
@@ -1929,7 +1829,7 @@ pass_copied (struct qk_repair *r, const struct qk_refmap *map)
   bool data_file = (h->incompatible_features & QK_INCOMPAT_DATA_FILE) != 0;
   uint8_t *buf = malloc (cs), *old = malloc (cs);
   uint8_t *l1 = NULL, *l1old = NULL;
-  struct fixrec *f;
+  struct qk_fixrec *f;
   int ret = -1;
 
   if (buf == NULL || old == NULL) {
@@ -2173,7 +2073,7 @@ qk_repair_run (struct qk_repair *r, const char *path)
   }
   clear_results (r);
   r->path = path;
-  if (r->mode == QK_REPAIR_NONE) {
+  if (r->fixer.mode == QK_REPAIR_NONE) {
     struct qk_source *s = qk_source_file (path);
     if (s == NULL)
       return -1;
