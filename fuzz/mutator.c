@@ -1,7 +1,7 @@
 /* A structure-aware mutator for the qcow2 harnesses (fuzz-image,
- * fuzz-read, fuzz-check, fuzz-chain), linked into their libFuzzer builds
- * only (the *-nomut binaries are the same harnesses without it, to
- * measure it; see doc/FUZZING.md).
+ * fuzz-read, fuzz-check, fuzz-chain, fuzz-repair), linked into their
+ * libFuzzer builds only (the *-nomut binaries are the first four without
+ * it, to measure it; see doc/FUZZING.md).
  *
  * It finds the qcow2 images in the input (at the start, at the half where
  * the fake file system of fuzz.h serves backing files, or at the start of
@@ -892,7 +892,8 @@ resize (struct rng *r, struct img *im, uint8_t *data, size_t size,
     nlen = im->len + 512;
     break;
   }
-  if (nlen > im->len && nlen - im->len > max - size)
+  /* (libFuzzer's -minimize_crash passes a max below size) */
+  if (nlen > im->len && (size > max || nlen - im->len > max - size))
     return size;
   memmove (im->p + nlen, data + end, size - end);
   if (nlen > im->len)

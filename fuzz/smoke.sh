@@ -81,6 +81,7 @@ s=$work/seeds
 run image "$s/qcow2"
 run read "$s/qcow2"
 run check "$s/qcow2"
+run repair "$s/qcow2"
 run chain "$s/chain" "$s/qcow2"
 run meta-file "$s/meta-file"
 run meta-bulk "$s/meta-bulk"
