@@ -389,6 +389,11 @@ extern int qk_repair_set_ask (struct qk_repair *r, qk_fix_fn fn, void *opaque);
  * be NULL. */
 extern int qk_repair_set_report (struct qk_repair *r, qk_problem_fn fn,
                                  qk_problem_fn note, void *opaque);
+/* Past per_code problems of one code (0: no limit, the default), the
+ * first check's problems reach fn with an empty message: a caller that
+ * shows only that many lines per code saves formatting the rest. */
+extern int qk_repair_set_report_limit (struct qk_repair *r,
+                                       uint64_t per_code);
 extern int qk_repair_set_open_options (struct qk_repair *r,
                                        const struct qk_open_options *opts);
 /* Repair the image at path. 0 when the repair ran (whatever remains is

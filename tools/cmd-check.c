@@ -302,12 +302,35 @@ list_problems (bool man)
 }
 
 /* check -r: notes of the changes made, on stderr as qemu-img's
- * "Repairing cluster ..." lines. */
+ * "Repairing cluster ..." lines. They come by the hundred thousand (a line
+ * per cluster) and stderr is unbuffered, a write each: gathered here and
+ * written in 64 KiB pieces (all flushed when the repair returns, before
+ * anything else goes to stderr). */
+static char note_buf[1 << 16];
+static size_t note_len;
+
+static void
+note_flush (void)
+{
+  if (note_len)
+    fwrite (note_buf, 1, note_len, stderr);
+  note_len = 0;
+}
+
 static int
 on_note (void *opaque, const struct qk_problem *p)
 {
+  size_t n = strlen (p->message);
   (void) opaque;
-  fprintf (stderr, "%s\n", p->message);
+  if (note_len + n + 1 > sizeof note_buf)
+    note_flush ();
+  if (n + 1 > sizeof note_buf) {
+    fprintf (stderr, "%s\n", p->message);
+    return 0;
+  }
+  memcpy (note_buf + note_len, p->message, n);
+  note_buf[note_len + n] = '\n';
+  note_len += n + 1;
   return 0;
 }
 
@@ -318,7 +341,7 @@ on_note (void *opaque, const struct qk_problem *p)
 static int
 repair_image (struct check_ctx *c, const char *path,
               const struct common_opts *o, bool leaks_only, const char *undo,
-              struct fixed *fx)
+              struct fixed *fx, struct qk_check_result *after)
 {
   struct qk_repair *r = qk_repair_new ();
   struct qk_open_options oo = { .flags = QK_OPEN_FORCE,
@@ -331,17 +354,21 @@ repair_image (struct check_ctx *c, const char *path,
       || qk_repair_set_flags (r, leaks_only ? QK_REPAIR_LEAKS_ONLY : 0) < 0
       || qk_repair_set_undo (r, undo) < 0
       || qk_repair_set_open_options (r, &oo) < 0
+      || qk_repair_set_report_limit (r, c->max_per_code) < 0
       || qk_repair_set_report (r, c->output == OUT_JSON ? NULL : on_problem,
                                on_note, c) < 0) {
     errx_ ("%s", qk_get_error ());
     goto out;
   }
   if (qk_repair_run (r, path) < 0) {
+    note_flush ();
     errx_ ("%s", qk_get_error ());
     goto out;
   }
+  note_flush ();
   b = qk_repair_before (r);
   a = qk_repair_after (r);
+  *after = *a;
   fx->leaks_fixed = b->leaks > a->leaks ? b->leaks - a->leaks : 0;
   fx->corruptions_fixed = b->corruptions > a->corruptions
                           ? b->corruptions - a->corruptions : 0;
@@ -405,6 +432,8 @@ cmd_check (int argc, char **argv)
   const char *path = NULL;
   struct qk_image *img;
   int r, worst = EXIT_CHECK_CLEAN;
+  struct qk_check_result after;
+  bool reuse = false;
 
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -476,8 +505,13 @@ cmd_check (int argc, char **argv)
   }
   if (repair) {
     qk_image_close (img);
-    if (repair_image (&c, path, &o, repair == 1, undo, &fx) < 0)
+    if (repair_image (&c, path, &o, repair == 1, undo, &fx, &after) < 0)
       return EXIT_CHECK_FAILED;
+    /* The repair's last check read the image as it is now, after its last
+     * write and flush, over a reopened image: when it found nothing at all
+     * (no message to print), it is the double check. */
+    reuse = flags == 0 && after.check_errors == 0 && after.corruptions == 0
+            && after.leaks == 0 && after.warnings == 0 && after.infos == 0;
     img = open_image (path, &o, QK_OPEN_FORCE, false);
     if (img == NULL)
       return EXIT_CHECK_FAILED;
@@ -503,7 +537,13 @@ cmd_check (int argc, char **argv)
     }
     else if (chain)
       printf ("%s%s:\n", i == img ? "" : "\n", qk_image_filename (i));
-    r = qk_check_run (i, flags, c.j ? on_problem_json : on_problem, &c, &res);
+    if (reuse && i == img) {
+      res = after;
+      r = 0;
+    }
+    else
+      r = qk_check_run (i, flags, c.j ? on_problem_json : on_problem, &c,
+                        &res);
     if (c.j)
       qk_json_array_end (c.j);
     if (r < 0) {

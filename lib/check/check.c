@@ -204,6 +204,9 @@ struct ck {
   void *opaque;
   struct qk_check_result *res;
   int cb_ret;
+  /* messages formatted per problem code, then empty (0: no limit) */
+  uint64_t msg_limit;
+  uint64_t msg_count[PR__COUNT];
 };
 
 #define LOC(...) (&(const struct qk_problem) { \
@@ -224,7 +227,8 @@ report (struct ck *ck, int pr, uint64_t count, const struct qk_problem *loc,
   char msg[1024];
   va_list ap;
 
-  if (ck->flags & QK_CHECK_NO_MESSAGES)
+  if ((ck->flags & QK_CHECK_NO_MESSAGES)
+      || (ck->msg_limit && ++ck->msg_count[pr] > ck->msg_limit))
     msg[0] = '\0';
   else {
     va_start (ap, fmt);
@@ -972,9 +976,60 @@ walk_l2 (struct ck *ck, const struct l2group *g, uint8_t *buf,
       }
   }
 
+  /* The fast path: 16-bit refcounts (the default), standard L2 entries,
+   * no data file, a table of at most one active reference whose count
+   * cannot overflow; for the entries that are plain allocated clusters
+   * (no flag but COPIED, aligned, inside the file) whose cluster nothing
+   * or only snapshot data claimed so far: exactly what the general path
+   * below does for them, without its per-entry generality. Anything else
+   * goes the general way. */
+  bool fast = !extl2 && !ck->data_file && ck->counting && ck->order == 4
+              && h->refcount_order == 4 && g->active <= 1
+              && g->mult <= ck->refmax && ck->file_len >= ck->cs
+              && (g->active || ck->excl);
+  bool copied = g->active && ck->counting && ck->reftable && l2off;
+  uint64_t fast_limit = ck->file_len - ck->cs;   /* last offset allowed */
+  unsigned per_bits = ck->cb + 3 - h->refcount_order;
+  uint64_t n_alloc = 0, n_frag = 0;
+
   for (uint32_t i = 0; i < h->l2_entries; i++) {
     const uint8_t *p = buf + (size_t) i * h->l2_entry_size;
     uint64_t e = be64_get (p);
+    if (fast) {
+      uint64_t off = e & QK_L2E_OFFSET_MASK, k = off >> ck->cb, rc;
+      if ((e & ~(QK_L2E_OFFSET_MASK | QK_OFLAG_COPIED)) == 0 && off
+          && (off & (ck->cs - 1)) == 0 && off <= fast_limit && k < ck->nb
+          && ((rc = be16_get (ck->imrt + 2 * k)) == 0
+              || (ck->excl && !((ck->excl[k / 8] >> (k & 7)) & 1)
+                  && rc <= ck->refmax - g->mult))) {
+        be16_put (ck->imrt + 2 * k, (uint16_t) (rc + g->mult));
+        if (g->active) {
+          excl_set (ck, k);
+          n_alloc++;
+          if (next_contig && off != next_contig)
+            n_frag++;
+          next_contig = off + ck->cs;
+        }
+        if (copied) {
+          uint64_t src;
+          int ok = 0;
+          if (ck->sr_buf && k >> per_bits == ck->sr_t)
+            src = be16_get (ck->sr_buf
+                            + 2 * (k & ((UINT64_C (1) << per_bits) - 1)));
+          else
+            ok = stored_refcount_lookup (ck, k, &src);
+          if (ok == 0 && (src == 1) != ((e & QK_OFLAG_COPIED) != 0)) {
+            uint64_t guest = guest_base + ((uint64_t) i << ck->cb);
+            const uint64_t e0 = e;
+            report (ck, PR_COPIED_DATA, g->active, L2_LOC,
+                    "OFLAG_COPIED data cluster: l2_entry=%" PRIx64
+                    " refcount=%" PRIu64 " (guest offset 0x%" PRIx64 ")", e,
+                    src, guest);
+          }
+        }
+        continue;
+      }
+    }
     uint64_t bm = extl2 ? be64_get (p + 8) : 0;
     uint64_t guest = guest_base + ((uint64_t) i << ck->cb);
     enum qk_cluster_type t = qk_l2_cluster_type (e, extl2, ck->data_file);
@@ -1131,6 +1186,8 @@ walk_l2 (struct ck *ck, const struct l2group *g, uint8_t *buf,
       break;
     }
   }
+  ck->res->allocated_clusters += n_alloc;
+  ck->res->fragmented_clusters += n_frag;
   ck->at_table = ck->at_index = ck->at_guest = QK_NONE;
   return 0;
 }
@@ -1656,8 +1713,10 @@ phase_compare (struct ck *ck)
 {
   const struct qk_header *h = ck->h;
   uint64_t per = ck->cs * 8 >> h->refcount_order;
-  uint64_t highest = 0;
-  bool any = false;
+  uint64_t highest = 0, last_word = 0;
+  bool any = false, any_word = false;
+  bool word = ck->order == h->refcount_order && ck->order >= 3;
+  uint64_t wn = word ? 64U >> ck->order : 1;   /* entries in 8 bytes */
 
   for (uint64_t t = 0; t * per < ck->nb; t++) {
     uint64_t first = t * per, end = MIN (ck->nb, first + per);
@@ -1690,9 +1749,27 @@ phase_compare (struct ck *ck)
       continue;
     }
     for (uint64_t k = first; k < end; k++) {
-      uint64_t stored = blk ? qk_refblock_get (blk, h->refcount_order,
-                                                k - first) : 0;
-      uint64_t counted = qk_refblock_get (ck->imrt, ck->order, k);
+      uint64_t stored, counted;
+      /* The IMRT has the blocks' format (ck->order is the image's width):
+       * an 8-byte word equal to the block's (or zero with no block) holds
+       * nothing to report; only the last nonzero one matters for the end
+       * offset (taken apart at the end). */
+      if (word && ((k - first) & (wn - 1)) == 0 && end - k >= wn) {
+        const uint8_t *cw = ck->imrt + (k << (ck->order - 3));
+        uint64_t c64;
+        memcpy (&c64, cw, 8);
+        if (blk ? memcmp (blk + ((k - first) << (ck->order - 3)), cw, 8) == 0
+                : c64 == 0) {
+          if (c64) {
+            last_word = k;
+            any_word = true;
+          }
+          k += wn - 1;
+          continue;
+        }
+      }
+      stored = blk ? qk_refblock_get (blk, h->refcount_order, k - first) : 0;
+      counted = qk_refblock_get (ck->imrt, ck->order, k);
       if (stored || counted) {
         highest = k;
         any = true;
@@ -1720,6 +1797,13 @@ phase_compare (struct ck *ck)
                 " reference=%" PRIu64, k, k << ck->cb, stored, counted);
     }
   }
+  if (any_word)
+    for (uint64_t k = last_word + wn; k-- > last_word; )
+      if (qk_refblock_get (ck->imrt, ck->order, k)) {
+        if (k > highest)
+          highest = k;
+        break;
+      }
   (void) any;
   ck->res->image_end_offset = (highest + 1) * ck->cs;
   return 0;
@@ -2133,9 +2217,17 @@ qk_check_run_map (struct qk_image *img, unsigned flags, qk_problem_fn fn,
                   void *opaque, struct qk_check_result *res,
                   struct qk_refmap *map)
 {
+  return qk_check_run_map_limit (img, flags, 0, fn, opaque, res, map);
+}
+
+int
+qk_check_run_map_limit (struct qk_image *img, unsigned flags,
+                        uint64_t msg_limit, qk_problem_fn fn, void *opaque,
+                        struct qk_check_result *res, struct qk_refmap *map)
+{
   struct ck ck = { .img = img, .fn = fn, .opaque = opaque, .res = res,
                    .flags = flags, .at_table = QK_NONE, .at_index = QK_NONE,
-                   .at_guest = QK_NONE };
+                   .at_guest = QK_NONE, .msg_limit = msg_limit };
   int r = -1;
 
   if (map)

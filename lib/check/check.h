@@ -38,6 +38,12 @@ extern int qk_check_run_map (struct qk_image *img, unsigned flags,
                              qk_problem_fn fn, void *opaque,
                              struct qk_check_result *res,
                              struct qk_refmap *map);
+/* The same; past msg_limit problems of one code (0: no limit), the
+ * message is empty (the caller shows no more of them). */
+extern int qk_check_run_map_limit (struct qk_image *img, unsigned flags,
+                                   uint64_t msg_limit, qk_problem_fn fn,
+                                   void *opaque, struct qk_check_result *res,
+                                   struct qk_refmap *map);
 extern void qk_refmap_drop_refstructs (struct qk_refmap *map,
                                        unsigned cluster_bits);
 extern void qk_refmap_free (struct qk_refmap *map);

@@ -159,8 +159,30 @@ qk_reflayout_block (const struct qk_reflayout *L, uint64_t j,
   }
   max = L->refcount_order == 6 ? UINT64_MAX
                                : (1ULL << (1U << L->refcount_order)) - 1;
-  memset (out, 0, len);
   first = L->block_index[j] * L->per_block;
+  /* The counts in the blocks' format: copy them, then add the structure's
+   * own clusters (fresh: counted 0, so at most max - 1 + 1). */
+  if (counted_order == L->refcount_order && L->refcount_order >= 3) {
+    unsigned sh = L->refcount_order - 3;
+    uint64_t have = first < n_counted ? n_counted - first : 0;
+    uint64_t lo, hi;
+    if (have > L->per_block)
+      have = L->per_block;
+    memcpy (out, counted + (first << sh), (size_t) (have << sh));
+    memset (out + (have << sh), 0, len - (size_t) (have << sh));
+    lo = L->start > first ? L->start : first;
+    hi = L->end < first + L->per_block ? L->end : first + L->per_block;
+    for (uint64_t k = lo; k < hi; k++) {
+      uint64_t v = qk_refblock_get (out, L->refcount_order, k - first);
+      if (v == max) {
+        set_error (EOVERFLOW, "cluster %" PRIu64 " refcount overflows", k);
+        return -1;
+      }
+      qk_refblock_set (out, L->refcount_order, k - first, v + 1);
+    }
+    return 0;
+  }
+  memset (out, 0, len);
   for (uint64_t i = 0; i < L->per_block; i++) {
     uint64_t k = first + i, v = 0;
     if (k < n_counted)

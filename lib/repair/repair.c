@@ -145,6 +145,7 @@ struct qk_repair {
   struct qk_fixer fixer;    /* the mode, the questions, the offers */
   qk_problem_fn report, note;
   void *report_opaque;
+  uint64_t report_limit;
   struct qk_open_options opts;
   bool has_opts;
 
@@ -154,6 +155,7 @@ struct qk_repair {
   size_t n_lost, cap_lost;
   bool wrote, aborted;
   uint64_t n_writes;        /* writes made (a pass wrote: check again) */
+  uint64_t checked_at;      /* n_writes when the last check ran */
 
   /* one run */
   const char *path;
@@ -262,6 +264,13 @@ qk_repair_set_report (struct qk_repair *r, qk_problem_fn fn,
   r->report = fn;
   r->note = note;
   r->report_opaque = opaque;
+  return 0;
+}
+
+QK_EXPORT int
+qk_repair_set_report_limit (struct qk_repair *r, uint64_t per_code)
+{
+  r->report_limit = per_code;
   return 0;
 }
 
@@ -564,10 +573,12 @@ check (struct qk_repair *r, struct qk_check_result *res, struct qk_refmap *map)
   r->n_leak = r->n_low = r->n_copied = r->n_entry = r->n_overflow = 0;
   r->n_bm_in_use = 0;
   r->bm_bad = false;
-  if (qk_check_run_map (r->img,
-                        r->first_check && r->report ? 0
-                        : QK_CHECK_NO_MESSAGES, on_problem, r, res, map) < 0)
+  if (qk_check_run_map_limit (r->img,
+                              r->first_check && r->report ? 0
+                              : QK_CHECK_NO_MESSAGES, r->report_limit,
+                              on_problem, r, res, map) < 0)
     return -1;
+  r->checked_at = r->n_writes;
   if (r->first_check) {
     r->before = *res;
     r->have_before = true;
@@ -1644,9 +1655,21 @@ refcounts_in_place (struct qk_repair *r, const struct qk_refmap *map)
       goto out;
     memcpy (old, blk, cs);
     for (uint64_t k = first; k < end; k++) {
-      uint64_t stored = qk_refblock_get (blk, order, k - first);
-      uint64_t counted = qk_refmap_get (map, k);
+      uint64_t stored, counted;
       size_t byte;
+      /* the counts have the block's format: skip equal 8-byte words (a
+       * word holds 8 >> (order - 3) entries) without decoding them */
+      if (order >= 3 && order <= 6 && map->order == order
+          && ((k - first) & ((64 >> order) - 1)) == 0
+          && end - k >= (64U >> order)) {
+        size_t bo = (size_t) ((k - first) << (order - 3));
+        if (memcmp (blk + bo, map->counted + (k << (order - 3)), 8) == 0) {
+          k += (64 >> order) - 1;
+          continue;
+        }
+      }
+      stored = qk_refblock_get (blk, order, k - first);
+      counted = qk_refmap_get (map, k);
       if (stored == counted)
         continue;
       if (stored > counted ? !yl : !yr)
@@ -2045,15 +2068,20 @@ run (struct qk_repair *r)
   }
   qk_refmap_free (&map);
 
-  /* the last check; pass 5: the corrupt bit */
-  if (check (r, &r->after, NULL) < 0)
+  /* the last check; pass 5: the corrupt bit. The check just made is the
+   * last one when nothing was written since it: the same bytes check the
+   * same (its messages were not asked for: QK_CHECK_NO_MESSAGES, as the
+   * last check's). */
+  if (r->n_writes == r->checked_at)
+    r->after = res;
+  else if (check (r, &r->after, NULL) < 0)
     goto fail;
   if (clean (&r->after) && !(r->flags & QK_REPAIR_LEAKS_ONLY)
       && (r->img->hdr.incompatible_features & QK_INCOMPAT_CORRUPT)) {
     uint64_t w = r->n_writes;
     if (clear_incompat (r, QK_INCOMPAT_CORRUPT, FX_CLEAR_CORRUPT) < 0)
       goto fail;
-    if (r->wrote != w && check (r, &r->after, NULL) < 0)
+    if (r->n_writes != w && check (r, &r->after, NULL) < 0)
       goto fail;
   }
   return 0;
