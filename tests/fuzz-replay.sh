@@ -54,7 +54,6 @@ repair_cases="bitmap-in-use copied-compressed copied-l1-set-shared
 # line passes, automake reports an unexpected pass (XPASS), and the entry
 # goes.
 declare -A repair_todo=(
-  [check-shared-l2-slow.gz]="the repair clears entries of an active L1 table that is also a data cluster (guest offset 0): those guest bytes change and no lost range says so"
 )
 cat_dir=$(cd "$srcdir/tests/check" && pwd)
 mkdir -p "$T/repair"

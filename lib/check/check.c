@@ -161,6 +161,7 @@ struct ck {
   size_t n_mu;            /* when is_meta first needs it after an */
   bool mu_dirty;          /* owner was added */
   struct conflict *conf;
+  uint8_t *conf_bits;     /* every conflicted cluster (conf is capped) */
   size_t n_conf;
 
   uint64_t *reftable;
@@ -282,6 +283,13 @@ imrt_grow (struct ck *ck, uint64_t need)
     memset (c + ck->nb / 8 + 1, 0, need / 8 - ck->nb / 8);
     ck->excl = c;
   }
+  if (ck->conf_bits) {
+    c = realloc (ck->conf_bits, need / 8 + 1);
+    if (c == NULL)
+      goto nomem;
+    memset (c + ck->nb / 8 + 1, 0, need / 8 - ck->nb / 8);
+    ck->conf_bits = c;
+  }
   ck->nb = need;
   return 0;
 nomem:
@@ -356,6 +364,10 @@ kind_name (enum owner_kind k)
 static void
 add_conflict (struct ck *ck, uint64_t k, const struct owner *o)
 {
+  if (ck->conf_bits == NULL)
+    ck->conf_bits = calloc (ck->nb / 8 + 1, 1);
+  if (ck->conf_bits && k < ck->nb)
+    ck->conf_bits[k / 8] |= 1U << (k & 7);
   if (ck->n_conf < MAX_CONFLICTS) {
     ck->conf[ck->n_conf].cluster = k;
     ck->conf[ck->n_conf].second = *o;
@@ -2209,6 +2221,7 @@ qk_refmap_free (struct qk_refmap *map)
   free (map->counted);
   free (map->refblocks);
   free (map->reftable);
+  free (map->conflicted);
   memset (map, 0, sizeof *map);
 }
 
@@ -2316,6 +2329,8 @@ qk_check_run_map_limit (struct qk_image *img, unsigned flags,
     map->refblocks = ck.rb_counted;
     map->reftable = ck.reftable;
     map->reftable_n = ck.reftable_n;
+    map->conflicted = ck.conf_bits;
+    ck.conf_bits = NULL;
     ck.imrt = NULL;
     ck.rb_counted = NULL;
     ck.reftable = NULL;
@@ -2324,6 +2339,7 @@ qk_check_run_map_limit (struct qk_image *img, unsigned flags,
 out:
   free (ck.imrt);
   free (ck.excl);
+  free (ck.conf_bits);
   free (ck.owners);
   free (ck.refs.v);
   free (ck.mu);

@@ -27,7 +27,19 @@ struct qk_refmap {
   uint8_t *refblocks;         /* a bit per refcount table index */
   uint64_t *reftable;         /* the table as read (entries) */
   size_t reftable_n;
+  /* a bit per cluster [0, n) that two structures claim (metadata and
+   * anything, or two active guest offsets): what METADATA_OVERLAP and
+   * DUPLICATE_MAPPING report, without the cap on reports. A writer must
+   * not write there: the bytes are something else too. NULL: none. */
+  uint8_t *conflicted;
 };
+
+static inline bool
+qk_refmap_conflicted (const struct qk_refmap *map, uint64_t k)
+{
+  return map && map->conflicted && k < map->n
+         && ((map->conflicted[k / 8] >> (k & 7)) & 1);
+}
 
 /* A flag of qk_check_run_map beside the public QK_CHECK_*: problems are
  * reported with an empty message (the callback wants only codes and

@@ -256,6 +256,12 @@ qk_source_file (const char *path)
 static ssize_t
 mem_pread (struct qk_source *s, void *buf, size_t len, uint64_t off)
 {
+  /* as a file refuses it (pread's off_t), so that an image checks the
+   * same from memory and from a file */
+  if (off > INT64_MAX) {
+    set_error (EINVAL, "%s: offset %" PRIu64 " out of range", s->name, off);
+    return -1;
+  }
   if (off >= s->size)
     return 0;
   if (len > s->size - off)

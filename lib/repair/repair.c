@@ -70,6 +70,15 @@
  *      data, so a crash leaves only flags still to correct.
  *   5. The corrupt bit, when the image then checks clean: one header
  *      write; flush.
+ * Passes 0 to 4 run in rounds until a round writes nothing (at most 4):
+ * a fix can make another possible (a table skipped for overlapping the
+ * old refcount structure can be fixed once the rebuild moved it), and a
+ * second repair, which starts from the same bytes, must write nothing.
+ * No write lands in a host cluster two structures claim (an L1 table
+ * that is also guest data, an L1 table at offset 0 under the header, a
+ * "refcount block" that is an L2 table): the check hands every such
+ * cluster over (qk_refmap.conflicted), the passes leave them, and put()
+ * refuses one as the last line of defence.
  * A rerun after a crash anywhere repeats the check and makes the fixes
  * still needed: each pass derives its changes from the image as it is.
  * The undo journal holds the old bytes of every range before it is first
@@ -156,6 +165,7 @@ struct qk_repair {
   bool wrote, aborted;
   uint64_t n_writes;        /* writes made (a pass wrote: check again) */
   uint64_t checked_at;      /* n_writes when the last check ran */
+  const struct qk_refmap *map;  /* the current check's (conflicts) */
 
   /* one run */
   const char *path;
@@ -339,6 +349,12 @@ static struct qk_fixrec *
 offer (struct qk_repair *r, int fx, uint64_t count, const char *countstr)
 {
   r->fixer.require = (r->flags & QK_REPAIR_LEAKS_ONLY) ? QK_FIX_LEAKS : 0;
+  /* answered no (or abort) in an earlier round: the same answer, unasked
+   * and not recorded twice */
+  for (size_t i = 0; i < r->fixer.n; i++)
+    if (r->fixer.recs[i].f.code == fixrows[fx].code
+        && r->fixer.recs[i].f.answer != QK_ANSWER_YES)
+      return &r->fixer.recs[i];
   return qk_fixer_offer (&r->fixer, &fixrows[fx], count, countstr);
 }
 
@@ -433,9 +449,28 @@ cur (struct qk_repair *r)
   return r->top ? r->top : r->base;
 }
 
+/* Whether a cluster of [off, off+len) is claimed by two structures. */
+static bool
+range_conflicted (const struct qk_refmap *map, uint64_t off, uint64_t len,
+                  uint64_t cs)
+{
+  for (uint64_t k = off / cs; len && k <= (off + len - 1) / cs; k++)
+    if (qk_refmap_conflicted (map, k))
+      return true;
+  return false;
+}
+
+/* The last line of defence: no write lands in a cluster that two
+ * structures claim (the passes check before they plan; this refuses,
+ * and stops the repair, if one did not). */
 static int
 put (struct qk_repair *r, const void *buf, size_t len, uint64_t off)
 {
+  if (range_conflicted (r->map, off, len, r->img->hdr.cluster_size)) {
+    set_error (EPERM, "refusing to write %zu bytes at 0x%" PRIx64 ": it "
+               "lies in a host cluster two structures claim", len, off);
+    return -1;
+  }
   if (writable (r) < 0)
     return -1;
   r->wrote = true;
@@ -458,12 +493,16 @@ add_table (struct qk_repair *r, uint64_t off, uint64_t guest_base, bool l1)
 {
   struct tref *t;
 
-  if (r->n_tabs && r->tabs[r->n_tabs - 1].offset == off
-      && r->tabs[r->n_tabs - 1].l1 == l1)
-    return;
-  for (size_t i = 0; r->n_tabs < 64 && i < r->n_tabs; i++)
-    if (r->tabs[i].offset == off && r->tabs[i].l1 == l1)
+  /* registered already: keep the guest base if this registration knows
+   * it and the first did not (a COPIED problem does not say it, a
+   * PAST_EOF of the same table does; without it no lost range could be
+   * reported for the entries cleared) */
+  for (size_t i = r->n_tabs; i-- > 0 && (r->n_tabs < 64 || i + 1 == r->n_tabs); )
+    if (r->tabs[i].offset == off && r->tabs[i].l1 == l1) {
+      if (r->tabs[i].guest_base == QK_NONE)
+        r->tabs[i].guest_base = guest_base;
       return;
+    }
   t = qk_grow (r->tabs, &r->cap_tabs, r->n_tabs + 1, sizeof *t);
   if (t == NULL)
     return;   /* then that table is not fixed; the recheck says so */
@@ -602,7 +641,7 @@ claim (struct qk_repair *r, const struct qk_refmap *map, uint64_t first,
        uint64_t n, bool *all)
 {
   const struct qk_header *h = &r->img->hdr;
-  uint64_t cs = h->cluster_size, per = cs * 8 >> h->refcount_order;
+  uint64_t cs = h->cluster_size, per;
   unsigned order = h->refcount_order;
   uint8_t *blk;
   int ret = -1;
@@ -610,10 +649,13 @@ claim (struct qk_repair *r, const struct qk_refmap *map, uint64_t first,
   *all = false;
   if (map == NULL || map->reftable == NULL || !map->counting)
     return 0;
+  per = cs * 8 >> order;     /* counting: order <= 6 */
   for (uint64_t k = first; k < first + n; k++) {
     uint64_t t = k / per;
     if (t >= map->reftable_n || !(map->reftable[t] & QK_REFT_OFFSET_MASK)
-        || !(map->refblocks[t / 8] >> (t & 7) & 1))
+        || !(map->refblocks[t / 8] >> (t & 7) & 1)
+        || qk_refmap_conflicted (map, (map->reftable[t]
+                                       & QK_REFT_OFFSET_MASK) / cs))
       return 0;
   }
   blk = malloc (cs);
@@ -649,6 +691,19 @@ claim (struct qk_repair *r, const struct qk_refmap *map, uint64_t first,
 out:
   free (blk);
   return ret;
+}
+
+/* Whether the header cluster is something else too (an L1 table at
+ * offset 0, say): then no fix that writes the header is made, since the
+ * same bytes are that structure's. Says so once per check. */
+static bool
+header_shared (struct qk_repair *r, int fx)
+{
+  if (!qk_refmap_conflicted (r->map, 0))
+    return false;
+  note (r, fx, "Not writing the header: its cluster belongs to another "
+        "structure too");
+  return true;
 }
 
 /* ---- pass 0: snapshot table entries ---- */
@@ -751,6 +806,12 @@ pass_snapshots (struct qk_repair *r, bool *changed)
       return -1;
     if (f->f.answer != QK_ANSWER_YES)
       return 0;
+    if (range_conflicted (r->map, s->entry_offset + 36, 4,
+                          r->img->hdr.cluster_size)) {
+      note (r, FX_SNAPSHOT_EXTRA_SIZE, "Not changing snapshot table entry "
+            "%zu: its cluster belongs to another structure too", i);
+      return 0;
+    }
     be32_put (b, (uint32_t) c);
     if (put (r, b, 4, s->entry_offset + 36) < 0 || flush (r) < 0)
       return -1;
@@ -799,6 +860,12 @@ pass_snaptable (struct qk_repair *r, const struct qk_refmap *map,
   *changed = false;
   if (h->nb_snapshots == 0)
     return 0;
+  if (qk_refmap_conflicted (map, 0)) {
+    /* the switch is a header write: only said when there is a fix */
+    if (!img->snaps_ok || img->snaps_qemu != h->nb_snapshots)
+      header_shared (r, FX_SNAPSHOT_DROP_UNREADABLE);
+    return 0;
+  }
   /* the entries QEMU can read: those that end within its 64 MiB table limit
    * (as declared; snaps_qemu == n_snaps for any table below the limit) */
   n_read = img->snaps_qemu;
@@ -1084,6 +1151,8 @@ overlaps_metadata (const struct qk_repair *r, const struct qk_refmap *map,
 
   if (off < cs)
     return "the header cluster";
+  if (range_conflicted (map, off, len, cs))
+    return "another structure or guest data (METADATA_OVERLAP)";
   if (touches (off, len, h->refcount_table_offset,
                (uint64_t) h->refcount_table_clusters * cs))
     return "the refcount table";
@@ -1274,8 +1343,12 @@ pass_duplicates (struct qk_repair *r, const struct qk_refmap *map,
     if (l1i >= img->l1_count)
       continue;
     l2off = img->l1[l1i] & QK_L1E_OFFSET_MASK;
+    /* switching an entry of an L2 table that other L1 entries (or
+     * snapshots) also use would move their guest offsets too: then the
+     * duplicate would never go away */
     if (l2off == 0 || !IS_ALIGNED (l2off, cs)
-        || overlaps_metadata (r, map, l2off, cs, false))
+        || overlaps_metadata (r, map, l2off, cs, false)
+        || qk_refmap_get (map, l2off / cs) != 1)
       continue;
     eoff = l2off + (uint64_t) idx * h->l2_entry_size;
     if (qk_source_read_exact (cur (r), eb, 8, eoff, "L2 entry") < 0)
@@ -1564,6 +1637,12 @@ pass_bitmaps (struct qk_repair *r, const struct qk_refmap *map)
   if (r->n_bm_in_use == 0 || r->bm_bad || img->n_bitmaps == 0
       || img->n_bitmaps != img->bitmaps_ext.nb_bitmaps)
     return 0;
+  /* drop writes the header, keep the directory */
+  if ((r->flags & QK_REPAIR_DROP_BITMAPS) ? header_shared (r, FX_BITMAPS_DROP)
+      : range_conflicted (map, img->bitmaps_ext.directory_offset,
+                          img->bitmaps_ext.directory_size,
+                          img->hdr.cluster_size))
+    return 0;
   sel = calloc (img->n_bitmaps, 1);
   if (sel == NULL) {
     set_error (ENOMEM, "calloc");
@@ -1612,7 +1691,9 @@ blocks_cover (const struct qk_repair *r, const struct qk_refmap *map)
       return false;
     e = map->reftable[t];
     if ((e & QK_REFT_OFFSET_MASK) == 0
-        || !(map->refblocks[t / 8] >> (t & 7) & 1))
+        || !(map->refblocks[t / 8] >> (t & 7) & 1)
+        || qk_refmap_conflicted (map, (e & QK_REFT_OFFSET_MASK)
+                                      / h->cluster_size))
       return false;
   }
   return true;
@@ -1721,6 +1802,8 @@ refcounts_rebuild (struct qk_repair *r, struct qk_refmap *map)
   uint8_t *buf = NULL, hdr[12];
   int ret = -1;
 
+  if (header_shared (r, FX_REBUILD_REFCOUNTS))
+    return 0;
   f = offer (r, FX_REBUILD_REFCOUNTS,
              r->refstruct_problems + r->n_low + r->n_leak, NULL);
   if (f == NULL)
@@ -1827,7 +1910,8 @@ clear_incompat (struct qk_repair *r, uint64_t bit, int fx)
   struct qk_fixrec *f;
   uint8_t b[8];
 
-  if (r->img->hdr.version < 3 || !(r->img->hdr.incompatible_features & bit))
+  if (r->img->hdr.version < 3 || !(r->img->hdr.incompatible_features & bit)
+      || header_shared (r, fx))
     return 0;
   f = offer (r, fx, 1, "");
   if (f == NULL)
@@ -1986,52 +2070,43 @@ recheck (struct qk_repair *r, uint64_t w, struct qk_check_result *res,
   return check (r, res, map);
 }
 
+/* One round of passes 0 to 4, each from the check made after the last
+ * write. */
 static int
-run (struct qk_repair *r)
+round_of_passes (struct qk_repair *r, struct qk_refmap *map,
+                 struct qk_check_result *res)
 {
-  struct qk_refmap map = { 0 };
-  struct qk_check_result res;
   int refs_ok;
-
-  /* pass 1: entries */
-  r->first_check = true;
-  if (check (r, &res, &map) < 0)
-    goto fail;
-  if (!r->img->is_qcow2) {
-    set_error (ENOTSUP, "%s is not a qcow2 image", r->path);
-    goto fail;
-  }
 
   /* pass 0: snapshot table entries, one at a time (each changes how the
    * rest of the table reads); 0b: the table written again */
   for (int k = 0; k < 64; k++) {
     uint64_t w = r->n_writes;
     bool changed;
-    if (pass_snapshots (r, &changed) < 0 || recheck (r, w, &res, &map) < 0)
-      goto fail;
+    if (pass_snapshots (r, &changed) < 0 || recheck (r, w, res, map) < 0)
+      return -1;
     if (!changed)
       break;
   }
   {
     uint64_t w = r->n_writes;
     bool changed;
-    if (pass_snaptable (r, &map, &changed) < 0
-        || recheck (r, w, &res, &map) < 0)
-      goto fail;
+    if (pass_snaptable (r, map, &changed) < 0 || recheck (r, w, res, map) < 0)
+      return -1;
   }
 
   /* pass 1: entries; 1b: clusters mapped twice by the active tables */
   if (r->n_entry || r->any_past_eof_table) {
     uint64_t w = r->n_writes;
-    if (pass_entries (r, &map) < 0 || recheck (r, w, &res, &map) < 0)
-      goto fail;
+    if (pass_entries (r, map) < 0 || recheck (r, w, res, map) < 0)
+      return -1;
   }
   for (int k = 0; k < 64 && r->n_dups; k++) {
     uint64_t w = r->n_writes;
     bool changed;
-    if (pass_duplicates (r, &map, &changed) < 0
-        || recheck (r, w, &res, &map) < 0)
-      goto fail;
+    if (pass_duplicates (r, map, &changed) < 0
+        || recheck (r, w, res, map) < 0)
+      return -1;
     if (!changed)
       break;
   }
@@ -2039,54 +2114,85 @@ run (struct qk_repair *r)
   /* pass 1c: bitmaps left in use */
   if (r->n_bm_in_use) {
     uint64_t w = r->n_writes;
-    if (pass_bitmaps (r, &map) < 0 || recheck (r, w, &res, &map) < 0)
-      goto fail;
+    if (pass_bitmaps (r, map) < 0 || recheck (r, w, res, map) < 0)
+      return -1;
   }
 
   /* pass 2: refcounts; 3: the dirty bit */
   {
     uint64_t w = r->n_writes;
-    refs_ok = pass_refcounts (r, &map);
-    if (refs_ok < 0)
-      goto fail;
-    if (r->n_writes != w) {
-      qk_refmap_free (&map);
-      if (check (r, &res, &map) < 0)
-        goto fail;
-    }
+    refs_ok = pass_refcounts (r, map);
+    if (refs_ok < 0 || recheck (r, w, res, map) < 0)
+      return -1;
   }
   if (refs_ok && r->n_leak == 0 && r->n_low == 0 && !r->refstruct_broken
-      && map.complete && !(r->flags & QK_REPAIR_LEAKS_ONLY)
-      && clear_incompat (r, QK_INCOMPAT_DIRTY, FX_CLEAR_DIRTY) < 0)
-    goto fail;
+      && map->complete && !(r->flags & QK_REPAIR_LEAKS_ONLY)) {
+    uint64_t w = r->n_writes;
+    if (clear_incompat (r, QK_INCOMPAT_DIRTY, FX_CLEAR_DIRTY) < 0
+        || recheck (r, w, res, map) < 0)
+      return -1;
+  }
 
   /* pass 4: COPIED, only on right refcounts */
   if (r->n_copied && r->n_leak == 0 && r->n_low == 0 && !r->refstruct_broken
       && !(r->flags & QK_REPAIR_LEAKS_ONLY)) {
-    if (pass_copied (r, &map) < 0)
-      goto fail;
+    uint64_t w = r->n_writes;
+    if (pass_copied (r, map) < 0 || recheck (r, w, res, map) < 0)
+      return -1;
   }
-  qk_refmap_free (&map);
+  return 0;
+}
 
-  /* the last check; pass 5: the corrupt bit. The check just made is the
-   * last one when nothing was written since it: the same bytes check the
-   * same (its messages were not asked for: QK_CHECK_NO_MESSAGES, as the
-   * last check's). */
+/* The rounds: a fix can make another possible (a table skipped for
+ * overlapping the old refcount structure can be fixed once the rebuild
+ * moved it), so the passes run again until a round writes nothing: then
+ * a second repair, which would start from the same bytes, writes nothing
+ * either (the two-run rule). A fix answered no is not asked again. */
+#define MAX_ROUNDS 4
+
+static int
+run (struct qk_repair *r)
+{
+  struct qk_refmap map = { 0 };
+  struct qk_check_result res;
+
+  r->map = &map;
+  r->first_check = true;
+  if (check (r, &res, &map) < 0)
+    goto fail;
+  if (!r->img->is_qcow2) {
+    set_error (ENOTSUP, "%s is not a qcow2 image", r->path);
+    goto fail;
+  }
+  for (int round = 0; round < MAX_ROUNDS; round++) {
+    uint64_t w = r->n_writes;
+    if (round_of_passes (r, &map, &res) < 0)
+      goto fail;
+    if (r->n_writes == w)
+      break;
+  }
+
+  /* the last check; pass 5: the corrupt bit. Every pass that wrote was
+   * followed by a check, so the last one made is the last check (its
+   * messages were not asked for: QK_CHECK_NO_MESSAGES, as the last
+   * check's). */
   if (r->n_writes == r->checked_at)
     r->after = res;
-  else if (check (r, &r->after, NULL) < 0)
+  else if (recheck (r, r->checked_at, &r->after, &map) < 0)
     goto fail;
   if (clean (&r->after) && !(r->flags & QK_REPAIR_LEAKS_ONLY)
       && (r->img->hdr.incompatible_features & QK_INCOMPAT_CORRUPT)) {
     uint64_t w = r->n_writes;
-    if (clear_incompat (r, QK_INCOMPAT_CORRUPT, FX_CLEAR_CORRUPT) < 0)
-      goto fail;
-    if (r->n_writes != w && check (r, &r->after, NULL) < 0)
+    if (clear_incompat (r, QK_INCOMPAT_CORRUPT, FX_CLEAR_CORRUPT) < 0
+        || recheck (r, w, &r->after, &map) < 0)
       goto fail;
   }
+  qk_refmap_free (&map);
+  r->map = NULL;
   return 0;
 fail:
   qk_refmap_free (&map);
+  r->map = NULL;
   return -1;
 }
 
