@@ -162,6 +162,7 @@ struct ck {
   bool mu_dirty;          /* owner was added */
   struct conflict *conf;
   uint8_t *conf_bits;     /* every conflicted cluster (conf is capped) */
+  uint64_t dangling_end;  /* past-EOF references near the end: cluster */
   size_t n_conf;
 
   uint64_t *reftable;
@@ -481,6 +482,12 @@ inc_refs (struct ck *ck, uint64_t offset, uint64_t size, uint64_t mult,
     return 0;
   /* A partial last cluster is fine; a cluster or more past EOF is not. */
   if (ADD_OVERFLOW (offset, size, &end) || end >= ck->file_len + ck->cs) {
+    /* remembered, so that a writer does not put fresh clusters where a
+     * dangling reference would then read them (references up to 1 GiB
+     * past the end; a writer's fresh clusters never go farther) */
+    if (end >= offset && end - ck->file_len <= QK_DANGLING_SPAN
+        && ((end + ck->cs - 1) >> ck->cb) > ck->dangling_end)
+      ck->dangling_end = (end + ck->cs - 1) >> ck->cb;
     report (ck, PR_PAST_EOF, mult,
             LOC (.host_offset = offset, .length = size,
                  .table_offset = ck->at_table, .index = ck->at_index,
@@ -2330,6 +2337,7 @@ qk_check_run_map_limit (struct qk_image *img, unsigned flags,
     map->reftable = ck.reftable;
     map->reftable_n = ck.reftable_n;
     map->conflicted = ck.conf_bits;
+    map->dangling_end = ck.dangling_end;
     ck.conf_bits = NULL;
     ck.imrt = NULL;
     ck.rb_counted = NULL;

@@ -32,7 +32,13 @@ struct qk_refmap {
    * DUPLICATE_MAPPING report, without the cap on reports. A writer must
    * not write there: the bytes are something else too. NULL: none. */
   uint8_t *conflicted;
+  /* 1 + the last cluster past the end of the file that an entry points
+   * at (within QK_DANGLING_SPAN of the end): fresh clusters go after it,
+   * so that the dangling entry does not read them */
+  uint64_t dangling_end;
 };
+
+#define QK_DANGLING_SPAN (1ULL << 30)
 
 static inline bool
 qk_refmap_conflicted (const struct qk_refmap *map, uint64_t k)

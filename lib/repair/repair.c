@@ -628,6 +628,23 @@ check (struct qk_repair *r, struct qk_check_result *res, struct qk_refmap *map)
 
 /* ---- claiming fresh clusters ---- */
 
+/* The first cluster a pass may write fresh structures or copies at: past
+ * the end of the file, past every cluster the check counted, and past the
+ * clusters dangling entries (past the end of the file) point at, which
+ * would otherwise read what is written there. */
+static uint64_t
+fresh_base (const struct qk_repair *r, const struct qk_refmap *map)
+{
+  uint64_t cs = r->img->hdr.cluster_size;
+  uint64_t k = (r->img->src->size + cs - 1) / cs;
+
+  if (map && k < map->n)
+    k = map->n;
+  if (map && k < map->dangling_end)
+    k = map->dangling_end;
+  return k;
+}
+
 /* Give the fresh clusters [first, first + n), which nothing references
  * yet, refcount 1 before anything is made to point at them, where a
  * refcount block of the current structure covers them (in place, the run
@@ -950,9 +967,7 @@ pass_snaptable (struct qk_repair *r, const struct qk_refmap *map,
     o += (size_t) n;
     kept++;
   }
-  next = (img->src->size + cs - 1) / cs;
-  if (map && next < map->n)
-    next = map->n;
+  next = fresh_base (r, map);
   dst = next * cs;
   if ((total && put (r, tab, total, dst) < 0) || flush (r) < 0)
     goto out;
@@ -1331,9 +1346,7 @@ pass_duplicates (struct qk_repair *r, const struct qk_refmap *map,
     set_error (ENOMEM, "malloc");
     return -1;
   }
-  next = (img->src->size + cs - 1) / cs;
-  if (map && next < map->n)
-    next = map->n;
+  next = fresh_base (r, map);
   for (size_t i = 0; i < r->n_dups; i++) {
     uint64_t g = r->dups[i].guest, host = r->dups[i].host;
     uint64_t l1i = g / span, l2off, e, eoff, dst;
@@ -1600,9 +1613,7 @@ bitmaps_drop (struct qk_repair *r, const struct qk_refmap *map,
         goto out;
       o += b->entry_size;
     }
-    next = (img->src->size + cs - 1) / cs;
-    if (map && next < map->n)
-      next = map->n;
+    next = fresh_base (r, map);
     dst = next * cs;
     if (put (r, dir, total, dst) < 0 || flush (r) < 0
         || claim (r, map, next, (total + cs - 1) / cs, &all) < 0)
@@ -1830,9 +1841,7 @@ refcounts_rebuild (struct qk_repair *r, struct qk_refmap *map)
         break;
       }
   }
-  start = (r->img->src->size + cs - 1) >> cb;
-  if (start < map->n)
-    start = map->n;
+  start = fresh_base (r, map);
   if (qk_reflayout_plan (cb, h->refcount_order, need, n_need, start, &L) < 0)
     goto out;
   buf = malloc (L.table_clusters * cs > cs ? L.table_clusters * cs : cs);
