@@ -86,22 +86,6 @@ file_init (void)
   return 0;
 }
 
-static int
-file_set (const uint8_t *data, size_t size)
-{
-  size_t done = 0;
-
-  if (ftruncate (file_fd, 0) < 0)
-    return -1;
-  while (done < size) {
-    ssize_t n = pwrite (file_fd, data + done, size - done, done);
-    if (n <= 0)
-      return -1;
-    done += n;
-  }
-  return 0;
-}
-
 /* ---- loading ---- */
 
 static int
@@ -157,7 +141,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   struct qk_meta *m, *whole;
   int kind;
 
-  if (size < 1 || file_init () < 0 || file_set (data + 1, len) < 0)
+  if (size < 1 || file_init () < 0 || fuzz_file_set (file_fd, data + 1, len) < 0)
     return 0;
   kind = memmem (file, len, "<checkpoints", 12) ? QK_META_CHECKPOINT
                                                : QK_META_SNAPSHOT;

@@ -145,22 +145,6 @@ file_init (void)
   return 0;
 }
 
-static int
-file_set (const uint8_t *data, size_t size)
-{
-  size_t done = 0;
-
-  if (ftruncate (file_fd, 0) < 0)
-    return -1;
-  while (done < size) {
-    ssize_t n = pwrite (file_fd, data + done, size - done, done);
-    if (n <= 0)
-      return -1;
-    done += (size_t) n;
-  }
-  return 0;
-}
-
 /* The whole file, in a buffer the caller frees (NULL when it is larger
  * than MAX_FILE or cannot be read). */
 static uint8_t *
@@ -379,16 +363,6 @@ open_file (struct open_ctx *c)
 
 /* ---- checking and repairing ---- */
 
-static int
-on_problem (void *opaque, const struct qk_problem *p)
-{
-  unsigned *n = opaque;
-  if (p->message == NULL || p->name == NULL)
-    __builtin_trap ();
-  ++*n;
-  return 0;
-}
-
 static bool
 clean (const struct qk_check_result *c)
 {
@@ -443,7 +417,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   unsigned n = 0;
   int ret = -1;
 
-  if (file_init () < 0 || file_set (data, size) < 0)
+  if (file_init () < 0 || fuzz_file_set (file_fd, data, size) < 0)
     return 0;
 
   /* before: the guest data */
@@ -481,7 +455,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   }
   if (!(oracles & OR_CHECK))
     goto data;
-  if (qk_check_run (img, 0, on_problem, &n, &res) < 0)
+  if (qk_check_run (img, 0, fuzz_count_problem, &n, &res) < 0)
     violation ("the repaired image cannot be checked (the repair's last "
                "check ran): %s", qk_get_error ());
   if (clean (after) && !clean (&res))
