@@ -25,3 +25,25 @@ row () {  # row NAME QK_SECS QK_RSS ANCHOR_SECS ANCHOR_RSS
     "$(awk -v k="$3" 'BEGIN{printf "%.1f", k/1024}')" "$4" \
     "$(awk -v k="$5" 'BEGIN{printf "%.1f", k/1024}')" "$(ratio "$2" "$4")"
 }
+
+# randwrites IMG COUNT SLOTS SLOT_BYTES LEN [SEED [FLAGS]]: COUNT writes of
+# LEN bytes at the starts of distinct slots chosen at random, in random
+# order (a fixed seed: the same image every time)
+randwrites () {
+  local img=$1 count=$2 slots=$3 slot=$4 len=$5 seed=${6:-1} flags=${7:-}
+  shuf -i 0-$((slots - 1)) -n "$count" \
+       --random-source=<(openssl enc -aes-128-ctr -pass "pass:$seed" \
+                           -nosalt </dev/zero 2>/dev/null) |
+    awk -v s="$slot" -v l="$len" -v f="$flags" \
+        '{ printf "write %s -P %d %.0f %d\n", f, $1 % 250 + 1, $1 * s, l }' |
+    qemu-io -f qcow2 "$img" >/dev/null
+}
+
+# rand_image IMG SIZE COUNT SLOTS SLOT_BYTES LEN SEED [FLAGS]: IMG of SIZE
+# with those writes, unless it exists
+rand_image () {
+  [ -f "$1" ] && return
+  qemu-img create -q -f qcow2 "$1.tmp" "$2"
+  randwrites "$1.tmp" "${@:3}"
+  mv "$1.tmp" "$1"
+}

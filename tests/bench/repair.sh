@@ -8,7 +8,14 @@
 # - 1 TiB preallocation=metadata, one refcount in 128 one too high
 #   (131,072 leaks spread over all 512 refcount blocks);
 # - 1 TiB preallocation=metadata whose refcount table entries are all
-#   zeroed: the refcount structure is rebuilt in fresh clusters.
+#   zeroed: the refcount structure is rebuilt in fresh clusters;
+# - the same two damages on the 1 TiB image with 4 internal snapshots
+#   (one refcount in 168 +1: about 100,000 leaks; the table zeroed);
+# - images written the way VMs write them: 20 GiB with 8 GiB in random
+#   64 KiB writes, every refcount +1 (131,072 leaks in random host order);
+#   8 GiB written compressed in random order, refcount table zeroed
+#   (compressed clusters share host clusters: the rebuild must count
+#   each reference).
 # Afterwards each tool's result must check clean with qemu-img check.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
@@ -69,6 +76,18 @@ make_image () {  # make_image NAME FILE
     rebuild1t)
       qemu-img create -q -f qcow2 -o preallocation=metadata "$2.tmp" 1T
       zero_reftable "$2.tmp" ;;
+    leaks1t4s|rebuild1t4s)
+      qemu-img create -q -f qcow2 -o preallocation=metadata "$2.tmp" 1T
+      for s in 1 2 3 4; do qemu-img snapshot -c "s$s" "$2.tmp"; done
+      if [ "$1" = leaks1t4s ]; then bump "$2.tmp" 168; else zero_reftable "$2.tmp"; fi ;;
+    leaksfrag)
+      qemu-img create -q -f qcow2 "$2.tmp" 20G
+      randwrites "$2.tmp" 131072 327680 65536 65536 1
+      bump "$2.tmp" 1 ;;
+    rebuildcomp)
+      qemu-img create -q -f qcow2 "$2.tmp" 8G
+      randwrites "$2.tmp" 131072 131072 65536 65536 7 -c
+      zero_reftable "$2.tmp" ;;
   esac
   mv "$2.tmp" "$2"
 }
@@ -78,6 +97,10 @@ describe () {
     leaks64g) echo "64 GiB preallocation=metadata, 1,048,576 leaks (every refcount +1)" ;;
     leaks1t) echo "1 TiB preallocation=metadata, 131,072 leaks (one refcount in 128 +1)" ;;
     rebuild1t) echo "1 TiB preallocation=metadata, refcount table zeroed (rebuild)" ;;
+    leaks1t4s) echo "1 TiB preallocation=metadata, 4 snapshots, ~100,000 leaks (one refcount in 168 +1)" ;;
+    rebuild1t4s) echo "1 TiB preallocation=metadata, 4 snapshots, refcount table zeroed (rebuild)" ;;
+    leaksfrag) echo "20 GiB, 8 GiB in random 64 KiB writes, every refcount +1 (131,072+ leaks)" ;;
+    rebuildcomp) echo "8 GiB written compressed in random order, refcount table zeroed (rebuild)" ;;
   esac
 }
 
@@ -92,7 +115,7 @@ timed () {
 work=$BENCH_DIR/repair-work.qcow2
 echo "| image | qcowkit check -r all | RSS | qemu-img check -r all | RSS | ratio |"
 echo "|---|---|---|---|---|---|"
-for r in ${BENCH_ONLY:-leaks64g leaks1t rebuild1t}; do
+for r in ${BENCH_ONLY:-leaks64g leaks1t rebuild1t leaks1t4s rebuild1t4s leaksfrag rebuildcomp}; do
   img=$BENCH_DIR/repair-$r.qcow2
   make_image "$r" "$img"
   qbest= qrss= kbest= krss=
