@@ -162,8 +162,8 @@ struct qk_repair {
   bool have_before;
   struct qk_lost *lost;
   size_t n_lost, cap_lost;
-  bool wrote, aborted;
-  uint64_t n_writes;        /* writes made (a pass wrote: check again) */
+  uint64_t n_writes;        /* writes made this run (a pass wrote: check
+                               again; qk_repair_wrote) */
   uint64_t checked_at;      /* n_writes when the last check ran */
   const struct qk_refmap *map;  /* the current check's (conflicts) */
 
@@ -204,7 +204,8 @@ clear_results (struct qk_repair *r)
 {
   qk_fixer_reset (&r->fixer);
   r->n_lost = 0;
-  r->wrote = r->have_before = false;
+  r->have_before = false;
+  r->n_writes = r->checked_at = 0;
   memset (&r->before, 0, sizeof r->before);
   memset (&r->after, 0, sizeof r->after);
 }
@@ -336,7 +337,7 @@ qk_repair_after (const struct qk_repair *r)
 QK_EXPORT bool
 qk_repair_wrote (const struct qk_repair *r)
 {
-  return r->wrote;
+  return r->n_writes != 0;
 }
 
 /* ---- questions ---- */
@@ -473,7 +474,6 @@ put (struct qk_repair *r, const void *buf, size_t len, uint64_t off)
   }
   if (writable (r) < 0)
     return -1;
-  r->wrote = true;
   r->n_writes++;
   return qk_source_pwrite (r->top, buf, len, off);
 }
