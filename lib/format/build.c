@@ -1383,134 +1383,86 @@ write_l1 (struct qk_builder *b, const struct layout *L, uint8_t *img,
   return 0;
 }
 
-/* Header, extensions and backing file name in cluster 0. */
+/* Header, extensions and backing file name in cluster 0, laid out by
+ * the shared header-cluster formatter (format/hdrcluster.c). */
 static int
 write_header (struct qk_builder *b, const struct layout *L, uint8_t *img)
 {
-  struct qk_header h;
-  size_t pos, cs = (size_t) b->cs;
-  ssize_t n;
+  struct qk_header_spec s;
+  struct qk_header *h = &s.h;
+  struct qk_bitmaps_ext be;
+  struct qk_feature_name *f = NULL;
+  struct qk_hdr_ext *x = NULL;
+  size_t nk = 0;
+  int ret = -1;
 
-  memset (&h, 0, sizeof h);
-  h.version = b->cfg.version;
-  h.cluster_bits = b->cfg.cluster_bits;
-  h.size = b->views[0].size;
-  h.l1_size = b->views[0].l1_size;
-  h.l1_table_offset = b->views[0].l1_off;
-  h.refcount_table_offset = L->reft_off;
-  h.refcount_table_clusters = L->reft_clusters;
-  h.nb_snapshots = (uint32_t) (b->n_views - 1);
-  h.snapshots_offset = L->sn_off;
-  h.refcount_order = b->cfg.refcount_order;
-  h.header_length = b->cfg.header_length;
+  memset (&s, 0, sizeof s);
+  h->version = b->cfg.version;
+  h->cluster_bits = b->cfg.cluster_bits;
+  h->size = b->views[0].size;
+  h->l1_size = b->views[0].l1_size;
+  h->l1_table_offset = b->views[0].l1_off;
+  h->refcount_table_offset = L->reft_off;
+  h->refcount_table_clusters = L->reft_clusters;
+  h->nb_snapshots = (uint32_t) (b->n_views - 1);
+  h->snapshots_offset = L->sn_off;
+  h->refcount_order = b->cfg.refcount_order;
+  h->header_length = b->cfg.header_length;
   if (b->cfg.version == 3) {
-    h.incompatible_features = (b->cfg.dirty ? QK_INCOMPAT_DIRTY : 0)
+    h->incompatible_features = (b->cfg.dirty ? QK_INCOMPAT_DIRTY : 0)
       | (b->data_file ? QK_INCOMPAT_DATA_FILE : 0)
       | (b->cfg.compression_type ? QK_INCOMPAT_COMPRESSION : 0)
       | (b->extl2 ? QK_INCOMPAT_EXTL2 : 0);
-    h.compatible_features = (b->cfg.lazy_refcounts ? QK_COMPAT_LAZY_REFCOUNTS
-                             : 0) | b->cfg.extra_compatible;
-    h.autoclear_features = (b->n_bitmaps ? QK_AUTOCLEAR_BITMAPS : 0)
+    h->compatible_features = (b->cfg.lazy_refcounts
+                              ? QK_COMPAT_LAZY_REFCOUNTS : 0)
+                             | b->cfg.extra_compatible;
+    h->autoclear_features = (b->n_bitmaps ? QK_AUTOCLEAR_BITMAPS : 0)
       | (b->data_file_raw ? QK_AUTOCLEAR_DATA_FILE_RAW : 0)
       | b->cfg.extra_autoclear;
-    h.compression_type = (uint8_t) b->cfg.compression_type;
+    h->compression_type = (uint8_t) b->cfg.compression_type;
   }
-  if (qk_header_format (&h, img, cs) < 0)
-    return -1;
-  if (b->unknown_header)
-    memcpy (img + 112, b->unknown_header, h.header_length - 112);
-  pos = h.header_length;
-
-#define EXT(magic, data, len) \
-  do { \
-    if ((n = qk_ext_format ((magic), (data), (len), img + pos, cs - pos)) < 0) \
-      goto too_big; \
-    pos += (size_t) n; \
-  } while (0)
-
-  if (b->backing_fmt)
-    EXT (QK_EXT_BACKING_FORMAT, b->backing_fmt,
-         (uint32_t) strlen (b->backing_fmt));
-  if (b->data_file)
-    EXT (QK_EXT_DATA_FILE, b->data_file, (uint32_t) strlen (b->data_file));
-  if ((b->cfg.feature_table || b->n_fnames) && b->cfg.version == 3) {
+  s.unknown_header = b->unknown_header;
+  s.backing = b->backing;
+  s.backing_len = b->backing ? strlen (b->backing) : 0;
+  s.backing_format = b->backing_fmt;
+  s.data_file = b->data_file;
+  if (b->cfg.feature_table || b->n_fnames) {
     /* QEMU's table of the known bits, then the names added */
-    static const struct { uint8_t type, bit; const char *name; } known[] = {
-      { QK_FEATURE_INCOMPAT, 0, "dirty bit" },
-      { QK_FEATURE_INCOMPAT, 1, "corrupt bit" },
-      { QK_FEATURE_INCOMPAT, 2, "external data file" },
-      { QK_FEATURE_INCOMPAT, 3, "compression type" },
-      { QK_FEATURE_INCOMPAT, 4, "extended L2 entries" },
-      { QK_FEATURE_COMPAT, 0, "lazy refcounts" },
-      { QK_FEATURE_AUTOCLEAR, 0, "bitmaps" },
-      { QK_FEATURE_AUTOCLEAR, 1, "raw external data" },
-    };
-    size_t nk = b->cfg.feature_table ? sizeof known / sizeof known[0] : 0;
-    size_t total = (nk + b->n_fnames) * QK_FEATURE_NAME_ENTRY;
-    uint8_t *t;
-
-    if (total > cs)
-      goto too_big;
-    t = calloc (1, total);
-    if (t == NULL) {
+    nk = b->cfg.feature_table ? QK_QEMU_FEATURES : 0;
+    f = calloc (nk + b->n_fnames, sizeof *f);
+    if (f == NULL) {
       set_error (ENOMEM, "calloc");
       return -1;
     }
-    for (size_t i = 0; i < nk + b->n_fnames; i++) {
-      struct qk_feature_name f;
-      if (i < nk) {
-        memset (&f, 0, sizeof f);
-        f.type = known[i].type;
-        f.bit = known[i].bit;
-        strcpy (f.name, known[i].name);
-      }
-      else
-        f = b->fnames[i - nk];
-      if (qk_feature_name_format (&f, t + i * QK_FEATURE_NAME_ENTRY,
-                                  QK_FEATURE_NAME_ENTRY) < 0) {
-        free (t);
-        return -1;
-      }
-    }
-    n = qk_ext_format (QK_EXT_FEATURE_TABLE, t, (uint32_t) total, img + pos,
-                       cs - pos);
-    free (t);
-    if (n < 0)
-      goto too_big;
-    pos += (size_t) n;
+    memcpy (f, qk_qemu_feature_table, nk * sizeof *f);
+    memcpy (f + nk, b->fnames, b->n_fnames * sizeof *f);
+    s.fnames = f;
+    s.n_fnames = nk + b->n_fnames;
   }
   if (b->n_bitmaps) {
-    struct qk_bitmaps_ext e = {
-      .nb_bitmaps = (uint32_t) b->n_bitmaps,
-      .directory_size = L->dir_size,
-      .directory_offset = L->dir_off,
-    };
-    uint8_t p[24];
-    if (qk_bitmaps_ext_format (&e, p, sizeof p) < 0)
-      return -1;
-    EXT (QK_EXT_BITMAPS, p, sizeof p);
+    memset (&be, 0, sizeof be);
+    be.nb_bitmaps = (uint32_t) b->n_bitmaps;
+    be.directory_size = L->dir_size;
+    be.directory_offset = L->dir_off;
+    s.bitmaps = &be;
   }
-  for (size_t i = 0; i < b->n_exts; i++)
-    EXT (b->exts[i].magic, b->exts[i].data, b->exts[i].len);
-  if ((n = qk_ext_end_format (img + pos, cs - pos)) < 0)
-    goto too_big;
-  pos += (size_t) n;
-#undef EXT
-
-  if (b->backing) {
-    size_t bl = strlen (b->backing);
-    if (pos + bl > cs)
-      goto too_big;
-    memcpy (img + pos, b->backing, bl);
-    be64_put (img + 8, pos);
-    be32_put (img + 16, (uint32_t) bl);
+  if (b->n_exts) {
+    x = calloc (b->n_exts, sizeof *x);
+    if (x == NULL) {
+      set_error (ENOMEM, "calloc");
+      goto out;
+    }
+    for (size_t i = 0; i < b->n_exts; i++)
+      x[i] = (struct qk_hdr_ext) { b->exts[i].magic, b->exts[i].len,
+                                   b->exts[i].data };
+    s.exts = x;
+    s.n_exts = b->n_exts;
   }
-  return 0;
-
- too_big:
-  set_error (ENOSPC, "the header, its extensions and the backing file name "
-             "do not fit in one %zu-byte cluster", cs);
-  return -1;
+  ret = qk_header_cluster_format (&s, img, (size_t) b->cs, NULL);
+out:
+  free (f);
+  free (x);
+  return ret;
 }
 
 static int

@@ -276,6 +276,41 @@ extern ssize_t qk_bitmap_format (const struct qk_bitmap_raw *r,
                                  const uint8_t *extra, uint8_t *buf,
                                  size_t len);
 
+/* ---- the header cluster (format/hdrcluster.c) ----
+ * What qcow2_update_header writes, from a description: the fixed header
+ * (h; backing_file_offset and _size are computed; version 2 always gets
+ * 72 bytes, version 3 h.header_length bytes with unknown_header as the
+ * bytes past 112), then the extensions in QEMU's order (backing format,
+ * data file, crypto, feature names (version 3 only), bitmaps, exts[] in
+ * the order given), the end marker and the backing name. buf is one
+ * cluster (cs bytes), zeroed first; *used gets the bytes that matter.
+ * ENOSPC when it does not fit. */
+struct qk_hdr_ext {
+  uint32_t magic;
+  uint32_t len;
+  const void *data;
+};
+struct qk_header_spec {
+  struct qk_header h;
+  const uint8_t *unknown_header;       /* h.header_length - 112 bytes */
+  const char *backing;                 /* raw bytes, not NUL-terminated */
+  size_t backing_len;
+  const char *backing_format;          /* NULL: no extension */
+  const char *data_file;
+  const struct qk_crypto_ext *crypto;
+  const struct qk_feature_name *fnames;
+  size_t n_fnames;
+  const struct qk_bitmaps_ext *bitmaps;
+  const struct qk_hdr_ext *exts;
+  size_t n_exts;
+};
+extern int qk_header_cluster_format (const struct qk_header_spec *s,
+                                     uint8_t *buf, size_t cs, size_t *used);
+/* QEMU's feature name table (qcow2_update_header), written by version 3
+ * images with clusters above 4 KiB. */
+#define QK_QEMU_FEATURES 8
+extern const struct qk_feature_name qk_qemu_feature_table[QK_QEMU_FEATURES];
+
 /* ---- image builder (format/build.c) ----
  * Builds a small valid image in memory: geometry and features are set at
  * creation, then guest writes (plain, compressed, zero, discard),

@@ -99,6 +99,7 @@
 
 #include "internal.h"
 #include "image/image.h"
+#include "image/spec.h"
 #include "check/check.h"
 #include "io/io.h"
 #include "util/path.h"
@@ -1478,79 +1479,22 @@ out:
   return ret;
 }
 
-/* The header cluster without the bitmaps extension, the 'bitmaps'
- * autoclear bit cleared and the backing file name moved up behind the
- * extensions (as qcow2_update_header lays it out). *len gets the bytes
- * to write from offset 0: the new layout, or the old one if longer (its
- * tail zeroed). */
-struct hdr_copy {
-  uint8_t *out;
-  size_t pos, cap;
-};
-
-static int
-copy_ext (void *opaque, const struct qk_ext_raw *e, const uint8_t *payload)
-{
-  struct hdr_copy *c = opaque;
-  size_t n = 8 + (((size_t) e->length + 7) & ~(size_t) 7);
-
-  (void) payload;
-  if (e->magic == QK_EXT_BITMAPS)
-    return 0;
-  if (c->pos + n + 8 > c->cap) {
-    set_error (ENOSPC, "the header extensions do not fit the header cluster");
-    return -1;
-  }
-  memcpy (c->out + c->pos, payload - 8, n);
-  c->pos += n;
-  return 0;
-}
-
+/* The header cluster without the bitmaps extension and with the
+ * 'bitmaps' autoclear bit cleared, laid out as qcow2_update_header does
+ * (image/spec.c). *len gets the bytes to write from offset 0. */
 static uint8_t *
 header_without_bitmaps (const struct qk_image *img, size_t *len)
 {
-  const struct qk_header *h = &img->hdr;
-  size_t cs = h->cluster_size, ext_end = h->header_length, old_end;
-  struct hdr_copy c = { calloc (1, cs), h->header_length, cs };
-  uint64_t bo = h->backing_file_offset, bn = h->backing_file_size;
+  struct qk_image_spec sp;
+  uint8_t *out;
 
-  if (c.out == NULL) {
-    set_error (ENOMEM, "calloc");
+  if (qk_image_spec_init (img, &sp) < 0)
     return NULL;
-  }
-  memcpy (c.out, img->cluster0, h->header_length);
-  be64_put (c.out + 88, h->autoclear_features & ~QK_AUTOCLEAR_BITMAPS);
-  if (qk_extensions_walk (img->cluster0, h->header_length,
-                          bo && bo < cs && bo >= h->header_length ? bo : cs,
-                          copy_ext, &c) < 0)
-    goto fail;
-  for (size_t i = 0; i < img->n_ext; i++) {
-    size_t e = img->ext[i].offset + 8 + ((img->ext[i].length + 7) & ~7U);
-    if (e > ext_end)
-      ext_end = e;
-  }
-  ext_end += 8;                           /* the end marker */
-  c.pos += 8;
-  old_end = ext_end;
-  if (bo) {
-    if (bo + bn > cs || c.pos + bn > cs) {
-      set_error (ENOTSUP, "the backing file name is not in the header "
-                 "cluster");
-      goto fail;
-    }
-    memcpy (c.out + c.pos, img->cluster0 + bo, bn);
-    be64_put (c.out + 8, c.pos);
-    if (bo + bn > old_end)
-      old_end = bo + bn;
-    c.pos += bn;
-  }
-  *len = c.pos > old_end ? c.pos : old_end;
-  if (*len > cs)
-    *len = cs;
-  return c.out;
-fail:
-  free (c.out);
-  return NULL;
+  sp.s.bitmaps = NULL;
+  sp.s.h.autoclear_features &= ~QK_AUTOCLEAR_BITMAPS;
+  out = qk_image_spec_format (img, &sp.s, len);
+  qk_image_spec_free (&sp);
+  return out;
 }
 
 /* Drop: the bitmaps left in use are taken out of the directory. A new
