@@ -3,7 +3,11 @@
 # images the hand-written catalog does not have (512 B, 4 KiB and 2 MiB
 # clusters; refcount widths 1, 8, 16, 32 and 64; many L2 tables and
 # refcount blocks, damaged in the middle ones, not the first; snapshots;
-# compressed clusters; extended L2). Each image is made by qemu-img and
+# compressed clusters; extended L2), and those of iotests 060 and 080 that
+# depend on the layout (the header cluster's refcount 0; compressed
+# clusters, made in every configuration: two sharing a host cluster, which
+# is legal, their refcount too low, one past the end of the file, one
+# inside a normal data cluster). Each image is made by qemu-img and
 # qemu-io, damaged by the functions below, then:
 #   - qcowkit check --output=json against qemu-img check --output=json:
 #     the same exit status and the same corruptions, leaks, check-errors,
@@ -136,8 +140,63 @@ d_reftable_entry_zeroed () {
   set_rte $(( used[${#used[@]} / 2] - 1 )) 0
 }
 d_l1_entry_past_eof () { local m; m=$(mid_l1); set_l1e "$m" $(( $(past_end) | COPIED )); }
+# iotest 060 ("unallocated image header"): the header cluster's refcount 0
+d_header_refcount_zero () { set_rc 0 0; }
+# an L2 table's refcount one too high: a leak, and its L1 entry's COPIED
+# flag no longer matches
+d_l2_table_refcount_high () {
+  local l2; l2=$(l2_off "$(mid_l1)")
+  (( $(rorder) > 0 )) || return 2     # a 1-bit refcount cannot go higher
+  set_rc "$l2" $(( $(get_rc "$l2") + 1 ))
+}
+
+# Compressed clusters, in every configuration: comp_pair writes two
+# compressed clusters in one qemu-io run into two free guest clusters of
+# the middle L2 table (QEMU packs them into one host cluster where the
+# refcount width lets it) and sets CM, CJ: the L1 index and the L2 index
+# of the first (the second is CJ + 1).
+comp_pair () {
+  local m e j c; c=$(cs); m=$(mid_l1)
+  e=$(( c / $(l2e_size) ))
+  j=$(rows "$(l2_off "$m")" "$e" "$(l2e_size)" | grep -n . |
+      awk -F: -v ORS= '{ if ($2 ~ /^0+$/) { if (p) { print NR - 2; exit } p = 1 } else p = 0 }')
+  [ -n "$j" ] || return 1
+  qemu-io -f qcow2 -c "write -c -P 0x31 $(( (m * e + j) * c )) $c" \
+    -c "write -c -P 0x32 $(( (m * e + j + 1) * c )) $c" "$IMG" > /dev/null || return 1
+  CM=$m CJ=$j
+}
+# the host offset bits of a compressed L2 entry (the rest: the flag and
+# the additional sector count)
+comp_mask () { hex $(( (1 << (62 - ($(cluster_bits) - 8))) - 1 )); }
+comp_host () { hex $(( $(l2e "$CM" "$1") & $(comp_mask) )); }
+set_comp_host () {
+  set_l2e "$CM" "$1" $(( ($(l2e "$CM" "$1") & ~$(comp_mask)) | $2 ))
+}
+same_host_cluster () {
+  (( ($(comp_host "$CJ") & ~($(cs) - 1)) == ($(comp_host $(( CJ + 1 ))) & ~($(cs) - 1)) ))
+}
+# two compressed clusters sharing a host cluster: legal, no damage at all
+# (1-bit refcounts cannot count two references: QEMU does not share there)
+d_comp_shared () { comp_pair || return 1; same_host_cluster || return 2; }
+# the shared host cluster's refcount 1 for its two compressed clusters
+d_comp_shared_refcount_low () {
+  comp_pair || return 1; same_host_cluster || return 2
+  set_rc "$(comp_host "$CJ")" 1
+}
+# compressed data past the end of the file (the sector count kept)
+d_comp_past_eof () { comp_pair || return 1; set_comp_host $(( CJ + 1 )) "$(past_end)"; }
+# a compressed cluster's data inside a normal data cluster (iotest 060's
+# overlaps, with compressed data)
+d_comp_overlap_data () {
+  local m; comp_pair || return 1; m=$(mid_l1)
+  set_comp_host $(( CJ + 1 )) $(( $(data_off "$m" "$(first_entry "$m")") + 512 ))
+}
 damages="leak l2_reserved copied_clear past_eof refcount_low refcount_high
-         l2_table_refcount_zero reftable_entry_zeroed l1_entry_past_eof"
+         l2_table_refcount_zero reftable_entry_zeroed l1_entry_past_eof
+         header_refcount_zero l2_table_refcount_high comp_shared
+         comp_shared_refcount_low comp_past_eof comp_overlap_data"
+# (development: MATRIX_DAMAGES="a b" runs only those; CI unsets it)
+damages=${MATRIX_DAMAGES:-$damages}
 
 FIELDS="corruptions leaks check-errors image-end-offset total-clusters
         allocated-clusters fragmented-clusters compressed-clusters"
