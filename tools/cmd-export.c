@@ -16,7 +16,12 @@
 #include "tool.h"
 #include "util/checked.h"
 
-#define CHUNK (4U << 20)
+/* What a worker reads (or decompresses) and writes at a time: small
+ * enough that its buffer stays in the core's L2 cache between filling it
+ * and copying it into the page cache. With 4 MiB chunks a compressed
+ * export spent 2-3x the system time (the copy read the buffer back from
+ * memory). */
+#define CHUNK (512U << 10)
 #define SEGMENT (32ULL << 20)  /* unit of work handed to a worker thread */
 #define ZERO_GRAIN 4096        /* like qemu-img convert's default -S 4k */
 #define MAX_WORKERS 4
