@@ -1,5 +1,6 @@
 /* qcowkit export: the guest-visible contents as a raw file, byte-identical
- * to `qemu-img convert -O raw`, with holes where the guest reads zeros.
+ * to `qemu-img convert -O raw`, with holes where the guest reads zeros
+ * (but for zeros inside uncompressed data clusters: see copy offload).
  * Works where QEMU refuses (dirty or corrupt bit, unknown autoclear bits,
  * damaged refcounts): reading never needs refcounts. */
 #include <config.h>
@@ -22,9 +23,18 @@
  * export spent 2-3x the system time (the copy read the buffer back from
  * memory). */
 #define CHUNK (512U << 10)
+#define COPY_CHUNK (4U << 20)  /* a copy_file_range call, for progress */
 #define SEGMENT (32ULL << 20)  /* unit of work handed to a worker thread */
 #define ZERO_GRAIN 4096        /* like qemu-img convert's default -S 4k */
 #define MAX_WORKERS 4
+#define MAX_SOURCES 16         /* files data is copied from with copy_file_range */
+
+/* A file holding data clusters, opened again by the name the library
+ * reported, for copy_file_range: fd -1 when it may not be used. */
+struct source_file {
+  char *name;
+  int fd;
+};
 
 /* What the workers share. Each worker has its own image handle (handles
  * are not thread-safe, and are cheap), its own buffer, and takes the next
@@ -38,6 +48,11 @@ struct export_job {
   bool sparse;           /* holes may be left (a regular file, truncated) */
   bool stream;           /* not seekable (a pipe): one worker, in order */
   bool no_flush;         /* --no-flush: no fsync at the end */
+  struct qk_image *img;  /* the image as opened first (worker 0's) */
+  _Atomic bool offload;  /* copy data clusters with copy_file_range */
+  pthread_mutex_t src_lock;
+  struct source_file src[MAX_SOURCES];
+  size_t nsrc;
   uint64_t size;
   uint64_t nsegs;
   _Atomic uint64_t next_seg;
@@ -128,6 +143,152 @@ advance (struct export_job *j, uint64_t n)
   pthread_mutex_unlock (&j->lock);
 }
 
+/* ---- copy offload ----
+ * A data cluster that is stored as is (not compressed; encrypted images
+ * are refused before any of this) is the same bytes in its file as in the
+ * guest, so the kernel can copy it from file to file: copy_file_range(2)
+ * shares the extents on file systems that can (reflink: btrfs, XFS) and
+ * otherwise copies in the kernel, without the bytes passing through us.
+ * Only into a regular file (j->sparse). Where it stops short (the end of
+ * the source file) or cannot copy, the rest of the extent is read and
+ * written as before. The bytes are the same; the holes differ in one way:
+ * all-zero blocks inside such a cluster are copied, not skipped (as with
+ * qemu-img convert -C, which refuses -S). QCOWKIT_COPY_RANGE=0 turns it
+ * off. */
+
+#if defined(__GLIBC__) \
+    && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 27))
+static ssize_t
+copy_range (int in, uint64_t in_off, int out, uint64_t out_off, size_t n)
+{
+  off64_t i = (off64_t) in_off, o = (off64_t) out_off;
+  return copy_file_range (in, &i, out, &o, n, 0);
+}
+#else
+static ssize_t
+copy_range (int in, uint64_t in_off, int out, uint64_t out_off, size_t n)
+{
+  (void) in, (void) in_off, (void) out, (void) out_off, (void) n;
+  errno = ENOSYS;
+  return -1;
+}
+#endif
+
+/* Copy offload is on unless QCOWKIT_COPY_RANGE=0, and never for an
+ * encrypted image anywhere in the chain (its clusters are ciphertext; such
+ * images are refused before this anyway). */
+static bool
+copy_offload_allowed (struct qk_image *img)
+{
+  const char *e = getenv ("QCOWKIT_COPY_RANGE");
+
+  if (e && strcmp (e, "0") == 0)
+    return false;
+  for (struct qk_image *i = img; i; i = qk_image_backing (i)) {
+    const struct qk_header *h = qk_image_header (i);
+    if (h && h->crypt_method)
+      return false;
+  }
+  return true;
+}
+
+/* May the file the library calls name be opened again by that name? It
+ * must be one the image reads (the library reported it) and, for an image
+ * of the chain, still the size the library found. With --root, backing and
+ * data files were opened beneath the root through the library's own
+ * descriptors; opening them again by name would not be confined, so only
+ * the image named on the command line is reopened. */
+static int
+open_source_file (struct export_job *j, const char *name)
+{
+  struct stat st;
+  int fd;
+  bool known = false;
+
+  for (struct qk_image *i = j->img; i; i = qk_image_backing (i)) {
+    if (strcmp (qk_image_filename (i), name) != 0)
+      continue;
+    if (j->o->root && i != j->img)
+      return -1;
+    known = true;
+    break;
+  }
+  if (!known && j->o->root)
+    return -1;
+  fd = open (name, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+  if (fd < 0)
+    return -1;
+  if (fstat (fd, &st) < 0 || !S_ISREG (st.st_mode)) {
+    close (fd);
+    return -1;
+  }
+  for (struct qk_image *i = j->img; i; i = qk_image_backing (i))
+    if (strcmp (qk_image_filename (i), name) == 0
+        && (uint64_t) st.st_size != qk_image_file_size (i)) {
+      close (fd);
+      return -1;
+    }
+  return fd;
+}
+
+/* The descriptor to copy data clusters of file name from, or -1. */
+static int
+source_fd (struct export_job *j, const char *name)
+{
+  int fd = -1;
+
+  pthread_mutex_lock (&j->src_lock);
+  for (size_t k = 0; k < j->nsrc; k++)
+    if (strcmp (j->src[k].name, name) == 0) {
+      fd = j->src[k].fd;
+      goto out;
+    }
+  if (j->nsrc < MAX_SOURCES) {
+    char *copy = strdup (name);
+    if (copy) {
+      fd = open_source_file (j, name);
+      j->src[j->nsrc].name = copy;
+      j->src[j->nsrc].fd = fd;
+      j->nsrc++;
+    }
+  }
+out:
+  pthread_mutex_unlock (&j->src_lock);
+  return fd;
+}
+
+/* Copy up to len bytes of e (a data extent) with copy_file_range; returns
+ * how many were copied: the rest, if any, goes through qk_image_read (the
+ * end of the source file, or copy_file_range not possible here). */
+static uint64_t
+offload_extent (struct export_job *j, const struct qk_extent *e)
+{
+  uint64_t done = 0;
+  int fd = source_fd (j, e->filename);
+
+  if (fd < 0)
+    return 0;
+  while (done < e->length && !j->failed) {
+    size_t n = MIN ((uint64_t) COPY_CHUNK, e->length - done);
+    ssize_t r = copy_range (fd, e->offset + done, j->fd, e->start + done, n);
+    if (r > 0) {
+      done += (uint64_t) r;
+      advance (j, (uint64_t) r);
+      continue;
+    }
+    if (r < 0 && errno == EINTR)
+      continue;
+    /* Not between these files (EXDEV: older kernels, other file system
+     * types), not by this kernel or file system: for good. Any other
+     * error: the reads and writes will say what it is. */
+    if (r < 0 && errno != EIO && errno != ENOSPC && errno != EDQUOT
+        && errno != EFBIG)
+      j->offload = false;
+    break;
+  }
+  return done;
+}
+
 static int
 zero_range (struct export_worker *w, uint64_t off, uint64_t len)
 {
@@ -158,6 +319,8 @@ export_extent (void *opaque, const struct qk_extent *e)
     return -1;
   if (e->zero)
     return zero_range (w, off, e->length);
+  if (j->offload && e->data && !e->compressed && e->has_offset && e->filename)
+    off += offload_extent (j, e);
   while (off < end) {
     size_t n = MIN ((uint64_t) CHUNK, end - off);
     if (qk_image_read (w->img, w->buf, n, off) < 0) {
@@ -284,7 +447,8 @@ int
 cmd_export (int argc, char **argv)
 {
   struct common_opts o = { .progress = -1 };
-  struct export_job j = { .fd = -1, .lock = PTHREAD_MUTEX_INITIALIZER };
+  struct export_job j = { .fd = -1, .lock = PTHREAD_MUTEX_INITIALIZER,
+                          .src_lock = PTHREAD_MUTEX_INITIALIZER };
   struct export_worker w[MAX_WORKERS];
   struct qk_image *img;
   struct stat st;
@@ -330,6 +494,7 @@ cmd_export (int argc, char **argv)
   img = open_image (j.path, &o, j.open_flags, true);
   if (img == NULL)
     return EXIT_ERR;
+  j.img = img;
   {
     const char *why = qk_image_unreadable_reason (img);
     if (why) {
@@ -364,6 +529,7 @@ cmd_export (int argc, char **argv)
       goto out;
     }
     j.sparse = true;
+    j.offload = copy_offload_allowed (img);
   }
   else if (lseek (j.fd, 0, SEEK_CUR) < 0 && errno == ESPIPE)
     j.stream = true;
@@ -405,6 +571,11 @@ out:
   if (j.fd >= 0 && close (j.fd) < 0 && ret == EXIT_OK) {
     errx_ ("close %s: %s", j.out, strerror (errno));
     ret = EXIT_ERR;
+  }
+  for (size_t k = 0; k < j.nsrc; k++) {
+    if (j.src[k].fd >= 0)
+      close (j.src[k].fd);
+    free (j.src[k].name);
   }
   for (unsigned i = 0; i < MAX_WORKERS; i++) {
     free (w[i].buf);
