@@ -427,6 +427,38 @@ extern int qk_undo_apply (const char *journal_path, const char *image_path,
                           unsigned flags);
 /* ---- end of image repair ---- */
 
+/* ---- image transforms: amend (see qcowkit-amend(1)) ----
+ * Change an image's version (compat 0.10 = 2, 1.1 = 3) and refcount
+ * width in place, as `qemu-img amend -o compat=...,refcount_bits=...`
+ * does, in QEMU's order (upgrade, width, downgrade last) and with its
+ * refusals, all decided before the first write (a refused amend leaves
+ * the file untouched). The image must check without errors; leaked
+ * clusters (an interrupted run leaves some) are freed first. The
+ * crash-safety protocol is stated in lib/xform/amend.c. */
+struct qk_amend_options {
+  unsigned compat;          /* 0: keep; 2 (0.10) or 3 (1.1) */
+  unsigned refcount_bits;   /* 0: keep; 1, 2, 4, 8, 16, 32 or 64 */
+  const char *undo_path;    /* NULL: no undo journal (qcowkit undo) */
+  unsigned flags;           /* QK_AMEND_* */
+  uint64_t reserved[4];     /* zero */
+};
+#define QK_AMEND_DRY_RUN (1U << 0)  /* decide and report, write nothing */
+struct qk_amend_result {
+  unsigned old_version, new_version;
+  unsigned old_refcount_bits, new_refcount_bits;
+  uint64_t leaks_freed;             /* leaked clusters freed first */
+  uint64_t snapshots_rewritten;     /* entries given v3 extra data */
+  uint64_t zero_allocated;          /* zero clusters made data (backing) */
+  uint64_t zero_unmapped;           /* zero clusters made unallocated */
+  uint64_t zero_prealloc;           /* preallocated zero clusters made data */
+  uint64_t writes;                  /* writes made */
+  bool changed;                     /* the image was written */
+  uint64_t reserved[4];
+};
+extern int qk_amend (const char *path, const struct qk_amend_options *o,
+                     struct qk_amend_result *res);
+/* ---- end of image transforms ---- */
+
 /* ---- libvirt metadata ---- */
 /* A domain's libvirt snapshot and checkpoint metadata (see
  * qcowkit-meta(1)): loaded from the per-file layout libvirt writes

@@ -17,6 +17,8 @@ static const struct {
     "(asks; -n, -p, -y)" },
   { "undo", cmd_undo, "put back what a repair overwrote, from its undo "
     "journal" },
+  { "amend", cmd_amend, "change an image's compat version and refcount "
+    "width in place (qemu-img amend)" },
   { "map", cmd_map, "show where guest data lives (qemu-img map compatible)" },
   { "export", cmd_export, "write the guest-visible contents to a raw file" },
   { "dump", cmd_dump, "dump on-disk structures (header, tables, ...)" },

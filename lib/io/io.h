@@ -186,4 +186,32 @@ extern void qk_sha256_init (struct qk_sha256 *c);
 extern void qk_sha256_update (struct qk_sha256 *c, const void *p, size_t len);
 extern void qk_sha256_final (struct qk_sha256 *c, uint8_t out[32]);
 
+/* ---- the write stack of an image writer (io/writer.c) ----
+ * base: the file, read-write, with QEMU's write locks (EBUSY while in
+ * use), under fault injection (QCOWKIT_FAULT); top: the undo journal
+ * over base, made by the first write when undo_path was given (else
+ * base). Reads go through qk_writer_src, which sees every write. */
+struct qk_writer {
+  struct qk_source *base, *top;
+  int undo_dirfd;
+  char *undo_path;
+  uint64_t n_writes;
+};
+extern int qk_writer_open (struct qk_writer *w, const char *path,
+                           const char *undo_path);
+/* A writer over a source opened elsewhere (read-only, or memory), no
+ * journal; closed with the writer. */
+extern void qk_writer_adopt (struct qk_writer *w, struct qk_source *s);
+extern struct qk_source *qk_writer_src (const struct qk_writer *w);
+/* Make the journal now (the first write does it anyway). */
+extern int qk_writer_begin (struct qk_writer *w);
+extern int qk_writer_pwrite (struct qk_writer *w, const void *buf,
+                             size_t len, uint64_t off);
+extern int qk_writer_flush (struct qk_writer *w);
+extern void qk_writer_close (struct qk_writer *w);
+/* The directory of path opened (O_DIRECTORY), *leaf its last component:
+ * a command-line path of a new file (an undo journal) has no root to
+ * resolve under; its leaf is then created O_EXCL | O_NOFOLLOW there. */
+extern int qk_dir_of (const char *path, const char **leaf);
+
 #endif

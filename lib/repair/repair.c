@@ -100,6 +100,7 @@
 #include "internal.h"
 #include "image/image.h"
 #include "image/spec.h"
+#include "repair/refstruct.h"
 #include "check/check.h"
 #include "io/io.h"
 #include "util/path.h"
@@ -170,9 +171,7 @@ struct qk_repair {
 
   /* one run */
   const char *path;
-  struct qk_source *base;   /* file (+ fault) */
-  struct qk_source *top;    /* the undo layer over base, or base */
-  int undo_dirfd;
+  struct qk_writer w;       /* file (+ fault) (+ undo journal) */
   struct qk_image *img;
   bool first_check;         /* report the problems of this check */
   /* what the current check found */
@@ -195,8 +194,6 @@ qk_repair_new (void)
   struct qk_repair *r = calloc (1, sizeof *r);
   if (r == NULL)
     set_error (ENOMEM, "qk_repair_new");
-  if (r)
-    r->undo_dirfd = -1;
   return r;
 }
 
@@ -408,47 +405,11 @@ add_lost (struct qk_repair *r, int64_t source, uint64_t guest, uint64_t len,
 
 /* ---- the write stack ---- */
 
-static int
-writable (struct qk_repair *r)
-{
-  const char *slash, *leaf;
-  char *dir;
-
-  if (r->top)
-    return 0;
-  if (r->undo_path == NULL) {
-    r->top = r->base;
-    return 0;
-  }
-  slash = strrchr (r->undo_path, '/');
-  leaf = slash ? slash + 1 : r->undo_path;
-  dir = slash ? strndup (r->undo_path, slash == r->undo_path ? 1
-                                       : (size_t) (slash - r->undo_path))
-              : strdup (".");
-  if (dir == NULL) {
-    set_error (ENOMEM, "strdup");
-    return -1;
-  }
-  r->undo_dirfd = open (dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (r->undo_dirfd < 0) {
-    set_error (errno, "open the directory %s of the undo journal", dir);
-    free (dir);
-    return -1;
-  }
-  free (dir);
-  r->top = qk_source_undo (r->base, r->undo_dirfd, leaf, QK_IO_KEEP_BELOW);
-  if (r->top == NULL) {
-    qk_internal_prefix_error ("undo journal %s", r->undo_path);
-    return -1;
-  }
-  return 0;
-}
-
 /* The stack as it is now: reads see every write made. */
 static struct qk_source *
 cur (struct qk_repair *r)
 {
-  return r->top ? r->top : r->base;
+  return qk_writer_src (&r->w);
 }
 
 /* Whether a cluster of [off, off+len) is claimed by two structures. */
@@ -473,18 +434,14 @@ put (struct qk_repair *r, const void *buf, size_t len, uint64_t off)
                "lies in a host cluster two structures claim", len, off);
     return -1;
   }
-  if (writable (r) < 0)
-    return -1;
   r->n_writes++;
-  return qk_source_pwrite (r->top, buf, len, off);
+  return qk_writer_pwrite (&r->w, buf, len, off);
 }
 
 static int
 flush (struct qk_repair *r)
 {
-  if (r->top == NULL)
-    return 0;
-  return qk_source_flush (r->top);
+  return qk_writer_flush (&r->w);
 }
 
 /* ---- checking ---- */
@@ -599,7 +556,7 @@ on_problem (void *opaque, const struct qk_problem *p)
 static int
 check (struct qk_repair *r, struct qk_check_result *res, struct qk_refmap *map)
 {
-  struct qk_source *s = r->top ? r->top : r->base;
+  struct qk_source *s = cur (r);
 
   qk_image_close (r->img);
   r->img = qk_image_open_src (s, r->path, r->has_opts ? &r->opts : NULL,
@@ -1745,17 +1702,19 @@ out:
 }
 
 static int
+put_cb (void *opaque, const void *buf, size_t len, uint64_t off)
+{
+  return put (opaque, buf, len, off);
+}
+
+static int
 refcounts_rebuild (struct qk_repair *r, struct qk_refmap *map)
 {
   const struct qk_header *h = &r->img->hdr;
   unsigned cb = h->cluster_bits;
-  uint64_t cs = h->cluster_size, per = cs * 8 >> h->refcount_order;
-  uint64_t *need = NULL, start;
-  size_t n_need = 0, cap_need = 0;
-  struct qk_reflayout L = { 0 };
+  struct qk_refstruct rs;
   struct qk_fixrec *f;
-  uint8_t *buf = NULL, hdr[12];
-  int ret = -1;
+  uint8_t hdr[12];
 
   if (header_shared (r, FX_REBUILD_REFCOUNTS))
     return 0;
@@ -1771,59 +1730,21 @@ refcounts_rebuild (struct qk_repair *r, struct qk_refmap *map)
     return -1;
   }
   qk_refmap_drop_refstructs (map, cb);
-  for (uint64_t t = 0; t * per < map->n; t++) {
-    uint64_t first = t * per, end = first + per;
-    if (end > map->n)
-      end = map->n;
-    for (uint64_t k = first; k < end; k++)
-      if (qk_refmap_get (map, k)) {
-        uint64_t *nv = qk_grow (need, &cap_need, n_need + 1, sizeof *nv);
-        if (nv == NULL)
-          goto out;
-        need = nv;
-        need[n_need++] = t;
-        break;
-      }
-  }
-  start = fresh_base (r, map);
-  if (qk_reflayout_plan (cb, h->refcount_order, need, n_need, start, &L) < 0)
-    goto out;
-  buf = malloc (L.table_clusters * cs > cs ? L.table_clusters * cs : cs);
-  if (buf == NULL) {
-    set_error (ENOMEM, "malloc");
-    goto out;
-  }
+  if (qk_refstruct_write (map, cb, h->refcount_order, fresh_base (r, map),
+                          put_cb, r, &rs) < 0
+      || flush (r) < 0)
+    return -1;
   note (r, FX_REBUILD_REFCOUNTS, "Rebuilding refcount structure: table of %"
-        PRIu64 " clusters at 0x%" PRIx64 ", %" PRIu64 " blocks",
-        L.table_clusters, L.start << cb, L.n_blocks);
-  if (qk_reflayout_table (&L, buf, L.table_clusters * cs) < 0
-      || put (r, buf, L.table_clusters * cs, L.start << cb) < 0)
-    goto out;
-  for (uint64_t j = 0; j < L.n_blocks; j++)
-    if (qk_reflayout_block (&L, j, map->counted, map->order, map->n, buf,
-                            cs) < 0
-        || put (r, buf, cs, (L.start + L.table_clusters + j) << cb) < 0)
-      goto out;
-  if (flush (r) < 0)
-    goto out;
-  be64_put (hdr, L.start << cb);
-  be32_put (hdr + 8, (uint32_t) L.table_clusters);
-  if (L.table_clusters > UINT32_MAX) {
-    set_error (EFBIG, "refcount table of %" PRIu64 " clusters",
-               L.table_clusters);
-    goto out;
-  }
+        PRIu32 " clusters at 0x%" PRIx64 ", %" PRIu64 " blocks",
+        rs.table_clusters, rs.table_offset, rs.n_blocks);
+  be64_put (hdr, rs.table_offset);
+  be32_put (hdr + 8, rs.table_clusters);
   if (put (r, hdr, 12, 48) < 0 || flush (r) < 0)
-    goto out;
+    return -1;
   f->f.made = true;
   f->f.leaks_fixed = r->n_leak;
   f->f.corruptions_fixed = r->n_low + r->refstruct_problems;
-  ret = 0;
-out:
-  qk_reflayout_free (&L);
-  free (need);
-  free (buf);
-  return ret;
+  return 0;
 }
 
 /* Returns 1 when the refcounts are now right (complete and checked), 0
@@ -1973,36 +1894,12 @@ out:
 
 /* ---- driver ---- */
 
-static int
-open_stack (struct qk_repair *r, const char *path)
-{
-  int fd = open (path, O_RDWR | O_CLOEXEC | O_NOCTTY);
-
-  if (fd < 0) {
-    set_error (errno, "open %s read-write", path);
-    return -1;
-  }
-  r->base = qk_source_fd_rw (fd, path, QK_IO_LOCK);
-  if (r->base == NULL)
-    return -1;
-  r->base = qk_source_fault_env (r->base, 0);
-  return r->base ? 0 : -1;
-}
-
 static void
 close_stack (struct qk_repair *r)
 {
   qk_image_close (r->img);
   r->img = NULL;
-  if (r->top && r->top != r->base)
-    qk_source_close (r->top);
-  r->top = NULL;
-  if (r->base)
-    qk_source_close (r->base);
-  r->base = NULL;
-  if (r->undo_dirfd >= 0)
-    close (r->undo_dirfd);
-  r->undo_dirfd = -1;
+  qk_writer_close (&r->w);
 }
 
 static bool
@@ -2164,9 +2061,9 @@ qk_repair_run (struct qk_repair *r, const char *path)
     struct qk_source *s = qk_source_file (path);
     if (s == NULL)
       return -1;
-    r->base = s;
+    qk_writer_adopt (&r->w, s);
   }
-  else if (open_stack (r, path) < 0) {
+  else if (qk_writer_open (&r->w, path, r->undo_path) < 0) {
     qk_internal_prefix_error ("qk_repair_run");
     close_stack (r);
     return -1;
@@ -2189,8 +2086,7 @@ QK_EXPORT int
 qk_undo_apply (const char *journal_path, const char *image_path,
                unsigned flags)
 {
-  const char *slash, *leaf;
-  char *dir;
+  const char *leaf;
   int dirfd, fd, ret;
   struct qk_source *s;
   struct qk_saved_error sv;
@@ -2199,22 +2095,11 @@ qk_undo_apply (const char *journal_path, const char *image_path,
     set_error (EINVAL, "qk_undo_apply: NULL argument");
     return -1;
   }
-  slash = strrchr (journal_path, '/');
-  leaf = slash ? slash + 1 : journal_path;
-  dir = slash ? strndup (journal_path, slash == journal_path ? 1
-                                       : (size_t) (slash - journal_path))
-              : strdup (".");
-  if (dir == NULL) {
-    set_error (ENOMEM, "strdup");
-    return -1;
-  }
-  dirfd = open (dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  dirfd = qk_dir_of (journal_path, &leaf);
   if (dirfd < 0) {
-    set_error (errno, "qk_undo_apply: open %s", dir);
-    free (dir);
+    qk_internal_prefix_error ("qk_undo_apply");
     return -1;
   }
-  free (dir);
   fd = open (image_path, O_RDWR | O_CLOEXEC | O_NOCTTY);
   if (fd < 0) {
     set_error (errno, "qk_undo_apply: open %s read-write", image_path);

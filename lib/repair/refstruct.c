@@ -1,0 +1,73 @@
+/* lib/repair/refstruct.c: a whole refcount structure (table and blocks)
+ * written into fresh clusters from the references a check counted, at
+ * any refcount width: repair's rebuild (same width) and amend's
+ * refcount width change. Nothing points at the new structure until the
+ * caller switches the header to it (refcount_table_offset and _clusters,
+ * and for a width change refcount_order, all in the first sector). */
+#include <config.h>
+
+#include <stdlib.h>
+
+#include "internal.h"
+#include "check/check.h"
+#include "format/format.h"
+#include "repair/refstruct.h"
+
+int
+qk_refstruct_write (const struct qk_refmap *map, unsigned cluster_bits,
+                    unsigned order, uint64_t start, qk_put_fn put,
+                    void *opaque, struct qk_refstruct *out)
+{
+  uint64_t cs = 1ULL << cluster_bits, per = cs * 8 >> order;
+  uint64_t *need = NULL;
+  size_t n_need = 0, cap_need = 0;
+  struct qk_reflayout L = { 0 };
+  uint8_t *buf = NULL;
+  int ret = -1;
+
+  for (uint64_t t = 0; t * per < map->n; t++) {
+    uint64_t first = t * per, end = first + per;
+    if (end > map->n)
+      end = map->n;
+    for (uint64_t k = first; k < end; k++)
+      if (qk_refmap_get (map, k)) {
+        uint64_t *nv = qk_grow (need, &cap_need, n_need + 1, sizeof *nv);
+        if (nv == NULL)
+          goto out;
+        need = nv;
+        need[n_need++] = t;
+        break;
+      }
+  }
+  if (qk_reflayout_plan (cluster_bits, order, need, n_need, start, &L) < 0)
+    goto out;
+  if (L.table_clusters > UINT32_MAX) {
+    set_error (EFBIG, "refcount table of %" PRIu64 " clusters",
+               L.table_clusters);
+    goto out;
+  }
+  buf = malloc (L.table_clusters * cs > cs ? L.table_clusters * cs : cs);
+  if (buf == NULL) {
+    set_error (ENOMEM, "malloc");
+    goto out;
+  }
+  if (qk_reflayout_table (&L, buf, L.table_clusters * cs) < 0
+      || put (opaque, buf, L.table_clusters * cs, L.start << cluster_bits) < 0)
+    goto out;
+  for (uint64_t j = 0; j < L.n_blocks; j++)
+    if (qk_reflayout_block (&L, j, map->counted, map->order, map->n, buf,
+                            cs) < 0
+        || put (opaque, buf, cs,
+                (L.start + L.table_clusters + j) << cluster_bits) < 0)
+      goto out;
+  out->table_offset = L.start << cluster_bits;
+  out->table_clusters = (uint32_t) L.table_clusters;
+  out->n_blocks = L.n_blocks;
+  out->end = L.end << cluster_bits;
+  ret = 0;
+out:
+  qk_reflayout_free (&L);
+  free (need);
+  free (buf);
+  return ret;
+}
