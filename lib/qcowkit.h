@@ -432,8 +432,9 @@ extern int qk_undo_apply (const char *journal_path, const char *image_path,
  * width in place, as `qemu-img amend -o compat=...,refcount_bits=...`
  * does, in QEMU's order (upgrade, width, downgrade last) and with its
  * refusals, all decided before the first write (a refused amend leaves
- * the file untouched). The image must check without errors; leaked
- * clusters (an interrupted run leaves some) are freed first. The
+ * the file untouched). When it allocates or recounts, the image must
+ * check without errors and leaked clusters (an interrupted run leaves
+ * some) are freed first; a header-only upgrade skips the check. The
  * crash-safety protocol is stated in lib/xform/amend.c. */
 struct qk_amend_options {
   unsigned compat;          /* 0: keep; 2 (0.10) or 3 (1.1) */

@@ -127,16 +127,22 @@ mk_v3_snap_resized () {  # a snapshot of another virtual size
   qio "$1" 'write -P 1 0 1M'
   qemu-img snapshot -c small "$1"; qemu-img resize -q "$1" 32M
 }
+# images qcowkit's own corpus builder makes that qemu-img cannot: version
+# 2 snapshots without extra data; a version 3 image left dirty (lazy
+# refcounts not settled), which qemu-img settles on open and so do we
+qcowkit fuzz-corpus fc > /dev/null 2>&1
+mk_fc_v2snap () { cp fc/v2-c512-rc16-snapshots.qcow2 "$1"; }
+mk_fc_dirty () { cp fc/v3-c4k-rc16-lazy-dirty.qcow2 "$1"; }
 images="v2_c64k v2_c512 v2_c2m v3_zero v3_c4k_backing v3_c512_raw_many
         v3_c2m v3_rc1 v3_rc8 v3_rc64 v3_zlib v3_zstd v3_zstd_nocomp v3_extl2
-        v3_bitmaps v3_lazy v3_snap_resized"
+        v3_bitmaps v3_lazy v3_snap_resized fc_v2snap fc_dirty"
 
 # the operations tried on each image
 ops_for () {
   case $1 in
     # (qemu-img amend takes minutes to change the width with 2 MiB clusters)
     *_c2m) echo "--compat=$([ "${1%%_*}" = v2 ] && echo 1.1 || echo 0.10)" ;;
-    v2_*) echo "--compat=1.1 --compat=1.1,--refcount-bits=64
+    v2_*|fc_v2snap) echo "--compat=1.1 --compat=1.1,--refcount-bits=64
                 --compat=1.1,--refcount-bits=1 --refcount-bits=8" ;;
     v3_rc*) echo "--compat=0.10 --compat=0.10,--refcount-bits=16
                   --refcount-bits=16 --refcount-bits=2 --refcount-bits=32" ;;
@@ -217,7 +223,6 @@ is "$(qcheck g.qcow2)" 0 "  and the grown refcount structure checks clean"
 # 2 header has no room for them) and opens.
 qemu-img create -q -f qcow2 u.qcow2 16M
 qio u.qcow2 'write -P 1 0 64k'
-qcowkit fuzz-corpus fc > /dev/null 2>&1
 cp fc/v3-c4k-rc16-unknown.qcow2 u.qcow2 && cp u.qcow2 uq.qcow2 && cp u.qcow2 uo.qcow2
 qcowkit amend --compat=0.10 u.qcow2 > /dev/null 2>&1
 is "$?" 0 "header with unknown fields: amended to 0.10"
@@ -279,7 +284,6 @@ sweep () {  # sweep NAME MAKER ARGS...
     fail "fault sweep, $name ($points points)" "$bad"
   fi
 }
-mk_fc_v2snap () { cp fc/v2-c512-rc16-snapshots.qcow2 "$1"; }
 sweep "upgrade with the snapshot table rewritten" mk_fc_v2snap --compat=1.1
 sweep "downgrade, zero clusters over a qcow2 backing file" mk_v3_c4k_backing --compat=0.10
 sweep "refcount width 16 to 64" mk_v3_zero --refcount-bits=64

@@ -21,13 +21,19 @@
  *      more) per entry (vm_state_size_large, disk_size: the virtual size
  *      when absent, icount: -1 when absent, as qcow2_write_snapshots):
  *      the new table into clusters the allocator gives, their refcounts,
- *      flush, then one 12-byte header write (nb_snapshots,
- *      snapshots_offset: one sector), flush, then the old table freed.
- *      A crash before the header write leaves the old table (and leaks),
- *      after it the new one. Then the header cluster written again as
- *      version 3 (header_length 112, no feature bits, QEMU's feature
- *      name table when clusters are above 4 KiB), one write from offset
- *      0; flush. Before it the image is version 2, after it version 3.
+ *      flush; then one write of the header cluster from offset 0 that
+ *      makes it version 3, points at the new table and sets the dirty
+ *      bit (the old table is not freed yet); flush; the old table freed;
+ *      flush; the dirty bit cleared (8 bytes at 72); flush. A crash
+ *      before the header write leaves version 2 with the old table (and
+ *      leaks: a rerun starts over); after it, version 3, marked dirty
+ *      until the old table is freed: a rerun (or QEMU's next read-write
+ *      open) finds the dirty bit, frees the leak and clears it. Without
+ *      such snapshots, the header cluster alone is written again as
+ *      version 3 (header_length 112, no feature bits, QEMU's feature name
+ *      table when clusters are above 4 KiB): one write from offset 0;
+ *      flush; no check is needed for that, and none is made (qemu-img
+ *      makes none either).
  *   2. Refcount width: a new refcount table and blocks at the new width
  *      written past the end of the file from the counted references
  *      (lib/repair/refstruct.c), nothing points at them; flush; then one
@@ -51,8 +57,10 @@
  *      extra data is kept (QEMU keeps it too: version 2 readers skip it
  *      by its size, and dropping it would lose disk_size and icount).
  * A rerun of the same command after a crash anywhere finds the image old,
- * new or in between as above, frees the leaks (step 0) and does what is
- * left. The undo journal (when asked for) holds the old bytes of every
+ * new or in between as above, frees the leaks and settles a dirty bit
+ * (step 0) and does what is left. An image left dirty by QEMU (lazy
+ * refcounts) is settled the same way when its refcounts are only too
+ * high (leaks); too low, it is refused (repair it first). The undo journal (when asked for) holds the old bytes of every
  * range written, so qcowkit undo puts the file back whatever step it
  * reached. */
 #include <config.h>
@@ -202,13 +210,19 @@ out:
 
 /* ---- step 1: upgrade ---- */
 
+static int write_header (struct amend *a, unsigned version,
+                         uint64_t incompat, uint64_t sn_off);
+static int clear_dirty (struct amend *a);
+
+/* Returns 1 when it wrote the table and the version 3 header, 0 when no
+ * snapshot needs new extra data (or a dry run), -1 on failure. */
 static int
 upgrade_snapshots (struct amend *a)
 {
   struct qk_image *img = a->img;
   uint64_t cs = img->hdr.cluster_size, size = 0, off, old_off, old_len;
   size_t n = img->n_snaps, pos = 0;
-  uint8_t *tab = NULL, hb[12];
+  uint8_t *tab = NULL;
   struct qk_alloc *al = NULL;
   bool need = false;
   int ret = -1;
@@ -268,6 +282,7 @@ upgrade_snapshots (struct amend *a)
     ret = 0;
     goto out;
   }
+  ret = -1;
   old_off = img->hdr.snapshots_offset;
   old_len = 0;
   for (size_t i = 0; i < n; i++)
@@ -277,21 +292,29 @@ upgrade_snapshots (struct amend *a)
   if (al == NULL || qk_alloc_clusters (al, (size + cs - 1) / cs, &off) < 0
       || put (a, tab, size, off) < 0 || qk_alloc_sync (al) < 0)
     goto out;
-  be32_put (hb, (uint32_t) n);
-  be64_put (hb + 4, off);
-  if (put (a, hb, sizeof hb, 60) < 0 || flush (a) < 0
+  /* one write: version 3, the new table, and the dirty bit, which says
+   * the refcounts are not settled (the old table is not freed yet): a
+   * crash before the release leaves a version 3 image whose only
+   * problem is that leak, and the dirty bit makes a rerun (or QEMU's
+   * next read-write open) settle it */
+  if (write_header (a, 3, QK_INCOMPAT_DIRTY, off) < 0
       || qk_alloc_free_later (al, old_off, (old_len + cs - 1) / cs) < 0
       || qk_alloc_release (al) < 0)
     goto out;
-  ret = reopen (a);
+  ret = clear_dirty (a) < 0 ? -1 : 1;
 out:
   qk_alloc_free (al);
   free (tab);
   return ret;
 }
 
+/* The header cluster written again as `version`, in one write from
+ * offset 0; incompat: feature bits to set (the dirty bit while an
+ * upgrade's old snapshot table is not yet freed); sn_off, when not 0,
+ * switches to a new snapshot table in the same write. */
 static int
-write_header (struct amend *a, unsigned version)
+write_header (struct amend *a, unsigned version, uint64_t incompat,
+              uint64_t sn_off)
 {
   struct qk_image_spec sp;
   uint8_t *buf;
@@ -301,13 +324,15 @@ write_header (struct amend *a, unsigned version)
   if (qk_image_spec_init (a->img, &sp) < 0)
     return -1;
   sp.s.h.version = version;
-  sp.s.h.incompatible_features = 0;
+  sp.s.h.incompatible_features = incompat;
   sp.s.h.compatible_features = 0;
   sp.s.h.autoclear_features = 0;
   sp.s.h.compression_type = 0;
   sp.s.unknown_header = NULL;
   sp.s.h.header_length = 112;
   sp.s.h.refcount_order = 4;
+  if (sn_off)
+    sp.s.h.snapshots_offset = sn_off;
   sp.s.fnames = NULL;
   sp.s.n_fnames = 0;
   sp.s.bitmaps = NULL;
@@ -322,6 +347,18 @@ write_header (struct amend *a, unsigned version)
   ret = put (a, buf, len, 0) < 0 || flush (a) < 0 ? -1 : 0;
   free (buf);
   return ret < 0 ? -1 : reopen (a);
+}
+
+/* The dirty bit cleared: 8 bytes at 72, one sector; flush. */
+static int
+clear_dirty (struct amend *a)
+{
+  uint8_t b[8];
+
+  be64_put (b, a->img->hdr.incompatible_features & ~QK_INCOMPAT_DIRTY);
+  if (put (a, b, sizeof b, 72) < 0 || flush (a) < 0)
+    return -1;
+  return reopen (a);
 }
 
 /* ---- step 2: refcount width ---- */
@@ -717,10 +754,6 @@ validate (struct amend *a)
                      "compatibility level 1.1 or above (use compat=1.1 or "
                      "greater)");
   }
-  if (h->incompatible_features & QK_INCOMPAT_DIRTY)
-    return refuse ("%s is dirty (lazy refcounts left unsettled): run "
-                   "qcowkit repair -y (or qemu-img check -r all) first",
-                   a->path);
   if (h->incompatible_features & QK_INCOMPAT_CORRUPT)
     return refuse ("%s is marked corrupt: run qcowkit repair -y first",
                    a->path);
@@ -735,11 +768,13 @@ validate (struct amend *a)
           || (s->has_disk_size && s->disk_size != h->size))
         return refuse ("Internal snapshots prevent downgrade of image");
     }
-    if (h->incompatible_features & ~(uint64_t) QK_INCOMPAT_COMPRESSION)
+    /* (the dirty bit is settled first, as QEMU settles it) */
+    uint64_t other = h->incompatible_features
+                     & ~(uint64_t) (QK_INCOMPAT_COMPRESSION
+                                    | QK_INCOMPAT_DIRTY);
+    if (other)
       return refuse ("Cannot downgrade an image with incompatible features "
-                     "%#" PRIx64 " set",
-                     h->incompatible_features
-                     & ~(uint64_t) QK_INCOMPAT_COMPRESSION);
+                     "%#" PRIx64 " set", other);
     if (img->has_bitmaps_ext && img->bitmaps_ext.nb_bitmaps)
       return refuse ("Cannot downgrade an image with persistent bitmaps "
                      "(version 2 cannot hold them; remove them first, "
@@ -769,6 +804,22 @@ width_fits (struct amend *a, const struct qk_refmap *map)
   return 0;
 }
 
+/* An upgrade with nothing else to do and no snapshot table to write
+ * again. */
+static bool
+header_only (const struct amend *a)
+{
+  const struct qk_image *img = a->img;
+
+  if (!(a->new_version == 3 && img->hdr.version == 2
+        && a->new_order == img->hdr.refcount_order))
+    return false;
+  for (size_t i = 0; i < img->n_snaps; i++)
+    if (img->snaps[i].s.extra_data_size < 16)
+      return false;
+  return img->snaps_ok;
+}
+
 static int
 run (struct amend *a)
 {
@@ -776,6 +827,7 @@ run (struct amend *a)
   struct qk_check_result cr;
   const struct qk_header *h;
   struct seen t = { 0 };
+  bool dirty;
   int ret = -1;
 
   if (reopen (a) < 0)
@@ -785,17 +837,32 @@ run (struct amend *a)
   a->res->old_refcount_bits = 1U << h->refcount_order;
   /* QEMU's refusals first (they need no check), then the check, then
    * what needs the counts */
-  if (validate (a) < 0 || check (a, &map, &cr) < 0)
+  if (validate (a) < 0)
     return -1;
+  a->res->new_version = a->new_version;
+  a->res->new_refcount_bits = 1U << a->new_order;
+  dirty = h->version == 3 && (h->incompatible_features & QK_INCOMPAT_DIRTY);
+  if (!dirty && a->new_version == h->version
+      && a->new_order == h->refcount_order)
+    return 0;             /* nothing to do: not even the leaks are ours */
+  if (!dirty && header_only (a)) {
+    /* an upgrade that allocates nothing writes the header alone: the
+     * refcounts play no part, so no check is needed (as qemu-img) */
+    if (a->o->flags & QK_AMEND_DRY_RUN)
+      return 0;
+    return qk_writer_begin (&a->w) < 0 ? -1 : write_header (a, 3, 0, 0);
+  }
+  if (check (a, &map, &cr) < 0) {
+    if (dirty && errno == EUCLEAN)
+      qk_internal_set_error (EUCLEAN, "amend", "%s is dirty (lazy refcounts "
+                             "left unsettled) and its refcounts are too low: "
+                             "run qcowkit repair -y (or qemu-img check -r "
+                             "all) first", a->path);
+    return -1;
+  }
   if (width_fits (a, &map) < 0) {
     qk_refmap_free (&map);
     return -1;
-  }
-  a->res->new_version = a->new_version;
-  a->res->new_refcount_bits = 1U << a->new_order;
-  if (a->new_version == h->version && a->new_order == h->refcount_order) {
-    ret = 0;              /* nothing to do: not even the leaks are ours */
-    goto out;
   }
   /* the undo journal (when asked for) exists before anything writes, so
    * that the allocator, which writes through the stack's top, is under
@@ -814,19 +881,24 @@ run (struct amend *a)
       goto out;
     }
   }
-  /* step 0 */
+  /* step 0: leaks freed, then the dirty bit cleared (an upgrade this
+   * command started and did not finish leaves it) */
   if (free_leaks (a, &map, cr.leaks) < 0)
     goto out;
   qk_refmap_free (&map);
   memset (&map, 0, sizeof map);
   if (a->res->changed && reopen (a) < 0)
     goto out;
+  if (dirty && !(a->o->flags & QK_AMEND_DRY_RUN) && clear_dirty (a) < 0)
+    goto out;
   h = &a->img->hdr;
   /* step 1 */
   if (a->new_version == 3 && h->version == 2) {
-    if (upgrade_snapshots (a) < 0)
+    int k = upgrade_snapshots (a);
+    if (k < 0)
       goto out;
-    if (!(a->o->flags & QK_AMEND_DRY_RUN) && write_header (a, 3) < 0)
+    if (k == 0 && !(a->o->flags & QK_AMEND_DRY_RUN)
+        && write_header (a, 3, 0, 0) < 0)
       goto out;
     h = &a->img->hdr;
   }
@@ -843,7 +915,7 @@ run (struct amend *a)
     if (l2_tables (a, &t) < 0 || expand_zeros (a, &t) < 0)
       goto out;
     if (!(a->o->flags & QK_AMEND_DRY_RUN)
-        && (reopen (a) < 0 || write_header (a, 2) < 0))
+        && (reopen (a) < 0 || write_header (a, 2, 0, 0) < 0))
       goto out;
   }
   ret = 0;
