@@ -458,6 +458,32 @@ struct qk_amend_result {
 };
 extern int qk_amend (const char *path, const struct qk_amend_options *o,
                      struct qk_amend_result *res);
+
+/* ---- rebase (see qcowkit-rebase(1)) ----
+ * Change the backing file recorded in an image, as qemu-img rebase does.
+ * Safe mode first copies into the image every cluster it does not hold
+ * itself where the old backing chain and the new backing file differ,
+ * so that the guest reads the same through either; QK_REBASE_UNSAFE only
+ * rewrites the name. The protocol is stated in lib/xform/rebase.c. */
+struct qk_rebase_options {
+  const char *backing;        /* the new name as recorded; "" detaches */
+  const char *backing_format; /* "qcow2" or "raw"; needed with a name */
+  const char *root;           /* NULL, or backing files must resolve below */
+  const char *undo_path;      /* NULL: no undo journal */
+  unsigned flags;             /* QK_REBASE_* */
+  uint64_t reserved[4];       /* zero */
+};
+#define QK_REBASE_UNSAFE  (1U << 0)  /* the name only (qemu-img rebase -u) */
+#define QK_REBASE_DRY_RUN (1U << 1)  /* compare and report, write nothing */
+struct qk_rebase_result {
+  uint64_t clusters_compared;  /* clusters read through both backings */
+  uint64_t clusters_copied;    /* given the old chain's data */
+  uint64_t leaks_freed;
+  bool changed;
+  uint64_t reserved[4];
+};
+extern int qk_rebase (const char *path, const struct qk_rebase_options *o,
+                      struct qk_rebase_result *res);
 /* ---- end of image transforms ---- */
 
 /* ---- libvirt metadata ---- */

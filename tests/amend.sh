@@ -249,6 +249,7 @@ sweep () {  # sweep NAME MAKER ARGS...
   cp o.qcow2 n.qcow2; qcowkit amend "$@" n.qcow2 > /dev/null 2>&1
   nv=$(infox n.qcow2 | jq -c '[.compat, .refcount]')
   for kind in write-kill write-fail flush-kill flush-fail; do
+    local finished=no
     for n in $(seq 1 60); do
       rm -f f.qcow2 j.undo
       cp o.qcow2 f.qcow2
@@ -257,6 +258,7 @@ sweep () {  # sweep NAME MAKER ARGS...
       if [ "$rc" -ne 137 ] && [ "$rc" -ne 1 ]; then
         [ "$rc" -eq 0 ] && [ "$(infox f.qcow2 | jq -c '[.compat, .refcount]')" = "$nv" ] ||
           bad="$bad $kind-$n:unfaulted-run-rc$rc"
+        finished=yes
         break
       fi
       points=$((points + 1))
@@ -277,6 +279,7 @@ sweep () {  # sweep NAME MAKER ARGS...
         [ "$(sha f.qcow2)" = "$osha" ] || bad="$bad $kind-$n:written-without-journal"
       fi
     done
+    [ "$finished" = yes ] || bad="$bad $kind:more-than-60-points"
   done
   if [ -z "$bad" ] && [ "$points" -gt 0 ]; then
     pass "fault sweep, $name: killed or failed at each of $points writes and flushes: consistent, guest data kept, old or new version; undo restores; a rerun finishes"

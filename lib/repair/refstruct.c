@@ -11,6 +11,8 @@
 #include "internal.h"
 #include "check/check.h"
 #include "format/format.h"
+#include "image/alloc.h"
+#include "io/io.h"
 #include "repair/refstruct.h"
 
 int
@@ -69,5 +71,42 @@ out:
   qk_reflayout_free (&L);
   free (need);
   free (buf);
+  return ret;
+}
+
+int
+qk_free_leaks (struct qk_source *src, const struct qk_header *h,
+               const struct qk_refmap *map, uint64_t *freed)
+{
+  struct qk_alloc *al;
+  uint64_t cs = h->cluster_size, n = map->n, fixed = 0;
+  int ret = -1;
+
+  *freed = 0;
+  if (!map->complete)
+    return 0;
+  al = qk_alloc_new (src, h);
+  if (al == NULL)
+    return -1;
+  if ((src->size + cs - 1) / cs > n)
+    n = (src->size + cs - 1) / cs;
+  for (uint64_t k = 0; k < n; k++) {
+    uint64_t rc, want = qk_refmap_get (map, k);
+    if (qk_alloc_get (al, k, &rc) < 0)
+      goto out;
+    if (rc > want) {
+      if (qk_alloc_ref (al, k, -(int64_t) (rc - want)) < 0)
+        goto out;
+      fixed++;
+    }
+  }
+  /* nothing references a leaked cluster: the decrements go straight to
+   * the refcount blocks */
+  if (fixed && qk_alloc_sync (al) < 0)
+    goto out;
+  *freed = fixed;
+  ret = 0;
+out:
+  qk_alloc_free (al);
   return ret;
 }

@@ -26,4 +26,12 @@ extern int qk_refstruct_write (const struct qk_refmap *map,
                                uint64_t start, qk_put_fn put, void *opaque,
                                struct qk_refstruct *out);
 
+/* Leaked clusters (stored refcount above map's count) set to the count,
+ * through the allocator over the writable src; *freed: how many. A map
+ * that is not complete frees nothing. */
+struct qk_source;
+struct qk_header;
+extern int qk_free_leaks (struct qk_source *src, const struct qk_header *h,
+                          const struct qk_refmap *map, uint64_t *freed);
+
 #endif

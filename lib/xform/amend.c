@@ -169,43 +169,18 @@ check (struct amend *a, struct qk_refmap *map, struct qk_check_result *cr)
 static int
 free_leaks (struct amend *a, const struct qk_refmap *map, uint64_t leaks)
 {
-  struct qk_alloc *al;
-  uint64_t cs = a->img->hdr.cluster_size, n = map->n, fixed = 0;
-  int ret = -1;
-
-  if (leaks == 0 || !map->complete || (a->o->flags & QK_AMEND_DRY_RUN)) {
+  if (leaks == 0 || (a->o->flags & QK_AMEND_DRY_RUN)) {
     a->res->leaks_freed = leaks;
     return 0;
   }
-  al = qk_alloc_new (qk_writer_src (&a->w), &a->img->hdr);
-  if (al == NULL)
+  if (qk_free_leaks (qk_writer_src (&a->w), &a->img->hdr, map,
+                     &a->res->leaks_freed) < 0)
     return -1;
-  if ((a->img->src->size + cs - 1) / cs > n)
-    n = (a->img->src->size + cs - 1) / cs;
-  for (uint64_t k = 0; k < n; k++) {
-    uint64_t rc, want = qk_refmap_get (map, k);
-    if (qk_alloc_get (al, k, &rc) < 0)
-      goto out;
-    if (rc > want) {
-      if (qk_alloc_ref (al, k, -(int64_t) (rc - want)) < 0)
-        goto out;
-      fixed++;
-    }
-  }
-  if (fixed) {
-    /* nothing references a leaked cluster: the decrements go straight
-     * to the refcount blocks */
+  if (a->res->leaks_freed) {
     a->res->writes++;
     a->res->changed = true;
-    if (qk_alloc_sync (al) < 0)
-      goto out;
   }
-  ret = 0;
-out:
-  if (al)
-    qk_alloc_free (al);
-  a->res->leaks_freed = fixed;
-  return ret;
+  return 0;
 }
 
 /* ---- step 1: upgrade ---- */

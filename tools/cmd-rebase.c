@@ -1,0 +1,137 @@
+/* qcowkit rebase: change the backing file an image records (qk_rebase),
+ * as qemu-img rebase does: the safe mode first copies into the image
+ * every cluster where the old and the new backing differ; -u only
+ * rewrites the name. Exit status: 0 done, 1 refused or failed (a refusal
+ * leaves the image untouched), 2 usage. */
+#include <config.h>
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tool.h"
+#include "util/json.h"
+
+static const char rebase_help[] =
+  "Usage: qcowkit rebase -b NEW [-F FMT] [-u] [-n] [--undo FILE]\n"
+  "                      [--root DIR] [--output=human|json] IMAGE\n"
+  "\n"
+  "Change the backing file IMAGE records, as 'qemu-img rebase' does,\n"
+  "without QEMU and crash-safe.\n"
+  "\n"
+  "  -b NEW              the new backing file name, as recorded (relative\n"
+  "                      names are relative to IMAGE); \"\" detaches\n"
+  "  -F FMT              its format, qcow2 or raw (needed with a name)\n"
+  "  -u                  unsafe: rewrite the name only, copy nothing\n"
+  "  -n, --dry-run       compare and report, write nothing\n"
+  "  --undo FILE         keep the old bytes in FILE (qcowkit undo FILE IMAGE)\n"
+  "  --root DIR          backing files must resolve below DIR\n"
+  "  --output=FMT        human (default) or json\n"
+  "\n"
+  "Exit status: 0 done, 1 refused or failed (a refusal leaves the image\n"
+  "untouched), 2 usage. See qcowkit-rebase(1).\n";
+
+int
+cmd_rebase (int argc, char **argv)
+{
+  struct common_opts o = { .progress = -1 };
+  struct qk_rebase_options ro;
+  struct qk_rebase_result res;
+  const char *path = NULL;
+  int e;
+
+  memset (&ro, 0, sizeof ro);
+  for (int i = 1; i < argc; i++) {
+    const char *s = argv[i];
+    int k;
+    if (strcmp (s, "--help") == 0 || strcmp (s, "-h") == 0) {
+      fputs (rebase_help, stdout);
+      return EXIT_OK;
+    }
+    if (strcmp (s, "-b") == 0 || strcmp (s, "-F") == 0
+        || strcmp (s, "--undo") == 0) {
+      if (i + 1 >= argc)
+        return usage_error ("rebase", "%s needs a value", s), EXIT_USAGE;
+      if (s[1] == 'b')
+        ro.backing = argv[++i];
+      else if (s[1] == 'F')
+        ro.backing_format = argv[++i];
+      else
+        ro.undo_path = argv[++i];
+      continue;
+    }
+    if (strcmp (s, "-u") == 0) {
+      ro.flags |= QK_REBASE_UNSAFE;
+      continue;
+    }
+    if (strcmp (s, "-n") == 0 || strcmp (s, "--dry-run") == 0) {
+      ro.flags |= QK_REBASE_DRY_RUN;
+      continue;
+    }
+    if ((k = common_option (&o, argc, argv, &i, "rebase")) < 0)
+      return EXIT_USAGE;
+    if (k)
+      continue;
+    if (s[0] == '-' && s[1])
+      return usage_error ("rebase", "unknown option '%s'", s), EXIT_USAGE;
+    if (path)
+      return usage_error ("rebase", "too many arguments"), EXIT_USAGE;
+    path = s;
+  }
+  if (path == NULL)
+    return usage_error ("rebase", "no image given"), EXIT_USAGE;
+  if (ro.backing == NULL)
+    return usage_error ("rebase", "Must specify backing file (-b) or use "
+                        "unsafe mode (-u)"), EXIT_USAGE;
+  if ((ro.flags & QK_REBASE_DRY_RUN) && ro.undo_path)
+    return usage_error ("rebase", "a dry run writes no undo journal"),
+           EXIT_USAGE;
+  ro.root = o.root;
+
+  if (qk_rebase (path, &ro, &res) < 0) {
+    e = errno;
+    errx_ ("%s", qk_get_error ());
+    if (e == EBUSY || e == EAGAIN)
+      errx_ ("%s is in use (QEMU holds its lock): stop the VM first", path);
+    if (res.changed && ro.undo_path)
+      errx_ ("what was written is in %s: 'qcowkit undo %s %s' puts it back",
+             ro.undo_path, ro.undo_path, path);
+    else if (res.changed)
+      errx_ ("the image still reads the same through its old backing file: "
+             "run the same command again to finish");
+    return EXIT_ERR;
+  }
+  if (o.output == OUT_JSON) {
+    struct qk_json *j = qk_json_new (stdout, 4);
+    qk_json_object_begin (j, NULL);
+    qk_json_string (j, "filename", path);
+    qk_json_string (j, "backing-filename", ro.backing);
+    if (*ro.backing)
+      qk_json_string (j, "backing-filename-format", ro.backing_format);
+    qk_json_bool (j, "unsafe", (ro.flags & QK_REBASE_UNSAFE) != 0);
+    qk_json_bool (j, "dry-run", (ro.flags & QK_REBASE_DRY_RUN) != 0);
+    qk_json_uint (j, "clusters-compared", res.clusters_compared);
+    qk_json_uint (j, "clusters-copied", res.clusters_copied);
+    qk_json_uint (j, "leaks-freed", res.leaks_freed);
+    qk_json_bool (j, "changed", res.changed);
+    qk_json_object_end (j);
+    qk_json_free (j);
+    return EXIT_OK;
+  }
+  if (ro.flags & QK_REBASE_DRY_RUN)
+    printf ("Would rebase %s onto %s: %" PRIu64 " of %" PRIu64 " clusters "
+            "differ and would be copied\n", printable (path),
+            *ro.backing ? printable (ro.backing) : "no backing file",
+            res.clusters_copied, res.clusters_compared);
+  else if (ro.flags & QK_REBASE_UNSAFE)
+    printf ("Rebased %s onto %s (unsafe: the name only)\n", printable (path),
+            *ro.backing ? printable (ro.backing) : "no backing file");
+  else
+    printf ("Rebased %s onto %s: %" PRIu64 " of %" PRIu64 " clusters "
+            "differed and were copied\n", printable (path),
+            *ro.backing ? printable (ro.backing) : "no backing file",
+            res.clusters_copied, res.clusters_compared);
+  if (res.leaks_freed)
+    printf ("  freed %" PRIu64 " leaked clusters first\n", res.leaks_freed);
+  return EXIT_OK;
+}
