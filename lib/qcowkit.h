@@ -484,6 +484,38 @@ struct qk_rebase_result {
 };
 extern int qk_rebase (const char *path, const struct qk_rebase_options *o,
                       struct qk_rebase_result *res);
+
+/* ---- commit (see qcowkit-commit(1)) ----
+ * Merge what an overlay (and, with base, the images between) holds into
+ * a lower image of its chain, as qemu-img commit does, offline: the base
+ * grows when smaller, then gets every cluster something above it
+ * allocates, as the top reads it; then the top is emptied (unless
+ * QK_COMMIT_KEEP, or base is given, as qemu-img -b implies -d). The
+ * guest reads the same through the top at every point. The protocol is
+ * stated in lib/xform/commit.c. */
+struct qk_commit_options {
+  const char *base;           /* NULL: the backing file; else an image of
+                                 the chain (its recorded name or the same
+                                 file) */
+  const char *root;           /* NULL, or backing files must resolve below */
+  const char *undo_path;      /* NULL, or journals UNDO.base and UNDO.top */
+  unsigned flags;             /* QK_COMMIT_* */
+  uint64_t reserved[4];       /* zero */
+};
+#define QK_COMMIT_KEEP    (1U << 0)  /* do not empty the top (-d) */
+#define QK_COMMIT_DRY_RUN (1U << 1)  /* count, write nothing */
+struct qk_commit_result {
+  const char *base_filename;  /* valid during the call only */
+  uint64_t clusters_copied;   /* base clusters written */
+  uint64_t leaks_freed;       /* in the base, first */
+  uint64_t bitmaps_marked;    /* bitmaps of the base marking the commit */
+  bool base_grown;
+  bool top_emptied;
+  bool changed;
+  uint64_t reserved[4];
+};
+extern int qk_commit (const char *path, const struct qk_commit_options *o,
+                      struct qk_commit_result *res);
 /* ---- end of image transforms ---- */
 
 /* ---- libvirt metadata ---- */

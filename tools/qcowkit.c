@@ -19,6 +19,8 @@ static const struct {
     "journal" },
   { "amend", cmd_amend, "change an image's compat version and refcount "
     "width in place (qemu-img amend)" },
+  { "commit", cmd_commit, "merge an overlay into its backing file "
+    "(qemu-img commit)" },
   { "rebase", cmd_rebase, "change the backing file an image records "
     "(qemu-img rebase)" },
   { "map", cmd_map, "show where guest data lives (qemu-img map compatible)" },

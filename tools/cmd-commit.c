@@ -1,0 +1,128 @@
+/* qcowkit commit: merge an overlay into a lower image of its chain
+ * (qk_commit), as qemu-img commit does, offline. Exit status: 0 done, 1
+ * refused or failed, 2 usage. */
+#include <config.h>
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tool.h"
+#include "util/json.h"
+
+static const char commit_help[] =
+  "Usage: qcowkit commit [-b BASE] [-d] [-n] [--undo FILE] [--root DIR]\n"
+  "                      [--output=human|json] OVERLAY\n"
+  "\n"
+  "Merge what OVERLAY holds into its backing file (or into BASE, a lower\n"
+  "image of its chain, with the images between), as 'qemu-img commit'\n"
+  "does, without QEMU and crash-safe. The base grows when smaller; the\n"
+  "overlay is then emptied (it reads the same, through the base).\n"
+  "\n"
+  "  -b BASE             commit into BASE (implies -d, as qemu-img)\n"
+  "  -d                  keep the overlay's data (do not empty it)\n"
+  "  -n, --dry-run       count what would be copied, write nothing\n"
+  "  --undo FILE         keep the old bytes in FILE.base and FILE.top\n"
+  "                      (qcowkit undo FILE.base BASE, FILE.top OVERLAY)\n"
+  "  --root DIR          backing files must resolve below DIR\n"
+  "  --output=FMT        human (default) or json\n"
+  "\n"
+  "Exit status: 0 done, 1 refused or failed, 2 usage. See qcowkit-commit(1).\n";
+
+int
+cmd_commit (int argc, char **argv)
+{
+  struct common_opts o = { .progress = -1 };
+  struct qk_commit_options co;
+  struct qk_commit_result res;
+  const char *path = NULL;
+  char *base_name = NULL;
+  int e;
+
+  memset (&co, 0, sizeof co);
+  for (int i = 1; i < argc; i++) {
+    const char *s = argv[i];
+    int k;
+    if (strcmp (s, "--help") == 0 || strcmp (s, "-h") == 0) {
+      fputs (commit_help, stdout);
+      return EXIT_OK;
+    }
+    if (strcmp (s, "-b") == 0 || strcmp (s, "--undo") == 0) {
+      if (i + 1 >= argc)
+        return usage_error ("commit", "%s needs a value", s), EXIT_USAGE;
+      if (s[1] == 'b')
+        co.base = argv[++i];
+      else
+        co.undo_path = argv[++i];
+      continue;
+    }
+    if (strcmp (s, "-d") == 0) {
+      co.flags |= QK_COMMIT_KEEP;
+      continue;
+    }
+    if (strcmp (s, "-n") == 0 || strcmp (s, "--dry-run") == 0) {
+      co.flags |= QK_COMMIT_DRY_RUN;
+      continue;
+    }
+    if ((k = common_option (&o, argc, argv, &i, "commit")) < 0)
+      return EXIT_USAGE;
+    if (k)
+      continue;
+    if (s[0] == '-' && s[1])
+      return usage_error ("commit", "unknown option '%s'", s), EXIT_USAGE;
+    if (path)
+      return usage_error ("commit", "too many arguments"), EXIT_USAGE;
+    path = s;
+  }
+  if (path == NULL)
+    return usage_error ("commit", "no image given"), EXIT_USAGE;
+  if ((co.flags & QK_COMMIT_DRY_RUN) && co.undo_path)
+    return usage_error ("commit", "a dry run writes no undo journal"),
+           EXIT_USAGE;
+  co.root = o.root;
+
+  if (qk_commit (path, &co, &res) < 0) {
+    e = errno;
+    errx_ ("%s", qk_get_error ());
+    if (e == EBUSY || e == EAGAIN)
+      errx_ ("an image of the chain is in use (QEMU holds its lock): stop "
+             "the VM first");
+    if (res.changed)
+      errx_ ("the overlay still reads the same: run the same command again "
+             "to finish%s", co.undo_path ? ", or undo it from the journals"
+             : "");
+    return EXIT_ERR;
+  }
+  (void) base_name;
+  if (o.output == OUT_JSON) {
+    struct qk_json *j = qk_json_new (stdout, 4);
+    qk_json_object_begin (j, NULL);
+    qk_json_string (j, "filename", path);
+    qk_json_bool (j, "dry-run", (co.flags & QK_COMMIT_DRY_RUN) != 0);
+    qk_json_uint (j, "clusters-copied", res.clusters_copied);
+    qk_json_uint (j, "leaks-freed", res.leaks_freed);
+    qk_json_uint (j, "bitmaps-marked", res.bitmaps_marked);
+    qk_json_bool (j, "base-grown", res.base_grown);
+    qk_json_bool (j, "emptied", res.top_emptied);
+    qk_json_bool (j, "changed", res.changed);
+    qk_json_object_end (j);
+    qk_json_free (j);
+    return EXIT_OK;
+  }
+  if (co.flags & QK_COMMIT_DRY_RUN)
+    printf ("Would commit %s: %" PRIu64 " clusters of the base would be "
+            "written\n", printable (path), res.clusters_copied);
+  else {
+    printf ("Image committed.\n");
+    printf ("  %" PRIu64 " clusters of the base written%s%s\n",
+            res.clusters_copied, res.base_grown ? ", the base grown" : "",
+            res.top_emptied ? ", the overlay emptied" : "");
+  }
+  if (res.leaks_freed)
+    printf ("  freed %" PRIu64 " leaked clusters of the base first\n",
+            res.leaks_freed);
+  if (res.bitmaps_marked)
+    printf ("  %" PRIu64 " persistent bitmaps of the base mark the committed "
+            "ranges\n", res.bitmaps_marked);
+  return EXIT_OK;
+}
