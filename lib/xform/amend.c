@@ -65,8 +65,6 @@
  * reached. */
 #include <config.h>
 
-#include <stdarg.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -78,6 +76,7 @@
 #include "image/spec.h"
 #include "io/io.h"
 #include "repair/refstruct.h"
+#include "xform/xform.h"
 
 #define L2_BATCH 64
 
@@ -90,21 +89,7 @@ struct amend {
   unsigned new_version, new_order;
 };
 
-static int
-refuse (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
-
-static int
-refuse (const char *fmt, ...)
-{
-  char msg[512];
-  va_list ap;
-
-  va_start (ap, fmt);
-  vsnprintf (msg, sizeof msg, fmt, ap);
-  va_end (ap);
-  qk_internal_set_error (ENOTSUP, "amend", "%s", msg);
-  return -1;
-}
+#define refuse(...) qk_xform_refuse ("amend", ENOTSUP, __VA_ARGS__)
 
 static int
 reopen (struct amend *a)
@@ -146,22 +131,15 @@ flush (struct amend *a)
   return qk_writer_flush (&a->w);
 }
 
-/* The check the amend stands on; errors refuse. */
+/* The check the amend stands on; errors refuse. Leaks are freed later
+ * (step 0), once every refusal is made. */
 static int
 check (struct amend *a, struct qk_refmap *map, struct qk_check_result *cr)
 {
-  memset (map, 0, sizeof *map);
-  if (qk_check_run_map (a->img, QK_CHECK_NO_MESSAGES, NULL, NULL, cr,
-                        map) < 0)
-    return -1;
-  if (cr->corruptions || cr->check_errors || !map->counting) {
-    qk_refmap_free (map);
-    qk_internal_set_error (EUCLEAN, "amend", "%s has %" PRIu64 " errors (qcowkit check tells "
-               "which); repair it first: qcowkit repair -y", a->path,
-               cr->corruptions + cr->check_errors);
-    return -1;
-  }
-  return 0;
+  uint64_t none;
+
+  return qk_xform_check (a->img, &a->w, "amend", a->path, true, map, cr,
+                         &none);
 }
 
 /* ---- step 0: leaks ---- */
@@ -919,18 +897,10 @@ qk_amend (const char *path, const struct qk_amend_options *o,
   a.o = o;
   a.res = res;
   a.path = path;
-  if ((o->flags & QK_AMEND_DRY_RUN)) {
-    struct qk_source *s = qk_source_file (path);
-    if (s == NULL)
-      return -1;
-    if (qk_source_lock (s, QK_LOCK_READ) < 0) {
-      qk_source_close (s);
-      return -1;
-    }
-    qk_writer_adopt (&a.w, s);
-  }
-  else if (qk_writer_open (&a.w, path, o->undo_path) < 0) {
+  if (qk_xform_open (&a.w, path, o->undo_path,
+                     (o->flags & QK_AMEND_DRY_RUN) != 0) < 0) {
     qk_internal_prefix_error ("qk_amend");
+    qk_writer_close (&a.w);
     return -1;
   }
   ret = run (&a);

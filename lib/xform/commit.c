@@ -49,7 +49,6 @@
 #include <config.h>
 
 #include <limits.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,6 +63,7 @@
 #include "io/io.h"
 #include "repair/refstruct.h"
 #include "util/path.h"
+#include "xform/xform.h"
 
 #define BATCH_TABLES 32
 
@@ -81,21 +81,7 @@ struct commit {
   char *bundo, *tundo;
 };
 
-static int
-refuse (int err, const char *fmt, ...) __attribute__ ((format (printf, 2, 3)));
-
-static int
-refuse (int err, const char *fmt, ...)
-{
-  char msg[1024];
-  va_list ap;
-
-  va_start (ap, fmt);
-  vsnprintf (msg, sizeof msg, fmt, ap);
-  va_end (ap);
-  qk_internal_set_error (err, "commit", "%s", msg);
-  return -1;
-}
+#define refuse(err, ...) qk_xform_refuse ("commit", (err), __VA_ARGS__)
 
 static bool
 same_file (const char *a, const char *b)
@@ -147,31 +133,19 @@ reopen_base (struct commit *c)
 static int
 check_base (struct commit *c)
 {
-  struct qk_refmap map;
   struct qk_check_result cr;
-  int ret = 0;
+  uint64_t n;
 
-  memset (&map, 0, sizeof map);
-  if (qk_check_run_map (c->base, QK_CHECK_NO_MESSAGES, NULL, NULL, &cr,
-                        &map) < 0)
+  if (qk_xform_check (c->base, &c->bw, "commit", c->base_ro->filename,
+                      (c->o->flags & QK_COMMIT_DRY_RUN) != 0, NULL, &cr,
+                      &n) < 0)
     return -1;
-  if (cr.corruptions || cr.check_errors || !map.counting)
-    ret = refuse (EUCLEAN, "the base %s has %" PRIu64 " errors (qcowkit "
-                  "check tells which); repair it first: qcowkit repair -y",
-                  c->base_ro->filename, cr.corruptions + cr.check_errors);
-  else if (cr.leaks && !(c->o->flags & QK_COMMIT_DRY_RUN)) {
-    uint64_t n;
-    if (qk_writer_begin (&c->bw) < 0
-        || qk_free_leaks (qk_writer_src (&c->bw), &c->base->hdr, &map, &n) < 0)
-      ret = -1;
-    else if (n) {
-      c->res->leaks_freed += n;
-      c->res->changed = true;
-      ret = reopen_base (c);
-    }
+  if (n) {
+    c->res->leaks_freed += n;
+    c->res->changed = true;
+    return reopen_base (c);
   }
-  qk_refmap_free (&map);
-  return ret;
+  return 0;
 }
 
 /* ---- step 1: grow the base ---- */
@@ -262,18 +236,6 @@ collect (void *opaque, const struct qk_extent *e)
   r->v[2 * r->n + 1] = e->start + e->length;
   r->n++;
   return 0;
-}
-
-static bool
-all_zero (const uint8_t *p, size_t n)
-{
-  static const uint8_t z[4096];
-  for (size_t o = 0; o < n; o += sizeof z) {
-    size_t k = n - o < sizeof z ? n - o : sizeof z;
-    if (memcmp (p + o, z, k))
-      return false;
-  }
-  return true;
 }
 
 /* The persistent bitmaps of the base that record writes (enabled, not
@@ -385,7 +347,7 @@ copy (struct commit *c, const struct ranges *rr)
         continue;
       c->res->changed = true;
       if (g) {
-        if (qk_gwrite_cluster (g, off, all_zero (buf, cs)
+        if (qk_gwrite_cluster (g, off, qk_all_zero (buf, cs)
                                        && c->base->hdr.version >= 3
                                        ? NULL : buf) < 0)
           goto out;
@@ -522,25 +484,10 @@ run (struct commit *c)
                    "supported");
   /* the top is held for the whole run: its write locks when it is to be
    * emptied, else its read lock (nothing may write it while it is read) */
-  if (keep || (c->o->flags & QK_COMMIT_DRY_RUN)) {
-    struct qk_source *s = qk_source_file (c->path);
-    if (s == NULL)
-      return -1;
-    qk_writer_adopt (&c->tw, s);
-    if (qk_source_lock (s, QK_LOCK_READ) < 0)
-      return -1;
-  }
-  else if (qk_writer_open (&c->tw, c->path, c->tundo) < 0)
-    return -1;
-  if (c->o->flags & QK_COMMIT_DRY_RUN) {
-    struct qk_source *s = qk_source_file (c->base_ro->filename);
-    if (s == NULL)
-      return -1;
-    qk_writer_adopt (&c->bw, s);
-    if (qk_source_lock (s, QK_LOCK_READ) < 0)
-      return -1;
-  }
-  else if (qk_writer_open (&c->bw, c->base_ro->filename, c->bundo) < 0)
+  if (qk_xform_open (&c->tw, c->path, c->tundo,
+                     keep || (c->o->flags & QK_COMMIT_DRY_RUN)) < 0
+      || qk_xform_open (&c->bw, c->base_ro->filename, c->bundo,
+                        (c->o->flags & QK_COMMIT_DRY_RUN) != 0) < 0)
     return -1;
   if (c->base_qcow2) {
     if (reopen_base (c) < 0 || check_base (c) < 0)

@@ -32,8 +32,6 @@
  * written. */
 #include <config.h>
 
-#include <stdarg.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,6 +44,7 @@
 #include "repair/refstruct.h"
 #include "io/io.h"
 #include "util/path.h"
+#include "xform/xform.h"
 
 #define BATCH_TABLES 32
 
@@ -58,21 +57,7 @@ struct rebase {
   struct qk_image *nb;       /* the new backing file (safe mode) */
 };
 
-static int
-refuse (int err, const char *fmt, ...) __attribute__ ((format (printf, 2, 3)));
-
-static int
-refuse (int err, const char *fmt, ...)
-{
-  char msg[1024];
-  va_list ap;
-
-  va_start (ap, fmt);
-  vsnprintf (msg, sizeof msg, fmt, ap);
-  va_end (ap);
-  qk_internal_set_error (err, "rebase", "%s", msg);
-  return -1;
-}
+#define refuse(err, ...) qk_xform_refuse ("rebase", (err), __VA_ARGS__)
 
 static int
 reopen (struct rebase *r, bool backing)
@@ -124,42 +109,17 @@ write_backing (struct rebase *r)
 static int
 check_clean (struct rebase *r)
 {
-  struct qk_refmap map;
   struct qk_check_result cr;
-  int ret = 0;
 
-  memset (&map, 0, sizeof map);
-  if (qk_check_run_map (r->img, QK_CHECK_NO_MESSAGES, NULL, NULL, &cr,
-                        &map) < 0)
+  if (qk_xform_check (r->img, &r->w, "rebase", r->path,
+                      (r->o->flags & QK_REBASE_DRY_RUN) != 0, NULL, &cr,
+                      &r->res->leaks_freed) < 0)
     return -1;
-  if (cr.corruptions || cr.check_errors || !map.counting)
-    ret = refuse (EUCLEAN, "%s has %" PRIu64 " errors (qcowkit check tells "
-                  "which); repair it first: qcowkit repair -y", r->path,
-                  cr.corruptions + cr.check_errors);
-  else if (cr.leaks && !(r->o->flags & QK_REBASE_DRY_RUN)) {
-    if (qk_writer_begin (&r->w) < 0
-        || qk_free_leaks (qk_writer_src (&r->w), &r->img->hdr, &map,
-                          &r->res->leaks_freed) < 0)
-      ret = -1;
-    else if (r->res->leaks_freed) {
-      r->res->changed = true;
-      ret = reopen (r, true);
-    }
+  if (r->res->leaks_freed) {
+    r->res->changed = true;
+    return reopen (r, true);
   }
-  qk_refmap_free (&map);
-  return ret;
-}
-
-static bool
-all_zero (const uint8_t *p, size_t n)
-{
-  static const uint8_t z[4096];
-  for (size_t o = 0; o < n; o += sizeof z) {
-    size_t k = n - o < sizeof z ? n - o : sizeof z;
-    if (memcmp (p + o, z, k))
-      return false;
-  }
-  return true;
+  return 0;
 }
 
 /* Read len bytes of img at off; past its virtual size, zeros. */
@@ -219,7 +179,7 @@ copy_differences (struct rebase *r)
         continue;
       }
       if (qk_gwrite_cluster (g, guest,
-                             img->hdr.version >= 3 && all_zero (a, cs)
+                             img->hdr.version >= 3 && qk_all_zero (a, cs)
                              ? NULL : a) < 0)
         goto out;
       r->res->clusters_copied++;
@@ -339,18 +299,10 @@ qk_rebase (const char *path, const struct qk_rebase_options *o,
   r.o = o;
   r.res = res;
   r.path = path;
-  if (o->flags & QK_REBASE_DRY_RUN) {
-    struct qk_source *s = qk_source_file (path);
-    if (s == NULL)
-      return -1;
-    if (qk_source_lock (s, QK_LOCK_READ) < 0) {
-      qk_source_close (s);
-      return -1;
-    }
-    qk_writer_adopt (&r.w, s);
-  }
-  else if (qk_writer_open (&r.w, path, o->undo_path) < 0) {
+  if (qk_xform_open (&r.w, path, o->undo_path,
+                     (o->flags & QK_REBASE_DRY_RUN) != 0) < 0) {
     qk_internal_prefix_error ("qk_rebase");
+    qk_writer_close (&r.w);
     return -1;
   }
   ret = run (&r);

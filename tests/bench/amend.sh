@@ -57,13 +57,10 @@ opts () {
   esac
 }
 
-timed () {
-  local t0=$EPOCHREALTIME r
-  /usr/bin/time -f '%M' -o "$BENCH_DIR/.time" "$@" >/dev/null 2>&1 || true
-  read -r r < "$BENCH_DIR/.time"
-  echo "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.3f", b - a}') $r"
-}
 
+# a copy of the binary: a rebuild during the run cannot change it
+qk=$BENCH_DIR/qcowkit-bench
+cp "$top_builddir/tools/qcowkit" "$qk"
 kw=$BENCH_DIR/amend-k.qcow2
 qw=$BENCH_DIR/amend-q.qcow2
 echo "| image | qcowkit amend | RSS | qemu-img amend | RSS | ratio | cp of the image (floor) |"
@@ -75,14 +72,14 @@ for r in ${BENCH_ONLY:-up1t4s down1t4s rc64_1t4s downfrag}; do
   kopt=$(echo "$o" | sed 's/compat=/--compat=/; s/refcount_bits=/--refcount-bits=/')
   qbest= qrss= kbest= krss= cbest=
   for _ in $(seq "$RUNS"); do
-    read -r t _ < <(timed cp --sparse=always "$img" "$kw")
+    out=$(timed cp --sparse=always "$img" "$kw"); read -r t _ <<< "$out"
     if [ -z "$cbest" ] || awk "BEGIN{exit !($t < $cbest)}"; then cbest=$t; fi
     sync
-    read -r t m < <(timed "$top_builddir/tools/qcowkit" amend "$kopt" "$kw")
+    out=$(timed "$qk" amend "$kopt" "$kw"); read -r t m <<< "$out"
     if [ -z "$kbest" ] || awk "BEGIN{exit !($t < $kbest)}"; then kbest=$t krss=$m; fi
     cp --sparse=always "$img" "$qw"
     sync
-    read -r t m < <(timed qemu-img amend -o "$o" "$qw")
+    out=$(timed qemu-img amend -o "$o" "$qw"); read -r t m <<< "$out"
     if [ -z "$qbest" ] || awk "BEGIN{exit !($t < $qbest)}"; then qbest=$t qrss=$m; fi
   done
   qemu-img check "$kw" >/dev/null 2>&1 ||

@@ -47,3 +47,21 @@ rand_image () {
   randwrites "$1.tmp" "${@:3}"
   mv "$1.tmp" "$1"
 }
+
+# timed CMD...: "seconds peak_rss_kib" of one run; a failing command stops
+# the benchmark (a failed run must never pass for a fast one)
+timed () {
+  local t0=$EPOCHREALTIME r
+  /usr/bin/time -f '%M' -o "$BENCH_DIR/.time" "$@" >/dev/null 2>"$BENCH_DIR/.err" || {
+    echo "benchmark command failed: $*" >&2; cat "$BENCH_DIR/.err" >&2; return 1; }
+  read -r r < "$BENCH_DIR/.time"
+  echo "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.3f", b - a}') $r"
+}
+# timed_any CMD...: the same, whatever the command's exit status (a
+# repair's exit status says what it found, not whether it ran)
+timed_any () {
+  local t0=$EPOCHREALTIME r
+  /usr/bin/time -f '%M' -o "$BENCH_DIR/.time" "$@" >/dev/null 2>&1 || true
+  read -r r < "$BENCH_DIR/.time"
+  echo "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.3f", b - a}') $r"
+}

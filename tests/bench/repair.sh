@@ -104,13 +104,6 @@ describe () {
   esac
 }
 
-# timed CMD...: seconds and peak RSS (KiB) of one run
-timed () {
-  local t0=$EPOCHREALTIME r
-  /usr/bin/time -f '%M' -o "$BENCH_DIR/.time" "$@" >/dev/null 2>&1 || true
-  read -r r < "$BENCH_DIR/.time"
-  echo "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.3f", b - a}') $r"
-}
 
 work=$BENCH_DIR/repair-work.qcow2
 echo "| image | qcowkit check -r all | RSS | qemu-img check -r all | RSS | ratio |"
@@ -121,12 +114,12 @@ for r in ${BENCH_ONLY:-leaks64g leaks1t rebuild1t leaks1t4s rebuild1t4s leaksfra
   qbest= qrss= kbest= krss=
   for _ in $(seq "$RUNS"); do
     cp --sparse=always "$img" "$work"
-    read -r t m < <(timed "$top_builddir/tools/qcowkit" check -r all "$work")
+    read -r t m < <(timed_any "$top_builddir/tools/qcowkit" check -r all "$work")
     if [ -z "$kbest" ] || awk "BEGIN{exit !($t < $kbest)}"; then kbest=$t krss=$m; fi
     qemu-img check "$work" >/dev/null 2>&1 ||
       { echo "qcowkit's repair of $r does not check clean" >&2; exit 1; }
     cp --sparse=always "$img" "$work"
-    read -r t m < <(timed qemu-img check -r all "$work")
+    read -r t m < <(timed_any qemu-img check -r all "$work")
     if [ -z "$qbest" ] || awk "BEGIN{exit !($t < $qbest)}"; then qbest=$t qrss=$m; fi
     qemu-img check "$work" >/dev/null 2>&1 ||
       { echo "qemu-img's repair of $r does not check clean" >&2; exit 1; }
