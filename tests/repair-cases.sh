@@ -50,7 +50,6 @@ declare -A unrepaired=(
 # failure while the gap is open, and an unexpected pass (which fails the
 # test) once it is closed, so that the entry goes.
 declare -A gaps=(
-  [reftable-offset-zero]="the refcount table lies on the header cluster: the rebuild must rewrite the header, but the repair does not write a cluster two structures claim, the other one being the refcount table it replaces (Not writing the header)"
 )
 todo () {  # todo PASSED DESCRIPTION REASON: one TAP TODO line
   tap_n=$((tap_n + 1))

@@ -1701,6 +1701,25 @@ out:
   return ret;
 }
 
+/* Whether cluster 0 is claimed by the header and, besides it, only by
+ * the refcount table and blocks the check counted (which a rebuild
+ * replaces). */
+static bool
+header_only_refstructs (const struct qk_refmap *map, unsigned cb)
+{
+  uint64_t on0 = 0;
+
+  if (!qk_refmap_conflicted (map, 0) || !map->refstructs)
+    return false;
+  if (map->reftable_len && (map->reftable_offset >> cb) == 0)
+    on0++;
+  for (size_t t = 0; t < map->reftable_n; t++)
+    if (map->refblocks && ((map->refblocks[t / 8] >> (t & 7)) & 1)
+        && ((map->reftable[t] & QK_REFT_OFFSET_MASK) >> cb) == 0)
+      on0++;
+  return on0 && qk_refmap_get (map, 0) == on0 + 1;
+}
+
 static int
 put_cb (void *opaque, const void *buf, size_t len, uint64_t off)
 {
@@ -1715,8 +1734,13 @@ refcounts_rebuild (struct qk_repair *r, struct qk_refmap *map)
   struct qk_refstruct rs;
   struct qk_fixrec *f;
   uint8_t hdr[12];
+  bool hdr_alone;
 
-  if (header_shared (r, FX_REBUILD_REFCOUNTS))
+  /* the header cluster may be shared with the refcount structure being
+   * replaced (a refcount table at offset 0): then the header is the only
+   * structure left on it, and switching the header away is the fix */
+  hdr_alone = header_only_refstructs (map, cb);
+  if (!hdr_alone && header_shared (r, FX_REBUILD_REFCOUNTS))
     return 0;
   f = offer (r, FX_REBUILD_REFCOUNTS,
              r->refstruct_problems + r->n_low + r->n_leak, NULL);
@@ -1739,7 +1763,14 @@ refcounts_rebuild (struct qk_repair *r, struct qk_refmap *map)
         rs.table_clusters, rs.table_offset, rs.n_blocks);
   be64_put (hdr, rs.table_offset);
   be32_put (hdr + 8, rs.table_clusters);
-  if (put (r, hdr, 12, 48) < 0 || flush (r) < 0)
+  /* (put() refuses cluster 0 while the old table claims it too: the
+   * write that ends that claim goes to the stack directly) */
+  if (hdr_alone) {
+    r->n_writes++;
+    if (qk_writer_pwrite (&r->w, hdr, 12, 48) < 0 || flush (r) < 0)
+      return -1;
+  }
+  else if (put (r, hdr, 12, 48) < 0 || flush (r) < 0)
     return -1;
   f->f.made = true;
   f->f.leaks_fixed = r->n_leak;
