@@ -5,7 +5,7 @@
 # structure-aware mutator (fuzz/mutator.c) into their libFuzzer binaries;
 # the *-nomut binaries are the first four without it, to measure what it
 # brings.
-FUZZ_HARNESSES = image read check chain repair meta-file meta-bulk
+FUZZ_HARNESSES = image read check chain repair amend meta-file meta-bulk
 FUZZ_COMMON = fuzz/fuzz.h fuzz/chainfs.h
 FUZZ_REPLAY_LDADD = lib/libqcowkit-internal.la $(ZLIB_LIBS)
 # fuzz-meta-bulk cuts the bulk reader's read(2)s into chunks the input
@@ -22,6 +22,8 @@ fuzz_fuzz_chain_replay_SOURCES = fuzz/fuzz-chain.c fuzz/standalone.c $(FUZZ_COMM
 fuzz_fuzz_chain_replay_LDADD = $(FUZZ_REPLAY_LDADD)
 fuzz_fuzz_repair_replay_SOURCES = fuzz/fuzz-repair.c fuzz/standalone.c $(FUZZ_COMMON)
 fuzz_fuzz_repair_replay_LDADD = $(FUZZ_REPLAY_LDADD)
+fuzz_fuzz_amend_replay_SOURCES = fuzz/fuzz-amend.c fuzz/standalone.c $(FUZZ_COMMON)
+fuzz_fuzz_amend_replay_LDADD = $(FUZZ_REPLAY_LDADD)
 fuzz_fuzz_meta_file_replay_SOURCES = fuzz/fuzz-meta-file.c fuzz/standalone.c $(FUZZ_COMMON)
 fuzz_fuzz_meta_file_replay_LDADD = $(FUZZ_REPLAY_LDADD)
 fuzz_fuzz_meta_bulk_replay_SOURCES = fuzz/fuzz-meta-bulk.c fuzz/standalone.c $(FUZZ_COMMON)
@@ -31,7 +33,7 @@ fuzz_fuzz_meta_bulk_replay_LDFLAGS = $(AM_LDFLAGS) $(FUZZ_WRAP_READ)
 if ENABLE_FUZZING
 noinst_PROGRAMS = \
 	fuzz/fuzz-image fuzz/fuzz-read fuzz/fuzz-check fuzz/fuzz-chain \
-	fuzz/fuzz-repair fuzz/fuzz-meta-file fuzz/fuzz-meta-bulk \
+	fuzz/fuzz-repair fuzz/fuzz-amend fuzz/fuzz-meta-file fuzz/fuzz-meta-bulk \
 	fuzz/fuzz-image-nomut fuzz/fuzz-read-nomut fuzz/fuzz-check-nomut \
 	fuzz/fuzz-chain-nomut \
 	$(NULL)
@@ -51,6 +53,9 @@ fuzz_fuzz_chain_LDFLAGS = $(FUZZ_LDFLAGS)
 fuzz_fuzz_repair_SOURCES = fuzz/fuzz-repair.c fuzz/mutator.c $(FUZZ_COMMON)
 fuzz_fuzz_repair_LDADD = $(FUZZ_LIBFUZZER_LDADD)
 fuzz_fuzz_repair_LDFLAGS = $(FUZZ_LDFLAGS)
+fuzz_fuzz_amend_SOURCES = fuzz/fuzz-amend.c fuzz/mutator.c $(FUZZ_COMMON)
+fuzz_fuzz_amend_LDADD = $(FUZZ_LIBFUZZER_LDADD)
+fuzz_fuzz_amend_LDFLAGS = $(FUZZ_LDFLAGS)
 fuzz_fuzz_meta_file_SOURCES = fuzz/fuzz-meta-file.c $(FUZZ_COMMON)
 fuzz_fuzz_meta_file_LDADD = $(FUZZ_LIBFUZZER_LDADD)
 fuzz_fuzz_meta_file_LDFLAGS = $(FUZZ_LDFLAGS)
@@ -77,6 +82,7 @@ check_PROGRAMS += \
 	fuzz/fuzz-check-replay \
 	fuzz/fuzz-chain-replay \
 	fuzz/fuzz-repair-replay \
+	fuzz/fuzz-amend-replay \
 	fuzz/fuzz-meta-file-replay \
 	fuzz/fuzz-meta-bulk-replay \
 	$(NULL)

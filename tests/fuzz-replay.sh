@@ -2,7 +2,8 @@
 # Replay the seed corpora (fuzz/make-seeds.sh: qcow2 images qemu-img makes
 # now with every feature, fake file systems of backing chains, libvirt's
 # XML fixtures and bulk files) and tests/regress/ through every fuzz
-# harness's replay build. fuzz-repair also replays a damaged image for
+# harness's replay build (fuzz-amend over the catalog's images and
+# qcowkit's corpus too). fuzz-repair also replays a damaged image for
 # each fix the repair makes (cases of the check catalog, tests/check/,
 # built here), and each input of tests/regress/ it still stops on (a
 # library bug it found, not fixed yet: repair_todo below) as a TODO line.
@@ -90,4 +91,17 @@ for k in "${!repair_todo[@]}"; do
     diag "$(echo "$out" | grep '^fuzz-repair:' | head -1)"
   fi
 done
+
+# ---- fuzz-amend ----
+# The seeds, the catalog's damaged images (amend must refuse them without
+# writing, or leave them no worse), qcowkit's own corpus (version 2
+# snapshots without extra data, a dirty image, every refcount width) and
+# tests/regress.
+mkdir -p "$T/fc"
+"$top_builddir/tools/qcowkit" fuzz-corpus "$T/fc" > /dev/null 2>&1
+out=$(timeout 300 "$top_builddir/fuzz/fuzz-amend-replay" "$s/qcow2" "$T/repair" \
+        "$T/fc" "$srcdir/tests/regress" 2>&1)
+rc=$?
+is "$rc" 0 "fuzz-amend replays $(echo "$out" | sed -n 's/.*replayed \([0-9]*\) inputs/\1/p' | tail -1) inputs (seeds, the catalog's images, qcowkit's corpus, tests/regress) without a finding"
+[ $rc -eq 0 ] || diag "$(echo "$out" | grep '^fuzz-amend:' | head -3)"
 done_testing

@@ -12,6 +12,7 @@
 #include "check/check.h"
 #include "format/format.h"
 #include "image/alloc.h"
+#include "image/image.h"
 #include "io/io.h"
 #include "repair/refstruct.h"
 
@@ -74,12 +75,56 @@ out:
   return ret;
 }
 
+/* A bit per cluster the active tables reference where COPIED matters:
+ * the L2 tables, and the data clusters they map (not compressed ones). */
+static uint8_t *
+active_set (struct qk_source *src, const struct qk_image *img, uint64_t n)
+{
+  const struct qk_header *h = &img->hdr;
+  uint64_t cs = h->cluster_size, es = h->l2_entry_size;
+  uint8_t *bits = calloc (n / 8 + 1, 1), *l2 = malloc (cs);
+
+  if (bits == NULL || l2 == NULL) {
+    free (bits);
+    free (l2);
+    set_error (ENOMEM, "calloc");
+    return NULL;
+  }
+#define MARK(off) \
+  do { uint64_t k_ = (off) / cs; \
+       if (k_ < n) bits[k_ / 8] |= (uint8_t) (1U << (k_ & 7)); } while (0)
+  for (uint32_t i = 0; img->l1 && i < img->l1_count; i++) {
+    uint64_t off = img->l1[i] & QK_L1E_OFFSET_MASK;
+    if (off == 0)
+      continue;
+    MARK (off);
+    if (qk_source_read_exact (src, l2, cs, off, "L2 table") < 0)
+      continue;                 /* the check read it: it reads */
+    for (uint64_t j = 0; j < cs / es; j++) {
+      uint64_t e = be64_get (l2 + j * es);
+      switch (qk_l2_cluster_type (e, es == 16, false)) {
+      case QK_CLUSTER_NORMAL:
+      case QK_CLUSTER_ZERO_ALLOC:
+        MARK (e & QK_L2E_OFFSET_MASK);
+        break;
+      default:
+        break;
+      }
+    }
+  }
+#undef MARK
+  free (l2);
+  return bits;
+}
+
 int
-qk_free_leaks (struct qk_source *src, const struct qk_header *h,
+qk_free_leaks (struct qk_source *src, const struct qk_image *img,
                const struct qk_refmap *map, uint64_t *freed)
 {
+  const struct qk_header *h = &img->hdr;
   struct qk_alloc *al;
   uint64_t cs = h->cluster_size, n = map->n, fixed = 0;
+  uint8_t *active = NULL;
   int ret = -1;
 
   *freed = 0;
@@ -90,23 +135,31 @@ qk_free_leaks (struct qk_source *src, const struct qk_header *h,
     return -1;
   if ((src->size + cs - 1) / cs > n)
     n = (src->size + cs - 1) / cs;
+  active = active_set (src, img, n);
+  if (active == NULL)
+    goto out;
   for (uint64_t k = 0; k < n; k++) {
     uint64_t rc, want = qk_refmap_get (map, k);
     if (qk_alloc_get (al, k, &rc) < 0)
       goto out;
-    if (rc > want) {
+    /* not down to 1 where the active tables reference it: that would
+     * need its COPIED flag set too (QEMU's repair order), and a crash
+     * between would leave a "corruption"; counted too high there costs
+     * space only (qcowkit repair fixes both) */
+    if (rc > want && !(want == 1 && ((active[k / 8] >> (k & 7)) & 1))) {
       if (qk_alloc_ref (al, k, -(int64_t) (rc - want)) < 0)
         goto out;
       fixed++;
     }
   }
-  /* nothing references a leaked cluster: the decrements go straight to
-   * the refcount blocks */
+  /* nothing else references a leaked cluster: the decrements go
+   * straight to the refcount blocks */
   if (fixed && qk_alloc_sync (al) < 0)
     goto out;
   *freed = fixed;
   ret = 0;
 out:
+  free (active);
   qk_alloc_free (al);
   return ret;
 }

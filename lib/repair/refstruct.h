@@ -26,12 +26,14 @@ extern int qk_refstruct_write (const struct qk_refmap *map,
                                uint64_t start, qk_put_fn put, void *opaque,
                                struct qk_refstruct *out);
 
-/* Leaked clusters (stored refcount above map's count) set to the count,
- * through the allocator over the writable src; *freed: how many. A map
- * that is not complete frees nothing. */
+/* Leaked clusters (stored refcount above map's count) brought down to
+ * the count, through the allocator over the writable src of img, except
+ * down to 1 where the active tables reference the cluster (its COPIED
+ * flag would have to change too: qcowkit repair does both); *freed: how
+ * many. A map that is not complete frees nothing. */
 struct qk_source;
-struct qk_header;
-extern int qk_free_leaks (struct qk_source *src, const struct qk_header *h,
+struct qk_image;
+extern int qk_free_leaks (struct qk_source *src, const struct qk_image *img,
                           const struct qk_refmap *map, uint64_t *freed);
 
 #endif

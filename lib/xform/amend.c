@@ -151,7 +151,7 @@ free_leaks (struct amend *a, const struct qk_refmap *map, uint64_t leaks)
     a->res->leaks_freed = leaks;
     return 0;
   }
-  if (qk_free_leaks (qk_writer_src (&a->w), &a->img->hdr, map,
+  if (qk_free_leaks (qk_writer_src (&a->w), a->img, map,
                      &a->res->leaks_freed) < 0)
     return -1;
   if (a->res->leaks_freed) {
@@ -423,6 +423,8 @@ l2_tables (struct amend *a, struct seen *t)
   }
   free (l1);
   /* keep the first occurrence of each, in order (active first) */
+  if (t->n == 0)
+    return 0;
   {
     uint64_t *sorted = malloc ((t->n + 1) * sizeof *sorted);
     size_t m = 0;
@@ -787,6 +789,10 @@ run (struct amend *a)
     return -1;
   h = &a->img->hdr;
   a->res->old_version = h->version;
+  if (h->refcount_order > 6)
+    return qk_xform_refuse ("amend", EUCLEAN, "%s has refcounts of 2^%u "
+                            "bits: repair it first", a->path,
+                            h->refcount_order);
   a->res->old_refcount_bits = 1U << h->refcount_order;
   /* QEMU's refusals first (they need no check), then the check, then
    * what needs the counts */

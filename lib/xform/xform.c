@@ -60,7 +60,7 @@ qk_xform_check (struct qk_image *img, struct qk_writer *w, const char *ctx,
                            cr->corruptions + cr->check_errors);
   else if (cr->leaks && !dry_run
            && (qk_writer_begin (w) < 0
-               || qk_free_leaks (qk_writer_src (w), &img->hdr, m,
+               || qk_free_leaks (qk_writer_src (w), img, m,
                                  freed) < 0))
     ret = -1;
   if (ret < 0 || map == NULL)

@@ -1,0 +1,240 @@
+/* Fuzz amend: change the version and refcount width of a copy of the
+ * input (qk_amend, as qcowkit amend does), then hold it to what amend
+ * promises. The input is an image. It is written to a memfd and
+ * amended as /proc/self/fd/N (amend takes a path and QEMU's locks, as on
+ * a disk); a backing name it records resolves below /proc/self/fd, where
+ * nothing but a descriptor number opens, so the host's files are not
+ * read. The options come from a hash of the input: compat 0.10 or 1.1,
+ * and the refcount width kept, 1, 16 or 64 bits.
+ *
+ * Oracles besides the sanitizers:
+ *   1. a refusal (qk_amend fails before writing: ENOTSUP, EUCLEAN,
+ *      EINVAL) leaves the file byte for byte as it was;
+ *   2. after a successful amend that wrote, the image opens, and a check
+ *      finds no more corruptions and check errors than before, and, when
+ *      there were none, none and no more leaks;
+ *   3. guest data: every 64 KiB of the active image that read before
+ *      reads the same after, and the virtual size is the same;
+ *   4. the two-run rule: the same amend again writes nothing.
+ * Inputs whose virtual size is above 64 MiB, or that do not open as
+ * qcow2, are skipped. A violation prints which and traps. */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "fuzz.h"
+
+#define MAX_GUEST (64ULL << 20)
+#define MAX_FILE (512ULL << 20)
+#define UNIT ((uint64_t) 64 << 10)
+
+static int file_fd = -1;
+static char file_path[64];
+
+static void violation (const char *fmt, ...)
+  __attribute__ ((format (printf, 1, 2), noreturn, noinline));
+
+static void
+violation (const char *fmt, ...)
+{
+  va_list ap;
+
+  fprintf (stderr, "fuzz-amend: ");
+  va_start (ap, fmt);
+  vfprintf (stderr, fmt, ap);
+  va_end (ap);
+  fprintf (stderr, "\n");
+  fflush (stderr);
+  __builtin_trap ();
+}
+
+static int
+file_init (void)
+{
+  int fd = -1;
+
+  if (file_fd >= 0)
+    return 0;
+#ifdef MFD_CLOEXEC
+  fd = memfd_create ("qk-fuzz-amend", MFD_CLOEXEC);
+#endif
+  if (fd < 0) {
+    char t[] = "/tmp/qk-fuzz-amend.XXXXXX";
+    fd = mkstemp (t);
+    if (fd < 0)
+      return -1;
+    unlink (t);
+  }
+  file_fd = fcntl (fd, F_DUPFD_CLOEXEC, 996);
+  if (file_fd < 0)
+    file_fd = fd;
+  else
+    close (fd);
+  snprintf (file_path, sizeof file_path, "/proc/self/fd/%d", file_fd);
+  return 0;
+}
+
+/* The whole file (NULL when too large or unreadable). */
+static uint8_t *
+file_get (size_t *len)
+{
+  struct stat st;
+  uint8_t *buf;
+  size_t done = 0;
+
+  if (fstat (file_fd, &st) < 0 || (uint64_t) st.st_size > MAX_FILE)
+    return NULL;
+  *len = (size_t) st.st_size;
+  buf = malloc (*len ? *len : 1);
+  if (buf == NULL)
+    return NULL;
+  while (done < *len) {
+    ssize_t n = pread (file_fd, buf + done, *len - done, (off_t) done);
+    if (n <= 0) {
+      free (buf);
+      return NULL;
+    }
+    done += (size_t) n;
+  }
+  return buf;
+}
+
+static struct qk_image *
+open_file (void)
+{
+  struct qk_open_options oo = { .flags = QK_OPEN_NO_BACKING
+                                         | QK_OPEN_NO_DATA_FILE };
+  return qk_image_open (file_path, &oo);
+}
+
+/* The active guest view, UNIT at a time; ok[u]: it read. */
+static uint8_t *
+guest_get (struct qk_image *img, uint64_t size, uint8_t **ok)
+{
+  uint64_t n = (size + UNIT - 1) / UNIT;
+  uint8_t *g = calloc (1, n * UNIT + 1);
+
+  *ok = calloc (1, n + 1);
+  if (g == NULL || *ok == NULL) {
+    free (g);
+    free (*ok);
+    return NULL;
+  }
+  for (uint64_t u = 0; u < n; u++) {
+    uint64_t len = size - u * UNIT < UNIT ? size - u * UNIT : UNIT;
+    (*ok)[u] = qk_image_read (img, g + u * UNIT, len, u * UNIT) == 0;
+  }
+  return g;
+}
+
+static uint64_t
+hash (const uint8_t *d, size_t n)
+{
+  uint64_t h = 1469598103934665603ULL;
+  for (size_t i = 0; i < n; i++)
+    h = (h ^ d[i]) * 1099511628211ULL;
+  return h;
+}
+
+int
+LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
+{
+  static const unsigned widths[] = { 0, 1, 16, 64 };
+  struct qk_amend_options o;
+  struct qk_amend_result res, res2;
+  struct qk_check_result before, after;
+  struct qk_image *img;
+  uint64_t vsize, h = hash (data, size);
+  uint8_t *g1 = NULL, *ok1 = NULL, *g2 = NULL, *ok2 = NULL;
+  uint8_t *f1 = NULL, *f2 = NULL;
+  size_t l1, l2;
+  int r, e;
+
+  if (file_init () < 0 || fuzz_file_set (file_fd, data, size) < 0)
+    return 0;
+  img = open_file ();
+  if (img == NULL)
+    return 0;
+  vsize = qk_image_header (img) ? qk_image_header (img)->size : 0;
+  if (strcmp (qk_image_format (img), "qcow2") != 0 || vsize > MAX_GUEST) {
+    qk_image_close (img);
+    return 0;
+  }
+  memset (&before, 0, sizeof before);
+  qk_check_run (img, 0, NULL, NULL, &before);
+  g1 = guest_get (img, vsize, &ok1);
+  qk_image_close (img);
+  if (g1 == NULL)
+    return 0;
+  f1 = file_get (&l1);
+
+  memset (&o, 0, sizeof o);
+  o.compat = (h & 1) ? 3 : 2;
+  o.refcount_bits = widths[(h >> 1) & 3];
+  r = qk_amend (file_path, &o, &res);
+  e = errno;
+  f2 = file_get (&l2);
+  if (r < 0) {
+    /* 1: a refusal writes nothing */
+    if ((e == ENOTSUP || e == EUCLEAN || e == EINVAL) && !res.changed
+        && f1 && f2 && (l1 != l2 || memcmp (f1, f2, l1) != 0))
+      violation ("a refused amend (%s) wrote the file", qk_get_error ());
+    goto out;
+  }
+  if (!res.changed)
+    goto out;
+  /* 2: it opens and checks no worse */
+  img = open_file ();
+  if (img == NULL)
+    violation ("the amended image does not open: %s", qk_get_error ());
+  memset (&after, 0, sizeof after);
+  qk_check_run (img, 0, NULL, NULL, &after);
+  if (after.corruptions + after.check_errors
+      > before.corruptions + before.check_errors)
+    violation ("amend (compat %u, refcount bits %u) made the image worse: "
+               "%" PRIu64 "+%" PRIu64 " corruptions+errors before, %" PRIu64
+               "+%" PRIu64 " after", o.compat, o.refcount_bits,
+               before.corruptions, before.check_errors, after.corruptions,
+               after.check_errors);
+  if (before.corruptions + before.check_errors == 0
+      && (after.corruptions + after.check_errors != 0
+          || after.leaks > before.leaks))
+    violation ("amend (compat %u, refcount bits %u) of an image without "
+               "errors left %" PRIu64 " corruptions, %" PRIu64 " leaks (%"
+               PRIu64 " before), %" PRIu64 " check errors", o.compat,
+               o.refcount_bits, after.corruptions, after.leaks, before.leaks,
+               after.check_errors);
+  /* 3: guest data */
+  if (qk_image_header (img)->size != vsize)
+    violation ("amend changed the virtual size");
+  g2 = guest_get (img, vsize, &ok2);
+  qk_image_close (img);
+  if (g2)
+    for (uint64_t u = 0; u < (vsize + UNIT - 1) / UNIT; u++)
+      if (ok1[u] && (!ok2[u] || memcmp (g1 + u * UNIT, g2 + u * UNIT,
+                                        vsize - u * UNIT < UNIT
+                                        ? vsize - u * UNIT : UNIT) != 0))
+        violation ("amend (compat %u, refcount bits %u) changed guest "
+                   "bytes at 0x%" PRIx64, o.compat, o.refcount_bits,
+                   (uint64_t) (u * UNIT));
+  /* 4: two runs */
+  if (qk_amend (file_path, &o, &res2) == 0 && res2.changed)
+    violation ("a second amend (compat %u, refcount bits %u) wrote again",
+               o.compat, o.refcount_bits);
+out:
+  free (g1);
+  free (ok1);
+  free (g2);
+  free (ok2);
+  free (f1);
+  free (f2);
+  return 0;
+}
