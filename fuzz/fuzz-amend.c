@@ -11,8 +11,9 @@
  *   1. a refusal (qk_amend fails before writing: ENOTSUP, EUCLEAN,
  *      EINVAL) leaves the file byte for byte as it was;
  *   2. after a successful amend that wrote, the image opens, and a check
- *      finds no more corruptions and check errors than before, and, when
- *      there were none, none and no more leaks;
+ *      finds no more corruptions and check errors than before (when the
+ *      amend checked it: all but a header-only upgrade), and, when there
+ *      were none, none and no more leaks;
  *   3. guest data: every 64 KiB of the active image that read before
  *      reads the same after, and the virtual size is the same;
  *   4. the two-run rule: the same amend again writes nothing.
@@ -197,7 +198,9 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     violation ("the amended image does not open: %s", qk_get_error ());
   memset (&after, 0, sizeof after);
   qk_check_run (img, 0, NULL, NULL, &after);
-  if (after.corruptions + after.check_errors
+  /* (a header-only upgrade is not checked, as qemu-img's: an image
+   * with errors may count differently as version 3, not worse data) */
+  if (res.checked && after.corruptions + after.check_errors
       > before.corruptions + before.check_errors)
     violation ("amend (compat %u, refcount bits %u) made the image worse: "
                "%" PRIu64 "+%" PRIu64 " corruptions+errors before, %" PRIu64

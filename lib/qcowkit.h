@@ -454,6 +454,8 @@ struct qk_amend_result {
   uint64_t zero_prealloc;           /* preallocated zero clusters made data */
   uint64_t writes;                  /* writes made */
   bool changed;                     /* the image was written */
+  bool checked;                     /* it was checked first (all but a
+                                       header-only upgrade) */
   uint64_t reserved[4];
 };
 extern int qk_amend (const char *path, const struct qk_amend_options *o,

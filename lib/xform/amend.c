@@ -138,6 +138,7 @@ check (struct amend *a, struct qk_refmap *map, struct qk_check_result *cr)
 {
   uint64_t none;
 
+  a->res->checked = true;
   return qk_xform_check (a->img, &a->w, "amend", a->path, true, map, cr,
                          &none);
 }
