@@ -427,7 +427,12 @@ extern int qk_undo_apply (const char *journal_path, const char *image_path,
                           unsigned flags);
 /* ---- end of image repair ---- */
 
-/* ---- image transforms: amend (see qcowkit-amend(1)) ----
+/* ---- image transforms ----
+ * Long transforms (commit, rebase) report progress through this, when
+ * given: done of total units (clusters), total known from the start. */
+typedef void (*qk_progress_fn) (void *opaque, uint64_t done, uint64_t total);
+
+/* ---- amend (see qcowkit-amend(1)) ----
  * Change an image's version (compat 0.10 = 2, 1.1 = 3) and refcount
  * width in place, as `qemu-img amend -o compat=...,refcount_bits=...`
  * does, in QEMU's order (upgrade, width, downgrade last) and with its
@@ -473,6 +478,8 @@ struct qk_rebase_options {
   const char *root;           /* NULL, or backing files must resolve below */
   const char *undo_path;      /* NULL: no undo journal */
   unsigned flags;             /* QK_REBASE_* */
+  qk_progress_fn progress;    /* NULL: none */
+  void *progress_opaque;
   uint64_t reserved[4];       /* zero */
 };
 #define QK_REBASE_UNSAFE  (1U << 0)  /* the name only (qemu-img rebase -u) */
@@ -502,6 +509,8 @@ struct qk_commit_options {
   const char *root;           /* NULL, or backing files must resolve below */
   const char *undo_path;      /* NULL, or journals UNDO.base and UNDO.top */
   unsigned flags;             /* QK_COMMIT_* */
+  qk_progress_fn progress;    /* NULL: none */
+  void *progress_opaque;
   uint64_t reserved[4];       /* zero */
 };
 #define QK_COMMIT_KEEP    (1U << 0)  /* do not empty the top (-d) */

@@ -25,9 +25,20 @@ static const char commit_help[] =
   "  --undo FILE         keep the old bytes in FILE.base and FILE.top\n"
   "                      (qcowkit undo FILE.base BASE, FILE.top OVERLAY)\n"
   "  --root DIR          backing files must resolve below DIR\n"
+  "  -p, --progress      a progress bar on standard error (the default on\n"
+  "                      a terminal); -q, --quiet: none\n"
   "  --output=FMT        human (default) or json\n"
   "\n"
   "Exit status: 0 done, 1 refused or failed, 2 usage. See qcowkit-commit(1).\n";
+
+static void
+on_progress (void *opaque, uint64_t done, uint64_t total)
+{
+  struct progress *p = opaque;
+
+  p->total = total ? total : 1;
+  progress_update (p, done);
+}
 
 int
 cmd_commit (int argc, char **argv)
@@ -36,6 +47,8 @@ cmd_commit (int argc, char **argv)
   struct qk_commit_options co;
   struct qk_commit_result res;
   const char *path = NULL;
+  struct progress prog;
+  int rc;
   char *base_name = NULL;
   int e;
 
@@ -81,8 +94,15 @@ cmd_commit (int argc, char **argv)
            EXIT_USAGE;
   co.root = o.root;
 
-  if (qk_commit (path, &co, &res) < 0) {
-    e = errno;
+  progress_start (&prog, &o, 1);
+  if (prog.on) {
+    co.progress = on_progress;
+    co.progress_opaque = &prog;
+  }
+  rc = qk_commit (path, &co, &res);
+  e = errno;
+  progress_end (&prog);
+  if (rc < 0) {
     errx_ ("%s", qk_get_error ());
     if (e == EBUSY || e == EAGAIN)
       errx_ ("an image of the chain is in use (QEMU holds its lock): stop "

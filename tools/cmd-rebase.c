@@ -31,6 +31,15 @@ static const char rebase_help[] =
   "Exit status: 0 done, 1 refused or failed (a refusal leaves the image\n"
   "untouched), 2 usage. See qcowkit-rebase(1).\n";
 
+static void
+on_progress (void *opaque, uint64_t done, uint64_t total)
+{
+  struct progress *p = opaque;
+
+  p->total = total ? total : 1;
+  progress_update (p, done);
+}
+
 int
 cmd_rebase (int argc, char **argv)
 {
@@ -38,6 +47,8 @@ cmd_rebase (int argc, char **argv)
   struct qk_rebase_options ro;
   struct qk_rebase_result res;
   const char *path = NULL;
+  struct progress prog;
+  int rc;
   int e;
 
   memset (&ro, 0, sizeof ro);
@@ -88,8 +99,15 @@ cmd_rebase (int argc, char **argv)
            EXIT_USAGE;
   ro.root = o.root;
 
-  if (qk_rebase (path, &ro, &res) < 0) {
-    e = errno;
+  progress_start (&prog, &o, 1);
+  if (prog.on) {
+    ro.progress = on_progress;
+    ro.progress_opaque = &prog;
+  }
+  rc = qk_rebase (path, &ro, &res);
+  e = errno;
+  progress_end (&prog);
+  if (rc < 0) {
     errx_ ("%s", qk_get_error ());
     if (e == EBUSY || e == EAGAIN)
       errx_ ("%s is in use (QEMU holds its lock): stop the VM first", path);

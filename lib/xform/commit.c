@@ -314,7 +314,7 @@ copy (struct commit *c, const struct ranges *rr)
 {
   uint64_t tsize = qk_image_virtual_size (c->top);
   uint64_t cs = c->base_qcow2 ? c->base->hdr.cluster_size : 65536;
-  uint64_t last = UINT64_MAX;
+  uint64_t last = UINT64_MAX, total = 0, done = 0;
   const struct ranges r = *rr;
   struct qk_gwrite *g = NULL;
   uint8_t *buf = malloc (cs);
@@ -328,11 +328,15 @@ copy (struct commit *c, const struct ranges *rr)
       && (g = qk_gwrite_new (&c->bw, c->base)) == NULL)
     goto out;
   for (size_t i = 0; i < r.n; i++)
+    total += (r.v[2 * i + 1] + cs - 1) / cs - r.v[2 * i] / cs;
+  for (size_t i = 0; i < r.n; i++)
     for (uint64_t k = r.v[2 * i] / cs; k * cs < r.v[2 * i + 1]; k++) {
       uint64_t off = k * cs, n = cs;
       if (k == last)
         continue;
       last = k;
+      if (c->o->progress)
+        c->o->progress (c->o->progress_opaque, done++, total);
       if (off + n > tsize)
         n = tsize - off;
       /* what the top reads; past its end, what the base holds */
@@ -360,6 +364,8 @@ copy (struct commit *c, const struct ranges *rr)
     }
   if (g && qk_gwrite_commit (g) < 0)
     goto out;
+  if (c->o->progress)
+    c->o->progress (c->o->progress_opaque, total, total);
   if (!(c->o->flags & QK_COMMIT_DRY_RUN) && qk_writer_flush (&c->bw) < 0)
     goto out;
   ret = 0;

@@ -165,6 +165,9 @@ copy_differences (struct rebase *r)
       uint64_t guest = ((uint64_t) i * per + j) * cs;
       if (guest >= size)
         break;
+      if (r->o->progress)
+        r->o->progress (r->o->progress_opaque, guest / cs,
+                        (size + cs - 1) / cs);
       if (l2off && qk_l2_cluster_type (be64_get (l2 + 8 * j), false, false)
                    != QK_CLUSTER_UNALLOCATED)
         continue;                  /* the image's own: the backing is unseen */
@@ -191,6 +194,9 @@ copy_differences (struct rebase *r)
   }
   if (qk_gwrite_commit (g) < 0)
     goto out;
+  if (r->o->progress)
+    r->o->progress (r->o->progress_opaque, (size + cs - 1) / cs,
+                    (size + cs - 1) / cs);
   ret = 0;
 out:
   qk_gwrite_free (g);
