@@ -24,6 +24,9 @@
  * comes: until then the counts say it all. */
 #include <config.h>
 
+#include <pthread.h>
+#include <unistd.h>
+
 #include "util/problems.h"
 #include "check/ck.h"
 
@@ -94,6 +97,154 @@ report (struct ck *ck, int pr, uint64_t count, const struct qk_problem *loc,
   }
   if (ck->fn && ck->cb_ret == 0)
     ck->cb_ret = ck->fn (ck->opaque, &p);
+}
+
+/* ---- worker threads ---- */
+
+struct ckpool {
+  pthread_mutex_t mu;
+  pthread_cond_t go, done;
+  unsigned gen;             /* a step was posted (counts them) */
+  unsigned pending;         /* threads still running the step */
+  unsigned started;         /* threads beside the caller */
+  bool quit;
+  void (*fn) (struct ck *, struct wk *, void *);
+  void *arg;
+  pthread_t tid[CK_MAX_THREADS];
+};
+
+static void *
+worker (void *opaque)
+{
+  struct wk *w = opaque;
+  struct ckpool *p = w->ck->pool;
+  unsigned seen = 0;
+
+  pthread_mutex_lock (&p->mu);
+  for (;;) {
+    while (p->gen == seen && !p->quit)
+      pthread_cond_wait (&p->go, &p->mu);
+    if (p->quit)
+      break;
+    seen = p->gen;
+    pthread_mutex_unlock (&p->mu);
+    p->fn (w->ck, w, p->arg);
+    pthread_mutex_lock (&p->mu);
+    if (--p->pending == 0)
+      pthread_cond_signal (&p->done);
+  }
+  pthread_mutex_unlock (&p->mu);
+  return NULL;
+}
+
+static unsigned
+check_threads (const struct ck *ck)
+{
+  const char *e = getenv ("QCOWKIT_THREADS");
+  long n = e && *e ? strtol (e, NULL, 10) : sysconf (_SC_NPROCESSORS_ONLN);
+
+  /* reads from one file or memory buffer only (pread has no state): not
+   * through layers such as fault injection, which count */
+  if (ck->img->src->below != NULL || n < 1)
+    n = 1;
+  return n > CK_MAX_THREADS ? CK_MAX_THREADS : (unsigned) n;
+}
+
+static int
+pool_start (struct ck *ck)
+{
+  struct ckpool *p = calloc (1, sizeof *p);
+
+  if (p == NULL)
+    return -1;
+  pthread_mutex_init (&p->mu, NULL);
+  pthread_cond_init (&p->go, NULL);
+  pthread_cond_init (&p->done, NULL);
+  ck->pool = p;
+  for (unsigned i = 1; i < ck->nthreads; i++) {
+    if (pthread_create (&p->tid[i], NULL, worker, &ck->wk[i]) != 0)
+      break;
+    p->started++;
+  }
+  ck->nthreads = p->started + 1;
+  return 0;
+}
+
+static void
+pool_stop (struct ck *ck)
+{
+  struct ckpool *p = ck->pool;
+
+  if (p) {
+    pthread_mutex_lock (&p->mu);
+    p->quit = true;
+    pthread_cond_broadcast (&p->go);
+    pthread_mutex_unlock (&p->mu);
+    for (unsigned i = 1; i <= p->started; i++)
+      pthread_join (p->tid[i], NULL);
+    pthread_mutex_destroy (&p->mu);
+    pthread_cond_destroy (&p->go);
+    pthread_cond_destroy (&p->done);
+    free (p);
+    ck->pool = NULL;
+  }
+  for (unsigned i = 0; i < CK_MAX_THREADS; i++)
+    for (unsigned j = 0; j < WK_SLOTS; j++)
+      free (ck->wk[i].rb[j]);
+}
+
+int
+ck_parallel (struct ck *ck, void (*fn) (struct ck *, struct wk *, void *),
+             void *arg)
+{
+  struct ckpool *p;
+
+  if (ck->pool == NULL && pool_start (ck) < 0)
+    return -1;
+  p = ck->pool;
+  for (unsigned i = 0; i < ck->nthreads; i++)
+    ck->wk[i].reads = 0;
+  pthread_mutex_lock (&p->mu);
+  p->fn = fn;
+  p->arg = arg;
+  p->pending = p->started;
+  p->gen++;
+  pthread_cond_broadcast (&p->go);
+  pthread_mutex_unlock (&p->mu);
+  fn (ck, &ck->wk[0], arg);
+  pthread_mutex_lock (&p->mu);
+  while (p->pending)
+    pthread_cond_wait (&p->done, &p->mu);
+  pthread_mutex_unlock (&p->mu);
+  return 0;
+}
+
+const uint8_t *
+wk_refblock (struct ck *ck, struct wk *w, uint64_t t, unsigned slots)
+{
+  const struct rbslot *s = &ck->rbc[t & (ck->n_rbc - 1)];
+  uint64_t rb = ck->reftable[t] & QK_REFT_OFFSET_MASK;
+  unsigned v = 0;
+
+  if (s->buf && s->t == t + 1)
+    return s->buf;
+  for (unsigned i = 0; i < slots; i++) {
+    if (w->rb_t[i] == t + 1) {
+      w->rb_used[i] = ++w->tick;
+      return w->rb[i];
+    }
+    if (w->rb_used[i] < w->rb_used[v])
+      v = i;
+  }
+  if (w->rb[v] == NULL && (w->rb[v] = malloc (ck->cs)) == NULL)
+    return NULL;
+  w->rb_t[v] = 0;
+  w->reads++;
+  if (qk_source_read_zeropad (ck->img->src, w->rb[v], ck->cs, rb) < 0)
+    return NULL;
+  w->rb_t[v] = t + 1;
+  w->rb_used[v] = ++w->tick;
+  return w->rb[v];
 }
 
 /* ---- driver ---- */
@@ -214,6 +365,9 @@ qk_check_run_map_limit (struct qk_image *img, unsigned flags,
     set_error (ENOMEM, "malloc");
     return -1;
   }
+  ck.nthreads = check_threads (&ck);
+  for (unsigned i = 0; i < CK_MAX_THREADS; i++)
+    ck.wk[i] = (struct wk) { .ck = &ck, .id = i };
 
   for (size_t i = 0; i < sizeof passes / sizeof *passes; i++) {
     const struct pass *p = &passes[i];
@@ -246,6 +400,7 @@ qk_check_run_map_limit (struct qk_image *img, unsigned flags,
   }
   r = 0;
 out:
+  pool_stop (&ck);
   free (ck.imrt);
   free (ck.excl);
   free (ck.conf_bits);

@@ -85,6 +85,29 @@ struct rbslot {
  * 32 GiB of file at 16 bits). */
 #define RB_CACHE_BYTES (1U << 20)
 
+/* ---- worker threads (check.c) ----
+ * The L2 walk and the refcount comparison run parts of their work on
+ * every thread (QCOWKIT_THREADS, else the online CPUs; at most
+ * CK_MAX_THREADS), the calling thread as thread 0. A parallel step only
+ * computes: whatever it finds that a report or a claim of the general
+ * kind would follow from is left to the calling thread, which redoes it
+ * in the order of the single-threaded check. */
+#define CK_MAX_THREADS 8
+#define WK_SLOTS 2
+
+struct ck;
+struct ckpool;
+
+struct wk {           /* one thread's own state */
+  struct ck *ck;
+  unsigned id;
+  uint8_t *rb[WK_SLOTS];   /* refcount blocks read (lazily allocated) */
+  uint64_t rb_t[WK_SLOTS]; /* their table index + 1; 0: free */
+  uint64_t rb_used[WK_SLOTS];
+  uint64_t tick;
+  uint64_t reads;          /* blocks read in this step */
+};
+
 struct ck {
   struct qk_image *img;
   const struct qk_header *h;
@@ -157,6 +180,10 @@ struct ck {
   uint64_t sr_t;
   const uint8_t *sr_buf;
 
+  unsigned nthreads;       /* 1: no parallel step */
+  struct ckpool *pool;     /* started by the first parallel step */
+  struct wk wk[CK_MAX_THREADS];
+
   qk_problem_fn fn;
   void *opaque;
   struct qk_check_result *res;
@@ -178,9 +205,43 @@ extern void report (struct ck *ck, int pr, uint64_t count,
                     const struct qk_problem *loc, const char *fmt, ...)
   __attribute__ ((format (printf, 5, 6)));
 
+/* ---- worker threads (check.c) ---- */
+
+/* Run fn on every thread (ck->nthreads of them, this one as thread 0) and
+ * wait for all: -1 if the threads could not be started (nothing ran). */
+extern int ck_parallel (struct ck *ck,
+                        void (*fn) (struct ck *ck, struct wk *w, void *arg),
+                        void *arg);
+/* The refcount block of table index t (< reftable_n; its offset aligned
+ * and not 0) for thread w, from the shared cache when it holds it (which
+ * no thread changes during a parallel step) or from the first slots of
+ * w's own (the one used longest ago is read into); NULL if it cannot be
+ * read or no buffer is left. */
+extern const uint8_t *wk_refblock (struct ck *ck, struct wk *w, uint64_t t,
+                                   unsigned slots);
+
+/* whether len bytes at p are all 0 */
+static inline bool
+all_zero (const uint8_t *p, size_t len)
+{
+  uint64_t acc = 0, x;
+  size_t i = 0;
+
+  for (; i + 8 <= len; i += 8) {
+    memcpy (&x, p + i, 8);
+    acc |= x;
+  }
+  for (; i < len; i++)
+    acc |= p[i];
+  return acc == 0;
+}
+
 /* ---- the IMRT and the claims (refmap.c) ---- */
 
 extern int imrt_grow (struct ck *ck, uint64_t need);
+/* With more than one thread: the pages of a table about to be filled,
+ * made writable in one go (see refmap.c). */
+extern void populate (const struct ck *ck, void *p, size_t len);
 extern int excl_need (struct ck *ck);
 
 /* whether active data or metadata claimed cluster k, given whether

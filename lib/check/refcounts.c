@@ -162,6 +162,64 @@ phase_refblocks (struct ck *ck)
 
 /* ---- phase 4: compare ---- */
 
+/* The comparison on every thread: each takes the next blocks of the
+ * table in turn and finds the blocks whose stored refcounts are all the
+ * counted ones (the image's width, whole bytes); the calling thread then
+ * goes through the blocks in order, the others with the code below (and
+ * their reports), the equal ones by taking their last non-zero count for
+ * the image end offset. */
+#define CMP_SEQ UINT64_MAX   /* compared by the calling thread */
+#define CMP_BATCH 8
+
+struct cmpjob {
+  uint64_t nt;          /* blocks */
+  uint64_t per;         /* clusters per block */
+  uint64_t next;        /* the next block to take (atomic) */
+  uint64_t *hi;         /* per block: 0: all counts 0; k + 1: the last
+                           cluster counted; CMP_SEQ */
+};
+
+static void
+step_compare (struct ck *ck, struct wk *w, void *arg)
+{
+  struct cmpjob *j = arg;
+  const unsigned shift = ck->order - 3;   /* bytes per entry: 1 << shift */
+
+  for (;;) {
+    uint64_t t0 = __atomic_fetch_add (&j->next, CMP_BATCH, __ATOMIC_RELAXED);
+    if (t0 >= j->nt)
+      break;
+    for (uint64_t t = t0; t < MIN (t0 + CMP_BATCH, j->nt); t++) {
+      uint64_t first = t * j->per, end = MIN (ck->nb, first + j->per);
+      uint64_t rbo = t < ck->reftable_n
+                     ? ck->reftable[t] & QK_REFT_OFFSET_MASK : 0;
+      size_t len = (size_t) (end - first) << shift;
+      const uint8_t *c = ck->imrt + (first << shift), *blk;
+      size_t b;
+
+      j->hi[t] = CMP_SEQ;
+      if (rbo) {
+        if (!IS_ALIGNED (rbo, ck->cs) || rbo > INT64_MAX - ck->cs
+            || (blk = wk_refblock (ck, w, t, 1)) == NULL
+            || memcmp (blk, c, len) != 0)
+          continue;
+      }
+      else if (!all_zero (c, len))
+        continue;
+      /* the last non-zero count */
+      for (b = len; b >= 8; b -= 8) {
+        uint64_t x;
+        memcpy (&x, c + b - 8, 8);
+        if (x)
+          break;
+      }
+      while (b && c[b - 1] == 0)
+        b--;
+      j->hi[t] = b ? first + ((b - 1) >> shift) + 1 : 0;
+    }
+  }
+}
+
 int
 phase_compare (struct ck *ck)
 {
@@ -171,12 +229,26 @@ phase_compare (struct ck *ck)
   bool any = false, any_word = false;
   bool word = ck->order == h->refcount_order && ck->order >= 3;
   uint64_t wn = word ? 64U >> ck->order : 1;   /* entries in 8 bytes */
+  struct cmpjob job = { .nt = DIV_ROUND_UP (ck->nb, per), .per = per };
 
+  if (word && ck->nthreads > 1 && job.nt > 1
+      && (job.hi = malloc (job.nt * sizeof *job.hi)) != NULL
+      && ck_parallel (ck, step_compare, &job) < 0) {
+    free (job.hi);
+    job.hi = NULL;
+  }
   for (uint64_t t = 0; t * per < ck->nb; t++) {
     uint64_t first = t * per, end = MIN (ck->nb, first + per);
     uint64_t rbo = t < ck->reftable_n ? ck->reftable[t] & QK_REFT_OFFSET_MASK
                                       : 0;
     const uint8_t *blk = NULL;
+
+    if (job.hi && job.hi[t] != CMP_SEQ) {
+      if (job.hi[t] && job.hi[t] - 1 > highest)
+        highest = job.hi[t] - 1;
+      any = any || job.hi[t];
+      continue;
+    }
 
     if (rbo && !IS_ALIGNED (rbo, ck->cs)) {
       report (ck, PR_REFCOUNT_UNREADABLE, end - first,
@@ -189,8 +261,10 @@ phase_compare (struct ck *ck)
     }
     /* from the cache when the COPIED checks have read it */
     if (rbo && (blk = refblock (ck, t, rbo, false)) == NULL) {
-      if (ck->rbc_nomem)
+      if (ck->rbc_nomem) {
+        free (job.hi);
         return -1;
+      }
       /* e.g. an offset past what a file can hold: qemu-img cannot get
        * these refcounts either (a check error per cluster) */
       report (ck, PR_REFCOUNT_UNREADABLE, end - first,
@@ -259,6 +333,7 @@ phase_compare (struct ck *ck)
         break;
       }
   (void) any;
+  free (job.hi);
   ck->res->image_end_offset = (highest + 1) * ck->cs;
   return 0;
 }

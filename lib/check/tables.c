@@ -4,6 +4,8 @@
  * into the IMRT; and the snapshot table. */
 #include <config.h>
 
+#include <fcntl.h>
+
 #include "check/ck.h"
 
 /* ---- phases 1 and 2: L1 and L2 tables ---- */
@@ -100,31 +102,37 @@ check_compressed_deep (struct ck *ck, uint64_t entry, uint64_t guest,
 
 /* check_refcounts_l2 for one distinct table, with multiplicity, plus the
  * COPIED check of check_oflag_copied when the active L1 uses it. */
+/* have: buf holds the table already (read by a parallel step). from: a
+ * parallel step claimed the table's cluster and counted entries
+ * [0, from) (the last allocated one before next_contig), and the walk
+ * goes on from there; else 0 (and next_contig 0). */
 static int
 walk_l2 (struct ck *ck, const struct l2group *g, uint8_t *buf,
-         uint8_t *zin, uint8_t *zout)
+         uint8_t *zin, uint8_t *zout, bool have, bool resume, uint32_t from,
+         uint64_t next_contig)
 {
   const struct qk_header *h = ck->h;
   bool extl2 = h->subclusters > 1;
-  uint64_t next_contig = 0;
   uint64_t span = (uint64_t) h->l2_entries << ck->cb;
   const struct l2ref *gr = g->first_active ? g->first_active : g->first;
   uint64_t guest_base = (uint64_t) gr->l1_index * span;
   struct owner ol2 = { .kind = OWN_L2, .a = gr->l1_index, .b = gr->source };
   uint64_t l2off = g->l2_offset;
 
-  if (inc_refs (ck, l2off, ck->cs, g->mult, &ol2) < 0)
+  if (!resume && inc_refs (ck, l2off, ck->cs, g->mult, &ol2) < 0)
     return -1;
-  if (qk_source_read_zeropad (ck->img->src, buf, ck->cs, l2off) < 0) {
+  if (!resume && !have
+      && qk_source_read_zeropad (ck->img->src, buf, ck->cs, l2off) < 0) {
     report (ck, PR_REFCOUNT_UNREADABLE, g->mult, LOC (.host_offset = l2off),
             "I/O error reading the L2 table at 0x%" PRIx64 ": %s", l2off,
             qk_get_error ());
     return 0;
   }
-  ck->res->l2_tables_read++;
+  if (!resume)
+    ck->res->l2_tables_read++;
 
   /* COPIED on the L1 entries of the active table pointing here */
-  if (g->active && ck->counting && ck->reftable && l2off) {
+  if (!resume && g->active && ck->counting && ck->reftable && l2off) {
     uint64_t rc;
     if (stored_refcount (ck, l2off >> ck->cb, &rc) == 0)
       for (const struct l2ref *r = g->first_active;
@@ -158,7 +166,7 @@ walk_l2 (struct ck *ck, const struct l2group *g, uint8_t *buf,
   unsigned per_bits = ck->cb + 3 - h->refcount_order;
   uint64_t n_alloc = 0, n_frag = 0;
 
-  for (uint32_t i = 0; i < h->l2_entries; i++) {
+  for (uint32_t i = from; i < h->l2_entries; i++) {
     const uint8_t *p = buf + (size_t) i * h->l2_entry_size;
     uint64_t e = be64_get (p);
     if (fast) {
@@ -358,6 +366,572 @@ walk_l2 (struct ck *ck, const struct l2group *g, uint8_t *buf,
   return 0;
 }
 
+/* ---- the L2 walk on every thread ----
+ *
+ * The distinct L2 tables go in windows of up to WIN_BYTES of tables per
+ * thread, each thread taking a run of consecutive tables of the window.
+ * Step 1 (all threads): read them, and tell the candidates: tables
+ * whose every entry is 0 or a plain allocated cluster (what walk_l2's
+ * fast path takes), with a header and group walk_l2 would take it for
+ * (group_fast), and the clusters they would claim (their own and up to
+ * WT_RUNS runs of entries). The first tables of the window up to the
+ * first that is not a candidate are then counted by step 2 (all
+ * threads), provided that no cluster is claimed by tables of two
+ * threads: each cluster then sees its claims in the order of the
+ * single-threaded walk, by one thread. Step 2 counts exactly what
+ * walk_l2's fast path would, and stops a thread at the first claim that
+ * would not go the fast way (already claimed, a COPIED flag to report,
+ * a stored refcount it cannot read): the calling thread then walks the
+ * rest of that thread's tables from there, in window order, with the
+ * general code and its reports (what a thread stopped at touches only
+ * the clusters of its own tables, so the other threads' counts made
+ * meanwhile change nothing it sees). Every report of the walk is thus
+ * made by the calling thread, in table order. */
+
+#define WIN_BYTES (256U << 10)
+#define WT_RUNS 16
+#define STOP_SELF UINT32_MAX   /* step 2 claimed nothing of the table */
+
+struct wtab {
+  struct l2group g;
+  size_t j_end;           /* refs.v index past the group */
+  uint8_t *buf;
+  bool have;              /* buf holds the table */
+  bool cand;
+  /* n_run > 0: the allocated entries, in runs of consecutive entries
+   * mapping consecutive clusters */
+  unsigned n_run;
+  struct wrun {
+    uint32_t i0, len;     /* entries [i0, i0 + len) */
+    uint64_t k0;          /* map clusters [k0, k0 + len) */
+    unsigned copied;      /* 1: all have COPIED; 2: none has */
+  } run[WT_RUNS];
+  unsigned n_iv;
+  struct range iv[WT_RUNS + 1];   /* its own cluster, then entry runs */
+  /* step 2: entries [0, stop) counted (l2_entries: all) */
+  uint32_t stop;
+  uint64_t next_contig, n_alloc, n_frag;
+};
+
+struct win {
+  struct wtab *t;
+  size_t n;               /* tables in the window */
+  size_t m;               /* tables [0, m) go to step 2 */
+  size_t first[CK_MAX_THREADS + 1];   /* thread i: [first[i], first[i+1]) */
+};
+
+/* the conditions of walk_l2's fast path that hold for a whole table, and
+ * its own claim inside the file (inc_refs' plain case) */
+static bool
+group_fast (const struct ck *ck, const struct l2group *g)
+{
+  const struct qk_header *h = ck->h;
+  uint64_t l2off = g->l2_offset;
+
+  return h->subclusters <= 1 && h->l2_entry_size == 8 && !ck->data_file
+         && ck->counting && ck->order == 4 && h->refcount_order == 4
+         && g->active <= 1 && g->mult <= ck->refmax
+         && ck->file_len >= ck->cs && (g->active || ck->excl)
+         && l2off && IS_ALIGNED (l2off, ck->cs)
+         && l2off <= ck->file_len - ck->cs && (l2off >> ck->cb) < ck->nb;
+}
+
+static bool
+classify (const struct ck *ck, struct wtab *t)
+{
+  const uint64_t flags = ~(QK_L2E_OFFSET_MASK | QK_OFLAG_COPIED);
+  const uint64_t limit = ck->file_len - ck->cs, nb = ck->nb, cs = ck->cs;
+  const unsigned cb = ck->cb;
+  const uint32_t n = ck->h->l2_entries;
+  const uint8_t *buf = t->buf;
+  uint64_t self = t->g.l2_offset >> cb;
+  struct range *r = NULL;
+  bool exact = true;
+
+  t->iv[0] = (struct range) { self, self + 1 };
+  t->n_iv = 1;
+  t->n_run = 0;
+  for (uint32_t i = 0, j; i < n; i = j) {
+    uint64_t e = be64_get (buf + 8 * (size_t) i), x, k, len;
+    j = i + 1;
+    if (e == 0)
+      continue;
+    /* the run of entries mapping the clusters after this one's */
+    for (x = e + cs; j < n && be64_get (buf + 8 * (size_t) j) == x; j++)
+      x += cs;
+    len = j - i;
+    /* its first and last entry are plain allocated clusters in the file
+     * (then so are those between) */
+    for (int end = 0; end < 2; end++) {
+      uint64_t v = end ? x - cs : e, off = v & QK_L2E_OFFSET_MASK;
+      if ((v & flags) || off == 0 || (off & (cs - 1)) || off > limit
+          || (off >> cb) >= nb)
+        return false;
+    }
+    k = (e & QK_L2E_OFFSET_MASK) >> cb;
+    if (exact && t->n_run < WT_RUNS)
+      t->run[t->n_run++] = (struct wrun) { i, (uint32_t) len, k,
+                                           (e & QK_OFLAG_COPIED) ? 1 : 2 };
+    else
+      exact = false;
+    if (r && k == r->end)
+      r->end += len;
+    else if (r && k >= r->first && k + len <= r->end)
+      ;
+    else if (t->n_iv <= WT_RUNS) {
+      r = &t->iv[t->n_iv++];
+      *r = (struct range) { k, k + len };
+    }
+    else {
+      if (k < r->first)
+        r->first = k;
+      if (k + len > r->end)
+        r->end = k + len;
+    }
+  }
+  if (!exact)
+    t->n_run = 0;
+  return true;
+}
+
+static void
+step_none (struct ck *ck, struct wk *w, void *arg)
+{
+  (void) ck, (void) w, (void) arg;
+}
+
+static void
+step_read (struct ck *ck, struct wk *w, void *arg)
+{
+  struct win *win = arg;
+
+  for (size_t x = win->first[w->id]; x < win->first[w->id + 1]; x++) {
+    struct wtab *t = &win->t[x];
+    t->have = qk_source_read_zeropad (ck->img->src, t->buf, ck->cs,
+                                      t->g.l2_offset) == 0;
+    t->cand = t->cand && t->have && classify (ck, t);
+  }
+}
+
+/* The refcount block of cluster block index rt for the COPIED checks of
+ * thread w: 0 and the block (NULL: none, refcounts 0); 1: the lookup
+ * fails as stored_refcount_lookup's does (the check is skipped); -1: not
+ * here (the calling thread decides). */
+static int
+wk_block (struct ck *ck, struct wk *w, uint64_t rt, const uint8_t **blk)
+{
+  uint64_t rb = rt < ck->reftable_n
+                ? ck->reftable[rt] & QK_REFT_OFFSET_MASK : 0;
+  size_t budget = 4 + 2 * MAX (1, WIN_BYTES / ck->cs);
+
+  *blk = NULL;
+  if (rb == 0)
+    return 0;
+  if (!IS_ALIGNED (rb, ck->cs) || rb > INT64_MAX - ck->cs)
+    return 1;
+  if (w->reads > budget)   /* blocks in random order: not here */
+    return -1;
+  return (*blk = wk_refblock (ck, w, rt, WK_SLOTS)) ? 0 : -1;
+}
+
+static inline void
+excl_flush (uint8_t *excl, uint64_t byte, unsigned bits)
+{
+  if (bits)
+    __atomic_fetch_or (&excl[byte], (uint8_t) bits, __ATOMIC_RELAXED);
+}
+
+/* whether the claim bits of clusters [k, end) are all clear (the edge
+ * bytes may be another thread's too) */
+static bool
+excl_clear (const uint8_t *excl, uint64_t k, uint64_t end)
+{
+  for (; k < end && (k & 7); k++)
+    if ((__atomic_load_n (&excl[k / 8], __ATOMIC_RELAXED) >> (k & 7)) & 1)
+      return false;
+  if (end - k >= 8 && !all_zero (excl + k / 8, (end - k) / 8))
+    return false;
+  for (k += (end - k) / 8 * 8; k < end; k++)
+    if ((__atomic_load_n (&excl[k / 8], __ATOMIC_RELAXED) >> (k & 7)) & 1)
+      return false;
+  return true;
+}
+
+struct cstate {
+  uint64_t next_contig, n_alloc, n_frag;
+};
+
+/* count_table for one run of consecutive entries mapping consecutive
+ * clusters: when the fast path would take every one of them (claimed by
+ * nothing, or by nothing exclusive and without overflow; the stored
+ * refcounts agree with the COPIED flags), all at once, 8 bytes at a
+ * time; else false, and nothing done. */
+static bool
+count_run (struct ck *ck, struct wk *w, const struct wtab *t,
+           const struct wrun *u, struct cstate *st)
+{
+  const struct l2group *g = &t->g;
+  const uint64_t k0 = u->k0, len = u->len, cs = ck->cs;
+  const unsigned per_bits = ck->cb + 3 - 4;
+  uint8_t *imrt = ck->imrt, *excl = ck->excl, *c = imrt + 2 * k0;
+  const uint64_t lanes = UINT64_C (0x0001000100010001);
+  const uint64_t highs = UINT64_C (0x8000800080008000);
+  uint8_t vb[8];
+  uint64_t one4, v4, j;
+  bool zero;
+
+  for (unsigned i = 0; i < 4; i++)
+    be16_put (vb + 2 * i, 1);
+  memcpy (&one4, vb, 8);
+  for (unsigned i = 0; i < 4; i++)
+    be16_put (vb + 2 * i, (uint16_t) g->mult);
+  memcpy (&v4, vb, 8);
+
+  zero = all_zero (c, 2 * len);
+  if (!zero) {
+    uint64_t lim = ck->refmax - g->mult, bad = 0;
+    if (!excl || !excl_clear (excl, k0, k0 + len))
+      return false;
+    for (j = 0; j < len; j++)
+      bad |= be16_get (c + 2 * j) > lim;
+    if (bad)
+      return false;
+  }
+  if (g->active && ck->reftable) {   /* the COPIED checks */
+    bool all = u->copied == 1;
+    for (uint64_t k = k0; k < k0 + len;) {
+      uint64_t rt = k >> per_bits;
+      uint64_t end = MIN (k0 + len, (rt + 1) << per_bits);
+      const uint8_t *b;
+      int r = wk_block (ck, w, rt, &b);
+      if (r < 0)
+        return false;
+      if (r == 0) {
+        uint64_t bad = 0, x, y;
+        if (b == NULL)
+          bad = all;   /* refcounts 0 */
+        else {
+          const uint8_t *p = b + 2 * (k & ((UINT64_C (1) << per_bits) - 1));
+          j = 0;
+          if (all)
+            for (; j + 4 <= end - k; j += 4) {
+              memcpy (&x, p + 2 * j, 8);
+              bad |= x ^ one4;
+            }
+          else
+            for (; j + 4 <= end - k; j += 4) {   /* a lane equal to 1 */
+              memcpy (&x, p + 2 * j, 8);
+              y = x ^ one4;
+              bad |= (y - lanes) & ~y & highs;
+            }
+          for (; j < end - k; j++)
+            bad |= (be16_get (p + 2 * j) == 1) != all;
+        }
+        if (bad)
+          return false;
+      }
+      k = end;
+    }
+  }
+  j = 0;
+  if (zero)
+    for (; j + 4 <= len; j += 4)
+      memcpy (c + 2 * j, &v4, 8);
+  for (; j < len; j++)
+    be16_put (c + 2 * j, (uint16_t) (be16_get (c + 2 * j) + g->mult));
+  if (g->active) {
+    if (excl) {
+      uint64_t k = k0, end = k0 + len;
+      for (; k < end && (k & 7); k++)
+        excl_flush (excl, k / 8, 1U << (k & 7));
+      for (; k + 8 <= end; k += 8)
+        excl[k / 8] = 0xff;   /* a byte of its own, all clear */
+      for (; k < end; k++)
+        excl_flush (excl, k / 8, 1U << (k & 7));
+    }
+    st->n_alloc += len;
+    if (st->next_contig && k0 * cs != st->next_contig)
+      st->n_frag++;
+    st->next_contig = (k0 + len) * cs;
+  }
+  return true;
+}
+
+/* Step 2 for one table: walk_l2's fast path (16-bit refcounts, standard
+ * entries), stopping before the first claim it would not take. */
+static bool
+count_table (struct ck *ck, struct wk *w, struct wtab *t)
+{
+  const struct l2group *g = &t->g;
+  uint8_t *imrt = ck->imrt, *excl = ck->excl;
+  const unsigned cb = ck->cb, per_bits = cb + 3 - 4;
+  const uint64_t self = g->l2_offset >> cb, mult = g->mult, cs = ck->cs;
+  const uint64_t refmax = ck->refmax, pmask = (UINT64_C (1) << per_bits) - 1;
+  const bool active = g->active != 0, copied = active && ck->reftable;
+  const uint8_t *buf = t->buf, *sr = NULL;
+  uint64_t sr_t = UINT64_MAX, next_contig, n_alloc, n_frag;
+  uint64_t pbyte = 0;
+  unsigned pbits = 0;
+  int sr_r = 0;
+  uint32_t i = 0, n = ck->h->l2_entries;
+  struct cstate st = { 0 };
+
+  t->stop = STOP_SELF;
+  t->n_alloc = t->n_frag = t->next_contig = 0;
+  if (copied) {   /* COPIED on the active L1 entries pointing here */
+    const uint8_t *b;
+    int r = wk_block (ck, w, self >> per_bits, &b);
+    if (r < 0)
+      return false;
+    if (r == 0) {
+      uint64_t rc = b ? be16_get (b + 2 * (self & pmask)) : 0;
+      for (const struct l2ref *x = g->first_active;
+           x < g->first + g->mult && x->l2_offset == g->l2_offset; x++)
+        if (x->source == -1
+            && (rc == 1) != ((ck->img->l1[x->l1_index] & QK_OFLAG_COPIED)
+                             != 0))
+          return false;
+    }
+  }
+  if (be16_get (imrt + 2 * self) != 0)
+    return false;
+  be16_put (imrt + 2 * self, (uint16_t) mult);
+  if (excl)
+    excl_flush (excl, self / 8, 1U << (self & 7));
+  if (t->n_run) {
+    unsigned r = 0;
+    while (r < t->n_run && count_run (ck, w, t, &t->run[r], &st))
+      r++;
+    if (r == t->n_run) {
+      t->stop = n;
+      t->next_contig = st.next_contig;
+      t->n_alloc = st.n_alloc;
+      t->n_frag = st.n_frag;
+      return true;
+    }
+    i = t->run[r].i0;   /* entry by entry from there */
+  }
+  next_contig = st.next_contig;
+  n_alloc = st.n_alloc;
+  n_frag = st.n_frag;
+  for (; i < n; i++) {
+    uint64_t e = be64_get (buf + 8 * (size_t) i), off, k, rc;
+    if (e == 0)
+      continue;
+    off = e & QK_L2E_OFFSET_MASK;
+    k = off >> cb;
+    rc = be16_get (imrt + 2 * k);
+    if (rc) {
+      unsigned bits;
+      if (!excl || rc > refmax - mult)
+        break;
+      bits = __atomic_load_n (&excl[k / 8], __ATOMIC_RELAXED);
+      if (k / 8 == pbyte)
+        bits |= pbits;
+      if ((bits >> (k & 7)) & 1)
+        break;
+    }
+    if (copied) {
+      if (k >> per_bits != sr_t) {
+        sr_t = k >> per_bits;
+        if ((sr_r = wk_block (ck, w, sr_t, &sr)) < 0)
+          break;
+      }
+      if (sr_r == 0
+          && ((sr ? be16_get (sr + 2 * (k & pmask)) : 0) == 1)
+             != ((e & QK_OFLAG_COPIED) != 0))
+        break;
+    }
+    be16_put (imrt + 2 * k, (uint16_t) (rc + mult));
+    if (active) {
+      if (excl) {
+        if (k / 8 != pbyte) {
+          excl_flush (excl, pbyte, pbits);
+          pbyte = k / 8;
+          pbits = 0;
+        }
+        pbits |= 1U << (k & 7);
+      }
+      n_alloc++;
+      if (next_contig && off != next_contig)
+        n_frag++;
+      next_contig = off + cs;
+    }
+  }
+  if (excl)
+    excl_flush (excl, pbyte, pbits);
+  t->stop = i;
+  t->next_contig = next_contig;
+  t->n_alloc = n_alloc;
+  t->n_frag = n_frag;
+  return i == n;
+}
+
+static void
+step_count (struct ck *ck, struct wk *w, void *arg)
+{
+  struct win *win = arg;
+  size_t x = win->first[w->id], end = MIN (win->first[w->id + 1], win->m);
+
+  for (; x < end; x++)
+    if (!count_table (ck, w, &win->t[x]))
+      break;
+  for (x++; x < end; x++)
+    win->t[x].stop = STOP_SELF;
+}
+
+struct ivx {
+  uint64_t first, end;
+  size_t thread;
+};
+
+static int
+cmp_ivx (const void *a, const void *b)
+{
+  const struct ivx *x = a, *y = b;
+  return x->first < y->first ? -1 : x->first > y->first;
+}
+
+/* whether tables [0, m) of two threads claim a cluster in common */
+static bool
+overlap (const struct win *win, unsigned threads, struct ivx *v)
+{
+  size_t n = 0;
+  uint64_t max_end = 0;
+  size_t max_thread = 0;
+
+  for (unsigned c = 0; c < threads; c++)
+    for (size_t x = win->first[c]; x < MIN (win->first[c + 1], win->m); x++)
+      for (unsigned j = 0; j < win->t[x].n_iv; j++)
+        v[n++] = (struct ivx) { win->t[x].iv[j].first, win->t[x].iv[j].end,
+                                c };
+  qsort (v, n, sizeof *v, cmp_ivx);
+  for (size_t i = 0; i < n; i++) {
+    if (i && v[i].first < max_end && v[i].thread != max_thread)
+      return true;
+    if (i == 0 || v[i].end > max_end) {
+      max_end = v[i].end;
+      max_thread = v[i].thread;
+    }
+  }
+  return false;
+}
+
+/* Ask the kernel for the tables of the next window while this one is
+ * counted (contiguous tables in one call). */
+static void
+read_ahead (const struct ck *ck, const struct refs *refs, size_t i,
+            size_t tables)
+{
+  int fd = ck->img->src->fd;
+  uint64_t start = 0, end = 0;
+
+  if (fd < 0 || ck->img->src->mem)
+    return;
+  for (; i < refs->n && tables; i++) {
+    uint64_t off = refs->v[i].l2_offset;
+    if (i && off == refs->v[i - 1].l2_offset)
+      continue;
+    tables--;
+    if (off == end) {
+      end += ck->cs;
+      continue;
+    }
+    if (end > start)
+      posix_fadvise (fd, (off_t) start, (off_t) (end - start),
+                     POSIX_FADV_WILLNEED);
+    start = off;
+    end = off + ck->cs;
+  }
+  if (end > start && end <= INT64_MAX)
+    posix_fadvise (fd, (off_t) start, (off_t) (end - start),
+                   POSIX_FADV_WILLNEED);
+}
+
+/* walk_tables with the parallel steps: 1 done, 0 not possible here (the
+ * caller walks), -1 failed */
+static int
+walk_tables_par (struct ck *ck, struct refs *refs, uint8_t *zin,
+                 uint8_t *zout)
+{
+  unsigned threads;
+  size_t per = MAX (1, WIN_BYTES / ck->cs), cap, i = 0;
+  struct wtab *tabs;
+  struct ivx *iv;
+  uint8_t *bufs;
+  int r = 0;
+
+  /* the threads first: fewer may start than asked for */
+  if (ck_parallel (ck, step_none, NULL) < 0 || ck->nthreads < 2)
+    return 0;
+  threads = ck->nthreads;
+  cap = per * threads;
+  tabs = calloc (cap, sizeof *tabs);
+  iv = malloc (cap * (WT_RUNS + 1) * sizeof *iv);
+  bufs = malloc (cap * ck->cs);
+  if (tabs == NULL || iv == NULL || bufs == NULL) {
+    free (tabs);
+    free (iv);
+    free (bufs);
+    return 0;
+  }
+  for (size_t x = 0; x < cap; x++)
+    tabs[x].buf = bufs + x * ck->cs;
+  while (i < refs->n && r == 0) {
+    struct win win = { .t = tabs };
+    while (win.n < cap && i < refs->n) {
+      struct wtab *t = &tabs[win.n++];
+      size_t j = i;
+      t->g = (struct l2group) { .l2_offset = refs->v[i].l2_offset,
+                                .first = &refs->v[i] };
+      for (; j < refs->n && refs->v[j].l2_offset == t->g.l2_offset; j++) {
+        t->g.mult++;
+        if (refs->v[j].source == -1) {
+          if (!t->g.first_active)
+            t->g.first_active = &refs->v[j];
+          t->g.active++;
+        }
+      }
+      t->j_end = j;
+      t->cand = group_fast (ck, &t->g);
+      t->have = false;
+      t->stop = STOP_SELF;
+      i = j;
+    }
+    for (unsigned c = 0; c <= threads; c++)
+      win.first[c] = c * win.n / threads;
+    read_ahead (ck, refs, i, cap);
+    if (ck_parallel (ck, step_read, &win) < 0) {
+      for (size_t x = 0; x < win.n; x++)
+        tabs[x].have = tabs[x].cand = false;
+    }
+    while (win.m < win.n && tabs[win.m].cand)
+      win.m++;
+    if (win.m && overlap (&win, threads, iv))
+      win.m = 0;
+    if (win.m && ck_parallel (ck, step_count, &win) < 0)
+      win.m = 0;
+    for (size_t x = 0; x < win.n && r == 0; x++) {
+      struct wtab *t = &tabs[x];
+      ck->l2_walked = t->j_end;
+      if (x < win.m && t->stop != STOP_SELF) {
+        ck->res->l2_tables_read++;
+        ck->res->allocated_clusters += t->n_alloc;
+        ck->res->fragmented_clusters += t->n_frag;
+        if (t->stop < ck->h->l2_entries)
+          r = walk_l2 (ck, &t->g, t->buf, zin, zout, true, true, t->stop,
+                       t->next_contig);
+      }
+      else
+        r = walk_l2 (ck, &t->g, t->buf, zin, zout, t->have, false, 0, 0);
+    }
+  }
+  free (tabs);
+  free (iv);
+  free (bufs);
+  return r < 0 ? -1 : 1;
+}
+
 static int
 walk_tables (struct ck *ck, struct refs *refs)
 {
@@ -381,6 +955,13 @@ walk_tables (struct ck *ck, struct refs *refs)
   if (refs->n)   /* qsort (NULL, 0, ...) is undefined */
     qsort (refs->v, refs->n, sizeof *refs->v, cmp_l2ref);
   ck->n_owners_pre_l2 = ck->n_owners;
+  if (ck->nthreads > 1 && refs->n > 1) {
+    int pr = walk_tables_par (ck, refs, zin, zout);
+    if (pr != 0) {
+      r = pr < 0 ? -1 : 0;
+      goto done;
+    }
+  }
   for (size_t i = 0; i < refs->n && r == 0;) {
     struct l2group g = { .l2_offset = refs->v[i].l2_offset,
                          .first = &refs->v[i] };
@@ -394,9 +975,10 @@ walk_tables (struct ck *ck, struct refs *refs)
       }
     }
     ck->l2_walked = j;   /* this table claims its cluster first thing */
-    r = walk_l2 (ck, &g, buf, zin, zout);
+    r = walk_l2 (ck, &g, buf, zin, zout, false, false, 0, 0);
     i = j;
   }
+done:
   free (buf);
   free (zin);
   free (zout);
