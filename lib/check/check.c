@@ -25,6 +25,7 @@
 #include <config.h>
 
 #include <pthread.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include "util/problems.h"
@@ -137,15 +138,24 @@ worker (void *opaque)
   return NULL;
 }
 
+/* The threads: QCOWKIT_THREADS, else the CPUs this process may run on
+ * (taskset); 0 when the parallel steps are not used at all: they read
+ * from one file or memory buffer only (pread has no state), not through
+ * layers such as fault injection, which count reads in their order; and
+ * QCOWKIT_THREADS=0 asks for the plain walk (the reference the tests of
+ * the parallel steps compare with). */
 static unsigned
 check_threads (const struct ck *ck)
 {
   const char *e = getenv ("QCOWKIT_THREADS");
-  long n = e && *e ? strtol (e, NULL, 10) : sysconf (_SC_NPROCESSORS_ONLN);
+  long n = e && *e ? strtol (e, NULL, 10) : 0;
+  cpu_set_t set;
 
-  /* reads from one file or memory buffer only (pread has no state): not
-   * through layers such as fault injection, which count */
-  if (ck->img->src->below != NULL || n < 1)
+  if (ck->img->src->below != NULL || (e && strcmp (e, "0") == 0))
+    return 0;
+  if (n < 1 && sched_getaffinity (0, sizeof set, &set) == 0)
+    n = CPU_COUNT (&set);
+  if (n < 1)
     n = 1;
   return n > CK_MAX_THREADS ? CK_MAX_THREADS : (unsigned) n;
 }
@@ -199,6 +209,11 @@ ck_parallel (struct ck *ck, void (*fn) (struct ck *, struct wk *, void *),
 {
   struct ckpool *p;
 
+  if (ck->nthreads == 1) {
+    ck->wk[0].reads = 0;
+    fn (ck, &ck->wk[0], arg);
+    return 0;
+  }
   if (ck->pool == NULL && pool_start (ck) < 0)
     return -1;
   p = ck->pool;

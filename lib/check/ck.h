@@ -180,7 +180,7 @@ struct ck {
   uint64_t sr_t;
   const uint8_t *sr_buf;
 
-  unsigned nthreads;       /* 1: no parallel step */
+  unsigned nthreads;       /* 0: no parallel step (a layered source) */
   struct ckpool *pool;     /* started by the first parallel step */
   struct wk wk[CK_MAX_THREADS];
 
@@ -207,8 +207,9 @@ extern void report (struct ck *ck, int pr, uint64_t count,
 
 /* ---- worker threads (check.c) ---- */
 
-/* Run fn on every thread (ck->nthreads of them, this one as thread 0) and
- * wait for all: -1 if the threads could not be started (nothing ran). */
+/* Run fn on every thread (ck->nthreads of them, at least 1, this one as
+ * thread 0) and wait for all: -1 if the threads could not be started
+ * (nothing ran). */
 extern int ck_parallel (struct ck *ck,
                         void (*fn) (struct ck *ck, struct wk *w, void *arg),
                         void *arg);

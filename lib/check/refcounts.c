@@ -231,7 +231,7 @@ phase_compare (struct ck *ck)
   uint64_t wn = word ? 64U >> ck->order : 1;   /* entries in 8 bytes */
   struct cmpjob job = { .nt = DIV_ROUND_UP (ck->nb, per), .per = per };
 
-  if (word && ck->nthreads > 1 && job.nt > 1
+  if (word && ck->nthreads && job.nt > 1
       && (job.hi = malloc (job.nt * sizeof *job.hi)) != NULL
       && ck_parallel (ck, step_compare, &job) < 0) {
     free (job.hi);

@@ -14,8 +14,9 @@
  * zero page, which the write then replaces: a second fault, and with
  * threads a TLB flush on every CPU the process runs on (in the parallel
  * steps, most of the time). The IMRT's pages are written nearly all (a
- * qcow2 file has few holes), so they are made writable at once, when
- * threads will count; nothing if the kernel cannot (before Linux 5.14). */
+ * qcow2 file has few holes), so they are made writable at once when the
+ * parallel steps count (big tables only); nothing if the kernel cannot
+ * (before Linux 5.14). */
 void
 populate (const struct ck *ck, void *p, size_t len)
 {
@@ -23,7 +24,7 @@ populate (const struct ck *ck, void *p, size_t len)
   uintptr_t pg = 4096, a = (uintptr_t) p & ~(pg - 1);
   uintptr_t b = ((uintptr_t) p + len + pg - 1) & ~(pg - 1);
 
-  if (ck->nthreads > 1 && len >= (1U << 20))
+  if (ck->nthreads && len >= (1U << 20))
     madvise ((void *) a, b - a, MADV_POPULATE_WRITE);
 #else
   (void) ck, (void) p, (void) len;

@@ -862,7 +862,7 @@ walk_tables_par (struct ck *ck, struct refs *refs, uint8_t *zin,
   int r = 0;
 
   /* the threads first: fewer may start than asked for */
-  if (ck_parallel (ck, step_none, NULL) < 0 || ck->nthreads < 2)
+  if (ck_parallel (ck, step_none, NULL) < 0)
     return 0;
   threads = ck->nthreads;
   cap = per * threads;
@@ -955,7 +955,7 @@ walk_tables (struct ck *ck, struct refs *refs)
   if (refs->n)   /* qsort (NULL, 0, ...) is undefined */
     qsort (refs->v, refs->n, sizeof *refs->v, cmp_l2ref);
   ck->n_owners_pre_l2 = ck->n_owners;
-  if (ck->nthreads > 1 && refs->n > 1) {
+  if (ck->nthreads && refs->n > 1) {
     int pr = walk_tables_par (ck, refs, zin, zout);
     if (pr != 0) {
       r = pr < 0 ? -1 : 0;
