@@ -317,6 +317,37 @@ clear_dirty (struct amend *a)
 
 /* ---- step 2: refcount width ---- */
 
+/* The counts raised to the stored refcounts where those are higher
+ * (leaks kept, as qk_free_leaks keeps those of active clusters: down to
+ * 1 they would need their COPIED flags set), so that a new structure
+ * built from the counts changes no refcount an L2 entry's COPIED flag
+ * depends on; a width that cannot hold a value refuses (QEMU checks the
+ * stored values). */
+static int
+counts_from_stored (struct amend *a, struct qk_refmap *map, unsigned order)
+{
+  struct qk_alloc *al = qk_alloc_new (qk_writer_src (&a->w), &a->img->hdr);
+  uint64_t lim = order >= 6 ? UINT64_MAX : (1ULL << (1U << order)) - 1;
+  int ret = 0;
+
+  if (al == NULL)
+    return -1;
+  for (uint64_t k = 0; k < map->n && ret == 0; k++) {
+    uint64_t rc, want = qk_refmap_get (map, k);
+    if (qk_alloc_get (al, k, &rc) < 0)
+      ret = -1;
+    else if (rc > want)
+      qk_refblock_set (map->counted, map->order, k, rc);
+    if (ret == 0 && (rc > want ? rc : want) > lim)
+      ret = refuse ("Cannot decrease refcount entry width to %u bits: "
+                    "Cluster at offset %#" PRIx64 " has a refcount of %"
+                    PRIu64, 1U << order, k << a->img->hdr.cluster_bits,
+                    rc > want ? rc : want);
+  }
+  qk_alloc_free (al);
+  return ret;
+}
+
 static int
 change_width (struct amend *a)
 {
@@ -329,6 +360,10 @@ change_width (struct amend *a)
 
   if (check (a, &map, &cr) < 0)
     return -1;
+  if (counts_from_stored (a, &map, a->new_order) < 0) {
+    qk_refmap_free (&map);
+    return -1;
+  }
   qk_refmap_drop_refstructs (&map, h->cluster_bits);
   start = (a->img->src->size + cs - 1) / cs;
   if (start < map.n)
@@ -739,25 +774,39 @@ validate (struct amend *a)
   return 0;
 }
 
-/* A narrower width must hold every refcount (the check counted them):
- * the first cluster that does not fit is named, as QEMU names it. */
+/* A narrower width must hold every refcount, counted or stored (as QEMU,
+ * which looks at the stored ones): the first cluster that does not fit
+ * is named, as QEMU names it. Checked on a copy of the counts, before
+ * anything is written. */
 static int
 width_fits (struct amend *a, const struct qk_refmap *map)
 {
   uint64_t lim = a->new_order == 6 ? UINT64_MAX
                  : (1ULL << (1U << a->new_order)) - 1;
+  struct qk_alloc *al;
+  int ret = 0;
 
   if (a->new_order >= a->img->hdr.refcount_order)
     return 0;
-  for (uint64_t k = 0; k < map->n; k++) {
-    uint64_t v = qk_refmap_get (map, k);
+  al = qk_alloc_new (qk_writer_src (&a->w), &a->img->hdr);
+  if (al == NULL)
+    return -1;
+  for (uint64_t k = 0; k < map->n && ret == 0; k++) {
+    uint64_t v = qk_refmap_get (map, k), rc;
+    if (qk_alloc_get (al, k, &rc) < 0) {
+      ret = -1;
+      break;
+    }
+    if (rc > v)
+      v = rc;
     if (v > lim)
-      return refuse ("Cannot decrease refcount entry width to %u bits: "
-                     "Cluster at offset %#" PRIx64 " has a refcount of %"
-                     PRIu64, 1U << a->new_order,
-                     k << a->img->hdr.cluster_bits, v);
+      ret = refuse ("Cannot decrease refcount entry width to %u bits: "
+                    "Cluster at offset %#" PRIx64 " has a refcount of %"
+                    PRIu64, 1U << a->new_order,
+                    k << a->img->hdr.cluster_bits, v);
   }
-  return 0;
+  qk_alloc_free (al);
+  return ret;
 }
 
 /* An upgrade with nothing else to do and no snapshot table to write
