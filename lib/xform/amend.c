@@ -326,26 +326,23 @@ clear_dirty (struct amend *a)
 static int
 counts_from_stored (struct amend *a, struct qk_refmap *map, unsigned order)
 {
-  struct qk_alloc *al = qk_alloc_new (qk_writer_src (&a->w), &a->img->hdr);
   uint64_t lim = order >= 6 ? UINT64_MAX : (1ULL << (1U << order)) - 1;
-  int ret = 0;
 
-  if (al == NULL)
-    return -1;
-  for (uint64_t k = 0; k < map->n && ret == 0; k++) {
+  /* (qk_image_refcount keeps one refcount block: read in order, each
+   * block is read once and none is kept) */
+  for (uint64_t k = 0; k < map->n; k++) {
     uint64_t rc, want = qk_refmap_get (map, k);
-    if (qk_alloc_get (al, k, &rc) < 0)
-      ret = -1;
-    else if (rc > want)
+    if (qk_image_refcount (a->img, k, &rc) < 0)
+      return -1;
+    if (rc > want)
       qk_refblock_set (map->counted, map->order, k, rc);
-    if (ret == 0 && (rc > want ? rc : want) > lim)
-      ret = refuse ("Cannot decrease refcount entry width to %u bits: "
-                    "Cluster at offset %#" PRIx64 " has a refcount of %"
-                    PRIu64, 1U << order, k << a->img->hdr.cluster_bits,
-                    rc > want ? rc : want);
+    if ((rc > want ? rc : want) > lim)
+      return refuse ("Cannot decrease refcount entry width to %u bits: "
+                     "Cluster at offset %#" PRIx64 " has a refcount of %"
+                     PRIu64, 1U << order, k << a->img->hdr.cluster_bits,
+                     rc > want ? rc : want);
   }
-  qk_alloc_free (al);
-  return ret;
+  return 0;
 }
 
 static int
@@ -783,30 +780,22 @@ width_fits (struct amend *a, const struct qk_refmap *map)
 {
   uint64_t lim = a->new_order == 6 ? UINT64_MAX
                  : (1ULL << (1U << a->new_order)) - 1;
-  struct qk_alloc *al;
-  int ret = 0;
 
   if (a->new_order >= a->img->hdr.refcount_order)
     return 0;
-  al = qk_alloc_new (qk_writer_src (&a->w), &a->img->hdr);
-  if (al == NULL)
-    return -1;
-  for (uint64_t k = 0; k < map->n && ret == 0; k++) {
+  for (uint64_t k = 0; k < map->n; k++) {
     uint64_t v = qk_refmap_get (map, k), rc;
-    if (qk_alloc_get (al, k, &rc) < 0) {
-      ret = -1;
-      break;
-    }
+    if (qk_image_refcount (a->img, k, &rc) < 0)
+      return -1;
     if (rc > v)
       v = rc;
     if (v > lim)
-      ret = refuse ("Cannot decrease refcount entry width to %u bits: "
-                    "Cluster at offset %#" PRIx64 " has a refcount of %"
-                    PRIu64, 1U << a->new_order,
-                    k << a->img->hdr.cluster_bits, v);
+      return refuse ("Cannot decrease refcount entry width to %u bits: "
+                     "Cluster at offset %#" PRIx64 " has a refcount of %"
+                     PRIu64, 1U << a->new_order,
+                     k << a->img->hdr.cluster_bits, v);
   }
-  qk_alloc_free (al);
-  return ret;
+  return 0;
 }
 
 /* An upgrade with nothing else to do and no snapshot table to write
