@@ -16,9 +16,14 @@
 #   (20 GiB base with 1 GiB, two overlays with 256 MiB each), checked
 #   with --chain against qemu-img check of each image in turn.
 #
-# BENCH_ONLY="frag scatter" runs only the rows named (p0 p4 pd s4k frag
-# frag3s scatter compressed chain). BENCH_READS=1 then also counts, with
-# strace, the bytes and read calls each tool makes on the image files.
+# - 4 TiB and 15 TiB preallocation=metadata (memory: both tools keep a
+#   refcount per host cluster, 2 bytes at the default width).
+#
+# BENCH_ONLY="frag scatter" runs only the rows named (p0 p4 pd s4k p4t
+# p15t frag frag3s scatter compressed chain). BENCH_READS=1 then also
+# counts, with strace, the bytes and read calls each tool makes on the
+# image files. BENCH_PIN="taskset -c 0" runs both tools under that
+# prefix (one core each).
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
@@ -26,6 +31,8 @@ p0=$BENCH_DIR/prealloc-1t.qcow2
 p4=$BENCH_DIR/prealloc-1t-4snap.qcow2
 pd=$BENCH_DIR/prealloc-1t-4snap-diverged.qcow2
 s4k=$BENCH_DIR/c4k-64g.qcow2
+p4t=$BENCH_DIR/prealloc-4t.qcow2
+p15t=$BENCH_DIR/prealloc-15t.qcow2
 frag=$BENCH_DIR/frag-20g-8g.qcow2
 frag3s=$BENCH_DIR/frag-20g-3snap.qcow2
 scatter=$BENCH_DIR/scatter-1t.qcow2
@@ -52,6 +59,10 @@ make_image () {  # make_image NAME
         fi ;;
     s4k) [ -f "$s4k" ] || qemu-img create -q -f qcow2 \
            -o cluster_size=4096,preallocation=metadata "$s4k" 64G ;;
+    p4t) [ -f "$p4t" ] ||
+           qemu-img create -q -f qcow2 -o preallocation=metadata "$p4t" 4T ;;
+    p15t) [ -f "$p15t" ] ||
+            qemu-img create -q -f qcow2 -o preallocation=metadata "$p15t" 15T ;;
     frag) rand_image "$frag" 20G 131072 327680 65536 65536 1 ;;
     frag3s) if [ ! -f "$frag3s" ]; then
               t=$frag3s.tmp
@@ -86,6 +97,8 @@ describe () {
     p4) echo "1 TiB preallocation=metadata, 4 snapshots" ;;
     pd) echo "the same, every table diverged" ;;
     s4k) echo "64 GiB preallocation=metadata, 4 KiB clusters" ;;
+    p4t) echo "4 TiB preallocation=metadata" ;;
+    p15t) echo "15 TiB preallocation=metadata" ;;
     frag) echo "20 GiB, 8 GiB in random 64 KiB writes" ;;
     frag3s) echo "20 GiB, 2 GiB random, 3 snapshots each followed by 256 MiB random" ;;
     scatter) echo "1 TiB, 16,384 64 KiB writes scattered in random order" ;;
@@ -135,7 +148,8 @@ reads () {
   rm -f "$BENCH_DIR"/.strace.*
 }
 
-rows=${BENCH_ONLY:-p0 p4 pd s4k frag frag3s scatter compressed chain}
+rows=${BENCH_ONLY:-p0 p4 pd s4k p4t p15t frag frag3s scatter compressed chain}
+pin=${BENCH_PIN:+$BENCH_PIN }
 if [ "${BENCH_READS:-}" = 1 ] && ! command -v strace >/dev/null; then
   echo "BENCH_READS=1 needs strace" >&2
   exit 1
@@ -150,12 +164,12 @@ echo "| check | qcowkit | RSS | qemu-img | RSS | ratio |"
 echo "|---|---|---|---|---|---|"
 for r in $rows; do
   img=${!r}
-  qcmd="qcowkit check $img"
-  acmd="qemu-img check $img"
+  qcmd="${pin}qcowkit check $img"
+  acmd="${pin}qemu-img check $img"
   if [ "$r" = chain ]; then
-    qcmd="qcowkit check --chain $img"
+    qcmd="${pin}qcowkit check --chain $img"
     acmd="for i in $BENCH_DIR/chain-base.qcow2 $BENCH_DIR/chain-mid.qcow2"
-    acmd="$acmd $img; do qemu-img check \$i || exit; done"
+    acmd="$acmd $img; do ${pin}qemu-img check \$i || exit; done"
   fi
   read -r qs qr as ar < <(measure2 "$qcmd" "$acmd")
   if [ "$r" = chain ]; then   # an array, the top image first
