@@ -32,8 +32,74 @@ extern void errx_ (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)))
 extern int usage_error (const char *cmd, const char *fmt, ...)
   __attribute__ ((format (printf, 2, 3)));
 
-/* Shared option handling: returns 1 if consumed (and *i advanced), 0 if not
- * a common option, -1 on a bad value. */
+/* ---- Option tables ----
+ * A command lists its options in a table, ended by { NULL }:
+ *
+ *   const struct opt opts[] = {
+ *     { "-b",            "a value", .str = &ro.backing },
+ *     { "-n|--dry-run",  NULL,      .flags = &ro.flags, .set = QK_REBASE_DRY_RUN },
+ *     { "--compat",      "a value", .fn = set_compat, .data = &ao },
+ *     { NULL }
+ *   };
+ *
+ * names: the short and/or long spellings, '|' between. needs: NULL if the
+ * option takes no value; else what "OPTION needs ..." says it lacks ("a
+ * value", "a file"). A value is the next argument, or for a long option
+ * also "--name=VALUE". Exactly one target: str (set to the value), flags
+ * (|= set), on (set true), or fn (called with data, the option as typed
+ * and the value, or NULL; it returns 0, or -1 after usage_error()).
+ * A name may hold '=' ("--list-problems=man"): then it is matched whole,
+ * as an option without a value.
+ * hidden: need not be in the help text. */
+struct opt {
+  const char *names;
+  const char *needs;
+  const char **str;
+  unsigned *flags;
+  unsigned set;
+  bool *on;
+  int (*fn) (void *data, const char *opt, const char *value);
+  void *data;
+  bool hidden;
+};
+
+/* A command's command line. opt_parse() reads argv[1..] left to right:
+ * --help and -h print help on stdout and stop (status 0); an option of
+ * opts; then, unless common is NULL, a common option (--output, --root,
+ * -p/--progress, -q/--quiet: a command's own table may take one of these
+ * names for itself, as repair does -p); "-" or a word not starting with
+ * '-' is an operand, put in the next of operands[0..max_operands-1].
+ * Usage errors ("unknown option '-x'", "-b needs a value", "too many
+ * arguments", the missing message when fewer than min_operands were
+ * given) are printed with usage_error() and stop with usage_status
+ * (0: EXIT_USAGE).
+ * The help text is checked against the table: every option the help names
+ * is accepted, and every option of opts (but hidden ones) is in the help;
+ * the common options are described in qcowkit(1) and need not be. A
+ * mismatch is a bug in the program: it is named on stderr and the check
+ * fails an assert. */
+struct opt_cmd {
+  const char *name;            /* "amend", for the messages */
+  const char *help;
+  const struct opt *opts;
+  struct common_opts *common;  /* NULL: no common options */
+  const char **operands;
+  size_t max_operands, min_operands;
+  const char *missing;         /* fewer than min_operands: "no image given" */
+  int usage_status;            /* 0: EXIT_USAGE */
+};
+
+/* Returns true when the command goes on; false when it stops, with the
+ * exit status in *status (0 after --help, else usage_status). */
+extern bool opt_parse (const struct opt_cmd *c, int argc, char **argv,
+                       int *status);
+/* The help check alone: true if it holds; prints each mismatch. */
+extern bool opt_check_help (const struct opt_cmd *c);
+
+/* Common options one argument at a time, for a command that reads its
+ * command line itself: returns 1 if consumed (and *i advanced), 0 if not a
+ * common option, -1 on a bad value (after usage_error()). Same table and
+ * messages as opt_parse(). */
 extern int common_option (struct common_opts *o, int argc, char **argv, int *i,
                           const char *cmd);
 extern bool parse_size (const char *s, uint64_t *v);

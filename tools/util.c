@@ -1,6 +1,8 @@
 /* qcowkit command-line tool: shared helpers. */
 #include <config.h>
 
+#include <assert.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -92,49 +94,248 @@ parse_size (const char *s, uint64_t *v)
   return true;
 }
 
+/* ---- option tables (tool.h) ---- */
+
+/* Does NAMES ("-n|--dry-run") spell S (LEN bytes)? With BASE, a name is
+ * compared up to its '=' ("--list-problems=man" as "--list-problems"). */
+static bool
+opt_named (const char *names, const char *s, size_t len, bool base)
+{
+  for (const char *p = names; *p; ) {
+    size_t n = strcspn (p, "|");
+    size_t m = base ? strcspn (p, "|=") : n;
+
+    if (m == len && strncmp (p, s, len) == 0)
+      return true;
+    p += n + (p[n] == '|');
+  }
+  return false;
+}
+
+/* Match argv[*i] against table T and act on it: 1 if it was an option of
+ * T (and *i advanced past a separate value), 0 if not, -1 after a usage
+ * error. */
+static int
+opt_one (const struct opt *t, const char *cmd, int argc, char **argv, int *i)
+{
+  const char *a = argv[*i];
+  const char *eq = a[0] == '-' && a[1] == '-' ? strchr (a, '=') : NULL;
+
+  for (; t->names; t++) {
+    const char *value = NULL;
+    size_t len = strlen (a);
+    char name[64];
+
+    if (t->needs && eq && opt_named (t->names, a, (size_t) (eq - a), false)) {
+      value = eq + 1;
+      len = (size_t) (eq - a);
+    }
+    else if (!opt_named (t->names, a, len, false))
+      continue;
+    else if (t->needs) {
+      if (*i + 1 >= argc)
+        return usage_error (cmd, "%s needs %s", a, t->needs), -1;
+      value = argv[++*i];
+    }
+    if (t->str)
+      *t->str = value;
+    else if (t->flags)
+      *t->flags |= t->set;
+    else if (t->on)
+      *t->on = true;
+    else if (t->fn) {
+      snprintf (name, sizeof name, "%.*s", (int) len, a);
+      if (t->fn (t->data, name, value) < 0)
+        return -1;
+    }
+    return 1;
+  }
+  return 0;
+}
+
+/* The common options (qcowkit(1), COMMON OPTIONS). */
+struct common_ctx {
+  struct common_opts *o;
+  const char *cmd;
+};
+
+static int
+common_output (void *data, const char *opt, const char *v)
+{
+  struct common_ctx *cc = data;
+
+  (void) opt;
+  if (strcmp (v, "json") == 0)
+    cc->o->output = OUT_JSON;
+  else if (strcmp (v, "human") == 0)
+    cc->o->output = OUT_HUMAN;
+  else
+    return usage_error (cc->cmd, "--output: '%s' is not json or human", v), -1;
+  return 0;
+}
+
+static int
+common_progress (void *data, const char *opt, const char *v)
+{
+  struct common_ctx *cc = data;
+
+  (void) v;
+  if (strcmp (opt, "-q") == 0 || strcmp (opt, "--quiet") == 0) {
+    cc->o->progress = 0;
+    cc->o->quiet = true;
+  }
+  else
+    cc->o->progress = 1;
+  return 0;
+}
+
+#define COMMON_OPTS 5
+
+static void
+common_table (struct opt t[COMMON_OPTS], struct common_ctx *cc)
+{
+  const struct opt common[COMMON_OPTS] = {
+    { "--output", "a value", .fn = common_output, .data = cc },
+    { "--root", "a directory", .str = &cc->o->root },
+    { "-p|--progress", NULL, .fn = common_progress, .data = cc },
+    { "-q|--quiet", NULL, .fn = common_progress, .data = cc },
+    { NULL },
+  };
+
+  memcpy (t, common, sizeof common);
+}
+
 int
 common_option (struct common_opts *o, int argc, char **argv, int *i,
                const char *cmd)
 {
-  const char *a = argv[*i];
-  const char *val = NULL;
+  struct common_ctx cc = { o, cmd };
+  struct opt t[COMMON_OPTS];
 
-  if (strncmp (a, "--output=", 9) == 0)
-    val = a + 9;
-  else if (strcmp (a, "--output") == 0) {
-    if (*i + 1 >= argc)
-      return usage_error (cmd, "--output needs a value"), -1;
-    val = argv[++*i];
-  }
-  if (val) {
-    if (strcmp (val, "json") == 0)
-      o->output = OUT_JSON;
-    else if (strcmp (val, "human") == 0)
-      o->output = OUT_HUMAN;
+  common_table (t, &cc);
+  return opt_one (t, cmd, argc, argv, i);
+}
+
+/* The next option the help text names, from P: "-x" or "--name" after a
+ * space, a bracket, a comma, '|' or a quote. NULL at the end; else its
+ * start, and its length in *len. */
+static const char *
+help_option (const char *p, size_t *len)
+{
+  for (; *p; p++) {
+    const char *q = p + 1;
+
+    if (*p != '-' || !strchr (" \t\n[(,|'\"", p[-1]))
+      continue;
+    if (*q == '-' && islower ((unsigned char) q[1])) {
+      for (q++; isalnum ((unsigned char) *q) || *q == '-'; q++)
+        ;
+    }
+    else if (isalpha ((unsigned char) *q) && !isalnum ((unsigned char) q[1]))
+      q++;
     else
-      return usage_error (cmd, "--output: '%s' is not json or human", val), -1;
-    return 1;
+      continue;
+    *len = (size_t) (q - p);
+    return p;
   }
-  if (strncmp (a, "--root=", 7) == 0) {
-    o->root = a + 7;
-    return 1;
+  return NULL;
+}
+
+static bool
+help_names (const char *help, const char *s, size_t len)
+{
+  size_t n;
+
+  for (const char *p = help + 1; (p = help_option (p, &n)) != NULL; p += n)
+    if (n == len && strncmp (p, s, n) == 0)
+      return true;
+  return false;
+}
+
+bool
+opt_check_help (const struct opt_cmd *c)
+{
+  struct common_ctx cc = { c->common, c->name };
+  struct opt common[COMMON_OPTS];
+  bool ok = true;
+  size_t n;
+
+  common_table (common, &cc);
+  /* the help's first byte is never an option: start past it, so that
+   * help_option() may look one byte back */
+  for (const char *p = c->help + 1; (p = help_option (p, &n)) != NULL;
+       p += n) {
+    if ((n == 2 && strncmp (p, "-h", 2) == 0)
+        || (n == 6 && strncmp (p, "--help", 6) == 0))
+      continue;
+    bool known = false;
+    for (const struct opt *t = c->opts; t->names && !known; t++)
+      known = opt_named (t->names, p, n, true);
+    for (const struct opt *t = common; c->common && t->names && !known; t++)
+      known = opt_named (t->names, p, n, true);
+    if (!known) {
+      errx_ ("internal error: %s: its help names %.*s, which it does not "
+             "take", c->name, (int) n, p);
+      ok = false;
+    }
   }
-  if (strcmp (a, "--root") == 0) {
-    if (*i + 1 >= argc)
-      return usage_error (cmd, "--root needs a directory"), -1;
-    o->root = argv[++*i];
-    return 1;
+  for (const struct opt *t = c->opts; t->names; t++) {
+    int targets = (t->str != NULL) + (t->flags != NULL) + (t->on != NULL)
+                  + (t->fn != NULL);
+    if (targets != 1 || (t->str && !t->needs) || t->names[0] != '-') {
+      errx_ ("internal error: %s: option %s: a bad table entry", c->name,
+             t->names);
+      ok = false;
+    }
+    for (const char *p = t->names; *p && !t->hidden; ) {
+      size_t len = strcspn (p, "|"), base = strcspn (p, "|=");
+      if (!help_names (c->help, p, base)) {
+        errx_ ("internal error: %s: option %.*s is not in its help",
+               c->name, (int) len, p);
+        ok = false;
+      }
+      p += len + (p[len] == '|');
+    }
   }
-  if (strcmp (a, "--progress") == 0 || strcmp (a, "-p") == 0) {
-    o->progress = 1;
-    return 1;
+  return ok;
+}
+
+bool
+opt_parse (const struct opt_cmd *c, int argc, char **argv, int *status)
+{
+  struct common_ctx cc = { c->common, c->name };
+  struct opt common[COMMON_OPTS];
+  size_t n = 0;
+
+  assert (opt_check_help (c));
+  common_table (common, &cc);
+  *status = c->usage_status ? c->usage_status : EXIT_USAGE;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    int k;
+
+    if (strcmp (a, "--help") == 0 || strcmp (a, "-h") == 0) {
+      fputs (c->help, stdout);
+      *status = EXIT_OK;
+      return false;
+    }
+    k = opt_one (c->opts, c->name, argc, argv, &i);
+    if (k == 0 && c->common)
+      k = opt_one (common, c->name, argc, argv, &i);
+    if (k < 0)
+      return false;
+    if (k)
+      continue;
+    if (a[0] == '-' && a[1])
+      return usage_error (c->name, "unknown option '%s'", a), false;
+    if (n >= c->max_operands)
+      return usage_error (c->name, "too many arguments"), false;
+    c->operands[n++] = a;
   }
-  if (strcmp (a, "--quiet") == 0 || strcmp (a, "-q") == 0) {
-    o->progress = 0;
-    o->quiet = true;
-    return 1;
-  }
-  return 0;
+  if (n < c->min_operands)
+    return usage_error (c->name, "%s",
+                        c->missing ? c->missing : "no image given"), false;
+  return true;
 }
 
 /* QEMU takes OFD locks on bytes 100.. (permissions) and 200.. (shared
