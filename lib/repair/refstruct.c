@@ -1,12 +1,14 @@
 /* lib/repair/refstruct.c: a whole refcount structure (table and blocks)
- * written into fresh clusters from the references a check counted, at
- * any refcount width: repair's rebuild (same width) and amend's
- * refcount width change. Nothing points at the new structure until the
- * caller switches the header to it (refcount_table_offset and _clusters,
- * and for a width change refcount_order, all in the first sector). */
+ * written into fresh clusters, from the references a check counted
+ * (repair's rebuild) or from the stored refcounts at another width, a
+ * refcount block at a time (amend's width change). Nothing points at
+ * the new structure until the caller switches the header to it
+ * (refcount_table_offset and _clusters, and for a width change
+ * refcount_order, all in the first sector). */
 #include <config.h>
 
 #include <stdlib.h>
+#include <string.h>
 
 #include "internal.h"
 #include "check/check.h"
@@ -161,5 +163,298 @@ qk_free_leaks (struct qk_source *src, const struct qk_image *img,
 out:
   free (active);
   qk_alloc_free (al);
+  return ret;
+}
+
+/* ---- a refcount width change from the stored refcounts ----
+ * The stored refcounts are read one refcount block at a time, in table
+ * order, and the new blocks are made one at a time from the range they
+ * cover: nothing holds a refcount per cluster of the image. */
+
+/* The clusters of the structure in place (its table and blocks), sorted,
+ * with a cursor for walks in ascending cluster order. */
+struct oldset {
+  uint64_t *v;
+  size_t n, i;
+};
+
+static int
+cmp_u64 (const void *x, const void *y)
+{
+  uint64_t p = *(const uint64_t *) x, q = *(const uint64_t *) y;
+  return p < q ? -1 : p > q;
+}
+
+static int
+oldset_make (const struct qk_header *h, const uint64_t *rt, size_t rt_n,
+             struct oldset *o)
+{
+  size_t n = 0;
+
+  memset (o, 0, sizeof *o);
+  o->v = malloc (((size_t) h->refcount_table_clusters + rt_n + 1)
+                 * sizeof *o->v);
+  if (o->v == NULL) {
+    set_error (ENOMEM, "malloc");
+    return -1;
+  }
+  for (uint32_t c = 0; c < h->refcount_table_clusters; c++)
+    o->v[n++] = (h->refcount_table_offset >> h->cluster_bits) + c;
+  for (size_t t = 0; t < rt_n; t++)
+    if (rt[t] & QK_REFT_OFFSET_MASK)
+      o->v[n++] = (rt[t] & QK_REFT_OFFSET_MASK) >> h->cluster_bits;
+  qsort (o->v, n, sizeof *o->v, cmp_u64);
+  o->n = 0;
+  for (size_t i = 0; i < n; i++)
+    if (o->n == 0 || o->v[o->n - 1] != o->v[i])
+      o->v[o->n++] = o->v[i];
+  return 0;
+}
+
+/* The first cluster of the set at or after k (UINT64_MAX: none); k must
+ * not go down between calls. */
+static inline uint64_t
+oldset_next (struct oldset *o, uint64_t k)
+{
+  while (o->i < o->n && o->v[o->i] < k)
+    o->i++;
+  return o->i < o->n ? o->v[o->i] : UINT64_MAX;
+}
+
+/* Refcount block t of the structure in place into buf (a cluster); 0 when
+ * the table has no block there (buf untouched), 1 when read. */
+static int
+old_block (struct qk_source *src, const struct qk_header *h,
+           const uint64_t *rt, size_t rt_n, uint64_t t, uint8_t *buf)
+{
+  uint64_t rb;
+
+  if (t >= rt_n || (rb = rt[t] & QK_REFT_OFFSET_MASK) == 0)
+    return 0;
+  if (!IS_ALIGNED (rb, h->cluster_size)) {
+    set_error (EBADMSG, "refcount table entry %" PRIu64 ": refcount block "
+               "offset 0x%" PRIx64 " is not cluster aligned", t, rb);
+    return -1;
+  }
+  if (qk_source_read_zeropad (src, buf, h->cluster_size, rb) < 0)
+    return -1;
+  return 1;
+}
+
+void
+qk_refscan_free (struct qk_refscan *s)
+{
+  free (s->need);
+  s->need = NULL;
+  s->n_need = 0;
+}
+
+int
+qk_refstruct_scan (struct qk_source *src, const struct qk_header *h,
+                   const uint64_t *rt, size_t rt_n, unsigned order,
+                   struct qk_refscan *s)
+{
+  unsigned cb = h->cluster_bits, oo = h->refcount_order;
+  unsigned pob, pnb;               /* log2 of refcounts per block */
+  uint64_t lim, cs = h->cluster_size;
+  size_t cap = 0;
+  struct oldset old;
+  uint8_t *buf = NULL;
+  int ret = -1;
+
+  memset (s, 0, sizeof *s);
+  s->over_cluster = UINT64_MAX;
+  if (oo > 6 || order > 6) {
+    set_error (EINVAL, "refcount order %u or %u", oo, order);
+    return -1;
+  }
+  pob = cb + 3 - oo;
+  pnb = cb + 3 - order;
+  lim = order == 6 ? UINT64_MAX : (1ULL << (1U << order)) - 1;
+  if (oldset_make (h, rt, rt_n, &old) < 0)
+    return -1;
+  s->old_end = old.n ? old.v[old.n - 1] + 1 : 0;
+  buf = malloc (cs);
+  if (buf == NULL) {
+    set_error (ENOMEM, "malloc");
+    goto out;
+  }
+  for (uint64_t t = 0; t < rt_n; t++) {
+    uint64_t first = t << pob, per = 1ULL << pob, nx;
+    int r = old_block (src, h, rt, rt_n, t, buf);
+    if (r < 0)
+      goto out;
+    if (r == 0)
+      continue;
+    nx = oldset_next (&old, first);
+    for (uint64_t i = 0; i < per; i++) {
+      uint64_t v, k;
+      /* eight 16-bit refcounts of 0 at once (the common width) */
+      if (oo == 4 && (i & 7) == 0) {
+        uint64_t w[2];
+        memcpy (w, buf + 2 * i, 16);
+        if ((w[0] | w[1]) == 0) {
+          i += 7;
+          continue;
+        }
+      }
+      v = qk_refblock_get (buf, oo, i);
+      if (v == 0)
+        continue;
+      k = first + i;
+      if (k == nx) {              /* the old structure: free in the new */
+        nx = oldset_next (&old, k + 1);
+        continue;
+      }
+      if (v > lim && s->over_cluster == UINT64_MAX) {
+        s->over_cluster = k;
+        s->over_value = v;
+      }
+      if (s->n_need == 0 || s->need[s->n_need - 1] != k >> pnb) {
+        uint64_t *nv = qk_grow (s->need, &cap, s->n_need + 1, sizeof *nv);
+        if (nv == NULL)
+          goto out;
+        s->need = nv;
+        s->need[s->n_need++] = k >> pnb;
+      }
+      s->end = k + 1;
+    }
+  }
+  ret = 0;
+out:
+  if (ret < 0)
+    qk_refscan_free (s);
+  free (old.v);
+  free (buf);
+  return ret;
+}
+
+/* Up to this many clusters of the new structure go in one write. */
+#define CONVERT_BATCH 16
+
+int
+qk_refstruct_convert (struct qk_source *src, const struct qk_header *h,
+                      const uint64_t *rt, size_t rt_n, unsigned order,
+                      const struct qk_refscan *s, uint64_t start,
+                      qk_put_fn put, void *opaque, struct qk_refstruct *out)
+{
+  unsigned cb = h->cluster_bits, oo = h->refcount_order;
+  uint64_t cs = h->cluster_size, max, tbytes;
+  unsigned pob, pnb;
+  struct qk_reflayout L = { 0 };
+  struct oldset old = { 0 };
+  uint8_t *ob = NULL, *wb = NULL, *tab = NULL;
+  uint64_t ob_t = UINT64_MAX;      /* the old block in ob (+ whether read) */
+  bool ob_have = false;
+  size_t nw = 0;
+  int ret = -1;
+
+  if (oo > 6 || order > 6) {
+    set_error (EINVAL, "refcount order %u or %u", oo, order);
+    return -1;
+  }
+  pob = cb + 3 - oo;
+  pnb = cb + 3 - order;
+  max = order == 6 ? UINT64_MAX : (1ULL << (1U << order)) - 1;
+  if (s->over_cluster != UINT64_MAX) {
+    set_error (EOVERFLOW, "cluster %" PRIu64 " has a refcount of %" PRIu64
+               ", above %u bits", s->over_cluster, s->over_value,
+               1U << order);
+    return -1;
+  }
+  /* past every stored refcount and the structure in place: fresh */
+  if (start < s->end)
+    start = s->end;
+  if (start < s->old_end)
+    start = s->old_end;
+  if (qk_reflayout_plan (cb, order, s->need, s->n_need, start, &L) < 0)
+    return -1;
+  if (L.table_clusters > UINT32_MAX) {
+    set_error (EFBIG, "refcount table of %" PRIu64 " clusters",
+               L.table_clusters);
+    goto out;
+  }
+  tbytes = L.table_clusters * cs;
+  if (oldset_make (h, rt, rt_n, &old) < 0)
+    goto out;
+  tab = malloc (tbytes);
+  ob = malloc (cs);
+  wb = malloc (CONVERT_BATCH * cs);
+  if (tab == NULL || ob == NULL || wb == NULL) {
+    set_error (ENOMEM, "malloc");
+    goto out;
+  }
+  if (qk_reflayout_table (&L, tab, tbytes) < 0
+      || put (opaque, tab, tbytes, L.start << cb) < 0)
+    goto out;
+  free (tab);
+  tab = NULL;
+  for (uint64_t j = 0; j < L.n_blocks; j++) {
+    uint64_t first = L.block_index[j] << pnb, last = first + (1ULL << pnb);
+    uint8_t *nb = wb + nw * cs;
+    memset (nb, 0, cs);
+    /* the stored values of the range, old block by old block */
+    for (uint64_t k = first; k < last; ) {
+      uint64_t t = k >> pob, stop = (t + 1) << pob, nx;
+      if (stop > last)
+        stop = last;
+      if (t != ob_t) {
+        int r = old_block (src, h, rt, rt_n, t, ob);
+        if (r < 0)
+          goto out;
+        ob_t = t;
+        ob_have = r == 1;
+      }
+      if (!ob_have) {
+        k = stop;
+        continue;
+      }
+      nx = oldset_next (&old, k);
+      if (oo == 4 && order == 6) {
+        /* 16 to 64 bits, the usual way up */
+        const uint8_t *p = ob + 2 * (k - (t << pob));
+        uint8_t *q = nb + 8 * (k - first);
+        for (uint64_t m = k; m < stop; m++, p += 2, q += 8)
+          be64_put (q, be16_get (p));
+      }
+      else
+        for (uint64_t m = k; m < stop; m++) {
+          uint64_t v = qk_refblock_get (ob, oo, m - (t << pob));
+          if (v)
+            qk_refblock_set (nb, order, m - first, v);
+        }
+      /* the old structure is free in the new one */
+      for (; nx < stop; nx = oldset_next (&old, nx + 1))
+        qk_refblock_set (nb, order, nx - first, 0);
+      k = stop;
+    }
+    /* the new structure's own clusters (past every stored refcount) */
+    for (uint64_t k = first > L.start ? first : L.start;
+         k < last && k < L.end; k++) {
+      uint64_t v = qk_refblock_get (nb, order, k - first);
+      if (v == max) {
+        set_error (EOVERFLOW, "cluster %" PRIu64 " refcount overflows", k);
+        goto out;
+      }
+      qk_refblock_set (nb, order, k - first, v + 1);
+    }
+    if (++nw == CONVERT_BATCH || j + 1 == L.n_blocks) {
+      if (put (opaque, wb, nw * cs,
+               (L.start + L.table_clusters + j + 1 - nw) << cb) < 0)
+        goto out;
+      nw = 0;
+    }
+  }
+  out->table_offset = L.start << cb;
+  out->table_clusters = (uint32_t) L.table_clusters;
+  out->n_blocks = L.n_blocks;
+  out->end = L.end << cb;
+  ret = 0;
+out:
+  qk_reflayout_free (&L);
+  free (old.v);
+  free (tab);
+  free (ob);
+  free (wb);
   return ret;
 }

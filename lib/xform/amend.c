@@ -35,11 +35,16 @@
  *      flush; no check is needed for that, and none is made (qemu-img
  *      makes none either).
  *   2. Refcount width: a new refcount table and blocks at the new width
- *      written past the end of the file from the counted references
- *      (lib/repair/refstruct.c), nothing points at them; flush; then one
- *      52-byte header write (offset 48..99: the table offset and size,
- *      and refcount_order, in the first sector); flush. A crash before
- *      that write leaves the old structure and bytes past the end that
+ *      written past the end of the file (and past every stored refcount
+ *      and the old structure) from the stored refcounts, one new block
+ *      at a time from the old blocks that cover its range
+ *      (lib/repair/refstruct.c qk_refstruct_convert; the check made once,
+ *      before step 0, found none of them below its count, and steps 0
+ *      and 1 change them through the allocator only), nothing points at
+ *      them; flush; then one 52-byte header write (offset 48..99: the
+ *      table offset and size, and refcount_order, in the first sector);
+ *      flush. A crash before that
+ *      write leaves the old structure and bytes past the end that
  *      nothing references; after it, the new one. The old table and
  *      blocks are free (refcount 0) in the new one.
  *   3. Downgrade 1.1 -> 0.10: zero clusters expanded, active L2 tables
@@ -87,6 +92,7 @@ struct amend {
   struct qk_writer w;
   struct qk_image *img;
   unsigned new_version, new_order;
+  uint64_t fresh_min;         /* clusters from here on are fresh */
 };
 
 #define refuse(...) qk_xform_refuse ("amend", ENOTSUP, __VA_ARGS__)
@@ -317,60 +323,59 @@ clear_dirty (struct amend *a)
 
 /* ---- step 2: refcount width ---- */
 
-/* The counts raised to the stored refcounts where those are higher
- * (leaks kept, as qk_free_leaks keeps those of active clusters: down to
- * 1 they would need their COPIED flags set), so that a new structure
- * built from the counts changes no refcount an L2 entry's COPIED flag
- * depends on; a width that cannot hold a value refuses (QEMU checks the
- * stored values). */
+/* The first stored refcount that a refcount order of `order` cannot
+ * hold, as QEMU names it (qcow2_change_refcount_order looks at the stored
+ * values); 0 when all fit. */
 static int
-counts_from_stored (struct amend *a, struct qk_refmap *map, unsigned order)
+refuse_width (struct amend *a, const struct qk_refscan *sc)
 {
-  uint64_t lim = order >= 6 ? UINT64_MAX : (1ULL << (1U << order)) - 1;
-
-  /* (qk_image_refcount keeps one refcount block: read in order, each
-   * block is read once and none is kept) */
-  for (uint64_t k = 0; k < map->n; k++) {
-    uint64_t rc, want = qk_refmap_get (map, k);
-    if (qk_image_refcount (a->img, k, &rc) < 0)
-      return -1;
-    if (rc > want)
-      qk_refblock_set (map->counted, map->order, k, rc);
-    if ((rc > want ? rc : want) > lim)
-      return refuse ("Cannot decrease refcount entry width to %u bits: "
-                     "Cluster at offset %#" PRIx64 " has a refcount of %"
-                     PRIu64, 1U << order, k << a->img->hdr.cluster_bits,
-                     rc > want ? rc : want);
-  }
-  return 0;
+  if (sc->over_cluster == UINT64_MAX)
+    return 0;
+  return refuse ("Cannot decrease refcount entry width to %u bits: "
+                 "Cluster at offset %#" PRIx64 " has a refcount of %" PRIu64,
+                 1U << a->new_order,
+                 sc->over_cluster << a->img->hdr.cluster_bits,
+                 sc->over_value);
 }
 
+/* The new structure from the stored refcounts, one refcount block at a
+ * time (lib/repair/refstruct.c): every refcount as stored (the check
+ * found none too low; the leaks it found are freed by now, but those of
+ * active clusters, whose COPIED flags depend on them), the old structure
+ * free, the new one counted. Then the header switched to it: the 52
+ * bytes at 48..99 (the table offset and size, refcount_order; the
+ * fields between as they are). */
 static int
 change_width (struct amend *a)
 {
-  struct qk_refmap map;
-  struct qk_check_result cr;
-  struct qk_refstruct rs;
   const struct qk_header *h = &a->img->hdr;
-  uint64_t cs = h->cluster_size, start;
+  struct qk_source *src = qk_writer_src (&a->w);
+  struct qk_refscan sc;
+  struct qk_refstruct rs;
+  uint64_t *rt = NULL, cs = h->cluster_size, start;
+  size_t rt_n = 0;
   uint8_t hb[52];
+  int ret = -1;
 
-  if (check (a, &map, &cr) < 0)
-    return -1;
-  if (counts_from_stored (a, &map, a->new_order) < 0) {
-    qk_refmap_free (&map);
-    return -1;
-  }
-  qk_refmap_drop_refstructs (&map, h->cluster_bits);
-  start = (a->img->src->size + cs - 1) / cs;
-  if (start < map.n)
-    start = map.n;
-  if (qk_refstruct_write (&map, h->cluster_bits, a->new_order, start,
-                          put_cb, a, &rs) < 0 || flush (a) < 0) {
-    qk_refmap_free (&map);
+  if (h->version < 3) {
+    set_error (EINVAL, "a refcount width change of a version %u header",
+               h->version);
     return -1;
   }
-  qk_refmap_free (&map);
+  if (qk_image_read_refcount_table (a->img, &rt, &rt_n) < 0)
+    return -1;
+  if (qk_refstruct_scan (src, h, rt, rt_n, a->new_order, &sc) < 0) {
+    free (rt);
+    return -1;
+  }
+  if (refuse_width (a, &sc) < 0)
+    goto out;
+  start = (src->size + cs - 1) / cs;
+  if (start < a->fresh_min)
+    start = a->fresh_min;
+  if (qk_refstruct_convert (src, h, rt, rt_n, a->new_order, &sc, start,
+                            put_cb, a, &rs) < 0 || flush (a) < 0)
+    goto out;
   be64_put (hb, rs.table_offset);
   be32_put (hb + 8, rs.table_clusters);
   be32_put (hb + 12, h->nb_snapshots);
@@ -380,8 +385,12 @@ change_width (struct amend *a)
   be64_put (hb + 40, h->autoclear_features);
   be32_put (hb + 48, a->new_order);
   if (put (a, hb, sizeof hb, 48) < 0 || flush (a) < 0)
-    return -1;
-  return reopen (a);
+    goto out;
+  ret = reopen (a);
+out:
+  free (rt);
+  qk_refscan_free (&sc);
+  return ret;
 }
 
 /* ---- step 3: downgrade ---- */
@@ -771,31 +780,29 @@ validate (struct amend *a)
   return 0;
 }
 
-/* A narrower width must hold every refcount, counted or stored (as QEMU,
- * which looks at the stored ones): the first cluster that does not fit
- * is named, as QEMU names it. Checked on a copy of the counts, before
- * anything is written. */
+/* A narrower width must hold every stored refcount (as QEMU, which
+ * looks at the stored ones; the check found none below its count): the
+ * first cluster that does not fit is named, as QEMU names it. Read a
+ * refcount block at a time, before anything is written. */
 static int
-width_fits (struct amend *a, const struct qk_refmap *map)
+width_fits (struct amend *a)
 {
-  uint64_t lim = a->new_order == 6 ? UINT64_MAX
-                 : (1ULL << (1U << a->new_order)) - 1;
+  struct qk_refscan sc;
+  uint64_t *rt;
+  size_t rt_n;
+  int ret;
 
   if (a->new_order >= a->img->hdr.refcount_order)
     return 0;
-  for (uint64_t k = 0; k < map->n; k++) {
-    uint64_t v = qk_refmap_get (map, k), rc;
-    if (qk_image_refcount (a->img, k, &rc) < 0)
-      return -1;
-    if (rc > v)
-      v = rc;
-    if (v > lim)
-      return refuse ("Cannot decrease refcount entry width to %u bits: "
-                     "Cluster at offset %#" PRIx64 " has a refcount of %"
-                     PRIu64, 1U << a->new_order,
-                     k << a->img->hdr.cluster_bits, v);
-  }
-  return 0;
+  if (qk_image_read_refcount_table (a->img, &rt, &rt_n) < 0)
+    return -1;
+  ret = qk_refstruct_scan (qk_writer_src (&a->w), &a->img->hdr, rt, rt_n,
+                           a->new_order, &sc);
+  free (rt);
+  if (ret == 0)
+    ret = refuse_width (a, &sc);
+  qk_refscan_free (&sc);
+  return ret;
 }
 
 /* An upgrade with nothing else to do and no snapshot table to write
@@ -858,7 +865,10 @@ run (struct amend *a)
                              "all) first", a->path);
     return -1;
   }
-  if (width_fits (a, &map) < 0) {
+  /* fresh clusters go past what the check saw: the file, and what an
+   * entry past its end points at */
+  a->fresh_min = map.n > map.dangling_end ? map.n : map.dangling_end;
+  if (width_fits (a) < 0) {
     qk_refmap_free (&map);
     return -1;
   }
