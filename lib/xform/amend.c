@@ -41,9 +41,9 @@
  *      (lib/repair/refstruct.c qk_refstruct_convert; the check made once,
  *      before step 0, found none of them below its count, and steps 0
  *      and 1 change them through the allocator only), nothing points at
- *      them; flush; then one 52-byte header write (offset 48..99: the
- *      table offset and size, and refcount_order, in the first sector);
- *      flush. A crash before that
+ *      them; flush; then one 52-byte header write (offset 48..99, from
+ *      the header formatter: the table offset and size, and
+ *      refcount_order, in the first sector); flush. A crash before that
  *      write leaves the old structure and bytes past the end that
  *      nothing references; after it, the new one. The old table and
  *      blocks are free (refcount 0) in the new one.
@@ -344,7 +344,7 @@ refuse_width (struct amend *a, const struct qk_refscan *sc)
  * active clusters, whose COPIED flags depend on them), the old structure
  * free, the new one counted. Then the header switched to it: the 52
  * bytes at 48..99 (the table offset and size, refcount_order; the
- * fields between as they are). */
+ * fields between as they are) from the header formatter. */
 static int
 change_width (struct amend *a)
 {
@@ -352,9 +352,10 @@ change_width (struct amend *a)
   struct qk_source *src = qk_writer_src (&a->w);
   struct qk_refscan sc;
   struct qk_refstruct rs;
+  struct qk_header nh;
   uint64_t *rt = NULL, cs = h->cluster_size, start;
   size_t rt_n = 0;
-  uint8_t hb[52];
+  uint8_t *hb = NULL;
   int ret = -1;
 
   if (h->version < 3) {
@@ -376,18 +377,21 @@ change_width (struct amend *a)
   if (qk_refstruct_convert (src, h, rt, rt_n, a->new_order, &sc, start,
                             put_cb, a, &rs) < 0 || flush (a) < 0)
     goto out;
-  be64_put (hb, rs.table_offset);
-  be32_put (hb + 8, rs.table_clusters);
-  be32_put (hb + 12, h->nb_snapshots);
-  be64_put (hb + 16, h->snapshots_offset);
-  be64_put (hb + 24, h->incompatible_features);
-  be64_put (hb + 32, h->compatible_features);
-  be64_put (hb + 40, h->autoclear_features);
-  be32_put (hb + 48, a->new_order);
-  if (put (a, hb, sizeof hb, 48) < 0 || flush (a) < 0)
+  nh = *h;
+  nh.refcount_table_offset = rs.table_offset;
+  nh.refcount_table_clusters = rs.table_clusters;
+  nh.refcount_order = a->new_order;
+  hb = malloc (nh.header_length);
+  if (hb == NULL) {
+    set_error (ENOMEM, "malloc");
+    goto out;
+  }
+  if (qk_header_format (&nh, hb, nh.header_length) < 0
+      || put (a, hb + 48, 52, 48) < 0 || flush (a) < 0)
     goto out;
   ret = reopen (a);
 out:
+  free (hb);
   free (rt);
   qk_refscan_free (&sc);
   return ret;
