@@ -30,54 +30,62 @@ static const char amend_help[] =
   "Exit status: 0 done or nothing to do, 1 refused or failed (a refusal\n"
   "leaves the image untouched), 2 usage. See qcowkit-amend(1).\n";
 
+/* The option callbacks: 0, or -1 after a usage error. */
 static int
-parse_compat (const char *v, unsigned *out)
+parse_compat (void *data, const char *opt, const char *v)
 {
+  unsigned *out = data;
+
   if (strcmp (v, "0.10") == 0 || strcmp (v, "v2") == 0)
     *out = 2;
   else if (strcmp (v, "1.1") == 0 || strcmp (v, "v3") == 0)
     *out = 3;
   else
-    return usage_error ("amend", "Unknown compatibility level %s", v);
+    return usage_error ("amend", "Unknown compatibility level %s", v), -1;
   return 0;
 }
 
 static int
-parse_bits (const char *v, unsigned *out)
+parse_bits (void *data, const char *opt, const char *v)
 {
+  unsigned *out = data;
   uint64_t n;
 
   if (!parse_size (v, &n) || n == 0 || n > 64 || (n & (n - 1)))
     return usage_error ("amend", "Refcount width must be a power of two and "
-                        "may not exceed 64 bits");
+                        "may not exceed 64 bits"), -1;
   *out = (unsigned) n;
   return 0;
 }
 
 /* -o compat=1.1,refcount_bits=16 */
 static int
-parse_o (const char *arg, struct qk_amend_options *ao)
+parse_o (void *data, const char *opt, const char *arg)
 {
+  struct qk_amend_options *ao = data;
   char *copy = strdup (arg), *save = NULL;
   int ret = 0;
 
   if (copy == NULL)
-    return usage_error ("amend", "out of memory");
+    return usage_error ("amend", "out of memory"), -1;
   for (char *kv = strtok_r (copy, ",", &save); kv && ret == 0;
        kv = strtok_r (NULL, ",", &save)) {
     char *eq = strchr (kv, '=');
     if (eq == NULL) {
-      ret = usage_error ("amend", "Invalid parameter '%s'", kv);
+      usage_error ("amend", "Invalid parameter '%s'", kv);
+      ret = -1;
       break;
     }
     *eq = '\0';
     if (strcmp (kv, "compat") == 0)
-      ret = parse_compat (eq + 1, &ao->compat);
+      ret = parse_compat (&ao->compat, kv, eq + 1);
     else if (strcmp (kv, "refcount_bits") == 0)
-      ret = parse_bits (eq + 1, &ao->refcount_bits);
-    else
-      ret = usage_error ("amend", "Invalid parameter '%s' (qcowkit amend "
-                         "changes compat and refcount_bits)", kv);
+      ret = parse_bits (&ao->refcount_bits, kv, eq + 1);
+    else {
+      usage_error ("amend", "Invalid parameter '%s' (qcowkit amend "
+                   "changes compat and refcount_bits)", kv);
+      ret = -1;
+    }
   }
   free (copy);
   return ret;
@@ -97,60 +105,23 @@ cmd_amend (int argc, char **argv)
   struct qk_amend_result res;
   const char *path = NULL;
   int e;
+  const struct opt opts[] = {
+    { "--compat", "a value", .fn = parse_compat, .data = &ao.compat },
+    { "--refcount-bits", "a value", .fn = parse_bits,
+      .data = &ao.refcount_bits },
+    { "-o", "a value", .fn = parse_o, .data = &ao },
+    { "-n|--dry-run", NULL, .flags = &ao.flags, .set = QK_AMEND_DRY_RUN },
+    { "--undo", "a value", .str = &ao.undo_path },
+    { NULL },
+  };
+  const struct opt_cmd cmd = {
+    .name = "amend", .help = amend_help, .opts = opts, .common = &o,
+    .operands = &path, .max_operands = 1, .min_operands = 1,
+  };
 
   memset (&ao, 0, sizeof ao);
-  for (int i = 1; i < argc; i++) {
-    const char *s = argv[i];
-    int k;
-    if (strcmp (s, "--help") == 0 || strcmp (s, "-h") == 0) {
-      fputs (amend_help, stdout);
-      return EXIT_OK;
-    }
-    if (strcmp (s, "--compat") == 0 || strcmp (s, "--refcount-bits") == 0
-        || strcmp (s, "-o") == 0 || strcmp (s, "--undo") == 0) {
-      if (i + 1 >= argc)
-        return usage_error ("amend", "%s needs a value", s), EXIT_USAGE;
-      i++;
-      if (s[1] == 'o')
-        k = parse_o (argv[i], &ao);
-      else if (s[2] == 'c')
-        k = parse_compat (argv[i], &ao.compat);
-      else if (s[2] == 'r')
-        k = parse_bits (argv[i], &ao.refcount_bits);
-      else {
-        ao.undo_path = argv[i];
-        k = 0;
-      }
-      if (k < 0)
-        return EXIT_USAGE;
-      continue;
-    }
-    if (strncmp (s, "--compat=", 9) == 0) {
-      if (parse_compat (s + 9, &ao.compat) < 0)
-        return EXIT_USAGE;
-      continue;
-    }
-    if (strncmp (s, "--refcount-bits=", 16) == 0) {
-      if (parse_bits (s + 16, &ao.refcount_bits) < 0)
-        return EXIT_USAGE;
-      continue;
-    }
-    if (strcmp (s, "-n") == 0 || strcmp (s, "--dry-run") == 0) {
-      ao.flags |= QK_AMEND_DRY_RUN;
-      continue;
-    }
-    if ((k = common_option (&o, argc, argv, &i, "amend")) < 0)
-      return EXIT_USAGE;
-    if (k)
-      continue;
-    if (s[0] == '-' && s[1])
-      return usage_error ("amend", "unknown option '%s'", s), EXIT_USAGE;
-    if (path)
-      return usage_error ("amend", "too many arguments"), EXIT_USAGE;
-    path = s;
-  }
-  if (path == NULL)
-    return usage_error ("amend", "no image given"), EXIT_USAGE;
+  if (!opt_parse (&cmd, argc, argv, &e))
+    return e;
   if (ao.compat == 0 && ao.refcount_bits == 0)
     return usage_error ("amend", "nothing to change: give --compat or "
                         "--refcount-bits"), EXIT_USAGE;
