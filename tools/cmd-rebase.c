@@ -26,6 +26,8 @@ static const char rebase_help[] =
   "  -n, --dry-run       compare and report, write nothing\n"
   "  --undo FILE         keep the old bytes in FILE (qcowkit undo FILE IMAGE)\n"
   "  --root DIR          backing files must resolve below DIR\n"
+  "  -p, --progress      a progress bar on standard error (the default on\n"
+  "                      a terminal); -q, --quiet: none\n"
   "  --output=FMT        human (default) or json\n"
   "\n"
   "Exit status: 0 done, 1 refused or failed (a refusal leaves the image\n"
@@ -50,47 +52,22 @@ cmd_rebase (int argc, char **argv)
   struct progress prog;
   int rc;
   int e;
+  const struct opt opts[] = {
+    { "-b", "a value", .str = &ro.backing },
+    { "-F", "a value", .str = &ro.backing_format },
+    { "-u", NULL, .flags = &ro.flags, .set = QK_REBASE_UNSAFE },
+    { "-n|--dry-run", NULL, .flags = &ro.flags, .set = QK_REBASE_DRY_RUN },
+    { "--undo", "a value", .str = &ro.undo_path },
+    { NULL },
+  };
+  const struct opt_cmd cmd = {
+    .name = "rebase", .help = rebase_help, .opts = opts, .common = &o,
+    .operands = &path, .max_operands = 1, .min_operands = 1,
+  };
 
   memset (&ro, 0, sizeof ro);
-  for (int i = 1; i < argc; i++) {
-    const char *s = argv[i];
-    int k;
-    if (strcmp (s, "--help") == 0 || strcmp (s, "-h") == 0) {
-      fputs (rebase_help, stdout);
-      return EXIT_OK;
-    }
-    if (strcmp (s, "-b") == 0 || strcmp (s, "-F") == 0
-        || strcmp (s, "--undo") == 0) {
-      if (i + 1 >= argc)
-        return usage_error ("rebase", "%s needs a value", s), EXIT_USAGE;
-      if (s[1] == 'b')
-        ro.backing = argv[++i];
-      else if (s[1] == 'F')
-        ro.backing_format = argv[++i];
-      else
-        ro.undo_path = argv[++i];
-      continue;
-    }
-    if (strcmp (s, "-u") == 0) {
-      ro.flags |= QK_REBASE_UNSAFE;
-      continue;
-    }
-    if (strcmp (s, "-n") == 0 || strcmp (s, "--dry-run") == 0) {
-      ro.flags |= QK_REBASE_DRY_RUN;
-      continue;
-    }
-    if ((k = common_option (&o, argc, argv, &i, "rebase")) < 0)
-      return EXIT_USAGE;
-    if (k)
-      continue;
-    if (s[0] == '-' && s[1])
-      return usage_error ("rebase", "unknown option '%s'", s), EXIT_USAGE;
-    if (path)
-      return usage_error ("rebase", "too many arguments"), EXIT_USAGE;
-    path = s;
-  }
-  if (path == NULL)
-    return usage_error ("rebase", "no image given"), EXIT_USAGE;
+  if (!opt_parse (&cmd, argc, argv, &e))
+    return e;
   if (ro.backing == NULL)
     return usage_error ("rebase", "Must specify backing file (-b) or use "
                         "unsafe mode (-u)"), EXIT_USAGE;
