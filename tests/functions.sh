@@ -362,3 +362,173 @@ build_matrix () {
   settle .
   )
 }
+
+# ---------------------------------------------------------------------------
+# Processes and waits. A test never sleeps for a fixed time: it waits for a
+# condition, within a bound, and a wait that runs out fails loudly, saying
+# what it waited for. A process a test starts in the background is
+# registered with kill_on_exit, so that no run, passed, failed or
+# interrupted (INT, TERM, HUP: see at_exit), leaves it running.
+# ---------------------------------------------------------------------------
+
+# now_ms: the time in milliseconds (no fork)
+now_ms () { local t=${EPOCHREALTIME/[.,]/}; echo $((10#$t / 1000)); }
+
+# wait_for SECONDS CMD...: run CMD every 50 ms until it succeeds. False,
+# with a diagnostic naming CMD, if it has not after SECONDS.
+wait_for () {
+  local secs=$1 end
+  shift
+  end=$(( $(now_ms) + secs * 1000 ))
+  until "$@"; do
+    if [ "$(now_ms)" -ge "$end" ]; then
+      diag "wait_for: still false after $secs s: $*"
+      return 1
+    fi
+    sleep 0.05
+  done
+}
+
+# proc_alive PID: PID runs (a zombie, exited but not yet reaped, does not)
+proc_alive () {
+  local s
+  { read -r s < "/proc/$1/stat"; } 2> /dev/null || return 1
+  s=${s##*) }
+  [ "${s%% *}" != Z ]
+}
+
+# kill_on_exit PID: stop PID (stop_process) when the test exits, unless
+# the test has stopped it itself before.
+tap_procs=" "
+kill_on_exit () {
+  [ "$tap_procs" != " " ] || at_exit 'stop_all_processes'
+  tap_procs="$tap_procs$1 "
+}
+stop_all_processes () {
+  local p
+  for p in $tap_procs; do stop_process "$p" 0; done
+}
+
+# stop_process PID [SECONDS]: wait SECONDS (default 0) for PID to exit by
+# itself, then SIGTERM it, 5 s later SIGKILL it; reap it. Returns its
+# status (wait's, for a child of this shell). PID is no longer killed at
+# exit.
+stop_process () {
+  local pid=$1 secs=${2:-0} rc
+  tap_procs=${tap_procs/ $pid / }
+  if proc_alive "$pid" && [ "$secs" -gt 0 ]; then
+    wait_for "$secs" eval "! proc_alive $pid" ||
+      diag "stop_process: $pid did not exit by itself in $secs s"
+  fi
+  if proc_alive "$pid"; then
+    kill -TERM "$pid" 2> /dev/null
+    wait_for 5 eval "! proc_alive $pid" || kill -KILL "$pid" 2> /dev/null
+  fi
+  wait "$pid" 2> /dev/null
+  rc=$?
+  return $rc
+}
+
+# qemu_lock_held IMG: QEMU's lock on IMG is held: qemu-img info refuses it
+# for the lock (as it does when a VM or a qemu-io has the image open).
+qemu_lock_held () {
+  qemu-img info "$1" 2>&1 > /dev/null |
+    grep -q 'Failed to get shared "write" lock'
+}
+
+# start_holder IMG: a qemu-io with IMG open read-write, holding QEMU's
+# locks on it, until stop_holder or the end of the test. Waits (60 s at
+# most) until qemu-img sees the lock; false, with a diagnostic, if it does
+# not. Sets holder_pid, holder_fd (qemu-io's input: write qemu-io
+# commands to it) and holder_out (the file of qemu-io's output). qemu-io
+# reads its commands from a FIFO that only this shell writes: should the
+# test die even by SIGKILL, qemu-io reads the end of its input and quits.
+# One holder at a time.
+start_holder () {
+  local img=$1 fifo
+  fifo=$(mktemp -u "${T:?start_holder needs scratch}/holder.XXXXXX")
+  holder_out=$fifo.out
+  mkfifo "$fifo" || return 1
+  qemu-io -f qcow2 "$img" < "$fifo" > "$holder_out" 2>&1 &
+  holder_pid=$!
+  kill_on_exit "$holder_pid"
+  # read-write: never blocks (Linux), and this shell is the only writer
+  exec {holder_fd}<> "$fifo"
+  # ready when the lock shows, or at once if qemu-io has exited
+  wait_for 60 eval "! proc_alive $holder_pid || qemu_lock_held '$img'"
+  if ! proc_alive "$holder_pid"; then
+    diag "start_holder: qemu-io on $img exited: $(head -3 "$holder_out")"
+    return 1
+  fi
+  qemu_lock_held "$img" ||
+    { diag "start_holder: qemu-io runs, but $img is not locked"; return 1; }
+}
+
+# stop_holder: close the holder's input; qemu-io quits (30 s at most, then
+# it is killed). Returns qemu-io's exit status.
+stop_holder () {
+  exec {holder_fd}>&-
+  stop_process "$holder_pid" 30
+}
+
+# ---------------------------------------------------------------------------
+# The fault sweep of a writing command (amend, rebase, commit, repair).
+#
+# fault_sweep NAME CLAIM MAX RUN VERIFY DONE [ARGS...]
+# For each kind of fault (the command killed by SIGKILL, or failed with
+# EIO, at a write or at a flush; QCOWKIT_FAULT) and each point N = 1, 2,
+# ...: `RUN FAULT ARGS...` runs the command on a fresh copy with
+# QCOWKIT_FAULT=FAULT (FAULT is KIND-N) and returns its exit status; the
+# shell's report of the kill is discarded. Status 137 (killed) or
+# $SWEEP_FAILED_RC (failed; default 1) is a fault point: `VERIFY FAULT
+# ARGS...` checks what the command left, calling sweep_bad WHAT for each
+# problem. Any other status means that the command ran through without
+# meeting fault N: the status must be $SWEEP_DONE_RC (default 0) and
+# `DONE ARGS...` (: for nothing more) must hold, and the kind is done. More than MAX points of one kind
+# is a failure too, and so is a sweep without a fault point. One
+# assertion: "fault sweep, NAME: killed or failed at each of P writes and
+# flushes: CLAIM", or its failure listing each problem as KIND-N:WHAT.
+# ---------------------------------------------------------------------------
+fault_sweep () {
+  local name=$1 claim=$2 max=$3 run=$4 verify=$5 done_=$6
+  shift 6
+  local kind n rc finished points=0 failed_rc=${SWEEP_FAILED_RC:-1}
+  local done_rc=${SWEEP_DONE_RC:-0}
+  sweep_problems=
+  for kind in write-kill write-fail flush-kill flush-fail; do
+    finished=no
+    for n in $(seq 1 "$max"); do
+      sweep_point=$kind-$n
+      { "$run" "$sweep_point" "$@"; rc=$?; } 2> /dev/null
+      if [ "$rc" -ne 137 ] && [ "$rc" -ne "$failed_rc" ]; then
+        { [ "$rc" -eq "$done_rc" ] && "$done_" "$@"; } ||
+          sweep_bad "unfaulted-run-rc$rc"
+        finished=yes
+        break
+      fi
+      points=$((points + 1))
+      "$verify" "$sweep_point" "$@"
+    done
+    [ "$finished" = yes ] ||
+      sweep_problems="$sweep_problems $kind:more-than-$max-points"
+  done
+  if [ -z "$sweep_problems" ] && [ "$points" -gt 0 ]; then
+    pass "fault sweep, $name: killed or failed at each of $points writes and flushes: $claim"
+  else
+    fail "fault sweep, $name ($points points)" "$sweep_problems"
+  fi
+}
+# sweep_bad WHAT: in a VERIFY or DONE, a problem at the current fault point
+sweep_bad () { sweep_problems="$sweep_problems $sweep_point:$1"; }
+
+# sweep_undone JOURNAL IMG SHA256: in a VERIFY, the undo journal (if the
+# command got as far as making one) puts back IMG's original bytes; and a
+# command that left no journal wrote nothing.
+sweep_undone () {
+  if [ -f "$1" ]; then
+    qcowkit undo "$1" "$2" > /dev/null 2>&1
+    [ "$(sha256sum < "$2" | cut -d' ' -f1)" = "$3" ] || sweep_bad undo-differs
+  else
+    [ "$(sha256sum < "$2" | cut -d' ' -f1)" = "$3" ] || sweep_bad written-without-journal
+  fi
+}
