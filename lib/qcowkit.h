@@ -652,6 +652,55 @@ extern int qk_meta_convert (struct qk_meta *m, int kind, int layout,
  * message to free), 0, or -1. */
 extern int qk_meta_daemon_running (const struct qk_meta *m, char **why);
 
+/* ---- metadata repair ----
+ * qk_meta_repair fixes what qk_meta_check finds in the relations between
+ * moments, with the answer modes of image repair (enum qk_repair_mode,
+ * one question per fix through qk_fix_fn; codes 0x21NNNN, see
+ * qcowkit-meta(1)). Each replaced, renamed or removed file is first
+ * copied into a backup directory next to the layout
+ * (KIND/.DOMAIN.qk-repair.N/); every write is durable (temporary file,
+ * fsync, rename, directory fsync). Refused (EBUSY) while a libvirt daemon
+ * or embedded driver holds the location. The protocol is stated in
+ * lib/meta/repair.c. */
+struct qk_meta_repair;
+
+/* Drop metadata whose snapshot data (internal snapshot, external
+ * overlay) or checkpoint bitmap is gone in every disk. */
+#define QK_META_REPAIR_DROP_ORPHANED (1U << 0)
+
+/* One file changed (or, in QK_REPAIR_NONE, that would change). */
+struct qk_meta_change {
+  int kind;                /* QK_META_SNAPSHOT or QK_META_CHECKPOINT */
+  const char *action;      /* "edit", "rename" or "remove" */
+  const char *path;        /* host path of the file */
+  const char *new_path;    /* rename: its new host path, else NULL */
+  const char *backup;      /* host path of the copy of the old file, or NULL */
+  const char *diff;        /* a unified diff of the change, or NULL */
+};
+typedef int (*qk_meta_change_fn) (void *opaque, const struct qk_meta_change *c);
+
+extern struct qk_meta_repair *qk_meta_repair_new (void);
+extern void qk_meta_repair_free (struct qk_meta_repair *r);
+extern int qk_meta_repair_set_mode (struct qk_meta_repair *r,
+                                    enum qk_repair_mode mode);
+extern int qk_meta_repair_set_flags (struct qk_meta_repair *r, unsigned flags);
+extern int qk_meta_repair_set_ask (struct qk_meta_repair *r, qk_fix_fn fn,
+                                   void *opaque);
+extern int qk_meta_repair_set_changes (struct qk_meta_repair *r,
+                                       qk_meta_change_fn fn, void *opaque);
+/* Repair m's metadata (both kinds); m is reloaded afterwards. 0 when the
+ * repair ran (check again for what remains), -1 on an error (nothing
+ * after the failing step was written), or when stopped (QK_ANSWER_ABORT:
+ * errno ECANCELED; the fixes answered before were made). */
+extern int qk_meta_repair_run (struct qk_meta_repair *r, struct qk_meta *m);
+extern size_t qk_meta_repair_fix_count (const struct qk_meta_repair *r);
+extern const struct qk_fix *qk_meta_repair_fix (const struct qk_meta_repair *r,
+                                                size_t i);
+/* The fix table (rows 0 .. count-1) for --list-fixes and the man page. */
+extern size_t qk_meta_fix_count (void);
+extern int qk_meta_fix_info (size_t i, uint32_t *code, const char **name,
+                             unsigned *flags, const char **description);
+
 /* The metadata problem table (rows 0 .. count-1), like qk_problem_info. */
 extern size_t qk_meta_problem_count (void);
 extern int qk_meta_problem_info (size_t i, uint32_t *code, const char **name,

@@ -1,9 +1,11 @@
 /* qcowkit meta: libvirt snapshot and checkpoint metadata: check, tree,
- * convert between the per-file and the bulk layouts. */
+ * convert between the per-file and the bulk layouts, repair. */
 #include <config.h>
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "tool.h"
 #include "util/json.h"
@@ -17,7 +19,9 @@ static const char help[] =
   "       qcowkit meta tree [OPTIONS] [--kind snapshot|checkpoint|all] DOMAIN\n"
   "       qcowkit meta convert [OPTIONS] --to bulk|per-file [--kind snapshot|checkpoint|all]\n"
   "                            [--no-backup] [--force] DOMAIN\n"
+  "       qcowkit meta repair [OPTIONS] [-n|-p|-y] [--drop-orphaned-metadata] DOMAIN\n"
   "       qcowkit meta check --list-problems[=man]\n"
+  "       qcowkit meta repair --list-fixes[=man]\n"
   "Read, check and convert a domain's libvirt snapshot and checkpoint\n"
   "metadata (see qcowkit-meta(1)). OPTIONS:\n"
   "  --output=json|human   output format\n"
@@ -28,7 +32,12 @@ static const char help[] =
   "  --state-dir DIR       snapshot/ and checkpoint/ (default /var/lib/libvirt/qemu)\n"
   "  --max-file-size SIZE  per-file (and per bulk element) limit, default 16M\n"
   "check exits 0 when libvirt would load everything, 2 when problems of class\n"
-  "corruption were found, 1 when part of the check could not be done.\n";
+  "corruption were found, 1 when part of the check could not be done.\n"
+  "repair -n (the default off a terminal) says what it would fix; -p makes\n"
+  "the fixes that lose nothing; -y every fix; on a terminal it asks. Each\n"
+  "file changed is kept first in KIND/.DOMAIN.qk-repair.N/. Exit status as\n"
+  "fsck: 0 nothing to fix, 1 fixed and clean, 4 problems left, 8 error,\n"
+  "16 usage, 32 stopped.\n";
 
 struct meta_cli {
   struct common_opts o;
@@ -39,6 +48,10 @@ struct meta_cli {
   bool no_images;
   bool no_backup, force;
   int to;                   /* layout */
+  bool repair;              /* -n/-p/-y are answer modes */
+  int mode;                 /* enum qk_repair_mode, -1: by the terminal */
+  bool drop_orphaned;
+  bool list_fixes, list_fixes_man;
 };
 
 static const char *
@@ -87,6 +100,27 @@ parse_args (struct meta_cli *c, int argc, char **argv, const char *cmd,
     const char *a = argv[i], *v = NULL;
     int r;
 
+    if (c->repair && (strcmp (a, "-n") == 0 || strcmp (a, "-p") == 0
+                      || strcmp (a, "-y") == 0)) {
+      int want = a[1] == 'n' ? QK_REPAIR_NONE : a[1] == 'p' ? QK_REPAIR_PREEN
+                 : QK_REPAIR_ALL;
+      if (c->mode != -1 && c->mode != want)
+        return usage_error (cmd, "-n, -p and -y exclude each other"), -1;
+      c->mode = want;
+      continue;
+    }
+    if (c->repair && strcmp (a, "--drop-orphaned-metadata") == 0) {
+      c->drop_orphaned = true;
+      continue;
+    }
+    if (c->repair && strcmp (a, "--list-fixes") == 0) {
+      c->list_fixes = true;
+      continue;
+    }
+    if (c->repair && strcmp (a, "--list-fixes=man") == 0) {
+      c->list_fixes = c->list_fixes_man = true;
+      continue;
+    }
     if ((r = common_option (&c->o, argc, argv, &i, cmd)) < 0)
       return -1;
     if (r)
@@ -643,10 +677,268 @@ meta_convert_cmd (struct meta_cli *c)
   return ret;
 }
 
+/* ---- repair ---- */
+
+#define EXIT_MR_CLEAN    0
+#define EXIT_MR_FIXED    1
+#define EXIT_MR_LEFT     4
+#define EXIT_MR_OPERR    8
+#define EXIT_MR_ABORTED  32
+
+static int
+list_fixes (bool man)
+{
+  if (man)
+    printf (".\\\" Generated from lib/meta/fixes.def by "
+            "'qcowkit meta repair --list-fixes=man'.\n.SH METADATA FIXES\n");
+  for (size_t i = 0; i < qk_meta_fix_count (); i++) {
+    uint32_t code;
+    const char *name, *desc;
+    unsigned flags;
+
+    qk_meta_fix_info (i, &code, &name, &flags, &desc);
+    if (man)
+      printf (".TP\n.B 0x%06x %s\n(%s) %s\n", code, name,
+              (flags & QK_FIX_PREEN) ? "preen" : "asked", desc);
+    else
+      printf ("0x%06x  %-18s %-6s %s\n", code, name,
+              (flags & QK_FIX_PREEN) ? "preen" : "asked", desc);
+  }
+  return EXIT_OK;
+}
+
+struct mrctx {
+  struct qk_json *j;
+  bool yes_to_all;
+  FILE *tty;
+  uint64_t n[5];
+  bool quiet;               /* count only */
+};
+
+static int
+mr_problem (void *opaque, const struct qk_problem *p)
+{
+  struct mrctx *c = opaque;
+
+  if (p->cls <= QK_CLASS_ERROR)
+    c->n[p->cls]++;
+  if (c->j) {
+    char code[16];
+    snprintf (code, sizeof code, "0x%06x", p->code);
+    qk_json_object_begin (c->j, NULL);
+    qk_json_string (c->j, "code", code);
+    qk_json_string (c->j, "name", p->name);
+    qk_json_string (c->j, "class", qk_problem_class_name (p->cls));
+    qk_json_string (c->j, "message", p->message);
+    qk_json_object_end (c->j);
+  }
+  else if (p->cls != QK_CLASS_INFO && !c->quiet)
+    printf ("%s 0x%06x %s: %s\n", problem_label (p->cls), p->code, p->name,
+            printable (p->message));
+  return 0;
+}
+
+static enum qk_answer
+mr_ask (void *opaque, const struct qk_fix *f)
+{
+  struct mrctx *c = opaque;
+  char line[64];
+
+  if (c->yes_to_all) {
+    printf ("%s yes\n", printable (f->prompt));
+    return QK_ANSWER_YES;
+  }
+  for (;;) {
+    printf ("%s%s [y/n/a/q] ", printable (f->prompt),
+            (f->flags & QK_FIX_LOSES_DATA) ? " (removes metadata)" : "");
+    fflush (stdout);
+    if (fgets (line, sizeof line, c->tty) == NULL) {
+      printf ("\n");
+      return QK_ANSWER_ABORT;
+    }
+    switch (line[0]) {
+    case 'y': case 'Y': return QK_ANSWER_YES;
+    case 'n': case 'N': return QK_ANSWER_NO;
+    case 'a': case 'A': c->yes_to_all = true; return QK_ANSWER_YES;
+    case 'q': case 'Q': return QK_ANSWER_ABORT;
+    default: break;
+    }
+  }
+}
+
+static int
+mr_change (void *opaque, const struct qk_meta_change *ch)
+{
+  struct mrctx *c = opaque;
+
+  if (c->j) {
+    qk_json_object_begin (c->j, NULL);
+    qk_json_string (c->j, "kind", ch->kind == QK_META_CHECKPOINT
+                    ? "checkpoint" : "snapshot");
+    qk_json_string (c->j, "action", ch->action);
+    qk_json_string (c->j, "path", ch->path);
+    if (ch->new_path)
+      qk_json_string (c->j, "new-path", ch->new_path);
+    if (ch->backup)
+      qk_json_string (c->j, "backup", ch->backup);
+    else
+      qk_json_null (c->j, "backup");
+    if (ch->diff)
+      qk_json_string (c->j, "diff", ch->diff);
+    qk_json_object_end (c->j);
+    return 0;
+  }
+  if (strcmp (ch->action, "remove") == 0)
+    printf ("removed %s\n", printable (ch->path));
+  else if (ch->new_path && ch->diff == NULL)
+    printf ("renamed %s to %s\n", printable (ch->path),
+            printable (ch->new_path));
+  if (ch->diff)
+    fputs (ch->diff, stdout);
+  if (ch->backup)
+    printf ("(the old file is kept as %s)\n", printable (ch->backup));
+  return 0;
+}
+
+static const char *
+mode_name (int mode)
+{
+  switch (mode) {
+  case QK_REPAIR_NONE: return "none";
+  case QK_REPAIR_PREEN: return "preen";
+  case QK_REPAIR_ALL: return "yes";
+  default: return "ask";
+  }
+}
+
+static int
+meta_repair_cmd (struct meta_cli *c)
+{
+  struct mrctx cx = { 0 };
+  struct qk_meta_repair *r = NULL;
+  struct qk_meta *m;
+  int mode = c->mode, rc, ret = EXIT_MR_OPERR, left, err = 0;
+  size_t made = 0, offered = 0;
+
+  if (mode == -1)
+    mode = isatty (STDIN_FILENO) && isatty (STDOUT_FILENO) ? QK_REPAIR_ASK
+           : QK_REPAIR_NONE;
+  if (mode == QK_REPAIR_ASK) {
+    cx.tty = stdin;
+    if (c->o.output == OUT_JSON)
+      return usage_error ("meta", "repair asks on a terminal: give -n, -p or "
+                          "-y with --output=json");
+  }
+  m = open_meta (c);
+  if (m == NULL)
+    return EXIT_MR_OPERR;
+  r = qk_meta_repair_new ();
+  if (r == NULL || qk_meta_repair_set_mode (r, mode) < 0
+      || qk_meta_repair_set_flags (r, c->drop_orphaned
+                                   ? QK_META_REPAIR_DROP_ORPHANED : 0) < 0
+      || qk_meta_repair_set_ask (r, mr_ask, &cx) < 0
+      || qk_meta_repair_set_changes (r, mr_change, &cx) < 0) {
+    errx_ ("%s", printable (qk_get_error ()));
+    qk_meta_repair_free (r);
+    qk_meta_close (m);
+    return EXIT_MR_OPERR;
+  }
+  if (c->o.output == OUT_JSON) {
+    if ((cx.j = json_start (c)) == NULL) {
+      qk_meta_repair_free (r);
+      qk_meta_close (m);
+      return EXIT_MR_OPERR;
+    }
+    qk_json_string (cx.j, "mode", mode_name (mode));
+    qk_json_array_begin (cx.j, "problems-before");
+  }
+  else
+    printf ("domain %s: checking the metadata\n", printable (c->domain));
+  if (qk_meta_check (m, QK_META_CHECK_IMAGES, mr_problem, &cx) < 0)
+    err = 1;
+  if (cx.j) {
+    qk_json_array_end (cx.j);
+    qk_json_array_begin (cx.j, "changes");
+  }
+  rc = err ? -1 : qk_meta_repair_run (r, m);
+  if (rc < 0) {
+    if (qk_get_errno () == ECANCELED && !err)
+      ret = EXIT_MR_ABORTED;
+    else
+      ret = EXIT_MR_OPERR;
+    if (!cx.j)
+      errx_ ("%s", printable (qk_get_error ()));
+  }
+  if (cx.j) {
+    qk_json_array_end (cx.j);
+    qk_json_array_begin (cx.j, "fixes");
+  }
+  for (size_t i = 0; i < qk_meta_repair_fix_count (r); i++) {
+    const struct qk_fix *f = qk_meta_repair_fix (r, i);
+    const char *ans = f->answer == QK_ANSWER_YES ? "yes"
+                      : f->answer == QK_ANSWER_ABORT ? "abort" : "no";
+    offered++;
+    made += f->made;
+    if (cx.j) {
+      char code[16];
+      snprintf (code, sizeof code, "0x%06x", f->code);
+      qk_json_object_begin (cx.j, NULL);
+      qk_json_string (cx.j, "code", code);
+      qk_json_string (cx.j, "name", f->name);
+      qk_json_string (cx.j, "prompt", f->prompt);
+      qk_json_string (cx.j, "answer", ans);
+      qk_json_bool (cx.j, "made", f->made);
+      qk_json_object_end (cx.j);
+    }
+    else if (f->made)
+      printf ("%s\n", printable (f->done));
+    else if (mode != QK_REPAIR_ASK)
+      printf ("%s %s\n", printable (f->prompt), ans);
+  }
+  if (cx.j) {
+    qk_json_array_end (cx.j);
+    qk_json_array_begin (cx.j, "problems-after");
+  }
+  else if (rc == 0 && offered == 0)
+    printf ("nothing to repair\n");
+  else if (mode != QK_REPAIR_NONE)
+    printf ("checking again\n");
+  memset (cx.n, 0, sizeof cx.n);
+  cx.quiet = mode == QK_REPAIR_NONE;
+  left = qk_meta_check (m, QK_META_CHECK_IMAGES, mr_problem, &cx);
+  if (cx.j) {
+    qk_json_array_end (cx.j);
+    qk_json_uint (cx.j, "fixes-made", made);
+    qk_json_uint (cx.j, "errors-left", left < 0 ? 0 : (uint64_t) left);
+    if (rc < 0)
+      qk_json_string (cx.j, "error", qk_get_error ());
+  }
+  if (rc == 0) {
+    if (left < 0)
+      ret = EXIT_MR_OPERR;
+    else if (left > 0 || (mode == QK_REPAIR_NONE && offered))
+      ret = EXIT_MR_LEFT;
+    else
+      ret = made ? EXIT_MR_FIXED : EXIT_MR_CLEAN;
+    /* fixes declined: what they fix is left */
+    if (ret != EXIT_MR_OPERR && made < offered && mode != QK_REPAIR_NONE)
+      ret = EXIT_MR_LEFT;
+  }
+  if (cx.j) {
+    qk_json_uint (cx.j, "exit", ret);
+    json_finish (cx.j);
+  }
+  else if (rc == 0)
+    printf ("%zu fixes made, %d errors left\n", made, left < 0 ? 0 : left);
+  qk_meta_repair_free (r);
+  qk_meta_close (m);
+  return ret;
+}
+
 int
 cmd_meta (int argc, char **argv)
 {
-  struct meta_cli c = { .o = { .progress = -1 }, .kind = -1 };
+  struct meta_cli c = { .o = { .progress = -1 }, .kind = -1, .mode = -1 };
   bool list = false, man = false;
   const char *sub;
 
@@ -656,9 +948,11 @@ cmd_meta (int argc, char **argv)
     return argc < 2 ? EXIT_USAGE : EXIT_OK;
   }
   sub = argv[1];
-  if (strcmp (sub, "check") && strcmp (sub, "tree") && strcmp (sub, "convert"))
+  if (strcmp (sub, "check") && strcmp (sub, "tree") && strcmp (sub, "convert")
+      && strcmp (sub, "repair"))
     return usage_error ("meta", "unknown subcommand '%s' (check, tree, "
-                        "convert)", sub);
+                        "convert, repair)", sub);
+  c.repair = strcmp (sub, "repair") == 0;
   if (strcmp (sub, "tree") == 0)
     c.kind = QK_META_SNAPSHOT;
   if (parse_args (&c, argc - 1, argv + 1, "meta",
@@ -666,11 +960,15 @@ cmd_meta (int argc, char **argv)
     return EXIT_USAGE;
   if (list)
     return list_problems (man);
+  if (c.list_fixes)
+    return list_fixes (c.list_fixes_man);
   if (c.domain == NULL)
     return usage_error ("meta", "a DOMAIN is needed");
   if (strcmp (sub, "check") == 0)
     return meta_check_cmd (&c);
   if (strcmp (sub, "tree") == 0)
     return meta_tree_cmd (&c);
+  if (c.repair)
+    return meta_repair_cmd (&c);
   return meta_convert_cmd (&c);
 }

@@ -67,8 +67,8 @@
 
 /* ---- fault injection (tests) ---- */
 
-static void
-fault (const char *op)
+void
+meta_fault (const char *op)
 {
   static unsigned counts[8];
   static const char *const ops[] = { "write", "fsync", "rename", "unlink",
@@ -103,7 +103,7 @@ fsync_fd (int fd, const char *what)
     set_error (errno, "fsync %s", what);
     return -1;
   }
-  fault ("fsync");
+  meta_fault ("fsync");
   return 0;
 }
 
@@ -130,7 +130,7 @@ rename_noreplace (int fa, const char *a, int fb, const char *b)
     return -1;
   }
 done:
-  fault ("rename");
+  meta_fault ("rename");
   return 0;
 }
 
@@ -142,7 +142,7 @@ unlink_at (int dfd, const char *name, int flags)
                name);
     return -1;
   }
-  fault ((flags & AT_REMOVEDIR) ? "rmdir" : "unlink");
+  meta_fault ((flags & AT_REMOVEDIR) ? "rmdir" : "unlink");
   return 0;
 }
 
@@ -340,7 +340,7 @@ make_stage (const struct qk_meta *m, int kind, const struct place *pl)
     set_error (errno, "mkdir %s/%s", pl->base_path, pl->stage);
     return -1;
   }
-  fault ("mkdir");
+  meta_fault ("mkdir");
   sfd = open_dir_at (pl->base, pl->stage);
   if (sfd < 0)
     return -1;
@@ -355,7 +355,7 @@ make_stage (const struct qk_meta *m, int kind, const struct place *pl)
     return -1;
   }
   close (fd);
-  fault ("write");
+  meta_fault ("write");
   if (fsync_fd (sfd, pl->stage) < 0) {
     close (sfd);
     return -1;
@@ -589,8 +589,8 @@ write_bulk (const struct qk_meta *m, struct meta_set *s, int dfd,
     goto fail;
   }
   close (fd);
-  fault ("write");
-  fault ("fsync");
+  meta_fault ("write");
+  meta_fault ("fsync");
   return 0;
 fail:
   close (fd);
@@ -662,9 +662,9 @@ write_one_file (const struct qk_meta *m, const struct meta_set *s,
 out_close:
   close (fd);
   if (ret == 0) {
-    fault ("write");
+    meta_fault ("write");
     if (!batch)
-      fault ("fsync");
+      meta_fault ("fsync");
   }
 out:
   free (e);
@@ -682,7 +682,7 @@ write_per_file (const struct qk_meta *m, struct meta_set *s, int sfd,
     set_error (errno, "mkdir %s", name);
     return -1;
   }
-  fault ("mkdir");
+  meta_fault ("mkdir");
   dfd = open_dir_at (sfd, name);
   if (dfd < 0)
     return -1;
@@ -699,7 +699,7 @@ write_per_file (const struct qk_meta *m, struct meta_set *s, int sfd,
       r = -1;
     }
     else
-      fault ("fsync");
+      meta_fault ("fsync");
   }
   if (r == 0)
     r = fsync_fd (dfd, name);
@@ -1023,8 +1023,8 @@ recover (struct qk_meta *m, int kind, int layout, const struct place *pl,
   return changed;
 }
 
-static int
-reload (struct qk_meta *m)
+int
+meta_reload (struct qk_meta *m)
 {
   meta_unload (m);
   return meta_load (m);
@@ -1123,7 +1123,7 @@ meta_convert (struct qk_meta *m, int kind, int layout, unsigned flags)
     goto out;
   /* what was loaded is still what is there unless recovery changed it */
   r = recover (m, kind, layout, &pl, flags);
-  if (r < 0 || (r > 0 && reload (m) < 0))
+  if (r < 0 || (r > 0 && meta_reload (m) < 0))
     goto out;
   s = &m->set[kind];
   if (s->layout == layout || s->layout == QK_META_LAYOUT_NONE) {
@@ -1239,7 +1239,7 @@ out:
   {
     struct qk_saved_error sv;
     qk_internal_save_error (&sv);
-    if (reload (m) < 0)
+    if (meta_reload (m) < 0)
       ret = -1;
     else if (ret < 0)
       qk_internal_restore_error (&sv);

@@ -38,8 +38,8 @@ static __thread const struct qk_meta *cur_meta;
 
 /* The same file: the same path once normalised, or (through symlinks,
  * under the sysroot) the same device and inode. */
-static bool
-same_path (const char *a, const char *b)
+bool
+meta_same_path (const struct qk_meta *m, const char *a, const char *b)
 {
   char *x, *y;
   bool r;
@@ -49,8 +49,8 @@ same_path (const char *a, const char *b)
   x = qk_path_normalize (a);
   y = qk_path_normalize (b);
   r = x && y && strcmp (x, y) == 0;
-  if (!r && x && y && cur_meta) {
-    char *hx = meta_host_path (cur_meta, x), *hy = meta_host_path (cur_meta, y);
+  if (!r && x && y && m) {
+    char *hx = meta_host_path (m, x), *hy = meta_host_path (m, y);
     struct stat sx, sy;
     r = hx && hy && stat (hx, &sx) == 0 && stat (hy, &sy) == 0
       && sx.st_dev == sy.st_dev && sx.st_ino == sy.st_ino;
@@ -60,6 +60,12 @@ same_path (const char *a, const char *b)
   free (x);
   free (y);
   return r;
+}
+
+static bool
+same_path (const char *a, const char *b)
+{
+  return meta_same_path (cur_meta, a, b);
 }
 
 /* A key naming the file: device and inode when it exists, else the
@@ -100,11 +106,22 @@ open_under (void *opaque, const char *path)
   return qk_source_fd (fd, path);
 }
 
+struct qk_image *
+meta_image_open (struct qk_meta *m, const char *path)
+{
+  struct qk_open_options oo = { 0 };
+
+  if (m->sysroot) {
+    oo.open_fn = open_under;
+    oo.open_opaque = m;
+  }
+  return qk_image_open (path, &oo);
+}
+
 static struct img *
 get_image (struct xc *x, const char *path)
 {
   char *p = qk_path_normalize (path), *h;
-  struct qk_open_options oo = { 0 };
   struct img *e;
   struct stat st;
 
@@ -131,11 +148,7 @@ get_image (struct xc *x, const char *path)
     return e;
   }
   free (h);
-  if (x->m->sysroot) {
-    oo.open_fn = open_under;
-    oo.open_opaque = x->m;
-  }
-  e->img = qk_image_open (p, &oo);
+  e->img = meta_image_open (x->m, p);
   if (e->img == NULL)
     e->err = strdup (qk_get_error ());
   return e;
@@ -182,8 +195,8 @@ known_free (struct known *k)
   free (k->v);
 }
 
-static const struct qk_meta_domain_disk *
-ddisk (const struct qk_meta_domain_disk *d, size_t n, const char *name)
+const struct qk_meta_domain_disk *
+meta_ddisk (const struct qk_meta_domain_disk *d, size_t n, const char *name)
 {
   if (name == NULL)
     return NULL;
@@ -194,8 +207,8 @@ ddisk (const struct qk_meta_domain_disk *d, size_t n, const char *name)
   return NULL;
 }
 
-static const struct qk_meta_disk *
-mdisk (const struct qk_meta_moment *p, const char *target, bool revert)
+const struct qk_meta_disk *
+meta_mdisk (const struct qk_meta_moment *p, const char *target, bool revert)
 {
   for (size_t i = 0; i < p->n_disks; i++)
     if (p->disks[i].revert == revert && p->disks[i].name
@@ -204,8 +217,8 @@ mdisk (const struct qk_meta_moment *p, const char *target, bool revert)
   return NULL;
 }
 
-static bool
-is_external (const struct qk_meta_disk *d)
+bool
+meta_is_external (const struct qk_meta_disk *d)
 {
   return d && d->mode && strcmp (d->mode, "external") == 0 && d->source
     && (d->type == NULL || strcmp (d->type, "file") == 0);
@@ -244,7 +257,7 @@ check_internal (struct xc *x, const struct qk_meta_moment *p)
 
     if (d->revert || !d->mode || strcmp (d->mode, "internal") != 0)
       continue;
-    dd = ddisk (p->domain_disks, p->n_domain_disks, d->name);
+    dd = meta_ddisk (p->domain_disks, p->n_domain_disks, d->name);
     if (dd == NULL || dd->source == NULL) {
       meta_report (x->r, MP_SNAPSHOT_DISK_UNKNOWN, "snapshot '%s': disk '%s' "
                    "is not in its <domain>", p->name, d->name);
@@ -301,7 +314,7 @@ check_external (struct xc *x, const struct qk_meta_moment *p)
     const char *bp;
     struct img *e;
 
-    if (!is_external (d))
+    if (!meta_is_external (d))
       continue;
     e = get_image (x, d->source);
     if (e == NULL)
@@ -328,7 +341,7 @@ check_external (struct xc *x, const struct qk_meta_moment *p)
     }
     if (d->revert)
       continue;
-    dd = ddisk (p->domain_disks, p->n_domain_disks, d->name);
+    dd = meta_ddisk (p->domain_disks, p->n_domain_disks, d->name);
     if (dd == NULL || dd->source == NULL) {
       meta_report (x->r, MP_SNAPSHOT_DISK_UNKNOWN, "snapshot '%s': disk '%s' "
                    "is not in its <domain>", p->name, d->name);
@@ -348,20 +361,20 @@ check_external (struct xc *x, const struct qk_meta_moment *p)
 
 /* The image in use for a disk right after moment p was taken, and the one
  * after a revert to it (its revert overlay), if any. */
-static const char *
-active_after (const struct qk_meta_moment *p, const char *target,
+const char *
+meta_active_after (const struct qk_meta_moment *p, const char *target,
               const char **revert)
 {
-  const struct qk_meta_disk *d = mdisk (p, target, false);
-  const struct qk_meta_disk *rd = mdisk (p, target, true);
+  const struct qk_meta_disk *d = meta_mdisk (p, target, false);
+  const struct qk_meta_disk *rd = meta_mdisk (p, target, true);
   const struct qk_meta_domain_disk *dd;
 
-  *revert = is_external (rd) ? rd->source : NULL;
-  if (is_external (d))
+  *revert = meta_is_external (rd) ? rd->source : NULL;
+  if (meta_is_external (d))
     return d->source;
   if (d && d->mode && strcmp (d->mode, "no") == 0)
     return NULL;
-  dd = ddisk (p->domain_disks, p->n_domain_disks, target);
+  dd = meta_ddisk (p->domain_disks, p->n_domain_disks, target);
   return dd ? dd->source : NULL;
 }
 
@@ -382,10 +395,10 @@ check_order (struct xc *x, const struct meta_set *s,
     if (dd->target == NULL || dd->source == NULL
         || (dd->device && strcmp (dd->device, "disk") != 0))
       continue;
-    d = mdisk (p, dd->target, false);
+    d = meta_mdisk (p, dd->target, false);
     if (d && d->mode && strcmp (d->mode, "no") == 0)
       continue;
-    want = active_after (par, dd->target, &rev);
+    want = meta_active_after (par, dd->target, &rev);
     if (want == NULL || same_path (want, dd->source)
         || (rev && same_path (rev, dd->source)))
       continue;
@@ -412,7 +425,7 @@ check_current (struct xc *x, const struct meta_set *s)
     if (dd->target == NULL || dd->source == NULL
         || (dd->device && strcmp (dd->device, "disk") != 0))
       continue;
-    want = active_after (p, dd->target, &rev);
+    want = meta_active_after (p, dd->target, &rev);
     if (want == NULL || same_path (want, dd->source)
         || (rev && same_path (rev, dd->source)))
       continue;
@@ -455,7 +468,7 @@ check_checkpoints (struct xc *x)
       if (d->revert || !d->mode || strcmp (d->mode, "bitmap") != 0
           || d->bitmap == NULL)
         continue;
-      dd = ddisk (x->m->ddisks, x->m->n_ddisks, d->name);
+      dd = meta_ddisk (x->m->ddisks, x->m->n_ddisks, d->name);
       if (dd == NULL || dd->source == NULL) {
         if (x->m->domain_ok)
           meta_report (x->r, MP_CHECKPOINT_DISK_UNKNOWN, "checkpoint '%s': "
