@@ -49,46 +49,22 @@ cmd_commit (int argc, char **argv)
   const char *path = NULL;
   struct progress prog;
   int rc;
-  char *base_name = NULL;
   int e;
+  const struct opt opts[] = {
+    { "-b", "a value", .str = &co.base },
+    { "-d", NULL, .flags = &co.flags, .set = QK_COMMIT_KEEP },
+    { "-n|--dry-run", NULL, .flags = &co.flags, .set = QK_COMMIT_DRY_RUN },
+    { "--undo", "a value", .str = &co.undo_path },
+    { NULL },
+  };
+  const struct opt_cmd cmd = {
+    .name = "commit", .help = commit_help, .opts = opts, .common = &o,
+    .operands = &path, .max_operands = 1, .min_operands = 1,
+  };
 
   memset (&co, 0, sizeof co);
-  for (int i = 1; i < argc; i++) {
-    const char *s = argv[i];
-    int k;
-    if (strcmp (s, "--help") == 0 || strcmp (s, "-h") == 0) {
-      fputs (commit_help, stdout);
-      return EXIT_OK;
-    }
-    if (strcmp (s, "-b") == 0 || strcmp (s, "--undo") == 0) {
-      if (i + 1 >= argc)
-        return usage_error ("commit", "%s needs a value", s), EXIT_USAGE;
-      if (s[1] == 'b')
-        co.base = argv[++i];
-      else
-        co.undo_path = argv[++i];
-      continue;
-    }
-    if (strcmp (s, "-d") == 0) {
-      co.flags |= QK_COMMIT_KEEP;
-      continue;
-    }
-    if (strcmp (s, "-n") == 0 || strcmp (s, "--dry-run") == 0) {
-      co.flags |= QK_COMMIT_DRY_RUN;
-      continue;
-    }
-    if ((k = common_option (&o, argc, argv, &i, "commit")) < 0)
-      return EXIT_USAGE;
-    if (k)
-      continue;
-    if (s[0] == '-' && s[1])
-      return usage_error ("commit", "unknown option '%s'", s), EXIT_USAGE;
-    if (path)
-      return usage_error ("commit", "too many arguments"), EXIT_USAGE;
-    path = s;
-  }
-  if (path == NULL)
-    return usage_error ("commit", "no image given"), EXIT_USAGE;
+  if (!opt_parse (&cmd, argc, argv, &e))
+    return e;
   if ((co.flags & QK_COMMIT_DRY_RUN) && co.undo_path)
     return usage_error ("commit", "a dry run writes no undo journal"),
            EXIT_USAGE;
@@ -113,7 +89,6 @@ cmd_commit (int argc, char **argv)
              : "");
     return EXIT_ERR;
   }
-  (void) base_name;
   if (o.output == OUT_JSON) {
     struct qk_json *j = qk_json_new (stdout, 4);
     qk_json_object_begin (j, NULL);
