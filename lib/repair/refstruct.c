@@ -251,8 +251,8 @@ qk_refscan_free (struct qk_refscan *s)
 
 int
 qk_refstruct_scan (struct qk_source *src, const struct qk_header *h,
-                   const uint64_t *rt, size_t rt_n, unsigned order,
-                   struct qk_refscan *s)
+                   const uint64_t *rt, size_t rt_n, uint64_t limit,
+                   unsigned order, struct qk_refscan *s)
 {
   unsigned cb = h->cluster_bits, oo = h->refcount_order;
   unsigned pob, pnb;               /* log2 of refcounts per block */
@@ -279,9 +279,12 @@ qk_refstruct_scan (struct qk_source *src, const struct qk_header *h,
     set_error (ENOMEM, "malloc");
     goto out;
   }
-  for (uint64_t t = 0; t < rt_n; t++) {
+  for (uint64_t t = 0; t < rt_n && (t << pob) < limit; t++) {
     uint64_t first = t << pob, per = 1ULL << pob, nx;
-    int r = old_block (src, h, rt, rt_n, t, buf);
+    int r;
+    if (per > limit - first)
+      per = limit - first;
+    r = old_block (src, h, rt, rt_n, t, buf);
     if (r < 0)
       goto out;
     if (r == 0)
@@ -290,7 +293,7 @@ qk_refstruct_scan (struct qk_source *src, const struct qk_header *h,
     for (uint64_t i = 0; i < per; i++) {
       uint64_t v, k;
       /* eight 16-bit refcounts of 0 at once (the common width) */
-      if (oo == 4 && (i & 7) == 0) {
+      if (oo == 4 && (i & 7) == 0 && per - i >= 8) {
         uint64_t w[2];
         memcpy (w, buf + 2 * i, 16);
         if ((w[0] | w[1]) == 0) {
@@ -334,9 +337,10 @@ out:
 
 int
 qk_refstruct_convert (struct qk_source *src, const struct qk_header *h,
-                      const uint64_t *rt, size_t rt_n, unsigned order,
-                      const struct qk_refscan *s, uint64_t start,
-                      qk_put_fn put, void *opaque, struct qk_refstruct *out)
+                      const uint64_t *rt, size_t rt_n, uint64_t limit,
+                      unsigned order, const struct qk_refscan *s,
+                      uint64_t start, qk_put_fn put, void *opaque,
+                      struct qk_refstruct *out)
 {
   unsigned cb = h->cluster_bits, oo = h->refcount_order;
   uint64_t cs = h->cluster_size, max, tbytes;
@@ -367,6 +371,8 @@ qk_refstruct_convert (struct qk_source *src, const struct qk_header *h,
     start = s->end;
   if (start < s->old_end)
     start = s->old_end;
+  if (start < limit)
+    start = limit;
   if (qk_reflayout_plan (cb, order, s->need, s->n_need, start, &L) < 0)
     return -1;
   if (L.table_clusters > UINT32_MAX) {
@@ -393,11 +399,14 @@ qk_refstruct_convert (struct qk_source *src, const struct qk_header *h,
     uint64_t first = L.block_index[j] << pnb, last = first + (1ULL << pnb);
     uint8_t *nb = wb + nw * cs;
     memset (nb, 0, cs);
-    /* the stored values of the range, old block by old block */
-    for (uint64_t k = first; k < last; ) {
+    /* the stored values of the range, old block by old block (none
+     * from limit on) */
+    for (uint64_t k = first; k < last && k < limit; ) {
       uint64_t t = k >> pob, stop = (t + 1) << pob, nx;
       if (stop > last)
         stop = last;
+      if (stop > limit)
+        stop = limit;
       if (t != ob_t) {
         int r = old_block (src, h, rt, rt_n, t, ob);
         if (r < 0)

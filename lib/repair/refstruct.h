@@ -36,7 +36,10 @@ extern int qk_refstruct_write (const struct qk_refmap *map,
  * structure at refcount order `order` needs: the new table indexes whose
  * range holds a refcount, the first refcount that does not fit the new
  * width. The clusters of the structure in place (its table and blocks)
- * count as free: the new structure replaces them. */
+ * count as free: the new structure replaces them; so do the clusters
+ * from `limit` on (a refcount there is a leak past what the caller knows
+ * to be referenced: past the end of the file, which checks do not look
+ * at; UINT64_MAX: none). */
 struct qk_refscan {
   uint64_t *need;             /* new table indexes, ascending */
   size_t n_need;
@@ -48,19 +51,21 @@ struct qk_refscan {
 struct qk_header;
 struct qk_source;
 extern int qk_refstruct_scan (struct qk_source *src, const struct qk_header *h,
-                              const uint64_t *rt, size_t rt_n, unsigned order,
-                              struct qk_refscan *s);
+                              const uint64_t *rt, size_t rt_n, uint64_t limit,
+                              unsigned order, struct qk_refscan *s);
 extern void qk_refscan_free (struct qk_refscan *s);
 /* The new table and blocks written from cluster start on (or past the
- * scan's end and the old structure, if further), nothing pointing at
- * them: every stored refcount kept, the old structure's clusters 0, the
- * new structure's own 1. The refcounts must not have changed since the
- * scan. EOVERFLOW when the scan found a refcount above the width. */
+ * scan's end, the old structure and limit, if further), nothing pointing
+ * at them: every stored refcount below limit kept, the old structure's
+ * clusters 0, the new structure's own 1. The refcounts must not have
+ * changed since the scan (same limit). EOVERFLOW when the scan found a
+ * refcount above the width. */
 extern int qk_refstruct_convert (struct qk_source *src,
                                  const struct qk_header *h,
                                  const uint64_t *rt, size_t rt_n,
-                                 unsigned order, const struct qk_refscan *s,
-                                 uint64_t start, qk_put_fn put, void *opaque,
+                                 uint64_t limit, unsigned order,
+                                 const struct qk_refscan *s, uint64_t start,
+                                 qk_put_fn put, void *opaque,
                                  struct qk_refstruct *out);
 
 /* Leaked clusters (stored refcount above map's count) brought down to

@@ -35,8 +35,9 @@
  *      flush; no check is needed for that, and none is made (qemu-img
  *      makes none either).
  *   2. Refcount width: a new refcount table and blocks at the new width
- *      written past the end of the file (and past every stored refcount
- *      and the old structure) from the stored refcounts, one new block
+ *      written past the end of the file (and past what the check
+ *      counted, and the old structure) from the stored refcounts (those
+ *      past that end, leaks no check sees, left out), one new block
  *      at a time from the old blocks that cover its range
  *      (lib/repair/refstruct.c qk_refstruct_convert; the check made once,
  *      before step 0, found none of them below its count, and steps 0
@@ -323,6 +324,19 @@ clear_dirty (struct amend *a)
 
 /* ---- step 2: refcount width ---- */
 
+/* The clusters a refcount can belong to: the file's, and those the check
+ * counted past its end (entries that point there). A stored refcount
+ * beyond is a leak no check looks at (qemu-img check neither): the new
+ * structure leaves it out, and fresh clusters go from there on. */
+static uint64_t
+known_end (struct amend *a)
+{
+  uint64_t cs = a->img->hdr.cluster_size;
+  uint64_t n = (qk_writer_src (&a->w)->size + cs - 1) / cs;
+
+  return n > a->fresh_min ? n : a->fresh_min;
+}
+
 /* The first stored refcount that a refcount order of `order` cannot
  * hold, as QEMU names it (qcow2_change_refcount_order looks at the stored
  * values); 0 when all fit. */
@@ -353,7 +367,7 @@ change_width (struct amend *a)
   struct qk_refscan sc;
   struct qk_refstruct rs;
   struct qk_header nh;
-  uint64_t *rt = NULL, cs = h->cluster_size, start;
+  uint64_t *rt = NULL, start;
   size_t rt_n = 0;
   uint8_t *hb = NULL;
   int ret = -1;
@@ -365,17 +379,15 @@ change_width (struct amend *a)
   }
   if (qk_image_read_refcount_table (a->img, &rt, &rt_n) < 0)
     return -1;
-  if (qk_refstruct_scan (src, h, rt, rt_n, a->new_order, &sc) < 0) {
+  start = known_end (a);
+  if (qk_refstruct_scan (src, h, rt, rt_n, start, a->new_order, &sc) < 0) {
     free (rt);
     return -1;
   }
   if (refuse_width (a, &sc) < 0)
     goto out;
-  start = (src->size + cs - 1) / cs;
-  if (start < a->fresh_min)
-    start = a->fresh_min;
-  if (qk_refstruct_convert (src, h, rt, rt_n, a->new_order, &sc, start,
-                            put_cb, a, &rs) < 0 || flush (a) < 0)
+  if (qk_refstruct_convert (src, h, rt, rt_n, start, a->new_order, &sc,
+                            start, put_cb, a, &rs) < 0 || flush (a) < 0)
     goto out;
   nh = *h;
   nh.refcount_table_offset = rs.table_offset;
@@ -801,7 +813,7 @@ width_fits (struct amend *a)
   if (qk_image_read_refcount_table (a->img, &rt, &rt_n) < 0)
     return -1;
   ret = qk_refstruct_scan (qk_writer_src (&a->w), &a->img->hdr, rt, rt_n,
-                           a->new_order, &sc);
+                           known_end (a), a->new_order, &sc);
   free (rt);
   if (ret == 0)
     ret = refuse_width (a, &sc);
