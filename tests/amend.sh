@@ -17,6 +17,7 @@
 # QEMU's locks, dry runs and usage errors.
 srcdir=${srcdir:-.}
 . "$srcdir/tests/tap.sh"
+. "$srcdir/tests/functions.sh"
 require qemu-img qemu-io jq
 scratch
 cd "$T" || exit 1
@@ -239,53 +240,38 @@ is "$?" 0 "  ours keeps the guest data (qemu-img compare with the original)"
 # guest data, version old or new; (b) undo puts back the original bytes;
 # (c) the same command again finishes: the version asked, clean, the
 # original's guest data.
+vers () { infox "$1" | jq -c '[.compat, .refcount]'; }
+amend_run () {  # FAULT ARGS...: on a fresh copy f.qcow2 of o.qcow2
+  rm -f f.qcow2 j.undo
+  cp o.qcow2 f.qcow2
+  QCOWKIT_FAULT=$1 qcowkit amend --undo j.undo "${@:2}" f.qcow2 > f.out 2>&1
+}
+amend_done () { [ "$(vers f.qcow2)" = "$nv" ]; }
+amend_verify () {  # FAULT ARGS...
+  shift
+  local v
+  case $(qcheck f.qcow2) in 0|3) ;; *) sweep_bad "check-$(qcheck f.qcow2)" ;; esac
+  qemu-img compare -q o.qcow2 f.qcow2 || sweep_bad guest-data
+  v=$(vers f.qcow2)
+  [ "$v" = "$ov" ] || [ "$v" = "$nv" ] || [ "$v" = "${MID:-}" ] ||
+    sweep_bad "version=$v"
+  cp f.qcow2 r.qcow2
+  qcowkit amend "$@" r.qcow2 > /dev/null 2>&1 || sweep_bad rerun-failed
+  [ "$(qcheck r.qcow2)" = 0 ] || sweep_bad rerun-not-clean
+  [ "$(vers r.qcow2)" = "$nv" ] || sweep_bad rerun-version
+  qemu-img compare -q o.qcow2 r.qcow2 || sweep_bad rerun-guest-data
+  sweep_undone j.undo f.qcow2 "$osha"
+}
 sweep () {  # sweep NAME MAKER ARGS...
   local name=$1 maker=$2; shift 2
-  local bad="" points=0 kind n rc v
-  $maker o.qcow2
   local osha ov nv
+  $maker o.qcow2
   osha=$(sha o.qcow2)
-  ov=$(infox o.qcow2 | jq -c '[.compat, .refcount]')
+  ov=$(vers o.qcow2)
   cp o.qcow2 n.qcow2; qcowkit amend "$@" n.qcow2 > /dev/null 2>&1
-  nv=$(infox n.qcow2 | jq -c '[.compat, .refcount]')
-  for kind in write-kill write-fail flush-kill flush-fail; do
-    local finished=no
-    for n in $(seq 1 60); do
-      rm -f f.qcow2 j.undo
-      cp o.qcow2 f.qcow2
-      { bash -c 'QCOWKIT_FAULT=$1 qcowkit amend --undo j.undo "${@:2}" f.qcow2' \
-          _ "$kind-$n" "$@" > f.out 2>&1; rc=$?; } 2> /dev/null
-      if [ "$rc" -ne 137 ] && [ "$rc" -ne 1 ]; then
-        [ "$rc" -eq 0 ] && [ "$(infox f.qcow2 | jq -c '[.compat, .refcount]')" = "$nv" ] ||
-          bad="$bad $kind-$n:unfaulted-run-rc$rc"
-        finished=yes
-        break
-      fi
-      points=$((points + 1))
-      case $(qcheck f.qcow2) in 0|3) ;; *) bad="$bad $kind-$n:check-$(qcheck f.qcow2)" ;; esac
-      qemu-img compare -q o.qcow2 f.qcow2 || bad="$bad $kind-$n:guest-data"
-      v=$(infox f.qcow2 | jq -c '[.compat, .refcount]')
-      [ "$v" = "$ov" ] || [ "$v" = "$nv" ] || [ "$v" = "${MID:-}" ] ||
-        bad="$bad $kind-$n:version=$v"
-      cp f.qcow2 r.qcow2
-      qcowkit amend "$@" r.qcow2 > /dev/null 2>&1 || bad="$bad $kind-$n:rerun-failed"
-      [ "$(qcheck r.qcow2)" = 0 ] || bad="$bad $kind-$n:rerun-not-clean"
-      [ "$(infox r.qcow2 | jq -c '[.compat, .refcount]')" = "$nv" ] || bad="$bad $kind-$n:rerun-version"
-      qemu-img compare -q o.qcow2 r.qcow2 || bad="$bad $kind-$n:rerun-guest-data"
-      if [ -f j.undo ]; then
-        qcowkit undo j.undo f.qcow2 > /dev/null 2>&1
-        [ "$(sha f.qcow2)" = "$osha" ] || bad="$bad $kind-$n:undo-differs"
-      else
-        [ "$(sha f.qcow2)" = "$osha" ] || bad="$bad $kind-$n:written-without-journal"
-      fi
-    done
-    [ "$finished" = yes ] || bad="$bad $kind:more-than-60-points"
-  done
-  if [ -z "$bad" ] && [ "$points" -gt 0 ]; then
-    pass "fault sweep, $name: killed or failed at each of $points writes and flushes: consistent, guest data kept, old or new version; undo restores; a rerun finishes"
-  else
-    fail "fault sweep, $name ($points points)" "$bad"
-  fi
+  nv=$(vers n.qcow2)
+  fault_sweep "$name" "consistent, guest data kept, old or new version; undo restores; a rerun finishes" \
+    60 amend_run amend_verify amend_done "$@"
 }
 sweep "upgrade with the snapshot table rewritten" mk_fc_v2snap --compat=1.1
 sweep "downgrade, zero clusters over a qcow2 backing file" mk_v3_c4k_backing --compat=0.10
@@ -295,21 +281,14 @@ MID='["1.1",16]' sweep "64-bit refcounts to 0.10, both steps" mk_v3_rc64 --compa
 
 # ---- QEMU's locks ----
 mk_v3_zero busy.qcow2
-qemu-io -c 'sleep 20000' busy.qcow2 > /dev/null 2>&1 &
-qpid=$!
-at_exit "kill $qpid 2>/dev/null"
-for _ in $(seq 50); do
-  qemu-img info -U busy.qcow2 >/dev/null 2>&1 &&
-    ! qemu-img check busy.qcow2 >/dev/null 2>&1 && break
-  sleep 0.1
-done
+ok "qemu-io holds busy.qcow2 open (qemu-img info refuses it for the lock)" start_holder busy.qcow2
 s0=$(sha busy.qcow2)
 qcowkit amend --compat=0.10 busy.qcow2 > out 2>&1
 is "$?" 1 "amend refuses an image QEMU has open: exit 1"
 grep -q "in use" out
 is "$?" 0 "  and says it is in use"
 is "$(sha busy.qcow2)" "$s0" "  the image in use was not written"
-kill "$qpid" 2>/dev/null; wait "$qpid" 2>/dev/null
+stop_holder
 
 # ---- dry run, undo, usage ----
 mk_v3_zero d.qcow2
