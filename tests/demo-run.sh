@@ -127,4 +127,14 @@ echo "s1 <- s2 (current), s3 (parent s-gone missing, also marked current)"
 run qcowkit meta tree web --libvirt-root libvirt || true
 run qcowkit meta check web --libvirt-root libvirt || echo "(qcowkit meta check: exit $?)"
 
+say "10. qcowkit meta repair: each fix shown as a diff, every old file kept"
+# -y makes every fix; --drop-orphaned-metadata also removes s3, whose
+# snapshot is in no image ('manual' is adopted instead)
+run qcowkit meta repair -y --drop-orphaned-metadata web --libvirt-root libvirt \
+  || echo "(qcowkit meta repair: exit $?: 1 means fixed and now clean)"
+echo "the libvirt view after the repair (meta tree prints what virsh snapshot-list --tree prints):"
+run qcowkit meta tree web --libvirt-root libvirt
+run qcowkit meta check web --libvirt-root libvirt || echo "(qcowkit meta check: exit $?)"
+run ls -A libvirt/lib/qemu/snapshot/ libvirt/lib/qemu/snapshot/.web.qk-repair.1
+
 say "Files are in $D"

@@ -111,4 +111,30 @@ has "qcowkit meta check counts 3 errors and 1 warning" \
 has "qcowkit meta check exits 2" "(qcowkit meta check: exit 2)"
 has "qcowkit meta tree shows s3 apart, with its missing parent" \
   "s3 (parent 's-gone' does not exist)"
+
+# ---- 10. meta repair ----
+has "meta repair adopts 'manual' as a child of s2 (fix 0x210007)" \
+  "Adopted the qcow2 snapshot 'manual'."
+has "meta repair removes s3, whose data is gone" "Removed the metadata of the snapshot 's3'."
+has "meta repair shows the new file as a diff" "+++ libvirt/lib/qemu/snapshot/web/manual.xml"
+has "meta repair exits 1 (fixed, now clean)" "(qcowkit meta repair: exit 1: 1 means fixed and now clean)"
+has "meta repair's summary: 2 fixes, 0 errors left" "2 fixes made, 0 errors left"
+has "meta check afterwards: no error, no warning (a note: s2 current with a child)" \
+  "0 errors, 0 check failures, 0 warnings, 1 notes."
+after10=$(sed -n '/== 10\./,$p' <<< "$out")
+tree_after=$(sed -n '/^\$ qcowkit meta tree/,/^\$ qcowkit meta check/p' <<< "$after10" | sed '1d;$d' | sed '/^ *$/d')
+is "$tree_after" "s1
+  |
+  +- s2
+      |
+      +- manual" "the repaired tree (meta tree): s1 <- s2 <- manual"
+ok "s3.xml is kept in the backup directory, byte for byte what it was" \
+  test -s libvirt/lib/qemu/snapshot/.web.qk-repair.1/s3.xml -a ! -e libvirt/lib/qemu/snapshot/web/s3.xml
+if have virsh; then
+  V () { timeout 120 virsh -q -c "qemu:///embed?root=$T/libvirt" "$@"; }
+  printf 'stdio_handler = "file"\nuser = "root"\ngroup = "root"\n' > libvirt/etc/qemu.conf
+  out=$(V "snapshot-list web --parent; snapshot-current web --name" 2>&1)
+  is "$(echo "$out" | awk 'NF >= 5 { print $1 (NF >= 6 ? " " $6 : "") } NF == 1' | sort | tr '\n' ' ')" \
+    "manual s2 s1 s2 s2 s1 " "a real libvirt loads the repaired metadata: manual <- s2 <- s1, s2 current"
+fi
 done_testing

@@ -713,6 +713,7 @@ struct mrctx {
   FILE *tty;
   uint64_t n[5];
   bool quiet;               /* count only */
+  FILE *chg;                /* human: the changes, printed after the fixes */
 };
 
 static int
@@ -788,15 +789,16 @@ mr_change (void *opaque, const struct qk_meta_change *ch)
     qk_json_object_end (c->j);
     return 0;
   }
+  FILE *o = c->chg ? c->chg : stdout;
   if (strcmp (ch->action, "remove") == 0)
-    printf ("removed %s\n", printable (ch->path));
+    fprintf (o, "removed %s\n", printable (ch->path));
   else if (ch->new_path && ch->diff == NULL)
-    printf ("renamed %s to %s\n", printable (ch->path),
-            printable (ch->new_path));
+    fprintf (o, "renamed %s to %s\n", printable (ch->path),
+             printable (ch->new_path));
   if (ch->diff)
-    fputs (ch->diff, stdout);
+    fputs (ch->diff, o);
   if (ch->backup)
-    printf ("(the old file is kept as %s)\n", printable (ch->backup));
+    fprintf (o, "(the old file is kept as %s)\n", printable (ch->backup));
   return 0;
 }
 
@@ -815,6 +817,8 @@ static int
 meta_repair_cmd (struct meta_cli *c)
 {
   struct mrctx cx = { 0 };
+  char *chg = NULL;
+  size_t chglen = 0;
   struct qk_meta_repair *r = NULL;
   struct qk_meta *m;
   int mode = c->mode, rc, ret = EXIT_MR_OPERR, left, err = 0;
@@ -860,6 +864,8 @@ meta_repair_cmd (struct meta_cli *c)
     qk_json_array_end (cx.j);
     qk_json_array_begin (cx.j, "changes");
   }
+  else
+    cx.chg = open_memstream (&chg, &chglen);
   rc = err ? -1 : qk_meta_repair_run (r, m);
   if (rc < 0) {
     if (qk_get_errno () == ECANCELED && !err)
@@ -894,6 +900,13 @@ meta_repair_cmd (struct meta_cli *c)
       printf ("%s\n", printable (f->done));
     else if (mode != QK_REPAIR_ASK)
       printf ("%s %s\n", printable (f->prompt), ans);
+  }
+  if (cx.chg) {
+    fclose (cx.chg);
+    cx.chg = NULL;
+    if (chg)
+      fputs (chg, stdout);
+    free (chg);
   }
   if (cx.j) {
     qk_json_array_end (cx.j);

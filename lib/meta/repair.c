@@ -6,9 +6,10 @@
  * (each moment's parent, current mark, and whether it stays), in this
  * order, one question per fix: ADOPT_SNAPSHOT (qcow2 snapshots libvirt
  * does not know; first, because a moment that lost its parent's metadata
- * gets its parent back), REPARENT (a missing parent, or itself),
- * BREAK_CYCLE, DROP_ORPHANED (only with QK_META_REPAIR_DROP_ORPHANED),
- * ONE_CURRENT, RENAME_FILE, CLEAR_DELETE_MARK. A fix answered yes changes
+ * gets its parent back), DROP_ORPHANED (only with
+ * QK_META_REPAIR_DROP_ORPHANED; before the relations, so that nothing is
+ * fixed in a file that goes), REPARENT (a missing parent, or itself),
+ * BREAK_CYCLE, ONE_CURRENT, RENAME_FILE, CLEAR_DELETE_MARK. A fix answered yes changes
  * the model, so later fixes see it (a moment reparented away from a
  * cycle is not in it any more). Nothing is written while planning.
  *
@@ -881,6 +882,12 @@ plan_orphans (struct work *w)
     if (!alive (w, i) || !data_gone (w, i, &what))
       continue;
     up = w->par[i];
+    if (up == QK_META_NONE && (w->s->m[i].missing_parent
+                               || w->s->m[i].self_parent
+                               || w->s->m[i].in_cycle)) {
+      bool chain;
+      up = nearest (w, i, &chain);
+    }
     if (add_fix (w, MF_DROP_ORPHANED,
                  fmt ("The %s '%s' has lost its data (%s): remove its "
                       "metadata%s%s%s?", kn (w), mname (w, i), what,
@@ -2627,8 +2634,8 @@ repair_kind (struct qk_meta_repair *r, struct qk_meta *m, int kind)
     w.st[i].active = -1;
     w.par[i] = s->m[i].pub.parent_index;
   }
-  if (plan_adopt (&w) < 0 || plan_reparent (&w) < 0 || plan_cycles (&w) < 0
-      || plan_orphans (&w) < 0 || plan_current (&w) < 0
+  if (plan_adopt (&w) < 0 || plan_orphans (&w) < 0 || plan_reparent (&w) < 0
+      || plan_cycles (&w) < 0 || plan_current (&w) < 0
       || plan_renames (&w) < 0 || plan_delete_marks (&w) < 0)
     goto out;
   {
