@@ -17,8 +17,10 @@
  *   3. guest data: every 64 KiB of the active image that read before
  *      reads the same after, and the virtual size is the same;
  *   4. the two-run rule: the same amend again writes nothing.
- * Inputs whose virtual size is above 64 MiB, or that do not open as
- * qcow2, are skipped. A violation prints which and traps. */
+ * Inputs whose virtual size is above 64 MiB, that ask for more work than
+ * the bounds of fuzz.h (a virtual size above 4 MiB among them), or that
+ * do not open as qcow2, are
+ * skipped. A violation prints which and traps. */
 #include <config.h>
 
 #include <errno.h>
@@ -83,9 +85,10 @@ file_init (void)
   return 0;
 }
 
-/* The whole file (NULL when too large or unreadable). */
+/* The whole file, in scratch buffer SLOT (fuzz.h; NULL when too large
+ * or unreadable). */
 static uint8_t *
-file_get (size_t *len)
+file_get (unsigned slot, size_t *len)
 {
   struct stat st;
   uint8_t *buf;
@@ -94,15 +97,13 @@ file_get (size_t *len)
   if (fstat (file_fd, &st) < 0 || (uint64_t) st.st_size > MAX_FILE)
     return NULL;
   *len = (size_t) st.st_size;
-  buf = malloc (*len ? *len : 1);
+  buf = fuzz_scratch (slot, *len);
   if (buf == NULL)
     return NULL;
   while (done < *len) {
     ssize_t n = pread (file_fd, buf + done, *len - done, (off_t) done);
-    if (n <= 0) {
-      free (buf);
+    if (n <= 0)
       return NULL;
-    }
     done += (size_t) n;
   }
   return buf;
@@ -116,16 +117,16 @@ open_file (void)
   return qk_image_open (file_path, &oo);
 }
 
-/* The active guest view, UNIT at a time; ok[u]: it read. */
+/* The active guest view, UNIT at a time, in scratch buffer SLOT (fuzz.h);
+ * ok[u]: it read (only those bytes are compared). */
 static uint8_t *
-guest_get (struct qk_image *img, uint64_t size, uint8_t **ok)
+guest_get (unsigned slot, struct qk_image *img, uint64_t size, uint8_t **ok)
 {
   uint64_t n = (size + UNIT - 1) / UNIT;
-  uint8_t *g = calloc (1, n * UNIT + 1);
+  uint8_t *g = fuzz_scratch (slot, n * UNIT + 1);
 
   *ok = calloc (1, n + 1);
   if (g == NULL || *ok == NULL) {
-    free (g);
     free (*ok);
     return NULL;
   }
@@ -159,30 +160,35 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   size_t l1, l2;
   int r, e;
 
+  fuzz_init ();
+  if (fuzz_input_too_big (data, size))
+    return 0;
+  fuzz_check_threads (data, size);
   if (file_init () < 0 || fuzz_file_set (file_fd, data, size) < 0)
     return 0;
   img = open_file ();
   if (img == NULL)
     return 0;
   vsize = qk_image_header (img) ? qk_image_header (img)->size : 0;
-  if (strcmp (qk_image_format (img), "qcow2") != 0 || vsize > MAX_GUEST) {
+  if (strcmp (qk_image_format (img), "qcow2") != 0
+      || vsize > fuzz_max_guest (MAX_GUEST) || fuzz_image_too_big (img)) {
     qk_image_close (img);
     return 0;
   }
   memset (&before, 0, sizeof before);
   qk_check_run (img, 0, NULL, NULL, &before);
-  g1 = guest_get (img, vsize, &ok1);
+  g1 = guest_get (2, img, vsize, &ok1);
   qk_image_close (img);
   if (g1 == NULL)
     return 0;
-  f1 = file_get (&l1);
+  f1 = file_get (0, &l1);
 
   memset (&o, 0, sizeof o);
   o.compat = (h & 1) ? 3 : 2;
   o.refcount_bits = widths[(h >> 1) & 3];
   r = qk_amend (file_path, &o, &res);
   e = errno;
-  f2 = file_get (&l2);
+  f2 = file_get (1, &l2);
   if (r < 0) {
     /* 1: a refusal writes nothing */
     if ((e == ENOTSUP || e == EUCLEAN || e == EINVAL) && !res.changed
@@ -218,7 +224,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   /* 3: guest data */
   if (qk_image_header (img)->size != vsize)
     violation ("amend changed the virtual size");
-  g2 = guest_get (img, vsize, &ok2);
+  g2 = guest_get (3, img, vsize, &ok2);
   qk_image_close (img);
   if (g2)
     for (uint64_t u = 0; u < (vsize + UNIT - 1) / UNIT; u++)
@@ -233,11 +239,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     violation ("a second amend (compat %u, refcount bits %u) wrote again",
                o.compat, o.refcount_bits);
 out:
-  free (g1);
   free (ok1);
-  free (g2);
   free (ok2);
-  free (f1);
-  free (f2);
   return 0;
 }

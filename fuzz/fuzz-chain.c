@@ -6,7 +6,9 @@
  *
  * Oracles besides the sanitizers: the chain is never deeper than the
  * limit, no fake file appears twice in it (a loop was followed), and the
- * library opens no more files than the chain can hold. */
+ * library opens no more files than the chain can hold. Chains any layer
+ * of which asks for more work than the bounds of fuzz.h are skipped
+ * after the oracles on the chain (before the reads and the map). */
 #include "fuzz.h"
 #include "chainfs.h"
 
@@ -64,7 +66,7 @@ int
 LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 {
   static struct chain_fs fs;
-  static uint8_t buf[64 << 10];
+  static uint8_t buf[16 << 10];     /* per read: start, middle, end */
   struct qk_open_options o = { .open_fn = chain_open, .open_opaque = &fs,
                                .max_chain_depth = MAX_DEPTH,
                                .flags = QK_OPEN_FORCE };
@@ -72,6 +74,9 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   unsigned depth = 0, n = 0;
   uint64_t vsize;
 
+  fuzz_init ();
+  if (fuzz_input_too_big (data, size))
+    return 0;
   fs.data = data;
   fs.opens = 0;
   fs.n = chainfs_split (data, size, fs.part, CHAINFS_MAX_PARTS);
@@ -108,6 +113,12 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     n += s ? strlen (s) : 0;
     for (size_t i = 0; i < qk_image_warning_count (l); i++)
       n += strlen (qk_image_warning (l, i));
+  }
+
+  /* past the oracles of the chain: its reads and map are bounded */
+  if (fuzz_image_too_big (img)) {
+    qk_image_close (img);
+    return 0;
   }
 
   /* guest reads through the chain: start, middle and end */

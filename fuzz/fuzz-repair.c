@@ -27,8 +27,10 @@
  *      the virtual size is the same;
  *   3. the two-run rule: a second repair of the result writes nothing
  *      (qk_repair_wrote is false, and the bytes are the same).
- * Inputs whose virtual size is above 64 MiB, or that do not open as
- * qcow2, are skipped (the first is what bounds the memory: the clusters
+ * Inputs whose virtual size is above 64 MiB, that ask for more work than
+ * the bounds of fuzz.h (a virtual size above 4 MiB among them), or that
+ * do not open as qcow2, are
+ * skipped (the virtual size is also what bounds the memory: the clusters
  * that read before the repair are kept, all-zero ones as a flag). When
  * the repair fails (qk_repair_run returns -1) nothing is asserted. A
  * violation prints which, with the fixes each run made, and traps.
@@ -145,10 +147,10 @@ file_init (void)
   return 0;
 }
 
-/* The whole file, in a buffer the caller frees (NULL when it is larger
- * than MAX_FILE or cannot be read). */
+/* The whole file, in scratch buffer SLOT (fuzz.h; NULL when it is
+ * larger than MAX_FILE or cannot be read). */
 static uint8_t *
-file_get (size_t *len)
+file_get (unsigned slot, size_t *len)
 {
   struct stat st;
   uint8_t *buf;
@@ -157,15 +159,13 @@ file_get (size_t *len)
   if (fstat (file_fd, &st) < 0 || (uint64_t) st.st_size > MAX_FILE)
     return NULL;
   *len = (size_t) st.st_size;
-  buf = malloc (*len ? *len : 1);
+  buf = fuzz_scratch (slot, *len);
   if (buf == NULL)
     return NULL;
   while (done < *len) {
     ssize_t n = pread (file_fd, buf + done, *len - done, done);
-    if (n <= 0) {
-      free (buf);
+    if (n <= 0)
       return NULL;
-    }
     done += (size_t) n;
   }
   return buf;
@@ -236,7 +236,7 @@ guest_before (struct qk_image *img, struct guest *g)
   g->ok = calloc (g->n_units + 1, 1);
   g->lost = calloc (g->n_units + 1, 1);
   g->slot = calloc (g->n_units + 1, sizeof *g->slot);
-  g->buf = malloc (g->per * g->unit);
+  g->buf = fuzz_scratch (0, g->per * g->unit);
   g->rd = malloc (g->per);
   if (g->ok == NULL || g->lost == NULL || g->slot == NULL || g->buf == NULL
       || g->rd == NULL)
@@ -276,7 +276,6 @@ guest_free (struct guest *g)
   free (g->lost);
   free (g->slot);
   free (g->store);
-  free (g->buf);
   free (g->rd);
 }
 
@@ -417,6 +416,10 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   unsigned n = 0;
   int ret = -1;
 
+  fuzz_init ();
+  if (fuzz_input_too_big (data, size))
+    return 0;
+  fuzz_check_threads (data, size);
   if (file_init () < 0 || fuzz_file_set (file_fd, data, size) < 0)
     return 0;
 
@@ -425,7 +428,8 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   if (img == NULL)
     return 0;
   if (strcmp (qk_image_format (img), "qcow2") != 0
-      || qk_image_virtual_size (img) > MAX_GUEST) {
+      || qk_image_virtual_size (img) > fuzz_max_guest (MAX_GUEST)
+      || fuzz_image_too_big (img)) {
     qk_image_close (img);
     return 0;
   }
@@ -483,12 +487,12 @@ data:
 two_run:
   if (!(oracles & OR_TWO_RUN) || !qk_repair_wrote (r))
     goto out;
-  file = file_get (&len);
+  file = file_get (1, &len);
   r2 = repair (&o, flags, &ret);
   if (r2 == NULL)
     goto out;
   run2 = r2;
-  file2 = file_get (&len2);
+  file2 = file_get (2, &len2);
   if (file && file2 && (len2 != len || memcmp (file, file2, len) != 0))
     violation ("a second repair changed the image (%zu bytes, then %zu; "
                "it returned %d)", len, len2, ret);
@@ -502,7 +506,5 @@ out:
   qk_repair_free (r);
   qk_repair_free (r2);
   guest_free (&g);
-  free (file);
-  free (file2);
   return 0;
 }

@@ -3,15 +3,236 @@
 #ifndef QK_FUZZ_H
 #define QK_FUZZ_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
 #include <unistd.h>
 
 #include "qcowkit.h"
 
+#if defined __SANITIZE_ADDRESS__
+# define FUZZ_ASAN 1
+#elif defined __has_feature
+# if __has_feature (address_sanitizer)
+#  define FUZZ_ASAN 1
+# endif
+#endif
+#ifdef FUZZ_ASAN
+# include <sanitizer/asan_interface.h>
+#endif
+
 int LLVMFuzzerTestOneInput (const uint8_t *data, size_t size);
+
+/* ---- bounds on the work of one input ----
+ *
+ * The qcow2 harnesses skip an input (return at once) whose header asks
+ * for more work than these bounds, so that every input costs about a
+ * millisecond under ASan (doc/FUZZING.md, "Throughput"). What the
+ * library refuses by itself is never skipped: a cluster size, an L1 or
+ * refcount table or a snapshot count above the library's own limits
+ * (lib/internal.h) still goes through the code that refuses it, and so
+ * does every input that is not a qcow2 header. Only values the library
+ * would accept and then work through are bounded:
+ *
+ *   - clusters of at most 64 KiB (larger ones: every table read is up
+ *     to 2 MiB);
+ *   - a virtual size of at most 4 MiB;
+ *   - an L1 table whose L2 tables cover at most 8 MiB of the file
+ *     (l1_size entries of one cluster each), for the active L1 and each
+ *     snapshot's;
+ *   - a refcount table of at most 64 KiB;
+ *   - at most 32 snapshots and 16 bitmaps.
+ *
+ * The bounds hold in the libFuzzer builds. The replay builds
+ * (fuzz/standalone.c: make check, AFL++) set QK_FUZZ_BOUNDS=off unless
+ * it is set, so that the seeds and tests/regress are replayed whole;
+ * QK_FUZZ_BOUNDS=on gives an AFL++ session the bounds. */
+#define FUZZ_MAX_CLUSTER_BITS 16
+#define FUZZ_MAX_VSIZE (4ULL << 20)
+#define FUZZ_MAX_L2_REACH (8ULL << 20)
+#define FUZZ_MAX_REFTABLE (64ULL << 10)
+#define FUZZ_MAX_SNAPSHOTS 32
+#define FUZZ_MAX_BITMAPS 16
+/* guest bytes fuzz-read and fuzz-chain read per layer */
+#define FUZZ_MAX_READ (256ULL << 10)
+/* the library's limits (lib/internal.h), past which it refuses */
+#define FUZZ_LIB_MIN_CLUSTER_BITS 9
+#define FUZZ_LIB_MAX_CLUSTER_BITS 21
+#define FUZZ_LIB_MAX_L1_BYTES (64ULL << 20)
+#define FUZZ_LIB_MAX_REFTABLE (16ULL << 20)
+#define FUZZ_LIB_MAX_SNAPSHOTS 131072U
+
+/* Whether the bounds hold (fuzz_init reads QK_FUZZ_BOUNDS). */
+static inline bool *
+fuzz_bounded (void)
+{
+  static bool on = true;
+  return &on;
+}
+
+static inline uint32_t
+fuzz_be32 (const uint8_t *p)
+{
+  return (uint32_t) p[0] << 24 | (uint32_t) p[1] << 16 | (uint32_t) p[2] << 8
+         | p[3];
+}
+
+static inline uint64_t
+fuzz_be64 (const uint8_t *p)
+{
+  return (uint64_t) fuzz_be32 (p) << 32 | fuzz_be32 (p + 4);
+}
+
+/* The bounds above on header fields (cluster bits, virtual size, L1
+ * entries, refcount table clusters, snapshots): true when they ask for
+ * more work than the harness allows and less than the library refuses. */
+static inline bool
+fuzz_fields_too_big (uint32_t cbits, uint64_t vsize, uint32_t l1_size,
+                     uint32_t rt_clusters, uint32_t nb_snapshots)
+{
+  if (!*fuzz_bounded ())
+    return false;
+  if (cbits < FUZZ_LIB_MIN_CLUSTER_BITS || cbits > FUZZ_LIB_MAX_CLUSTER_BITS)
+    return false;                       /* refused: open fails at once */
+  if (cbits > FUZZ_MAX_CLUSTER_BITS)
+    return true;
+  if (vsize > FUZZ_MAX_VSIZE)
+    return true;
+  if ((uint64_t) l1_size * 8 <= FUZZ_LIB_MAX_L1_BYTES
+      && ((uint64_t) l1_size << cbits) > FUZZ_MAX_L2_REACH)
+    return true;
+  if (((uint64_t) rt_clusters << cbits) <= FUZZ_LIB_MAX_REFTABLE
+      && ((uint64_t) rt_clusters << cbits) > FUZZ_MAX_REFTABLE)
+    return true;
+  return nb_snapshots > FUZZ_MAX_SNAPSHOTS
+         && nb_snapshots <= FUZZ_LIB_MAX_SNAPSHOTS;
+}
+
+/* The input's own qcow2 header, before it is opened (opening reads the
+ * whole L1 table): false for anything that is not a qcow2 header. */
+static inline bool
+fuzz_input_too_big (const uint8_t *data, size_t size)
+{
+  if (size < 72 || memcmp (data, "QFI\xfb", 4) != 0)
+    return false;
+  return fuzz_fields_too_big (fuzz_be32 (data + 20), fuzz_be64 (data + 24),
+                              fuzz_be32 (data + 36), fuzz_be32 (data + 56),
+                              fuzz_be32 (data + 60));
+}
+
+/* Every layer of an opened image (backing files come from the input
+ * too), each snapshot's L1 and the bitmap count. */
+static inline bool
+fuzz_image_too_big (const struct qk_image *img)
+{
+  if (!*fuzz_bounded ())
+    return false;
+  for (const struct qk_image *l = img; l; l = qk_image_backing (l)) {
+    const struct qk_header *h = qk_image_header (l);
+    size_t ns = qk_image_snapshot_count (l);
+
+    if (h == NULL)
+      continue;                         /* raw */
+    if (fuzz_fields_too_big (h->cluster_bits, h->size, h->l1_size,
+                             h->refcount_table_clusters, h->nb_snapshots)
+        || ns > FUZZ_MAX_SNAPSHOTS
+        || qk_image_bitmap_count (l) > FUZZ_MAX_BITMAPS)
+      return true;
+    for (size_t i = 0; i < ns; i++) {
+      const struct qk_snapshot *s = qk_image_snapshot (l, i);
+      if (s && (uint64_t) s->l1_size * 8 <= FUZZ_LIB_MAX_L1_BYTES
+          && ((uint64_t) s->l1_size << h->cluster_bits) > FUZZ_MAX_L2_REACH)
+        return true;
+    }
+  }
+  return false;
+}
+
+/* Whether the environment chose QCOWKIT_THREADS (fuzz_init). */
+static inline bool *
+fuzz_threads_given (void)
+{
+  static bool given;
+  return &given;
+}
+
+/* Once per process: read QK_FUZZ_BOUNDS, and whether QCOWKIT_THREADS
+ * is the environment's. */
+static inline void
+fuzz_init (void)
+{
+  static bool done;
+  if (!done) {
+    const char *b = getenv ("QK_FUZZ_BOUNDS");
+    *fuzz_bounded () = !(b && strcmp (b, "off") == 0);
+    *fuzz_threads_given () = getenv ("QCOWKIT_THREADS") != NULL;
+    done = true;
+  }
+}
+
+/* Before each input of a harness that checks: the checker runs on the
+ * calling thread alone, and one input in eight (a hash of its first
+ * bytes and its length says which, so a replay does the same) takes the
+ * windowed table walk (lib/check/tables.c) with one thread, the others
+ * the plain walk. A thread pool started and joined for every input cost
+ * more than the check of a small image and made runs depend on
+ * scheduling; the windowed walk sets up a 256 KiB window for every run,
+ * which costs about twice the check of a small image under ASan. An
+ * environment that sets QCOWKIT_THREADS keeps its value. */
+static inline void
+fuzz_check_threads (const uint8_t *data, size_t size)
+{
+  uint32_t h = 2166136261u ^ (uint32_t) size;
+
+  if (*fuzz_threads_given ())
+    return;
+  for (size_t i = 0; i < size && i < 128; i++)
+    h = (h ^ data[i]) * 16777619u;
+  setenv ("QCOWKIT_THREADS", (h >> 7) % 8 == 0 ? "1" : "0", 1);
+}
+
+/* The largest virtual size fuzz-repair and fuzz-amend take: the bound,
+ * or theirs (what bounds their memory) when the bounds are off. */
+static inline uint64_t
+fuzz_max_guest (uint64_t own)
+{
+  return *fuzz_bounded () && FUZZ_MAX_VSIZE < own ? FUZZ_MAX_VSIZE : own;
+}
+
+/* A buffer of at least len bytes kept from one input to the next (slot:
+ * one of FUZZ_SCRATCH per harness); NULL when out of memory. Under ASan a
+ * fresh allocation above 128 KiB is mapped and unmapped for every input,
+ * and its page faults cost more than the check of a small image; under
+ * ASan the bytes past len are poisoned, so that a read or write past them
+ * is still caught. */
+#define FUZZ_SCRATCH 4
+static inline void *
+fuzz_scratch (unsigned slot, size_t len)
+{
+  static uint8_t *p[FUZZ_SCRATCH];
+  static size_t cap[FUZZ_SCRATCH];
+
+  if (slot >= FUZZ_SCRATCH)
+    abort ();
+  if (len == 0)
+    len = 1;
+  if (len > cap[slot]) {
+    uint8_t *q = realloc (p[slot], len);
+    if (q == NULL)
+      return NULL;
+    p[slot] = q;
+    cap[slot] = len;
+  }
+#ifdef FUZZ_ASAN
+  __asan_unpoison_memory_region (p[slot], len);
+  if (cap[slot] > len)
+    __asan_poison_memory_region (p[slot] + len, cap[slot] - len);
+#endif
+  return p[slot];
+}
 
 /* A fake file system for backing and data files: any name opens the
  * second half of the input (so chains, loops and data files are reached
