@@ -20,14 +20,30 @@
 #
 # OUTDIR/qcow2/gen-* images of `qcowkit fuzz-corpus` ($QCOWKIT, or qcowkit
 #                    on PATH), when there is one
+# OUTDIR/qcow2-large/ the images above 256 KiB: 64 KiB and 2 MiB clusters
+#                    (replayed by tests/fuzz-replay.sh; a fuzzing session
+#                    that wants them adds the directory and -max_len)
+#
+# The seeds of qcow2/ are small (1 MiB virtual disks at most, 512 B to
+# 16 KiB clusters, 7 to 180 KiB each): a harness's time per input grows
+# with the input, and the features are the same in a small image
+# (doc/FUZZING.md, "Throughput"); fuzz/smoke.sh runs with -max_len=262144.
 #
 # Used by tests/fuzz-replay.sh and fuzz/smoke.sh. Without qemu-img the
 # chain directory stays empty, and qcow2/ holds only the gen-* images.
 set -e
 srcdir=${1:?usage: make-seeds.sh SRCDIR OUTDIR}
 out=${2:?usage: make-seeds.sh SRCDIR OUTDIR}
-mkdir -p "$out/qcow2" "$out/chain" "$out/meta-file" "$out/meta-bulk"
+mkdir -p "$out/qcow2" "$out/qcow2-large" "$out/chain" "$out/meta-file" \
+  "$out/meta-bulk"
 out=$(cd "$out" && pwd)
+# qcow2/ images above 256 KiB go to qcow2-large/ (smoke.sh's -max_len)
+apart () {
+  for f in "$out"/qcow2/*; do
+    [ ! -f "$f" ] || [ "$(wc -c < "$f")" -le 262144 ] ||
+      mv "$f" "$out/qcow2-large/"
+  done
+}
 
 # ---- libvirt XML ----
 i=0
@@ -124,6 +140,7 @@ if [ -n "$qk" ] && [ -x "$qk" ]; then
     case $f in *.qcow2) cp "$f" "$out/qcow2/gen-$(basename "$f")" ;; esac
   done
   rm -rf "$out/.gen"
+  apart
 fi
 
 # ---- qcow2 images and chains (qemu-img) ----
@@ -133,32 +150,45 @@ if ! command -v qemu-img >/dev/null 2>&1 || ! command -v qemu-io >/dev/null 2>&1
 fi
 c=$out/qcow2
 i=0
-mk () { i=$((i + 1)); qemu-img create -q -f qcow2 "$@" "$c/seed$i.qcow2" 4M; }
-mk -o cluster_size=512
-mk -o cluster_size=65536,refcount_bits=1
-mk -o compat=0.10
-mk -o extended_l2=on,cluster_size=16384
-mk -o compression_type=zstd
-mk -o lazy_refcounts=on
-mk -o cluster_size=4096,refcount_bits=64
-for f in "$c"/seed*.qcow2; do
-  qemu-io -f qcow2 -c 'write -P 1 0 64k' -c 'write -z 1M 64k' \
-    -c 'write -c -P 2 2M 64k' "$f" >/dev/null 2>&1
-done
+# 1 MiB disks; each gets data, a zero run and a compressed cluster (whole
+# clusters, 4 KiB at least), at 0, 256 KiB and 512 KiB
+mk () {  # CLUSTER-SIZE OPTIONS
+  i=$((i + 1))
+  qemu-img create -q -f qcow2 -o "cluster_size=$1${2:+,$2}" "$c/seed$i.qcow2" 1M
+  n=$(( $1 > 4096 ? $1 : 4096 ))
+  qemu-io -f qcow2 -c "write -P 1 0 $n" -c "write -z 256k $n" \
+    -c "write -c -P 2 512k $n" "$c/seed$i.qcow2" >/dev/null 2>&1
+}
+mk 512
+mk 65536 refcount_bits=1
+mk 4096 compat=0.10
+mk 16384 extended_l2=on
+mk 4096 compression_type=zstd
+mk 4096 lazy_refcounts=on
+mk 4096 refcount_bits=64
+mk 4096 refcount_bits=1     # seed2's features in 4 KiB clusters (seed2 is large)
 qemu-img snapshot -c s1 "$c/seed1.qcow2"
 qemu-io -f qcow2 -c 'write -P 3 32k 8k' "$c/seed1.qcow2" >/dev/null 2>&1
 qemu-img snapshot -c s2 "$c/seed1.qcow2"
 qemu-img bitmap --add "$c/seed2.qcow2" b0
+qemu-img bitmap --add "$c/seed8.qcow2" b0
 qemu-img bitmap --add "$c/seed4.qcow2" b1
 qemu-io -f qcow2 -c 'write -P 4 8k 4k' "$c/seed4.qcow2" >/dev/null 2>&1
-# damaged variants: flip bytes across the first clusters
-for f in "$c"/seed1.qcow2 "$c"/seed4.qcow2; do
-  for off in 40 48 64 72 104 4096 65536; do
+# damaged variants: flip bytes across the first clusters (of the
+# extended L2 image, 180 KiB, only the feature bits and the header length)
+damage () {  # IMAGE OFFSET...
+  f=$1; shift
+  for off in "$@"; do
+    [ "$off" -lt "$(wc -c < "$f")" ] || continue
     cp "$f" "$f.d$off"
     printf '\xff\xff' | dd of="$f.d$off" bs=1 seek=$off conv=notrunc status=none
   done
-done
+}
+damage "$c/seed1.qcow2" 40 48 64 72 104 4096 65536
+damage "$c/seed7.qcow2" 40 48 64 72 104 4096 16384
+damage "$c/seed4.qcow2" 72 104
 
+apart
 # chains: small images (512-byte clusters), packed as fuzz/chainfs.h says
 w=$out/.chain
 mkdir -p "$w/vm" "$w/other"
