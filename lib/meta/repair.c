@@ -13,43 +13,15 @@
  * the model, so later fixes see it (a moment reparented away from a
  * cycle is not in it any more). Nothing is written while planning.
  *
- * Edits. A changed moment is written back as the bytes it was read from
- * with only the changed elements replaced (<parent>, <active>, the
- * bulk root's current=, <snapshotDeleteInProgress/>): libvirt's
- * formatting, and everything qcowkit does not know, are kept. Every new
- * file is parsed back with the loader's safe XML options before anything
- * is written.
- *
- * Crash-safety protocol, per kind (KIND/ is snapshot/ or checkpoint/, D
- * the domain), each step durable before the next:
- *   1. The backup directory KIND/.D.qk-repair.N/ (N: the first free
- *      number) with its marker file .qcowkit-repair, then a copy of every
- *      file that will be replaced, renamed or removed (each written to a
- *      temporary name, fsynced, renamed, the directory fsynced). A crash
- *      here leaves the metadata as it was, and a backup directory that a
- *      rerun leaves alone (it makes the next N).
- *   2. Renames (RENAME_FILE), per-file layout only: renameat2
- *      RENAME_NOREPLACE in KIND/D/, directory fsynced after each. A
- *      rename is atomic: the file has its old or its new name.
- *   3. Replaced files, each through lib/io/durable.c (temporary file,
- *      fsync, rename over the old name, directory fsync): each file is
- *      the old one or the complete new one. Files that gain the current
- *      mark are written before those that lose it, so that an
- *      interruption leaves several current snapshots (as found) and never
- *      none. A bulk file is one such write: the bulk layout changes at
- *      once.
- *   4. Removed files (DROP_ORPHANED), unlinkat and a directory fsync,
- *      after their children were given their new parent in step 3.
- * After any interruption every file is the old or the new version of
- * itself, so libvirt loads the metadata (each state in between is one
- * libvirt accepts, with at worst the problems found before); a rerun
- * plans again from what it finds and finishes. QCOWKIT_FAULT=after-OP-N
- * (lib/meta/convert.c) kills the process after the Nth mkdir, write,
- * rename or unlink, to test exactly that.
- *
- * Only files that qcowkit read as this domain's metadata are written,
- * each by its leaf name in a directory opened under the sysroot (never
- * through a symlink); the backup directory is created, never reused. */
+ * Writing. The plan goes to lib/meta/edit.c, which edits only the changed
+ * elements, parses every new file back, keeps a copy of every old file in
+ * KIND/.D.qk-repair.N/, and writes in the order its protocol states
+ * (renames, new files, files gaining the current mark, the others,
+ * removals), each step durable: after an interruption every file is its
+ * old or its new version, libvirt loads the metadata, and a rerun plans
+ * again from what it finds and finishes (each fix is planned from the
+ * state it finds: a fix half made is a smaller problem of the same kind,
+ * and a fix made is no problem). */
 #include <config.h>
 
 #include <ctype.h>
@@ -63,10 +35,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "meta/meta.h"
+#include "meta/edit.h"
 #include "io/io.h"
-
-#define MARKER ".qcowkit-repair"
 
 /* ---- the fix table ---- */
 
@@ -226,24 +196,11 @@ qk_meta_repair_fix (const struct qk_meta_repair *r, size_t i)
 
 /* ---- the working model of one kind ---- */
 
-struct mstate {
-  bool touched;             /* some field below differs from the file */
-  bool parent_set;
-  char *parent;             /* new <parent> (NULL: a root) when parent_set */
-  int active;               /* new <active> (-1: unchanged) */
-  bool clear_dip;
-  bool drop;
-  char *rename_to;          /* new leaf */
-};
-
 struct work {
   struct qk_meta_repair *r;
-  struct qk_meta *m;
-  struct meta_set *s;
-  struct mstate *st;
+  struct meta_plan p;       /* what changes (lib/meta/edit.h) */
   size_t *par;              /* effective parent index (QK_META_NONE) */
-  bool bulk_current_set;
-  char *bulk_current;       /* new current= (NULL: none) */
+  char *dom;                /* the definition's <domain>, for adoption */
   struct adopt *ad;         /* qcow2 snapshots adopted */
   size_t nad, capad;
 };
@@ -275,7 +232,7 @@ adopted (const struct work *w, const char *name)
 static const char *
 mname (const struct work *w, size_t i)
 {
-  return w->s->m[i].pub.name;
+  return w->p.s->m[i].pub.name;
 }
 
 /* A moment repair may write: loaded under a usable, unique name. */
@@ -289,7 +246,7 @@ editable (const struct meta_moment_priv *mp)
 static bool
 alive (const struct work *w, size_t i)
 {
-  return editable (&w->s->m[i]) && !w->st[i].drop;
+  return editable (&w->p.s->m[i]) && !w->p.st[i].drop;
 }
 
 /* Whether j is i or below i in the working model (walks up from j; a
@@ -297,7 +254,7 @@ alive (const struct work *w, size_t i)
 static bool
 below (const struct work *w, size_t j, size_t i)
 {
-  for (size_t k = j, steps = 0; k != QK_META_NONE && steps <= w->s->n;
+  for (size_t k = j, steps = 0; k != QK_META_NONE && steps <= w->p.s->n;
        k = w->par[k], steps++)
     if (k == i)
       return true;
@@ -418,12 +375,12 @@ probe_free (struct probe *pr)
 static void
 probe_moment (struct work *w, size_t i, struct probe *pr)
 {
-  const struct qk_meta_moment *pi = &w->s->m[i].pub;
+  const struct qk_meta_moment *pi = &w->p.s->m[i].pub;
 
   memset (pr, 0, sizeof *pr);
   pr->self = i;
   pr->ctime = pi->creation_time;
-  if (w->s->kind != QK_META_SNAPSHOT)
+  if (w->p.s->kind != QK_META_SNAPSHOT)
     return;
   for (size_t d = 0; d < pi->n_domain_disks && pr->nd < PROBE_DISKS; d++) {
     const struct qk_meta_domain_disk *dd = &pi->domain_disks[d];
@@ -434,7 +391,7 @@ probe_moment (struct work *w, size_t i, struct probe *pr)
       continue;
     pr->d[k].target = dd->target;
     pr->d[k].source = dd->source;
-    pr->d[k].img = meta_image_open (w->m, dd->source);
+    pr->d[k].img = meta_image_open (w->p.m, dd->source);
     pr->d[k].l1 = state_l1 (pr->d[k].img, pi, dd->target, &pr->d[k].n);
     pr->nd++;
   }
@@ -446,14 +403,14 @@ probe_moment (struct work *w, size_t i, struct probe *pr)
 static bool
 chain_match (const struct work *w, size_t j, const struct probe *pr)
 {
-  const struct qk_meta_moment *pj = &w->s->m[j].pub;
+  const struct qk_meta_moment *pj = &w->p.s->m[j].pub;
 
   for (size_t d = 0; d < pr->nd; d++) {
     const char *want, *rev;
 
     want = meta_active_after (pj, pr->d[d].target, &rev);
-    if ((want && meta_same_path (w->m, want, pr->d[d].source))
-        || (rev && meta_same_path (w->m, rev, pr->d[d].source)))
+    if ((want && meta_same_path (w->p.m, want, pr->d[d].source))
+        || (rev && meta_same_path (w->p.m, rev, pr->d[d].source)))
       return true;
   }
   return false;
@@ -471,8 +428,8 @@ nearest_probe (const struct work *w, const struct probe *pr, bool *by_chain)
   bool best_chain = false;
   uint64_t best_dist = UINT64_MAX;
 
-  for (size_t j = 0; j < w->s->n; j++) {
-    const struct qk_meta_moment *pj = &w->s->m[j].pub;
+  for (size_t j = 0; j < w->p.s->n; j++) {
+    const struct qk_meta_moment *pj = &w->p.s->m[j].pub;
     uint64_t dist = 0;
     bool ch, known = false;
 
@@ -482,13 +439,13 @@ nearest_probe (const struct work *w, const struct probe *pr, bool *by_chain)
       continue;
     if (pr->self == QK_META_NONE && pr->name) {
       size_t r = j, steps = 0;
-      while (w->par[r] != QK_META_NONE && steps++ <= w->s->n)
+      while (w->par[r] != QK_META_NONE && steps++ <= w->p.s->n)
         r = w->par[r];
-      if (w->s->m[r].missing_parent && w->s->m[r].pub.parent
-          && strcmp (w->s->m[r].pub.parent, pr->name) == 0)
+      if (w->p.s->m[r].missing_parent && w->p.s->m[r].pub.parent
+          && strcmp (w->p.s->m[r].pub.parent, pr->name) == 0)
         continue;
     }
-    ch = w->s->kind == QK_META_SNAPSHOT && chain_match (w, j, pr);
+    ch = w->p.s->kind == QK_META_SNAPSHOT && chain_match (w, j, pr);
     for (size_t d = 0; ch && d < pr->nd; d++) {
       const struct qk_meta_disk *jd = meta_mdisk (pj, pr->d[d].target, false);
       uint64_t *l1;
@@ -507,7 +464,7 @@ nearest_probe (const struct work *w, const struct probe *pr, bool *by_chain)
     if (!known)
       dist = UINT64_MAX;
     if (best != QK_META_NONE) {
-      const struct qk_meta_moment *pb = &w->s->m[best].pub;
+      const struct qk_meta_moment *pb = &w->p.s->m[best].pub;
       if (best_chain && !ch)
         continue;
       if (best_chain == ch) {
@@ -600,62 +557,43 @@ add_fix (struct work *w, int row, char *prompt, char *done, bool *yes)
 static void
 set_parent (struct work *w, size_t i, size_t np)
 {
-  struct mstate *st = &w->st[i];
-
-  free (st->parent);
-  st->parent = np == QK_META_NONE ? NULL : strdup (mname (w, np));
-  st->parent_set = true;
-  st->touched = true;
+  /* (a failed strdup leaves the moment a root: refused at the write) */
+  medit_set_parent (&w->p.st[i], np == QK_META_NONE ? NULL : mname (w, np));
   w->par[i] = np;
 }
 
 static const char *
 kn (const struct work *w)
 {
-  return meta_kind_name (w->s->kind);
-}
-
-static char *
-fmt (const char *f, ...) __attribute__ ((format (printf, 1, 2)));
-static char *
-fmt (const char *f, ...)
-{
-  va_list ap;
-  char *s;
-
-  va_start (ap, f);
-  if (vasprintf (&s, f, ap) < 0)
-    s = NULL;
-  va_end (ap);
-  return s;
+  return meta_kind_name (w->p.s->kind);
 }
 
 static int
 plan_reparent (struct work *w)
 {
-  for (size_t i = 0; i < w->s->n; i++) {
-    struct meta_moment_priv *mp = &w->s->m[i];
+  for (size_t i = 0; i < w->p.s->n; i++) {
+    struct meta_moment_priv *mp = &w->p.s->m[i];
     size_t np;
     bool chain, yes;
     char *why, *to;
 
     if (!alive (w, i) || !(mp->missing_parent || mp->self_parent)
-        || w->st[i].parent_set
+        || w->p.st[i].parent_set
         || (mp->missing_parent && adopted (w, mp->pub.parent)))
       continue;
     np = nearest (w, i, &chain);
-    why = mp->self_parent ? fmt ("is its own parent")
-          : fmt ("names parent '%s', which does not exist", mp->pub.parent);
-    to = np == QK_META_NONE ? fmt ("make it a root")
-         : fmt ("make it a child of '%s' (%s)", mname (w, np),
+    why = mp->self_parent ? meta_fmt ("is its own parent")
+          : meta_fmt ("names parent '%s', which does not exist", mp->pub.parent);
+    to = np == QK_META_NONE ? meta_fmt ("make it a root")
+         : meta_fmt ("make it a child of '%s' (%s)", mname (w, np),
                 chain ? "from the disks' backing chains" : "created last "
                 "before it");
     if (add_fix (w, MF_REPARENT,
-                 fmt ("The %s '%s' %s: %s?", kn (w), mname (w, i), why ? why
+                 meta_fmt ("The %s '%s' %s: %s?", kn (w), mname (w, i), why ? why
                       : "", to ? to : ""),
                  np == QK_META_NONE
-                   ? fmt ("Made the %s '%s' a root.", kn (w), mname (w, i))
-                   : fmt ("Made the %s '%s' a child of '%s'.", kn (w),
+                   ? meta_fmt ("Made the %s '%s' a root.", kn (w), mname (w, i))
+                   : meta_fmt ("Made the %s '%s' a child of '%s'.", kn (w),
                           mname (w, i), mname (w, np)),
                  &yes) < 0) {
       free (why);
@@ -673,41 +611,41 @@ plan_reparent (struct work *w)
 static int
 plan_cycles (struct work *w)
 {
-  bool *done = calloc (w->s->n + 1, 1);
+  bool *done = calloc (w->p.s->n + 1, 1);
 
   if (done == NULL) {
     set_error (ENOMEM, "calloc");
     return -1;
   }
-  for (size_t i = 0; i < w->s->n; i++) {
+  for (size_t i = 0; i < w->p.s->n; i++) {
     size_t c = i, k = i, steps = 0, np;
     bool chain, yes, cyc = false;
 
-    if (!w->s->m[i].in_cycle || done[i] || !alive (w, i))
+    if (!w->p.s->m[i].in_cycle || done[i] || !alive (w, i))
       continue;
     /* the members: follow the parent names from i back to i */
     do {
-      const struct meta_moment_priv *mk = &w->s->m[k];
+      const struct meta_moment_priv *mk = &w->p.s->m[k];
       size_t nx;
 
       done[k] = true;
-      if (mk->pub.creation_time < w->s->m[c].pub.creation_time
-          || (mk->pub.creation_time == w->s->m[c].pub.creation_time
-              && strcmp (mk->pub.name, w->s->m[c].pub.name) < 0))
+      if (mk->pub.creation_time < w->p.s->m[c].pub.creation_time
+          || (mk->pub.creation_time == w->p.s->m[c].pub.creation_time
+              && strcmp (mk->pub.name, w->p.s->m[c].pub.name) < 0))
         c = k;
-      nx = w->st[k].parent_set ? w->par[k]
-           : mk->pub.parent ? meta_lookup (w->s, mk->pub.parent)
+      nx = w->p.st[k].parent_set ? w->par[k]
+           : mk->pub.parent ? meta_lookup (w->p.s, mk->pub.parent)
            : QK_META_NONE;
       k = nx;
       if (k == i)
         cyc = true;
-    } while (k != QK_META_NONE && k != i && ++steps <= w->s->n && !done[k]);
+    } while (k != QK_META_NONE && k != i && ++steps <= w->p.s->n && !done[k]);
     if (!cyc)
       continue;         /* an earlier fix broke it already */
     /* the working model links the cycle so that below () sees it */
-    for (k = i, steps = 0; steps <= w->s->n; steps++) {
-      size_t nx = meta_lookup (w->s, w->s->m[k].pub.parent);
-      if (!w->st[k].parent_set)
+    for (k = i, steps = 0; steps <= w->p.s->n; steps++) {
+      size_t nx = meta_lookup (w->p.s, w->p.s->m[k].pub.parent);
+      if (!w->p.st[k].parent_set)
         w->par[k] = nx;
       k = nx;
       if (k == i || k == QK_META_NONE)
@@ -716,16 +654,16 @@ plan_cycles (struct work *w)
     np = nearest (w, c, &chain);
     if (add_fix (w, MF_BREAK_CYCLE,
                  np == QK_META_NONE
-                   ? fmt ("The %s '%s' is in a parent cycle (its parent is "
+                   ? meta_fmt ("The %s '%s' is in a parent cycle (its parent is "
                           "'%s'): cut the cycle there and make it a root?",
-                          kn (w), mname (w, c), w->s->m[c].pub.parent)
-                   : fmt ("The %s '%s' is in a parent cycle (its parent is "
+                          kn (w), mname (w, c), w->p.s->m[c].pub.parent)
+                   : meta_fmt ("The %s '%s' is in a parent cycle (its parent is "
                           "'%s'): cut the cycle there and make it a child of "
                           "'%s' (%s)?", kn (w), mname (w, c),
-                          w->s->m[c].pub.parent, mname (w, np),
+                          w->p.s->m[c].pub.parent, mname (w, np),
                           chain ? "from the disks' backing chains"
                           : "created last before it"),
-                 fmt ("Cut the parent cycle at the %s '%s'.", kn (w),
+                 meta_fmt ("Cut the parent cycle at the %s '%s'.", kn (w),
                       mname (w, c)), &yes) < 0) {
       free (done);
       return -1;
@@ -781,7 +719,7 @@ chain_has_bitmap (struct qk_image *img, const char *name)
 static bool
 data_gone (struct work *w, size_t i, char **what)
 {
-  const struct qk_meta_moment *p = &w->s->m[i].pub;
+  const struct qk_meta_moment *p = &w->p.s->m[i].pub;
   size_t holders = 0, gone = 0;
 
   *what = NULL;
@@ -794,48 +732,48 @@ data_gone (struct work *w, size_t i, char **what)
 
     if (dk->revert || dk->mode == NULL || dk->name == NULL)
       continue;
-    if (w->s->kind == QK_META_SNAPSHOT && strcmp (dk->mode, "external") == 0) {
+    if (w->p.s->kind == QK_META_SNAPSHOT && strcmp (dk->mode, "external") == 0) {
       if (!meta_is_external (dk))
         continue;
       holders++;
-      if (!exists (w->m, dk->source)) {
+      if (!exists (w->p.m, dk->source)) {
         lost = true;
         if (*what == NULL)
-          *what = fmt ("its overlay %s does not exist", dk->source);
+          *what = meta_fmt ("its overlay %s does not exist", dk->source);
       }
       gone += lost;
       continue;
     }
-    if (!((w->s->kind == QK_META_SNAPSHOT && strcmp (dk->mode, "internal") == 0)
-          || (w->s->kind == QK_META_CHECKPOINT
+    if (!((w->p.s->kind == QK_META_SNAPSHOT && strcmp (dk->mode, "internal") == 0)
+          || (w->p.s->kind == QK_META_CHECKPOINT
               && strcmp (dk->mode, "bitmap") == 0)))
       continue;
-    dd = w->s->kind == QK_META_SNAPSHOT
+    dd = w->p.s->kind == QK_META_SNAPSHOT
          ? meta_ddisk (p->domain_disks, p->n_domain_disks, dk->name)
-         : meta_ddisk (w->m->ddisks, w->m->n_ddisks, dk->name);
+         : meta_ddisk (w->p.m->ddisks, w->p.m->n_ddisks, dk->name);
     src = dd ? dd->source : NULL;
     if (src == NULL)
       continue;
     holders++;
-    if (!exists (w->m, src)) {
+    if (!exists (w->p.m, src)) {
       gone++;
       if (*what == NULL)
-        *what = fmt ("its image %s does not exist", src);
+        *what = meta_fmt ("its image %s does not exist", src);
       continue;
     }
-    img = meta_image_open (w->m, src);
+    img = meta_image_open (w->p.m, src);
     if (img == NULL)
       continue;             /* unreadable is not gone */
-    if (w->s->kind == QK_META_SNAPSHOT)
+    if (w->p.s->kind == QK_META_SNAPSHOT)
       lost = strcmp (qk_image_format (img), "qcow2") == 0
              && !image_has_snapshot (img, p->name, NULL);
     else
       lost = strcmp (qk_image_format (img), "qcow2") == 0
              && !chain_has_bitmap (img, dk->bitmap ? dk->bitmap : p->name);
     if (lost && *what == NULL)
-      *what = w->s->kind == QK_META_SNAPSHOT
-              ? fmt ("%s has no internal snapshot '%s'", src, p->name)
-              : fmt ("%s has no bitmap '%s'", src,
+      *what = w->p.s->kind == QK_META_SNAPSHOT
+              ? meta_fmt ("%s has no internal snapshot '%s'", src, p->name)
+              : meta_fmt ("%s has no bitmap '%s'", src,
                      dk->bitmap ? dk->bitmap : p->name);
     gone += lost;
     qk_image_close (img);
@@ -853,19 +791,19 @@ static size_t current_now (const struct work *w);
 static void
 set_current (struct work *w, size_t c)
 {
-  if (w->s->layout == QK_META_LAYOUT_BULK) {
-    free (w->bulk_current);
-    w->bulk_current = c == QK_META_NONE ? NULL : strdup (mname (w, c));
-    w->bulk_current_set = true;
+  if (w->p.s->layout == QK_META_LAYOUT_BULK) {
+    free (w->p.bulk_current);
+    w->p.bulk_current = c == QK_META_NONE ? NULL : strdup (mname (w, c));
+    w->p.bulk_current_set = true;
     return;
   }
-  for (size_t i = 0; i < w->s->n; i++) {
+  for (size_t i = 0; i < w->p.s->n; i++) {
     int want = i == c ? 1 : 0;
-    int now = w->st[i].active >= 0 ? w->st[i].active : w->s->m[i].pub.active;
+    int now = w->p.st[i].active >= 0 ? w->p.st[i].active : w->p.s->m[i].pub.active;
     if (!alive (w, i) || now < 0 || now == want)
       continue;
-    w->st[i].active = want;
-    w->st[i].touched = true;
+    w->p.st[i].active = want;
+    w->p.st[i].touched = true;
   }
 }
 
@@ -874,7 +812,7 @@ plan_orphans (struct work *w)
 {
   if (!(w->r->flags & QK_META_REPAIR_DROP_ORPHANED))
     return 0;
-  for (size_t i = 0; i < w->s->n; i++) {
+  for (size_t i = 0; i < w->p.s->n; i++) {
     char *what;
     bool yes;
     size_t up;
@@ -882,19 +820,19 @@ plan_orphans (struct work *w)
     if (!alive (w, i) || !data_gone (w, i, &what))
       continue;
     up = w->par[i];
-    if (up == QK_META_NONE && (w->s->m[i].missing_parent
-                               || w->s->m[i].self_parent
-                               || w->s->m[i].in_cycle)) {
+    if (up == QK_META_NONE && (w->p.s->m[i].missing_parent
+                               || w->p.s->m[i].self_parent
+                               || w->p.s->m[i].in_cycle)) {
       bool chain;
       up = nearest (w, i, &chain);
     }
     if (add_fix (w, MF_DROP_ORPHANED,
-                 fmt ("The %s '%s' has lost its data (%s): remove its "
+                 meta_fmt ("The %s '%s' has lost its data (%s): remove its "
                       "metadata%s%s%s?", kn (w), mname (w, i), what,
                       up != QK_META_NONE ? " and give its children to '" : "",
                       up != QK_META_NONE ? mname (w, up) : "",
                       up != QK_META_NONE ? "'" : ""),
-                 fmt ("Removed the metadata of the %s '%s'.", kn (w),
+                 meta_fmt ("Removed the metadata of the %s '%s'.", kn (w),
                       mname (w, i)), &yes) < 0) {
       free (what);
       return -1;
@@ -902,13 +840,13 @@ plan_orphans (struct work *w)
     free (what);
     if (!yes)
       continue;
-    for (size_t j = 0; j < w->s->n; j++)
+    for (size_t j = 0; j < w->p.s->n; j++)
       if (j != i && alive (w, j) && w->par[j] == i)
         set_parent (w, j, up);
-    if (w->s->kind == QK_META_SNAPSHOT && current_now (w) == i)
+    if (w->p.s->kind == QK_META_SNAPSHOT && current_now (w) == i)
       set_current (w, up);
-    w->st[i].drop = true;
-    w->st[i].touched = true;
+    w->p.st[i].drop = true;
+    w->p.st[i].touched = true;
   }
   return 0;
 }
@@ -920,13 +858,13 @@ current_now (const struct work *w)
 {
   size_t c = QK_META_NONE, n = 0;
 
-  if (w->s->layout == QK_META_LAYOUT_BULK) {
-    const char *cur = w->bulk_current_set ? w->bulk_current
-                      : w->s->bulk_current;
-    return cur ? meta_lookup (w->s, cur) : QK_META_NONE;
+  if (w->p.s->layout == QK_META_LAYOUT_BULK) {
+    const char *cur = w->p.bulk_current_set ? w->p.bulk_current
+                      : w->p.s->bulk_current;
+    return cur ? meta_lookup (w->p.s, cur) : QK_META_NONE;
   }
-  for (size_t i = 0; i < w->s->n; i++) {
-    int a = w->st[i].active >= 0 ? w->st[i].active : w->s->m[i].pub.active;
+  for (size_t i = 0; i < w->p.s->n; i++) {
+    int a = w->p.st[i].active >= 0 ? w->p.st[i].active : w->p.s->m[i].pub.active;
     if (alive (w, i) && a == 1) {
       c = i;
       n++;
@@ -940,7 +878,7 @@ current_now (const struct work *w)
 static uint64_t
 l1_distance (struct work *w, const char *image, const char *name)
 {
-  struct qk_image *img = meta_image_open (w->m, image);
+  struct qk_image *img = meta_image_open (w->p.m, image);
   const uint64_t *act;
   uint64_t *sn = NULL, dist = UINT64_MAX;
   uint32_t na = 0, ns = 0;
@@ -964,12 +902,12 @@ l1_distance (struct work *w, const char *image, const char *name)
 static void
 disk_score (struct work *w, size_t j, uint64_t *match, uint64_t *dist)
 {
-  const struct qk_meta_moment *p = &w->s->m[j].pub;
+  const struct qk_meta_moment *p = &w->p.s->m[j].pub;
   bool known = false;
 
   *match = *dist = 0;
-  for (size_t d = 0; d < w->m->n_ddisks; d++) {
-    const struct qk_meta_domain_disk *dd = &w->m->ddisks[d];
+  for (size_t d = 0; d < w->p.m->n_ddisks; d++) {
+    const struct qk_meta_domain_disk *dd = &w->p.m->ddisks[d];
     const struct qk_meta_disk *dk;
     const char *want, *rev;
 
@@ -977,8 +915,8 @@ disk_score (struct work *w, size_t j, uint64_t *match, uint64_t *dist)
         || (dd->device && strcmp (dd->device, "disk") != 0))
       continue;
     want = meta_active_after (p, dd->target, &rev);
-    if ((want && meta_same_path (w->m, want, dd->source))
-        || (rev && meta_same_path (w->m, rev, dd->source)))
+    if ((want && meta_same_path (w->p.m, want, dd->source))
+        || (rev && meta_same_path (w->p.m, rev, dd->source)))
       (*match)++;
     dk = meta_mdisk (p, dd->target, false);
     if (dk && dk->mode && strcmp (dk->mode, "internal") == 0) {
@@ -996,7 +934,7 @@ disk_score (struct work *w, size_t j, uint64_t *match, uint64_t *dist)
 static int
 plan_current (struct work *w)
 {
-  struct meta_set *s = w->s;
+  struct meta_set *s = w->p.s;
   size_t best = QK_META_NONE, claims = 0;
   uint64_t bm = 0, bs = UINT64_MAX;
   bool unknown = false, yes;
@@ -1006,7 +944,7 @@ plan_current (struct work *w)
     return 0;
   if (s->layout == QK_META_LAYOUT_BULK) {
     size_t c;
-    if (s->bulk_current == NULL || w->bulk_current_set)
+    if (s->bulk_current == NULL || w->p.bulk_current_set)
       return 0;
     c = meta_lookup (s, s->bulk_current);
     if (c != QK_META_NONE && s->m[c].pub.loaded)
@@ -1015,7 +953,7 @@ plan_current (struct work *w)
   }
   else {
     for (size_t i = 0; i < s->n; i++) {
-      int a = w->st[i].active >= 0 ? w->st[i].active : s->m[i].pub.active;
+      int a = w->p.st[i].active >= 0 ? w->p.st[i].active : s->m[i].pub.active;
       if (alive (w, i) && a == 1)
         claims++;
     }
@@ -1023,12 +961,12 @@ plan_current (struct work *w)
       return 0;
   }
   for (size_t i = 0; i < s->n; i++) {
-    int a = w->st[i].active >= 0 ? w->st[i].active : s->m[i].pub.active;
+    int a = w->p.st[i].active >= 0 ? w->p.st[i].active : s->m[i].pub.active;
     uint64_t mt, sh;
     if (!alive (w, i) || (!unknown && a != 1))
       continue;
     if (!unknown) {
-      char *nl = fmt ("%s%s'%s'", list ? list : "", list ? ", " : "",
+      char *nl = meta_fmt ("%s%s'%s'", list ? list : "", list ? ", " : "",
                       mname (w, i));
       free (list);
       list = nl;
@@ -1050,10 +988,10 @@ plan_current (struct work *w)
   if (unknown && best == QK_META_NONE) {
     free (list);
     if (add_fix (w, MF_ONE_CURRENT,
-                 fmt ("The bulk file's current='%s' names no snapshot: "
+                 meta_fmt ("The bulk file's current='%s' names no snapshot: "
                       "remove it (no snapshot is current)?",
                       s->bulk_current),
-                 fmt ("Removed current='%s' from the bulk file.",
+                 meta_fmt ("Removed current='%s' from the bulk file.",
                       s->bulk_current), &yes) < 0)
       return -1;
     if (yes)
@@ -1069,13 +1007,13 @@ plan_current (struct work *w)
                       ? "the disks' active state is closest to it"
                       : bm ? "the disks use its images" : "created last";
     char *p = unknown
-      ? fmt ("The bulk file's current='%s' names no snapshot: make '%s' "
+      ? meta_fmt ("The bulk file's current='%s' names no snapshot: make '%s' "
              "current (%s)?", s->bulk_current, mname (w, best), how)
-      : fmt ("%zu snapshots claim to be current (%s): keep '%s' (%s)?",
+      : meta_fmt ("%zu snapshots claim to be current (%s): keep '%s' (%s)?",
              claims, list ? list : "", mname (w, best), how);
     free (list);
     if (add_fix (w, MF_ONE_CURRENT, p,
-                 fmt ("Made '%s' the one current snapshot.", mname (w, best)),
+                 meta_fmt ("Made '%s' the one current snapshot.", mname (w, best)),
                  &yes) < 0)
       return -1;
   }
@@ -1084,36 +1022,29 @@ plan_current (struct work *w)
   return 0;
 }
 
-static const char *
-leaf_of (const char *path)
-{
-  const char *s = strrchr (path, '/');
-  return s ? s + 1 : path;
-}
-
 static int
 plan_renames (struct work *w)
 {
-  if (w->s->layout != QK_META_LAYOUT_PER_FILE)
+  if (w->p.s->layout != QK_META_LAYOUT_PER_FILE)
     return 0;
-  for (size_t i = 0; i < w->s->n; i++) {
-    const struct qk_meta_moment *p = &w->s->m[i].pub;
+  for (size_t i = 0; i < w->p.s->n; i++) {
+    const struct qk_meta_moment *p = &w->p.s->m[i].pub;
     char *want;
     bool yes, taken = false;
 
     if (!alive (w, i) || p->file == NULL)
       continue;
-    want = fmt ("%s.xml", p->name);
+    want = meta_fmt ("%s.xml", p->name);
     if (want == NULL) {
       set_error (ENOMEM, "asprintf");
       return -1;
     }
-    if (strcmp (leaf_of (p->file), want) == 0 || !qk_leaf_ok (want)) {
+    if (strcmp (meta_leaf_of (p->file), want) == 0 || !qk_leaf_ok (want)) {
       free (want);
       continue;
     }
-    for (size_t j = 0; j < w->s->n; j++)
-      if (w->s->m[j].pub.file && strcmp (leaf_of (w->s->m[j].pub.file),
+    for (size_t j = 0; j < w->p.s->n; j++)
+      if (w->p.s->m[j].pub.file && strcmp (meta_leaf_of (w->p.s->m[j].pub.file),
                                          want) == 0)
         taken = true;
     if (taken) {
@@ -1121,16 +1052,16 @@ plan_renames (struct work *w)
       continue;         /* a duplicate: not this fix's to settle */
     }
     if (add_fix (w, MF_RENAME_FILE,
-                 fmt ("The %s '%s' is in %s: rename it to %s?", kn (w),
-                      p->name, leaf_of (p->file), want),
-                 fmt ("Renamed %s to %s.", leaf_of (p->file), want),
+                 meta_fmt ("The %s '%s' is in %s: rename it to %s?", kn (w),
+                      p->name, meta_leaf_of (p->file), want),
+                 meta_fmt ("Renamed %s to %s.", meta_leaf_of (p->file), want),
                  &yes) < 0) {
       free (want);
       return -1;
     }
     if (yes) {
-      w->st[i].rename_to = want;
-      w->st[i].touched = true;
+      w->p.st[i].rename_to = want;
+      w->p.st[i].touched = true;
     }
     else
       free (want);
@@ -1149,12 +1080,12 @@ in_chain_of (struct work *w, const char *top, const char *image)
 
   if (top == NULL)
     return false;
-  if (meta_same_path (w->m, top, image))
+  if (meta_same_path (w->p.m, top, image))
     return true;
-  img = meta_image_open (w->m, top);
+  img = meta_image_open (w->p.m, top);
   for (struct qk_image *c = img ? qk_image_backing (img) : NULL; c && !found;
        c = qk_image_backing (c))
-    found = meta_same_path (w->m, qk_image_filename (c), image);
+    found = meta_same_path (w->p.m, qk_image_filename (c), image);
   if (img)
     qk_image_close (img);
   return found;
@@ -1164,16 +1095,16 @@ static bool
 overlay_in_use (struct work *w, const char *target, const char *overlay)
 {
   const struct qk_meta_domain_disk *dd
-    = meta_ddisk (w->m->ddisks, w->m->n_ddisks, target);
+    = meta_ddisk (w->p.m->ddisks, w->p.m->n_ddisks, target);
 
   if (dd && in_chain_of (w, dd->source, overlay))
     return true;
-  for (size_t j = 0; j < w->s->n; j++) {
+  for (size_t j = 0; j < w->p.s->n; j++) {
     const struct qk_meta_disk *d;
     if (!alive (w, j))
       continue;
-    d = meta_mdisk (&w->s->m[j].pub, target, false);
-    if (meta_is_external (d) && !meta_same_path (w->m, d->source, overlay)
+    d = meta_mdisk (&w->p.s->m[j].pub, target, false);
+    if (meta_is_external (d) && !meta_same_path (w->p.m, d->source, overlay)
         && in_chain_of (w, d->source, overlay))
       return true;
   }
@@ -1183,10 +1114,10 @@ overlay_in_use (struct work *w, const char *target, const char *overlay)
 static int
 plan_delete_marks (struct work *w)
 {
-  if (w->s->kind != QK_META_SNAPSHOT)
+  if (w->p.s->kind != QK_META_SNAPSHOT)
     return 0;
-  for (size_t i = 0; i < w->s->n; i++) {
-    const struct qk_meta_moment *p = &w->s->m[i].pub;
+  for (size_t i = 0; i < w->p.s->n; i++) {
+    const struct qk_meta_moment *p = &w->p.s->m[i].pub;
     bool marked = false, intact = true, yes;
 
     if (!alive (w, i))
@@ -1204,9 +1135,9 @@ plan_delete_marks (struct work *w)
         intact = false;
         continue;
       }
-      img = meta_image_open (w->m, dk->source);
+      img = meta_image_open (w->p.m, dk->source);
       if (img == NULL || qk_image_backing_name (img) == NULL
-          || !meta_same_path (w->m, qk_image_backing_path (img)
+          || !meta_same_path (w->p.m, qk_image_backing_path (img)
                               ? qk_image_backing_path (img)
                               : qk_image_backing_name (img), dd->source))
         intact = false;
@@ -1218,626 +1149,19 @@ plan_delete_marks (struct work *w)
     if (!marked || !intact)
       continue;
     if (add_fix (w, MF_CLEAR_DELETE_MARK,
-                 fmt ("The snapshot '%s' is marked <snapshotDeleteInProgress/>"
+                 meta_fmt ("The snapshot '%s' is marked <snapshotDeleteInProgress/>"
                       ", but its overlays still back onto the images it froze "
                       "and are still in use above (the merge did not start): "
                       "clear the mark?", p->name),
-                 fmt ("Cleared the delete mark of the snapshot '%s'.",
+                 meta_fmt ("Cleared the delete mark of the snapshot '%s'.",
                       p->name), &yes) < 0)
       return -1;
     if (yes) {
-      w->st[i].clear_dip = true;
-      w->st[i].touched = true;
+      w->p.st[i].clear_dip = true;
+      w->p.st[i].touched = true;
     }
   }
   return 0;
-}
-
-/* ---- editing bytes ---- */
-
-struct splice {
-  size_t a, b;
-  char *text;
-};
-
-struct fedit {
-  int dfd;                  /* the directory holding leaf (not owned) */
-  char *leaf;
-  char *path;               /* host path, for messages */
-  char *buf;                /* as read */
-  size_t len;
-  struct splice *sp;
-  size_t nsp, capsp;
-  char *rename_to;          /* new leaf */
-  char *new_path;
-  bool remove;
-  bool create;              /* a new file (adopted snapshot) */
-  bool gains_current;
-  char *out;                /* the new bytes */
-  size_t outlen;
-  char *backup;             /* host path of the copy */
-};
-
-static int
-add_splice (struct fedit *e, size_t a, size_t b, char *text)
-{
-  struct splice *sp;
-
-  if (text == NULL) {
-    set_error (ENOMEM, "asprintf");
-    return -1;
-  }
-  sp = qk_grow (e->sp, &e->capsp, e->nsp + 1, sizeof *sp);
-  if (sp == NULL) {
-    free (text);
-    return -1;
-  }
-  e->sp = sp;
-  e->sp[e->nsp++] = (struct splice) { a, b, text };
-  return 0;
-}
-
-static int
-cmp_splice (const void *x, const void *y)
-{
-  const struct splice *a = x, *b = y;
-  return a->a < b->a ? -1 : a->a > b->a;
-}
-
-/* Apply the splices into e->out. */
-static int
-render (struct fedit *e)
-{
-  size_t n = e->len, at = 0, o = 0;
-
-  qsort (e->sp, e->nsp, sizeof *e->sp, cmp_splice);
-  for (size_t i = 0; i < e->nsp; i++) {
-    if (e->sp[i].a < at || e->sp[i].b < e->sp[i].a || e->sp[i].b > e->len) {
-      set_error (EINVAL, "%s: overlapping edits", e->path);
-      return -1;
-    }
-    n += strlen (e->sp[i].text);
-    at = e->sp[i].b;
-  }
-  e->out = malloc (n + 1);
-  if (e->out == NULL) {
-    set_error (ENOMEM, "malloc");
-    return -1;
-  }
-  at = 0;
-  for (size_t i = 0; i < e->nsp; i++) {
-    size_t t = strlen (e->sp[i].text);
-    memcpy (e->out + o, e->buf + at, e->sp[i].a - at);
-    o += e->sp[i].a - at;
-    memcpy (e->out + o, e->sp[i].text, t);
-    o += t;
-    at = e->sp[i].b;
-  }
-  memcpy (e->out + o, e->buf + at, e->len - at);
-  o += e->len - at;
-  e->out[o] = '\0';
-  e->outlen = o;
-  return 0;
-}
-
-/* XML text (and attribute value) escaping. */
-static char *
-esc (const char *s)
-{
-  size_t n = 1;
-  char *r, *o;
-
-  for (const char *p = s; *p; p++)
-    n += *p == '&' ? 5 : (*p == '<' || *p == '>') ? 4
-         : (*p == '\'' || *p == '"') ? 6 : 1;
-  r = o = malloc (n);
-  if (r == NULL)
-    return NULL;
-  for (const char *p = s; *p; p++)
-    switch (*p) {
-    case '&': o = stpcpy (o, "&amp;"); break;
-    case '<': o = stpcpy (o, "&lt;"); break;
-    case '>': o = stpcpy (o, "&gt;"); break;
-    case '\'': o = stpcpy (o, "&apos;"); break;
-    case '"': o = stpcpy (o, "&quot;"); break;
-    default: *o++ = *p;
-    }
-  *o = '\0';
-  return r;
-}
-
-/* Where the elements repair changes are, in one moment's bytes. */
-struct elem_tags {
-  char cur2[32];            /* the depth-2 element we are in */
-  bool name_seen;
-  uint64_t name_end;        /* after </name> of the moment */
-  uint64_t name_start;
-  bool parent;
-  uint64_t parent_start, parent_end;
-  bool pname;               /* the text of <parent><name> */
-  uint64_t pname_a, pname_b;
-  unsigned pnames;
-  bool active;
-  uint64_t active_start, active_end;
-  uint64_t dip_start[64], dip_end[64];
-  unsigned ndip;
-};
-
-static int
-elem_on_tag (void *opaque, bool end, bool empty, unsigned depth,
-             const char *name, uint64_t start, uint64_t stop)
-{
-  struct elem_tags *t = opaque;
-
-  if (depth == 2 && !end)
-    snprintf (t->cur2, sizeof t->cur2, "%s", name);
-  if (depth == 2 && strcmp (name, "name") == 0 && !t->name_seen) {
-    if (!end)
-      t->name_start = start;
-    if (end || empty) {
-      t->name_end = stop;
-      t->name_seen = true;
-    }
-  }
-  if (depth == 2 && strcmp (name, "parent") == 0 && !t->parent) {
-    if (!end)
-      t->parent_start = start;
-    if (end || empty) {
-      t->parent_end = stop;
-      t->parent = true;
-    }
-  }
-  if (depth == 3 && strcmp (t->cur2, "parent") == 0
-      && strcmp (name, "name") == 0) {
-    if (!end && !empty) {
-      t->pname_a = stop;
-      t->pnames++;
-    }
-    if (end) {
-      t->pname_b = start;
-      t->pname = true;
-    }
-  }
-  if (depth == 2 && strcmp (name, "active") == 0 && !t->active) {
-    if (!end)
-      t->active_start = start;
-    if (end || empty) {
-      t->active_end = stop;
-      t->active = true;
-    }
-  }
-  if (depth == 4 && strcmp (t->cur2, "disks") == 0
-      && strcmp (name, "snapshotDeleteInProgress") == 0
-      && t->ndip < 64) {
-    if (!end)
-      t->dip_start[t->ndip] = start;
-    if (end || empty)
-      t->dip_end[t->ndip++] = stop;
-  }
-  return 0;
-}
-
-/* The indentation of the line holding offset at, if only blanks precede
- * it on that line. */
-static void
-indent_of (const char *buf, size_t at, char *out, size_t outlen)
-{
-  size_t x = at;
-
-  while (x > 0 && (buf[x - 1] == ' ' || buf[x - 1] == '\t'))
-    x--;
-  if (x == 0 || buf[x - 1] == '\n')
-    snprintf (out, outlen, "%.*s", (int) (at - x), buf + x);
-  else
-    out[0] = '\0';
-}
-
-/* Widen [a, b) to whole lines when the element is alone on its line. */
-static void
-widen (const char *buf, size_t len, size_t *a, size_t *b)
-{
-  size_t x = *a, y = *b;
-
-  while (x > 0 && (buf[x - 1] == ' ' || buf[x - 1] == '\t'))
-    x--;
-  while (y < len && (buf[y] == ' ' || buf[y] == '\t'))
-    y++;
-  if ((x == 0 || buf[x - 1] == '\n') && y < len && buf[y] == '\n') {
-    *a = x;
-    *b = y + 1;
-  }
-}
-
-/* The splices for moment i, whose bytes are e->buf[off, off + len). */
-static int
-moment_splices (struct work *w, size_t i, struct fedit *e, size_t off,
-                size_t len)
-{
-  const struct mstate *st = &w->st[i];
-  const char *el = e->buf + off;
-  struct elem_tags t = { .cur2 = "" };
-  struct xml_scan sc;
-  char ind[64];
-
-  xml_scan_init (&sc, 1u << 30);
-  sc.on_tag = elem_on_tag;
-  sc.opaque = &t;
-  if (xml_scan_feed (&sc, el, len) < 0) {
-    set_error (EINVAL, "%s: %s", e->path, sc.errmsg);
-    return -1;
-  }
-  if (st->parent_set) {
-    char *pn = st->parent ? esc (st->parent) : NULL;
-    if (st->parent && pn == NULL) {
-      set_error (ENOMEM, "malloc");
-      return -1;
-    }
-    if (t.parent && pn && t.pname && t.pnames == 1
-        && t.pname_b >= t.pname_a) {
-      /* only the name changes */
-      if (add_splice (e, off + t.pname_a, off + t.pname_b, pn) < 0)
-        return -1;
-      pn = NULL;
-    }
-    else if (t.parent) {
-      size_t a = t.parent_start, b = t.parent_end;
-      indent_of (el, a, ind, sizeof ind);
-      if (pn) {
-        if (add_splice (e, off + a, off + b,
-                        fmt ("<parent>\n%s  <name>%s</name>\n%s</parent>",
-                             ind, pn, ind)) < 0) {
-          free (pn);
-          return -1;
-        }
-      }
-      else {
-        widen (el, len, &a, &b);
-        if (add_splice (e, off + a, off + b, strdup ("")) < 0)
-          return -1;
-      }
-    }
-    else if (pn) {
-      if (!t.name_seen) {
-        free (pn);
-        set_error (EINVAL, "%s: no <name> to put <parent> after", e->path);
-        return -1;
-      }
-      indent_of (el, t.name_start, ind, sizeof ind);
-      if (add_splice (e, off + t.name_end, off + t.name_end,
-                      fmt ("\n%s<parent>\n%s  <name>%s</name>\n%s</parent>",
-                           ind, ind, pn, ind)) < 0) {
-        free (pn);
-        return -1;
-      }
-    }
-    free (pn);
-  }
-  if (st->active >= 0 && t.active) {
-    if (add_splice (e, off + t.active_start, off + t.active_end,
-                    fmt ("<active>%d</active>", st->active)) < 0)
-      return -1;
-  }
-  if (st->clear_dip)
-    for (unsigned k = 0; k < t.ndip; k++) {
-      size_t a = t.dip_start[k], b = t.dip_end[k];
-      widen (el, len, &a, &b);
-      if (add_splice (e, off + a, off + b, strdup ("")) < 0)
-        return -1;
-    }
-  return 0;
-}
-
-static char *
-read_all_fd (int fd, const char *path, size_t max, size_t *len)
-{
-  size_t cap = 8192, n = 0;
-  char *b = malloc (cap + 1);
-
-  if (b == NULL) {
-    set_error (ENOMEM, "malloc");
-    return NULL;
-  }
-  for (;;) {
-    ssize_t r;
-    if (n == cap) {
-      char *nb;
-      if (cap >= max) {
-        free (b);
-        set_error (EFBIG, "%s is larger than the limit", path);
-        return NULL;
-      }
-      cap *= 2;
-      nb = realloc (b, cap + 1);
-      if (nb == NULL) {
-        free (b);
-        set_error (ENOMEM, "realloc");
-        return NULL;
-      }
-      b = nb;
-    }
-    r = read (fd, b + n, cap - n);
-    if (r < 0 && errno == EINTR)
-      continue;
-    if (r < 0) {
-      set_error (errno, "read %s", path);
-      free (b);
-      return NULL;
-    }
-    if (r == 0)
-      break;
-    n += r;
-  }
-  b[n] = '\0';
-  *len = n;
-  return b;
-}
-
-/* Read dfd/leaf (a regular file, never through a link). */
-static char *
-read_leaf (int dfd, const char *leaf, const char *path, size_t max,
-           size_t *len)
-{
-  int fd = openat (dfd, leaf, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-  struct stat st;
-  char *b;
-
-  if (fd < 0) {
-    set_error (errno, "open %s", path);
-    return NULL;
-  }
-  if (fstat (fd, &st) < 0 || !S_ISREG (st.st_mode)) {
-    set_error (EINVAL, "%s is not a regular file", path);
-    close (fd);
-    return NULL;
-  }
-  b = read_all_fd (fd, path, max, len);
-  close (fd);
-  return b;
-}
-
-struct doc_root {
-  uint64_t a, b;
-  bool seen;
-  bool closed;
-  uint64_t end_start;       /* the '<' of the root's end tag */
-};
-
-static int
-root_on_tag (void *opaque, bool end, bool empty, unsigned depth,
-             const char *name, uint64_t start, uint64_t stop)
-{
-  struct doc_root *r = opaque;
-
-  (void) empty;
-  (void) name;
-  if (depth == 1 && !end && !r->seen) {
-    r->a = start;
-    r->b = stop;
-    r->seen = true;
-  }
-  if (depth == 1 && end && r->seen && !r->closed) {
-    r->end_start = start;
-    r->closed = true;
-  }
-  return 0;
-}
-
-/* The bulk root's current= attribute replaced (cur NULL: removed). */
-static int
-bulk_current_splice (struct fedit *e, const char *cur)
-{
-  struct doc_root r = { 0 };
-  size_t a, b, q, v0, v1;
-  char *ce;
-
-  /* the root start tag, as the scanner sees it */
-  {
-    struct xml_scan sc;
-    xml_scan_init (&sc, 1u << 30);
-    sc.on_tag = root_on_tag;
-    sc.opaque = &r;
-    if (xml_scan_feed (&sc, e->buf, e->len) < 0 || !r.seen || r.b <= r.a) {
-      set_error (EINVAL, "%s: no root element", e->path);
-      return -1;
-    }
-    r.b--;          /* the '>' */
-  }
-  /* find current= as an attribute name */
-  for (a = r.a; a + 8 < r.b; a++) {
-    if (memcmp (e->buf + a, "current", 7) == 0 && isspace ((unsigned char)
-                                                           e->buf[a - 1])) {
-      q = a + 7;
-      while (q < r.b && isspace ((unsigned char) e->buf[q]))
-        q++;
-      if (q < r.b && e->buf[q] == '=')
-        break;
-    }
-  }
-  if (a + 8 < r.b) {
-    q = a + 7;
-    while (e->buf[q] != '=')
-      q++;
-    q++;
-    while (q < r.b && isspace ((unsigned char) e->buf[q]))
-      q++;
-    if (q >= r.b || (e->buf[q] != '\'' && e->buf[q] != '"')) {
-      set_error (EINVAL, "%s: current= is not quoted", e->path);
-      return -1;
-    }
-    v0 = q + 1;
-    v1 = v0;
-    while (v1 < r.b && e->buf[v1] != e->buf[q])
-      v1++;
-    b = v1 + 1;
-    if (cur == NULL) {
-      while (a > r.a && isspace ((unsigned char) e->buf[a - 1]))
-        a--;
-      return add_splice (e, a, b, strdup (""));
-    }
-    ce = esc (cur);
-    return add_splice (e, v0, v1, ce);
-  }
-  if (cur == NULL)
-    return 0;
-  ce = esc (cur);
-  if (ce == NULL) {
-    set_error (ENOMEM, "malloc");
-    return -1;
-  }
-  a = r.b;
-  if (a > r.a && e->buf[a - 1] == '/')
-    a--;
-  {
-    int rc = add_splice (e, a, a, fmt (" current='%s'", ce));
-    free (ce);
-    return rc;
-  }
-}
-
-/* ---- the diff ---- */
-
-struct sb {
-  char *p;
-  size_t n, cap;
-};
-
-static void
-sb_add (struct sb *b, const char *s, size_t n)
-{
-  if (b->p == (char *) -1)
-    return;
-  if (b->n + n + 1 > b->cap) {
-    size_t c = b->cap ? b->cap : 256;
-    char *np;
-    while (c < b->n + n + 1)
-      c *= 2;
-    np = realloc (b->p, c);
-    if (np == NULL) {
-      free (b->p);
-      b->p = (char *) -1;
-      return;
-    }
-    b->p = np;
-    b->cap = c;
-  }
-  memcpy (b->p + b->n, s, n);
-  b->n += n;
-  b->p[b->n] = '\0';
-}
-
-static void
-sb_printf (struct sb *b, const char *f, ...) __attribute__ ((format (printf, 2, 3)));
-static void
-sb_printf (struct sb *b, const char *f, ...)
-{
-  va_list ap;
-  char *s;
-  int n;
-
-  va_start (ap, f);
-  n = vasprintf (&s, f, ap);
-  va_end (ap);
-  if (n < 0) {
-    free (b->p == (char *) -1 ? NULL : b->p);
-    b->p = (char *) -1;
-    return;
-  }
-  sb_add (b, s, n);
-  free (s);
-}
-
-/* Line number (1-based) of offset at, and the start of that line. */
-static size_t
-line_at (const char *buf, size_t at, size_t *start)
-{
-  size_t ln = 1, s = 0;
-
-  for (size_t i = 0; i < at; i++)
-    if (buf[i] == '\n') {
-      ln++;
-      s = i + 1;
-    }
-  *start = s;
-  return ln;
-}
-
-static size_t
-line_end (const char *buf, size_t len, size_t at)
-{
-  while (at < len && buf[at] != '\n')
-    at++;
-  return at < len ? at + 1 : at;
-}
-
-static void
-emit_lines (struct sb *d, char mark, const char *p, size_t n)
-{
-  while (n > 0) {
-    size_t k = 0;
-    while (k < n && p[k] != '\n')
-      k++;
-    sb_add (d, &mark, 1);
-    sb_add (d, p, k);
-    sb_add (d, "\n", 1);
-    if (k < n)
-      k++;
-    p += k;
-    n -= k;
-  }
-}
-
-static size_t
-count_lines (const char *p, size_t n)
-{
-  size_t c = 0;
-  for (size_t i = 0; i < n; i++)
-    c += p[i] == '\n';
-  if (n && p[n - 1] != '\n')
-    c++;
-  return c;
-}
-
-/* One hunk per splice (widened to whole lines, no context merging: the
- * splices of one file are far apart). */
-static char *
-make_diff (const struct fedit *e)
-{
-  struct sb d = { 0 };
-  long shift = 0;
-
-  sb_printf (&d, "--- %s\n+++ %s\n", e->path,
-             e->new_path ? e->new_path : e->path);
-  for (size_t i = 0; i < e->nsp; i++) {
-    const struct splice *s = &e->sp[i];
-    size_t ls, le = line_end (e->buf, e->len, s->b > s->a ? s->b - 1 : s->a);
-    size_t ln = line_at (e->buf, s->a, &ls);
-    size_t tl = strlen (s->text);
-    size_t oldn, newn;
-    struct sb nw = { 0 };
-
-    if (s->b == s->a && s->a == ls && tl == 0)
-      continue;
-    /* the new text of those lines */
-    sb_add (&nw, e->buf + ls, s->a - ls);
-    sb_add (&nw, s->text, tl);
-    sb_add (&nw, e->buf + s->b, le > s->b ? le - s->b : 0);
-    if (nw.p == (char *) -1) {
-      free (d.p == (char *) -1 ? NULL : d.p);
-      return NULL;
-    }
-    oldn = count_lines (e->buf + ls, le - ls);
-    newn = nw.p ? count_lines (nw.p, nw.n) : 0;
-    sb_printf (&d, "@@ -%zu,%zu +%ld,%zu @@\n", ln, oldn, (long) ln + shift,
-               newn);
-    emit_lines (&d, '-', e->buf + ls, le - ls);
-    if (nw.p)
-      emit_lines (&d, '+', nw.p, nw.n);
-    shift += (long) newn - (long) oldn;
-    free (nw.p);
-  }
-  if (d.p == (char *) -1)
-    return NULL;
-  return d.p;
 }
 
 /* ---- adopting qcow2 snapshots libvirt does not know ---- */
@@ -1898,14 +1222,14 @@ adopt_free (struct work *w)
 static int
 collect_unknown (struct work *w)
 {
-  for (size_t d = 0; d < w->m->n_ddisks; d++) {
-    const struct qk_meta_domain_disk *dd = &w->m->ddisks[d];
+  for (size_t d = 0; d < w->p.m->n_ddisks; d++) {
+    const struct qk_meta_domain_disk *dd = &w->p.m->ddisks[d];
     struct qk_image *img;
 
     if (dd->target == NULL || dd->source == NULL
         || (dd->device && strcmp (dd->device, "disk") != 0))
       continue;
-    img = meta_image_open (w->m, dd->source);
+    img = meta_image_open (w->p.m, dd->source);
     for (struct qk_image *c = img; c; c = qk_image_backing (c)) {
       if (strcmp (qk_image_format (c), "qcow2") != 0)
         continue;
@@ -1915,7 +1239,7 @@ collect_unknown (struct work *w)
         bool have = false;
 
         if (sn == NULL || sn->name == NULL || sn->name[0] == '\0'
-            || meta_lookup (w->s, sn->name) != QK_META_NONE)
+            || meta_lookup (w->p.s, sn->name) != QK_META_NONE)
           continue;
         if ((a = adopt_get (w, sn->name)) == NULL) {
           qk_image_close (img);
@@ -1946,10 +1270,14 @@ collect_unknown (struct work *w)
   return 0;
 }
 
+static char *adopt_xml (struct work *w, const struct adopt *a,
+                        const char *domain_text, bool per_file);
+static char *domain_text (struct qk_meta *m);
+
 static int
 plan_adopt (struct work *w)
 {
-  if (w->s->kind != QK_META_SNAPSHOT || !w->m->domain_ok)
+  if (w->p.s->kind != QK_META_SNAPSHOT || !w->p.m->domain_ok)
     return 0;
   if (collect_unknown (w) < 0)
     return -1;
@@ -1970,7 +1298,7 @@ plan_adopt (struct work *w)
       size_t k = pr.nd++, idx;
       pr.d[k].target = a->d[d].target;
       pr.d[k].source = a->d[d].image;
-      pr.d[k].img = meta_image_open (w->m, a->d[d].image);
+      pr.d[k].img = meta_image_open (w->p.m, a->d[d].image);
       if (pr.d[k].img && image_has_snapshot (pr.d[k].img, a->name, &idx)
           && qk_image_read_snapshot_l1 (pr.d[k].img, idx, &pr.d[k].l1,
                                         &pr.d[k].n) < 0)
@@ -1980,15 +1308,15 @@ plan_adopt (struct work *w)
     probe_free (&pr);
     if (add_fix (w, MF_ADOPT_SNAPSHOT,
                  np == QK_META_NONE
-                   ? fmt ("The qcow2 snapshot '%s' (in %s) is not in libvirt's "
+                   ? meta_fmt ("The qcow2 snapshot '%s' (in %s) is not in libvirt's "
                           "metadata: adopt it as a root snapshot?", a->name,
                           where)
-                   : fmt ("The qcow2 snapshot '%s' (in %s) is not in libvirt's "
+                   : meta_fmt ("The qcow2 snapshot '%s' (in %s) is not in libvirt's "
                           "metadata: adopt it as a child of '%s' (%s)?",
                           a->name, where, mname (w, np),
                           chain ? "from the disks' backing chains"
                           : "created last before it"),
-                 fmt ("Adopted the qcow2 snapshot '%s'.", a->name), &yes) < 0)
+                 meta_fmt ("Adopted the qcow2 snapshot '%s'.", a->name), &yes) < 0)
       return -1;
     if (!yes)
       continue;
@@ -1997,43 +1325,13 @@ plan_adopt (struct work *w)
       set_error (ENOMEM, "strdup");
       return -1;
     }
+    if (w->dom == NULL && (w->dom = domain_text (w->p.m)) == NULL)
+      return -1;
+    if (meta_plan_add_new (&w->p, a->name, adopt_xml (w, a, w->dom, true),
+                           adopt_xml (w, a, w->dom, false)) < 0)
+      return -1;
   }
   return 0;
-}
-
-/* Replace the value of the first file='OLD' (or "OLD") in *t by NEW. */
-static int
-subst_source (char **t, const char *old, const char *new)
-{
-  char *eo = esc (old), *en = esc (new), *pat = NULL, *hit = NULL, *r;
-  int ret = -1;
-
-  if (eo == NULL || en == NULL)
-    goto out;
-  for (int q = 0; q < 2 && hit == NULL; q++) {
-    free (pat);
-    pat = fmt ("file=%c%s%c", q ? '"' : '\'', eo, q ? '"' : '\'');
-    if (pat == NULL)
-      goto out;
-    hit = strstr (*t, pat);
-  }
-  if (hit == NULL) {
-    set_error (ENOENT, "the definition's source %s was not found as "
-               "written", old);
-    goto out;
-  }
-  r = fmt ("%.*s%.*s%s%s", (int) (hit - *t), *t, 6, hit, en,
-           hit + strlen (pat) - 1);
-  if (r == NULL)
-    goto out;
-  free (*t);
-  *t = r;
-  ret = 0;
- out:
-  free (eo);
-  free (en);
-  free (pat);
-  return ret;
 }
 
 /* The <domainsnapshot> element of an adopted snapshot, each line after
@@ -2043,11 +1341,11 @@ adopt_xml (struct work *w, const struct adopt *a, const char *domain_text,
            bool per_file)
 {
   struct { char *p; size_t n; } o = { NULL, 0 };
-  char *dom = strdup (domain_text), *nm = esc (a->name), *pn = NULL, *x;
+  char *dom = strdup (domain_text), *nm = meta_esc (a->name), *pn = NULL, *x;
   FILE *f;
 
   if (dom == NULL || nm == NULL
-      || (a->parent && (pn = esc (a->parent)) == NULL)) {
+      || (a->parent && (pn = meta_esc (a->parent)) == NULL)) {
     free (dom);
     free (nm);
     set_error (ENOMEM, "strdup");
@@ -2055,7 +1353,7 @@ adopt_xml (struct work *w, const struct adopt *a, const char *domain_text,
   }
   for (size_t d = 0; d < a->nd; d++)
     if (strcmp (a->d[d].image, a->d[d].defsrc) != 0
-        && subst_source (&dom, a->d[d].defsrc, a->d[d].image) < 0) {
+        && meta_subst_source (&dom, a->d[d].defsrc, a->d[d].image) < 0) {
       free (dom);
       free (nm);
       free (pn);
@@ -2076,15 +1374,15 @@ adopt_xml (struct work *w, const struct adopt *a, const char *domain_text,
   fprintf (f, "  <creationTime>%lld</creationTime>\n  <memory snapshot='%s'/>\n"
            "  <disks>\n", (long long) a->ctime,
            a->vmstate ? "internal" : "no");
-  for (size_t d = 0; d < w->m->n_ddisks; d++) {
-    const struct qk_meta_domain_disk *dd = &w->m->ddisks[d];
+  for (size_t d = 0; d < w->p.m->n_ddisks; d++) {
+    const struct qk_meta_domain_disk *dd = &w->p.m->ddisks[d];
     bool in = false;
     char *t;
     if (dd->target == NULL)
       continue;
     for (size_t k = 0; k < a->nd; k++)
       in |= strcmp (a->d[k].target, dd->target) == 0;
-    t = esc (dd->target);
+    t = meta_esc (dd->target);
     fprintf (f, "    <disk name='%s' snapshot='%s'/>\n", t ? t : "",
              in ? "internal" : "no");
     free (t);
@@ -2109,13 +1407,13 @@ adopt_xml (struct work *w, const struct adopt *a, const char *domain_text,
     return o.p;
   /* bulk: one level deeper */
   {
-    struct sb b = { 0 };
+    struct meta_sb b = { 0 };
     const char *c = o.p;
-    sb_add (&b, "  ", 2);
+    meta_sb_add (&b, "  ", 2);
     for (; *c; c++) {
-      sb_add (&b, c, 1);
+      meta_sb_add (&b, c, 1);
       if (*c == '\n' && c[1] != '\0')
-        sb_add (&b, "  ", 2);
+        meta_sb_add (&b, "  ", 2);
     }
     free (o.p);
     x = b.p == (char *) -1 ? NULL : b.p;
@@ -2135,7 +1433,7 @@ domain_text (struct qk_meta *m)
 
   if (fd < 0)
     return NULL;
-  b = read_all_fd (fd, m->config_file, 16u << 20, &len);
+  b = meta_read_fd (fd, m->config_file, 16u << 20, &len);
   close (fd);
   if (b == NULL)
     return NULL;
@@ -2153,523 +1451,34 @@ domain_text (struct qk_meta *m)
   return r;
 }
 
-static char *
-make_create_diff (const struct fedit *e)
-{
-  struct sb d = { 0 };
-
-  sb_printf (&d, "--- /dev/null\n+++ %s\n@@ -0,0 +1,%zu @@\n", e->path,
-             count_lines (e->out, e->outlen));
-  emit_lines (&d, '+', e->out, e->outlen);
-  return d.p == (char *) -1 ? NULL : d.p;
-}
-
-/* ---- writing one kind ---- */
-
-struct kplan {
-  struct fedit *e;
-  size_t n, cap;
-  int kfd;                  /* KIND/ */
-  int dfd;                  /* KIND/D/ (per-file), else -1 */
-  char *kpath;              /* host path of KIND/ */
-  int bfd;                  /* the backup directory */
-  char *bpath;
-};
-
-static void
-free_kplan (struct kplan *k)
-{
-  for (size_t i = 0; i < k->n; i++) {
-    struct fedit *e = &k->e[i];
-    for (size_t j = 0; j < e->nsp; j++)
-      free (e->sp[j].text);
-    free (e->sp);
-    free (e->leaf);
-    free (e->path);
-    free (e->buf);
-    free (e->rename_to);
-    free (e->new_path);
-    free (e->out);
-    free (e->backup);
-  }
-  free (k->e);
-  if (k->kfd >= 0)
-    close (k->kfd);
-  if (k->dfd >= 0)
-    close (k->dfd);
-  if (k->bfd >= 0)
-    close (k->bfd);
-  free (k->kpath);
-  free (k->bpath);
-}
-
-static struct fedit *
-new_edit (struct kplan *k, int dfd, const char *dirpath, const char *leaf,
-          uint64_t max)
-{
-  struct fedit *e = qk_grow (k->e, &k->cap, k->n + 1, sizeof *e);
-
-  if (e == NULL)
-    return NULL;
-  k->e = e;
-  e = &k->e[k->n];
-  memset (e, 0, sizeof *e);
-  e->dfd = dfd;
-  e->leaf = strdup (leaf);
-  e->path = fmt ("%s/%s", dirpath, leaf);
-  if (e->leaf == NULL || e->path == NULL) {
-    free (e->leaf);
-    free (e->path);
-    set_error (ENOMEM, "strdup");
-    return NULL;
-  }
-  e->buf = read_leaf (dfd, leaf, e->path, max, &e->len);
-  if (e->buf == NULL) {
-    free (e->leaf);
-    free (e->path);
-    return NULL;
-  }
-  k->n++;
-  return e;
-}
-
-/* Open KIND/ and (per-file) KIND/D/ under the sysroot, never through a
- * link in the last component. */
-static int
-open_places (struct work *w, struct kplan *k, bool make)
-{
-  struct meta_set *s = w->s;
-  const char *loc = s->layout == QK_META_LAYOUT_BULK ? s->bulk : s->dir;
-  const char *slash = strrchr (loc, '/');
-
-  k->kfd = k->dfd = k->bfd = -1;
-  if (slash == NULL) {
-    set_error (EINVAL, "%s: not a path", loc);
-    return -1;
-  }
-  k->kpath = strndup (loc, slash - loc);
-  if (k->kpath == NULL) {
-    set_error (ENOMEM, "strndup");
-    return -1;
-  }
-  if (s->layout == QK_META_LAYOUT_NONE) {
-    /* no metadata yet: the per-file layout is made when something is
-     * adopted, as libvirt 9 makes it */
-    char *ks = strrchr (k->kpath, '/'), *state;
-    int sfd;
-
-    if (!make)
-      return 0;
-    if (ks == NULL || (state = strndup (k->kpath, ks - k->kpath)) == NULL) {
-      set_error (EINVAL, "%s: not a path", k->kpath);
-      return -1;
-    }
-    sfd = meta_open (w->m, state, O_RDONLY | O_DIRECTORY);
-    free (state);
-    if (sfd < 0)
-      return -1;
-    if (mkdirat (sfd, ks + 1, 0755) == 0)
-      meta_fault ("mkdir");
-    else if (errno != EEXIST) {
-      set_error (errno, "mkdir %s", k->kpath);
-      close (sfd);
-      return -1;
-    }
-    k->kfd = openat (sfd, ks + 1, O_RDONLY | O_DIRECTORY | O_NOFOLLOW
-                     | O_CLOEXEC);
-    close (sfd);
-    if (k->kfd < 0) {
-      set_error (errno, "open %s (never through a symbolic link)", k->kpath);
-      return -1;
-    }
-    if (mkdirat (k->kfd, slash + 1, 0755) == 0) {
-      qk_fsync_dir (k->kfd);
-      meta_fault ("mkdir");
-    }
-    else if (errno != EEXIST) {
-      set_error (errno, "mkdir %s", loc);
-      return -1;
-    }
-  }
-  else {
-    k->kfd = meta_open (w->m, k->kpath, O_RDONLY | O_DIRECTORY);
-    if (k->kfd < 0)
-      return -1;
-  }
-  if (s->layout != QK_META_LAYOUT_BULK) {
-    k->dfd = openat (k->kfd, slash + 1, O_RDONLY | O_DIRECTORY | O_NOFOLLOW
-                     | O_CLOEXEC);
-    if (k->dfd < 0) {
-      set_error (errno, "open %s (never through a symbolic link)", loc);
-      return -1;
-    }
-  }
-  return 0;
-}
-
-/* Per-file: one new file per adopted snapshot. */
-static int
-add_adopted_files (struct work *w, struct kplan *k)
-{
-  char *dom = NULL;
-
-  for (size_t a = 0; a < w->nad; a++) {
-    struct fedit *e;
-    if (!w->ad[a].yes)
-      continue;
-    if (dom == NULL && (dom = domain_text (w->m)) == NULL)
-      return -1;
-    e = qk_grow (k->e, &k->cap, k->n + 1, sizeof *e);
-    if (e == NULL) {
-      free (dom);
-      return -1;
-    }
-    k->e = e;
-    e = &k->e[k->n++];
-    memset (e, 0, sizeof *e);
-    e->dfd = k->dfd;
-    e->create = true;
-    e->leaf = fmt ("%s.xml", w->ad[a].name);
-    e->path = fmt ("%s/%s.xml", w->s->dir, w->ad[a].name);
-    e->out = adopt_xml (w, &w->ad[a], dom, true);
-    if (e->leaf == NULL || e->path == NULL || e->out == NULL) {
-      free (dom);
-      if (e->out)
-        set_error (ENOMEM, "asprintf");
-      return -1;
-    }
-    e->outlen = strlen (e->out);
-  }
-  free (dom);
-  return 0;
-}
-
-/* Bulk: the adopted elements inserted before the root's end tag. */
-static int
-add_adopted_bulk (struct work *w, struct fedit *e)
-{
-  struct doc_root r = { 0 };
-  struct xml_scan sc;
-  char *dom = NULL;
-  size_t at;
-
-  for (size_t a = 0; a < w->nad; a++)
-    if (w->ad[a].yes)
-      break;
-    else if (a + 1 == w->nad)
-      return 0;
-  if (w->nad == 0)
-    return 0;
-  xml_scan_init (&sc, 1u << 30);
-  sc.on_tag = root_on_tag;
-  sc.opaque = &r;
-  if (xml_scan_feed (&sc, e->buf, e->len) < 0 || !r.seen || !r.closed) {
-    set_error (EINVAL, "%s: no root end tag", e->path);
-    return -1;
-  }
-  at = r.end_start;
-  while (at > 0 && (e->buf[at - 1] == ' ' || e->buf[at - 1] == '\t'))
-    at--;
-  if (!(at == 0 || e->buf[at - 1] == '\n'))
-    at = r.end_start;
-  if ((dom = domain_text (w->m)) == NULL)
-    return -1;
-  for (size_t a = 0; a < w->nad; a++) {
-    char *x;
-    if (!w->ad[a].yes)
-      continue;
-    x = adopt_xml (w, &w->ad[a], dom, false);
-    if (x == NULL || add_splice (e, at, at, x) < 0) {
-      free (dom);
-      return -1;
-    }
-  }
-  free (dom);
-  return 0;
-}
-
-static int
-build_edits (struct work *w, struct kplan *k)
-{
-  struct meta_set *s = w->s;
-  uint64_t max = w->m->lim.max_size ? w->m->lim.max_size : (16u << 20);
-
-  if (s->layout != QK_META_LAYOUT_BULK) {
-    for (size_t i = 0; i < s->n; i++) {
-      struct fedit *e;
-      if (!w->st[i].touched)
-        continue;
-      e = new_edit (k, k->dfd, s->dir, leaf_of (s->m[i].pub.file), max);
-      if (e == NULL)
-        return -1;
-      if (w->st[i].drop) {
-        e->remove = true;
-        continue;
-      }
-      if (moment_splices (w, i, e, 0, e->len) < 0)
-        return -1;
-      e->gains_current = w->st[i].active == 1;
-      if (w->st[i].rename_to) {
-        e->rename_to = strdup (w->st[i].rename_to);
-        e->new_path = fmt ("%s/%s", s->dir, w->st[i].rename_to);
-        if (e->rename_to == NULL || e->new_path == NULL) {
-          set_error (ENOMEM, "strdup");
-          return -1;
-        }
-      }
-    }
-    if (add_adopted_files (w, k) < 0)
-      return -1;
-    return 0;
-  }
-  /* bulk: one file */
-  {
-    bool any = w->bulk_current_set;
-    struct fedit *e;
-
-    for (size_t i = 0; i < s->n; i++)
-      any |= w->st[i].touched;
-    for (size_t a = 0; a < w->nad; a++)
-      any |= w->ad[a].yes;
-    if (!any)
-      return 0;
-    e = new_edit (k, k->kfd, k->kpath, leaf_of (s->bulk),
-                  max * 64 > max ? max * 64 : max);
-    if (e == NULL)
-      return -1;
-    for (size_t i = 0; i < s->n; i++) {
-      const struct qk_meta_moment *p = &s->m[i].pub;
-      if (!w->st[i].touched)
-        continue;
-      if (p->offset + p->length > e->len) {
-        set_error (EINVAL, "%s changed since it was read", e->path);
-        return -1;
-      }
-      if (w->st[i].drop) {
-        size_t a = p->offset, b = p->offset + p->length;
-        widen (e->buf, e->len, &a, &b);
-        if (add_splice (e, a, b, strdup ("")) < 0)
-          return -1;
-        continue;
-      }
-      if (moment_splices (w, i, e, p->offset, p->length) < 0)
-        return -1;
-    }
-    if (w->bulk_current_set
-        && bulk_current_splice (e, w->bulk_current) < 0)
-      return -1;
-    if (add_adopted_bulk (w, e) < 0)
-      return -1;
-  }
-  return 0;
-}
-
-/* Every new file parses as the loader parses it. */
-static int
-verify_edits (struct kplan *k)
-{
-  for (size_t i = 0; i < k->n; i++) {
-    struct fedit *e = &k->e[i];
-    char err[256];
-    struct _xmlDoc *doc;
-
-    if (e->remove)
-      continue;
-    if (!e->create && render (e) < 0)
-      return -1;
-    doc = meta_xml_parse (e->out, e->outlen, e->path, err, sizeof err);
-    if (doc == NULL) {
-      set_error (EINVAL, "%s: the repaired file would not parse (%s); "
-                 "nothing was written", e->path, err);
-      return -1;
-    }
-    meta_xml_free_doc (doc);
-  }
-  return 0;
-}
-
-static int
-make_backup_dir (struct qk_meta *m, struct kplan *k)
-{
-  char name[300], marker[512];
-  time_t now = time (NULL);
-
-  for (unsigned n = 1; n < 10000; n++) {
-    snprintf (name, sizeof name, ".%s.qk-repair.%u", m->domain, n);
-    if (mkdirat (k->kfd, name, 0700) == 0)
-      break;
-    if (errno != EEXIST) {
-      set_error (errno, "mkdir %s/%s", k->kpath, name);
-      return -1;
-    }
-    name[0] = '\0';
-  }
-  if (name[0] == '\0') {
-    set_error (EEXIST, "%s: no free backup directory name", k->kpath);
-    return -1;
-  }
-  meta_fault ("mkdir");
-  k->bpath = fmt ("%s/%s", k->kpath, name);
-  k->bfd = openat (k->kfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW
-                   | O_CLOEXEC);
-  if (k->bpath == NULL || k->bfd < 0) {
-    set_error (errno ? errno : ENOMEM, "open %s/%s", k->kpath, name);
-    return -1;
-  }
-  snprintf (marker, sizeof marker, "qcowkit meta repair backup of domain %s, "
-            "made %lld\n", m->domain, (long long) now);
-  if (qk_durable_write (k->bfd, MARKER, marker, strlen (marker), 0600, 0) < 0)
-    return -1;
-  meta_fault ("write");
-  return qk_fsync_dir (k->kfd);
-}
-
-static int
-report_change (struct qk_meta_repair *r, int kind, struct fedit *e)
-{
-  struct qk_meta_change c = {
-    .kind = kind,
-    .action = e->remove ? "remove" : e->create ? "create"
-              : (e->rename_to && e->nsp == 0) ? "rename" : "edit",
-    .path = e->path,
-    .new_path = e->new_path,
-    .backup = e->backup,
-  };
-  char *diff = NULL;
-  int rc;
-
-  if (r->changes == NULL)
-    return 0;
-  if (e->create)
-    c.diff = diff = make_create_diff (e);
-  else if (!e->remove && e->nsp)
-    c.diff = diff = make_diff (e);
-  rc = r->changes (r->changes_opaque, &c);
-  free (diff);
-  return rc;
-}
-
-static int
-write_kind (struct work *w, struct kplan *k)
-{
-  /* 1. backups (of files that exist) */
-  bool old = false;
-  for (size_t i = 0; i < k->n; i++)
-    old |= !k->e[i].create;
-  if (old && make_backup_dir (w->m, k) < 0)
-    return -1;
-  for (size_t i = 0; i < k->n; i++) {
-    struct fedit *e = &k->e[i];
-    if (e->create)
-      continue;
-    if (qk_durable_write (k->bfd, e->leaf, e->buf, e->len, 0600, 0) < 0)
-      return -1;
-    meta_fault ("write");
-    e->backup = fmt ("%s/%s", k->bpath, e->leaf);
-  }
-  /* 2. renames */
-  for (size_t i = 0; i < k->n; i++) {
-    struct fedit *e = &k->e[i];
-    if (e->rename_to == NULL || e->remove)
-      continue;
-    if (renameat2 (e->dfd, e->leaf, e->dfd, e->rename_to,
-                   RENAME_NOREPLACE) < 0) {
-      set_error (errno, "rename %s to %s", e->path, e->rename_to);
-      return -1;
-    }
-    if (qk_fsync_dir (e->dfd) < 0)
-      return -1;
-    meta_fault ("rename");
-  }
-  /* 3. new files (adopted snapshots; never over a file), then replaced
-   * files: those gaining the current mark first */
-  for (size_t i = 0; i < k->n; i++) {
-    struct fedit *e = &k->e[i];
-    if (!e->create)
-      continue;
-    if (qk_durable_write (e->dfd, e->leaf, e->out, e->outlen, 0600, 0) < 0)
-      return -1;
-    meta_fault ("write");
-  }
-  for (int pass = 0; pass < 2; pass++)
-    for (size_t i = 0; i < k->n; i++) {
-      struct fedit *e = &k->e[i];
-      if (e->remove || e->create || e->nsp == 0
-          || e->gains_current != (pass == 0))
-        continue;
-      if (qk_durable_write (e->dfd, e->rename_to ? e->rename_to : e->leaf,
-                            e->out, e->outlen, 0600, QK_DURABLE_REPLACE) < 0)
-        return -1;
-      meta_fault ("write");
-    }
-  /* 4. removed files */
-  for (size_t i = 0; i < k->n; i++) {
-    struct fedit *e = &k->e[i];
-    if (!e->remove)
-      continue;
-    if (qk_durable_unlink (e->dfd, e->leaf) < 0)
-      return -1;
-    meta_fault ("unlink");
-  }
-  return 0;
-}
-
 static int
 repair_kind (struct qk_meta_repair *r, struct qk_meta *m, int kind)
 {
   struct meta_set *s = &m->set[kind];
-  struct work w = { .r = r, .m = m, .s = s };
-  struct kplan k = { .kfd = -1, .dfd = -1, .bfd = -1 };
+  struct work w = { .r = r };
   int ret = -1;
 
   if (s->layout == QK_META_LAYOUT_NONE && kind != QK_META_SNAPSHOT)
     return 0;
-  w.st = calloc (s->n + 1, sizeof *w.st);
+  if (meta_plan_init (&w.p, m, kind, "repair") < 0)
+    return -1;
   w.par = malloc ((s->n + 1) * sizeof *w.par);
-  if (w.st == NULL || w.par == NULL) {
-    set_error (ENOMEM, "calloc");
+  if (w.par == NULL) {
+    set_error (ENOMEM, "malloc");
     goto out;
   }
-  for (size_t i = 0; i < s->n; i++) {
-    w.st[i].active = -1;
+  for (size_t i = 0; i < s->n; i++)
     w.par[i] = s->m[i].pub.parent_index;
-  }
   if (plan_adopt (&w) < 0 || plan_orphans (&w) < 0 || plan_reparent (&w) < 0
       || plan_cycles (&w) < 0 || plan_current (&w) < 0
       || plan_renames (&w) < 0 || plan_delete_marks (&w) < 0)
     goto out;
-  {
-    bool any = w.bulk_current_set;
-    for (size_t i = 0; i < s->n; i++)
-      any |= w.st[i].touched;
-    for (size_t a = 0; a < w.nad; a++)
-      any |= w.ad[a].yes;
-    if (!any) {
-      ret = 0;
-      goto out;
-    }
-  }
-  if (open_places (&w, &k, r->mode != QK_REPAIR_NONE) < 0
-      || build_edits (&w, &k) < 0 || verify_edits (&k) < 0)
-    goto out;
-  if (k.n && r->mode != QK_REPAIR_NONE && write_kind (&w, &k) < 0)
-    goto out;
-  for (size_t i = 0; i < k.n; i++)
-    if (report_change (r, kind, &k.e[i]) != 0) {
-      set_error (ECANCELED, "stopped by the change callback");
-      goto out;
-    }
-  ret = 0;
+  ret = meta_plan_apply (&w.p, r->mode == QK_REPAIR_NONE, r->changes,
+                         r->changes_opaque);
  out:
-  free_kplan (&k);
-  if (w.st)
-    for (size_t i = 0; i < s->n; i++) {
-      free (w.st[i].parent);
-      free (w.st[i].rename_to);
-    }
-  free (w.st);
+  meta_plan_free (&w.p);
   free (w.par);
-  free (w.bulk_current);
+  free (w.dom);
   adopt_free (&w);
   return ret;
 }
