@@ -127,15 +127,14 @@ fi
 is "$(qemu-img info --output=json dirty.qcow2 | jq '."dirty-flag"')" true \
   "dirty.qcow2 is still dirty"
 
-# An image in use by QEMU: the commands still read it, and warn. An
-# interactive qemu-io holds it (and its lock) until its input closes; the
-# answer to its first command says it has the image open. Killed at exit.
-coproc HOLDER { exec qemu-io -f qcow2 cs4k.qcow2 2>&1; }
-qpid=$HOLDER_PID
-at_exit "kill $qpid 2> /dev/null"
-echo length >&"${HOLDER[1]}"
-read -r -t 60 answer <&"${HOLDER[0]}"
-is "${answer:-no answer in 60 s}" "qemu-io> 4 MiB" "qemu-io has the image open"
+# An image in use by QEMU: the commands still read it, and warn. A
+# qemu-io holds it (and its lock) until its input closes (start_holder);
+# the answer to its first command says it has the image open. Killed at
+# exit.
+ok "qemu-io holds cs4k.qcow2 (qemu-img sees the lock)" start_holder cs4k.qcow2
+echo length >&"$holder_fd"
+wait_for 60 eval '[ "$(wc -l < "$holder_out")" -gt 0 ]'   # a whole line
+is "$(head -1 "$holder_out")" "qemu-io> 4 MiB" "qemu-io has the image open"
 qemu-img info cs4k.qcow2 > /dev/null 2> "$T/err"
 is "$?" 1 "QEMU's lock is held: qemu-img info refuses the image"
 ok "... for the lock" grep -q 'Failed to get shared "write" lock' "$T/err"
@@ -147,9 +146,8 @@ qcowkit export cs4k.qcow2 "$T/out.raw" 2> "$T/err"
 is "$?" 0 "image held by QEMU: export exits 0"
 ok "... and warns that it is in use" grep -q 'in use by a running QEMU' "$T/err"
 is "$(file_state cs4k.qcow2)" "$pre" "image held by QEMU: unchanged by us"
-# closing its input ends qemu-io
-exec {HOLDER[1]}>&-
-wait "$qpid"
+# closing its input ends qemu-io (within 30 s, or it is killed)
+stop_holder
 is "$?" 0 "qemu-io exits when its input closes"
 
 done_testing
