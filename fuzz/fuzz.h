@@ -40,11 +40,14 @@ int LLVMFuzzerTestOneInput (const uint8_t *data, size_t size);
  *   - clusters of at most 64 KiB (larger ones: every table read is up
  *     to 2 MiB);
  *   - a virtual size of at most 4 MiB;
- *   - an L1 table whose L2 tables cover at most 8 MiB of the file
+ *   - an L1 table whose L2 tables cover at most 1 MiB of the file
  *     (l1_size entries of one cluster each), for the active L1 and each
  *     snapshot's;
  *   - a refcount table of at most 64 KiB;
- *   - at most 32 snapshots and 16 bitmaps.
+ *   - at most 32 snapshots and 16 bitmaps, whatever the library's limits:
+ *     it allocates the entries up to its limit (131072 snapshots, 65535
+ *     bitmaps) before it reads or refuses the table, and that costs more
+ *     than the rest of the input.
  *
  * The bounds hold in the libFuzzer builds. The replay builds
  * (fuzz/standalone.c: make check, AFL++) set QK_FUZZ_BOUNDS=off unless
@@ -52,7 +55,7 @@ int LLVMFuzzerTestOneInput (const uint8_t *data, size_t size);
  * QK_FUZZ_BOUNDS=on gives an AFL++ session the bounds. */
 #define FUZZ_MAX_CLUSTER_BITS 16
 #define FUZZ_MAX_VSIZE (4ULL << 20)
-#define FUZZ_MAX_L2_REACH (8ULL << 20)
+#define FUZZ_MAX_L2_REACH (1ULL << 20)
 #define FUZZ_MAX_REFTABLE (64ULL << 10)
 #define FUZZ_MAX_SNAPSHOTS 32
 #define FUZZ_MAX_BITMAPS 16
@@ -63,7 +66,7 @@ int LLVMFuzzerTestOneInput (const uint8_t *data, size_t size);
 #define FUZZ_LIB_MAX_CLUSTER_BITS 21
 #define FUZZ_LIB_MAX_L1_BYTES (64ULL << 20)
 #define FUZZ_LIB_MAX_REFTABLE (16ULL << 20)
-#define FUZZ_LIB_MAX_SNAPSHOTS 131072U
+#define FUZZ_BITMAPS_EXTENSION 0x23852875U
 
 /* Whether the bounds hold (fuzz_init reads QK_FUZZ_BOUNDS). */
 static inline bool *
@@ -107,8 +110,7 @@ fuzz_fields_too_big (uint32_t cbits, uint64_t vsize, uint32_t l1_size,
   if (((uint64_t) rt_clusters << cbits) <= FUZZ_LIB_MAX_REFTABLE
       && ((uint64_t) rt_clusters << cbits) > FUZZ_MAX_REFTABLE)
     return true;
-  return nb_snapshots > FUZZ_MAX_SNAPSHOTS
-         && nb_snapshots <= FUZZ_LIB_MAX_SNAPSHOTS;
+  return nb_snapshots > FUZZ_MAX_SNAPSHOTS;
 }
 
 /* The input's own qcow2 header, before it is opened (opening reads the
@@ -116,11 +118,34 @@ fuzz_fields_too_big (uint32_t cbits, uint64_t vsize, uint32_t l1_size,
 static inline bool
 fuzz_input_too_big (const uint8_t *data, size_t size)
 {
+  uint32_t cbits;
+  size_t off, end;
+
   if (size < 72 || memcmp (data, "QFI\xfb", 4) != 0)
     return false;
-  return fuzz_fields_too_big (fuzz_be32 (data + 20), fuzz_be64 (data + 24),
-                              fuzz_be32 (data + 36), fuzz_be32 (data + 56),
-                              fuzz_be32 (data + 60));
+  cbits = fuzz_be32 (data + 20);
+  if (fuzz_fields_too_big (cbits, fuzz_be64 (data + 24),
+                           fuzz_be32 (data + 36), fuzz_be32 (data + 56),
+                           fuzz_be32 (data + 60)))
+    return true;
+  if (!*fuzz_bounded () || cbits < FUZZ_LIB_MIN_CLUSTER_BITS
+      || cbits > FUZZ_MAX_CLUSTER_BITS)
+    return false;                 /* and end below is at least 72 */
+  /* the bitmap count, in the header extensions of cluster 0 */
+  off = fuzz_be32 (data + 4) >= 3 && size >= 104 ? fuzz_be32 (data + 100) : 72;
+  end = size < (1U << cbits) ? size : (1U << cbits);
+  while (off >= 72 && off <= end - 8) {
+    uint32_t type = fuzz_be32 (data + off), len = fuzz_be32 (data + off + 4);
+    if (type == 0)
+      break;
+    if (type == FUZZ_BITMAPS_EXTENSION && len >= 4 && off + 12 <= end
+        && fuzz_be32 (data + off + 8) > FUZZ_MAX_BITMAPS)
+      return true;
+    if (len > end - off - 8)
+      break;
+    off += 8 + (((size_t) len + 7) & ~(size_t) 7);
+  }
+  return false;
 }
 
 /* Every layer of an opened image (backing files come from the input
