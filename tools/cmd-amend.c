@@ -130,16 +130,10 @@ cmd_amend (int argc, char **argv)
            EXIT_USAGE;
 
   if (qk_amend (path, &ao, &res) < 0) {
-    e = errno;
-    errx_ ("%s", qk_get_error ());
-    if (e == EBUSY || e == EAGAIN)
-      errx_ ("%s is in use (QEMU holds its lock): stop the VM first", path);
-    if (res.changed && ao.undo_path)
-      errx_ ("what was written is in %s: 'qcowkit undo %s %s' puts it back",
-             ao.undo_path, ao.undo_path, path);
-    else if (res.changed)
-      errx_ ("the image is consistent (the old or the new form, maybe with "
-             "leaked clusters): run the same command again to finish");
+    write_failed (errno, path, path, res.changed, ao.undo_path,
+                  "the image is consistent (the old or the new form, maybe "
+                  "with leaked clusters): run the same command again to "
+                  "finish");
     return EXIT_ERR;
   }
 

@@ -31,15 +31,6 @@ static const char commit_help[] =
   "\n"
   "Exit status: 0 done, 1 refused or failed, 2 usage. See qcowkit-commit(1).\n";
 
-static void
-on_progress (void *opaque, uint64_t done, uint64_t total)
-{
-  struct progress *p = opaque;
-
-  p->total = total ? total : 1;
-  progress_update (p, done);
-}
-
 int
 cmd_commit (int argc, char **argv)
 {
@@ -71,22 +62,17 @@ cmd_commit (int argc, char **argv)
   co.root = o.root;
 
   progress_start (&prog, &o, 1);
-  if (prog.on) {
-    co.progress = on_progress;
-    co.progress_opaque = &prog;
-  }
+  progress_hook (&prog, &co.progress, &co.progress_opaque);
   rc = qk_commit (path, &co, &res);
   e = errno;
   progress_end (&prog);
   if (rc < 0) {
-    errx_ ("%s", qk_get_error ());
-    if (e == EBUSY || e == EAGAIN)
-      errx_ ("an image of the chain is in use (QEMU holds its lock): stop "
-             "the VM first");
-    if (res.changed)
-      errx_ ("the overlay still reads the same: run the same command again "
-             "to finish%s", co.undo_path ? ", or undo it from the journals"
-             : "");
+    /* two journals (FILE.base, FILE.top): no single undo line to give */
+    write_failed (e, "an image of the chain", path, res.changed, NULL,
+                  co.undo_path ? "the overlay still reads the same: run the "
+                  "same command again to finish, or undo it from the "
+                  "journals" : "the overlay still reads the same: run the "
+                  "same command again to finish");
     return EXIT_ERR;
   }
   if (o.output == OUT_JSON) {

@@ -33,15 +33,6 @@ static const char rebase_help[] =
   "Exit status: 0 done, 1 refused or failed (a refusal leaves the image\n"
   "untouched), 2 usage. See qcowkit-rebase(1).\n";
 
-static void
-on_progress (void *opaque, uint64_t done, uint64_t total)
-{
-  struct progress *p = opaque;
-
-  p->total = total ? total : 1;
-  progress_update (p, done);
-}
-
 int
 cmd_rebase (int argc, char **argv)
 {
@@ -77,23 +68,14 @@ cmd_rebase (int argc, char **argv)
   ro.root = o.root;
 
   progress_start (&prog, &o, 1);
-  if (prog.on) {
-    ro.progress = on_progress;
-    ro.progress_opaque = &prog;
-  }
+  progress_hook (&prog, &ro.progress, &ro.progress_opaque);
   rc = qk_rebase (path, &ro, &res);
   e = errno;
   progress_end (&prog);
   if (rc < 0) {
-    errx_ ("%s", qk_get_error ());
-    if (e == EBUSY || e == EAGAIN)
-      errx_ ("%s is in use (QEMU holds its lock): stop the VM first", path);
-    if (res.changed && ro.undo_path)
-      errx_ ("what was written is in %s: 'qcowkit undo %s %s' puts it back",
-             ro.undo_path, ro.undo_path, path);
-    else if (res.changed)
-      errx_ ("the image still reads the same through its old backing file: "
-             "run the same command again to finish");
+    write_failed (e, path, path, res.changed, ro.undo_path,
+                  "the image still reads the same through its old backing "
+                  "file: run the same command again to finish");
     return EXIT_ERR;
   }
   if (o.output == OUT_JSON) {

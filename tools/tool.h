@@ -128,6 +128,19 @@ extern void progress_start (struct progress *p, const struct common_opts *o,
                             uint64_t total);
 extern void progress_update (struct progress *p, uint64_t done);
 extern void progress_end (struct progress *p);
+/* A qk_progress_fn for the library's writers (opaque: a struct progress
+ * started with progress_start()); progress_hook() sets *fn and *opaque
+ * to it when the bar is on, and leaves them NULL otherwise. */
+extern void progress_report (void *opaque, uint64_t done, uint64_t total);
+extern void progress_hook (struct progress *p, qk_progress_fn *fn,
+                           void **opaque);
+
+/* After a writer of the library failed (errno e): its message; that WHAT
+ * is in use when QEMU holds the lock; and, when it had written something
+ * (changed), how to get back: 'qcowkit undo UNDO PATH' when UNDO is
+ * not NULL, else AGAIN. */
+extern void write_failed (int e, const char *what, const char *path,
+                          bool changed, const char *undo, const char *again);
 
 /* Commands. */
 extern int cmd_info (int argc, char **argv);

@@ -438,6 +438,36 @@ progress_end (struct progress *p)
   fputc ('\n', stderr);
 }
 
+void
+progress_report (void *opaque, uint64_t done, uint64_t total)
+{
+  struct progress *p = opaque;
+
+  p->total = total ? total : 1;
+  progress_update (p, done);
+}
+
+void
+progress_hook (struct progress *p, qk_progress_fn *fn, void **opaque)
+{
+  *fn = p->on ? progress_report : NULL;
+  *opaque = p->on ? p : NULL;
+}
+
+void
+write_failed (int e, const char *what, const char *path, bool changed,
+              const char *undo, const char *again)
+{
+  errx_ ("%s", qk_get_error ());
+  if (e == EBUSY || e == EAGAIN)
+    errx_ ("%s is in use (QEMU holds its lock): stop the VM first", what);
+  if (changed && undo)
+    errx_ ("what was written is in %s: 'qcowkit undo %s %s' puts it back",
+           undo, undo, path);
+  else if (changed)
+    errx_ ("%s", again);
+}
+
 /* A string from an image or a metadata file, safe to print on a
  * terminal: control bytes (C0, DEL, and the C1 controls U+0080..U+009F,
  * which some terminals obey as escapes), bytes that are not UTF-8, and
