@@ -7,6 +7,7 @@
 # finishes the repair to a clean image.
 srcdir=${srcdir:-.}
 . "$srcdir/tests/tap.sh"
+. "$srcdir/tests/functions.sh"
 require qemu-img qemu-io jq qkpoke
 scratch
 srcdir=$(cd "$srcdir" && pwd)
@@ -133,14 +134,7 @@ fi
 
 # ---- QEMU's locks ----
 build leak-l2-entry-cleared busy.qcow2
-qemu-io -c 'sleep 20000' busy.qcow2 > /dev/null 2>&1 &
-qpid=$!
-at_exit "kill $qpid 2>/dev/null"
-for _ in $(seq 50); do
-  qemu-img info -U busy.qcow2 >/dev/null 2>&1 &&
-    ! qemu-img check busy.qcow2 >/dev/null 2>&1 && break
-  sleep 0.1
-done
+ok "qemu-io holds busy.qcow2 open (qemu-img info refuses it for the lock)" start_holder busy.qcow2
 s0=$(stamp busy.qcow2)
 qcowkit repair -y --no-undo busy.qcow2 > out 2>&1
 is "$?" 8 "repair refuses an image QEMU has open: exit 8"
@@ -149,7 +143,7 @@ is "$?" 0 "and says it is in use"
 qcowkit check -r all busy.qcow2 > out 2>&1
 is "$?" 1 "check -r refuses it too: exit 1"
 is "$(stamp busy.qcow2)" "$s0" "the image in use was not written"
-kill "$qpid" 2>/dev/null; wait "$qpid" 2>/dev/null
+stop_holder
 
 # ---- clean images are never written ----
 # Every image of the fuzz corpus (every feature combination qcowkit can
@@ -259,6 +253,26 @@ is "$?" 16 "bitmaps: --bitmaps=maybe is a usage error"
 # file and switched to by the header; entries cleared and COPIED flags;
 # the dirty and corrupt bits; bitmaps left in use, kept and dropped (CASE:ARG
 # runs the repair with --ARG).
+repair_run () {  # FAULT [ARG]: on a fresh copy img.qcow2 of orig.qcow2
+  rm -f img.qcow2 j.undo
+  cp orig.qcow2 img.qcow2
+  QCOWKIT_FAULT=$1 qcowkit repair -y --undo j.undo $2 img.qcow2 > f.out 2>&1
+}
+# a run that did not reach its fault point is the whole repair
+repair_done () { [ "$(sha img.qcow2)" = "$clean_sha" ]; }
+repair_verify () {  # FAULT [ARG]
+  local c2
+  # (a) no worse than before
+  c2=$($corr img.qcow2)
+  [ -n "$c2" ] && [ "$c2" -le "${oc:-0}" ] || sweep_bad "corruptions=$c2>$oc"
+  # (c) a rerun finishes
+  cp img.qcow2 rerun.qcow2
+  qcowkit repair -y --no-undo $2 rerun.qcow2 > /dev/null 2>&1
+  [ "$(qemu-img check rerun.qcow2 >/dev/null 2>&1; echo $?)" = 0 ] ||
+    sweep_bad rerun-not-clean
+  # (b) undo restores the original
+  sweep_undone j.undo img.qcow2 "$osha"
+}
 for cc in bitmap-in-use bitmap-in-use:bitmaps=drop leak-orphans-appended reftable-entry-zeroed refblock-outside-image \
          l2-reserved-bits copied-l2-clear dirty-and-corrupt-bits \
          refcount-low-duplicate-l2-entry sn-extra-size-field \
@@ -275,46 +289,13 @@ for cc in bitmap-in-use bitmap-in-use:bitmaps=drop leak-orphans-appended reftabl
     corr=kcorr
     oc=$(kcorr orig.qcow2)
   fi
-  # the number of writes and flushes of a whole repair
+  # the whole repair: its result and exit status
   cp orig.qcow2 full.qcow2
   qcowkit repair -y --no-undo $arg full.qcow2 > /dev/null 2>&1
+  clean_rc=$?
   clean_sha=$(sha full.qcow2)
-  kinds_ok=0 points=0 bad=
-  for kind in write-kill write-fail flush-kill flush-fail; do
-    for n in $(seq 1 40); do
-      rm -f img.qcow2 j.undo
-      cp orig.qcow2 img.qcow2
-      # (a shell between: its report of the kill goes to f.out)
-      bash -c 'QCOWKIT_FAULT=$1 qcowkit repair -y --undo j.undo $2 img.qcow2
-               r=$?; exit $r' _ "$kind-$n" "$arg" > f.out 2>&1
-      rc=$?
-      # a run that did not reach fault number n is the whole repair
-      if [ "$rc" -ne 137 ] && [ "$rc" -ne 8 ]; then
-        [ "$(sha img.qcow2)" = "$clean_sha" ] || bad="$bad $kind-$n:unfaulted-run-differs"
-        break
-      fi
-      points=$((points + 1))
-      # (a) no worse than before
-      c2=$($corr img.qcow2)
-      [ -n "$c2" ] && [ "$c2" -le "${oc:-0}" ] || bad="$bad $kind-$n:corruptions=$c2>$oc"
-      # (c) a rerun finishes
-      cp img.qcow2 rerun.qcow2
-      qcowkit repair -y --no-undo $arg rerun.qcow2 > /dev/null 2>&1
-      [ "$(qemu-img check rerun.qcow2 >/dev/null 2>&1; echo $?)" = 0 ] ||
-        bad="$bad $kind-$n:rerun-not-clean"
-      # (b) undo restores the original
-      if [ -f j.undo ]; then
-        qcowkit undo j.undo img.qcow2 > /dev/null 2>&1
-        [ "$(sha img.qcow2)" = "$osha" ] || bad="$bad $kind-$n:undo-differs"
-      else
-        [ "$(sha img.qcow2)" = "$osha" ] || bad="$bad $kind-$n:written-without-journal"
-      fi
-    done
-  done
-  if [ -z "$bad" ] && [ "$points" -gt 0 ]; then
-    pass "$cc: killed or failed at each of $points writes and flushes: never worse ($corr), undo restores, a rerun finishes"
-  else
-    fail "$cc: fault sweep ($points points)" "$bad"
-  fi
+  SWEEP_FAILED_RC=8 SWEEP_DONE_RC=$clean_rc fault_sweep "$cc" \
+    "never worse ($corr), undo restores, a rerun finishes" \
+    40 repair_run repair_verify repair_done $arg
 done
 done_testing
