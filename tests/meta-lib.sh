@@ -97,6 +97,31 @@ lab_init () {
 <source file='$IMG/vm1.qcow2'/><target dev='vda' bus='virtio'/></disk>
 </devices></domain>
 XML
+  at_exit lab_stop_guests
+}
+# lab_stop_guests: stop the QEMU guests that the lab's libvirt started and
+# left running (an embedded libvirt leaves its guests running when virsh
+# exits, so a virsh killed between "start" and "destroy" would leave a
+# TCG guest behind). A guest is found by its pid file under
+# $ROOT/run/qemu and must be a qemu-system whose command line names
+# $ROOT (a pid may have been reused). SIGTERM, 5 s later SIGKILL.
+lab_stop_guests () {
+  local f pid i s cmd
+  for f in "$ROOT"/run/qemu/*.pid; do
+    [ "${f##*/}" != driver.pid ] || continue
+    pid=$(cat "$f" 2> /dev/null)   # (no newline at its end)
+    [ -n "$pid" ] || continue
+    cmd=$(tr '\0' ' ' 2> /dev/null < "/proc/$pid/cmdline") || continue
+    case $cmd in *qemu-system*"$ROOT"*) ;; *) continue ;; esac
+    echo "# stopping the guest left running: $pid (${f##*/})"
+    kill -TERM "$pid" 2> /dev/null
+    for i in $(seq 100); do
+      { read -r s < "/proc/$pid/stat"; } 2> /dev/null || break
+      s=${s##*) }
+      [ "${s%% *}" != Z ] || break
+      [ "$i" -lt 100 ] && sleep 0.05 || kill -KILL "$pid" 2> /dev/null
+    done
+  done
 }
 # V ARGS: virsh on the lab under $ROOT
 V () { timeout 120 virsh -q -c "qemu:///embed?root=$ROOT" "$@"; }

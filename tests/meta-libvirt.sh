@@ -17,7 +17,7 @@ srcdir=${srcdir:-.}
 . "$srcdir/tests/tap.sh"
 . "$srcdir/tests/functions.sh"
 . "$srcdir/tests/meta-lib.sh"
-require virsh qemu-img jq
+require virsh qemu-img jq qemu-system-x86_64 qkpoke
 scratch
 
 ROOT=$T/root
@@ -379,24 +379,22 @@ fifo=$T/fifo
 mkfifo "$fifo"
 timeout 60 virsh -q -c "qemu:///embed?root=$ROOT" < "$fifo" > /dev/null 2>&1 &
 vpid=$!
-at_exit "kill $vpid 2>/dev/null"
+kill_on_exit "$vpid"
 exec 9> "$fifo"
-# wait until the driver holds its pid file's lock (in /proc/locks by inode)
+# wait (60 s at most) until the driver holds its pid file's lock (in
+# /proc/locks by inode)
 held () {
   local ino
   ino=$(stat -c %i "$ROOT/run/qemu/driver.pid" 2>/dev/null) || return 1
   grep -qE "POSIX +ADVISORY +WRITE +[0-9]+ +[0-9a-f]+:[0-9a-f]+:$ino " /proc/locks
 }
-for _ in $(seq 600); do
-  held && break
-  sleep 0.1
-done
-ok "the embedded driver holds its lock" held
+ok "the embedded driver holds its lock" wait_for 60 held
 Q convert vm1 --to bulk > "$T/out" 2>&1; rc=$?
 is "$rc" 1 "convert refuses while an embedded libvirt runs on the root"
 ok "and says why" grep -q "locked by process" "$T/out"
 ok "nothing was changed" test -d "$S" -a ! -e "$ROOT/lib/qemu/snapshot/vm1.xml"
 echo quit >&9
 exec 9>&-
-wait "$vpid" 2>/dev/null
+stop_process "$vpid" 30
+is "$?" 0 "the embedded libvirt quits when told (virsh exits 0)"
 done_testing
