@@ -701,6 +701,24 @@ extern size_t qk_meta_fix_count (void);
 extern int qk_meta_fix_info (size_t i, uint32_t *code, const char **name,
                              unsigned *flags, const char **description);
 
+/* ---- metadata delete ----
+ * Delete a snapshot offline (see qcowkit-meta(1) and the protocol in
+ * lib/meta/delete.c): an external snapshot's overlay is merged into the
+ * image it froze (qk_commit, then qk_rebase -u of the images above), the
+ * domain definition follows when the overlay was its disk, and the
+ * metadata is updated as libvirt updates it (children reparented, their
+ * sources, current moved). fn receives every file changed (as
+ * qk_meta_repair's) and every image operation (kind -1, action "commit",
+ * "rebase" with new_path the new backing file, "unused" for an overlay
+ * no longer used, left in place). */
+#define QK_META_DELETE_METADATA_ONLY (1U << 0) /* the metadata only */
+#define QK_META_DELETE_CHILDREN      (1U << 1) /* and its descendants */
+#define QK_META_DELETE_CHILDREN_ONLY (1U << 2) /* its descendants only */
+#define QK_META_DELETE_DRY_RUN       (1U << 3) /* report, write nothing */
+extern int qk_meta_delete (struct qk_meta *m, const char *snapshot,
+                           unsigned flags, qk_meta_change_fn fn,
+                           void *opaque);
+
 /* The metadata problem table (rows 0 .. count-1), like qk_problem_info. */
 extern size_t qk_meta_problem_count (void);
 extern int qk_meta_problem_info (size_t i, uint32_t *code, const char **name,

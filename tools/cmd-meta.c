@@ -20,6 +20,8 @@ static const char help[] =
   "       qcowkit meta convert [OPTIONS] --to bulk|per-file [--kind snapshot|checkpoint|all]\n"
   "                            [--no-backup] [--force] DOMAIN\n"
   "       qcowkit meta repair [OPTIONS] [-n|-p|-y] [--drop-orphaned-metadata] DOMAIN\n"
+  "       qcowkit meta delete [OPTIONS] [--children|--children-only] [--metadata-only]\n"
+  "                           [--dry-run] DOMAIN SNAPSHOT\n"
   "       qcowkit meta check --list-problems[=man]\n"
   "       qcowkit meta repair --list-fixes[=man]\n"
   "Read, check and convert a domain's libvirt snapshot and checkpoint\n"
@@ -37,7 +39,9 @@ static const char help[] =
   "the fixes that lose nothing; -y every fix; on a terminal it asks. Each\n"
   "file changed is kept first in KIND/.DOMAIN.qk-repair.N/. Exit status as\n"
   "fsck: 0 nothing to fix, 1 fixed and clean, 4 problems left, 8 error,\n"
-  "16 usage, 32 stopped.\n";
+  "16 usage, 32 stopped.\n"
+  "delete merges an external snapshot's overlay into the image it froze and\n"
+  "updates the metadata as libvirt does; --metadata-only only the metadata.\n";
 
 struct meta_cli {
   struct common_opts o;
@@ -52,6 +56,9 @@ struct meta_cli {
   int mode;                 /* enum qk_repair_mode, -1: by the terminal */
   bool drop_orphaned;
   bool list_fixes, list_fixes_man;
+  bool del;                 /* delete: DOMAIN SNAPSHOT */
+  const char *snapshot;
+  unsigned del_flags;
 };
 
 static const char *
@@ -121,6 +128,22 @@ parse_args (struct meta_cli *c, int argc, char **argv, const char *cmd,
       c->list_fixes = c->list_fixes_man = true;
       continue;
     }
+    if (c->del && strcmp (a, "--children") == 0) {
+      c->del_flags |= QK_META_DELETE_CHILDREN;
+      continue;
+    }
+    if (c->del && strcmp (a, "--children-only") == 0) {
+      c->del_flags |= QK_META_DELETE_CHILDREN_ONLY;
+      continue;
+    }
+    if (c->del && strcmp (a, "--metadata-only") == 0) {
+      c->del_flags |= QK_META_DELETE_METADATA_ONLY;
+      continue;
+    }
+    if (c->del && strcmp (a, "--dry-run") == 0) {
+      c->del_flags |= QK_META_DELETE_DRY_RUN;
+      continue;
+    }
     if ((r = common_option (&c->o, argc, argv, &i, cmd)) < 0)
       return -1;
     if (r)
@@ -179,6 +202,8 @@ parse_args (struct meta_cli *c, int argc, char **argv, const char *cmd,
       return usage_error (cmd, "unknown option '%s'", a), -1;
     else if (c->domain == NULL)
       c->domain = a;
+    else if (c->del && c->snapshot == NULL)
+      c->snapshot = a;
     else
       return usage_error (cmd, "too many arguments"), -1;
 #undef VALOPT
@@ -775,7 +800,9 @@ mr_change (void *opaque, const struct qk_meta_change *ch)
   if (c->j) {
     qk_json_object_begin (c->j, NULL);
     qk_json_string (c->j, "kind", ch->kind == QK_META_CHECKPOINT
-                    ? "checkpoint" : "snapshot");
+                    ? "checkpoint" : ch->kind == QK_META_SNAPSHOT ? "snapshot"
+                    : strcmp (ch->action, "edit") == 0 ? "definition"
+                    : "image");
     qk_json_string (c->j, "action", ch->action);
     qk_json_string (c->j, "path", ch->path);
     if (ch->new_path)
@@ -948,6 +975,76 @@ meta_repair_cmd (struct meta_cli *c)
   return ret;
 }
 
+/* ---- delete ---- */
+
+static int
+md_change (void *opaque, const struct qk_meta_change *ch)
+{
+  struct mrctx *c = opaque;
+
+  if (c->j)
+    return mr_change (opaque, ch);
+  if (strcmp (ch->action, "commit") == 0)
+    printf ("merge %s into %s (qcowkit commit, the overlay kept)\n",
+            printable (ch->path), printable (ch->new_path));
+  else if (strcmp (ch->action, "rebase") == 0)
+    printf ("rebase %s onto %s (the name only: it reads the same)\n",
+            printable (ch->path), printable (ch->new_path));
+  else if (strcmp (ch->action, "unused") == 0)
+    printf ("%s is no longer used; it is left in place\n",
+            printable (ch->path));
+  else
+    return mr_change (opaque, ch);
+  return 0;
+}
+
+static int
+meta_delete_cmd (struct meta_cli *c)
+{
+  struct mrctx cx = { 0 };
+  struct qk_meta *m;
+  int rc;
+
+  if (c->snapshot == NULL)
+    return usage_error ("meta", "delete needs DOMAIN SNAPSHOT");
+  if ((c->del_flags & QK_META_DELETE_CHILDREN)
+      && (c->del_flags & QK_META_DELETE_CHILDREN_ONLY))
+    return usage_error ("meta", "--children and --children-only exclude "
+                        "each other");
+  m = open_meta (c);
+  if (m == NULL)
+    return EXIT_META_FAILED;
+  if (c->o.output == OUT_JSON) {
+    if ((cx.j = json_start (c)) == NULL) {
+      qk_meta_close (m);
+      return EXIT_META_FAILED;
+    }
+    qk_json_string (cx.j, "snapshot", c->snapshot);
+    qk_json_bool (cx.j, "dry-run", c->del_flags & QK_META_DELETE_DRY_RUN);
+    qk_json_array_begin (cx.j, "changes");
+  }
+  rc = qk_meta_delete (m, c->snapshot, c->del_flags, md_change, &cx);
+  if (cx.j) {
+    qk_json_array_end (cx.j);
+    qk_json_bool (cx.j, "ok", rc == 0);
+    if (rc < 0)
+      qk_json_string (cx.j, "error", qk_get_error ());
+    json_finish (cx.j);
+  }
+  else if (rc == 0)
+    printf ("%s '%s'%s%s\n", (c->del_flags & QK_META_DELETE_DRY_RUN)
+            ? "would delete" : "deleted", printable (c->snapshot),
+            (c->del_flags & QK_META_DELETE_CHILDREN) ? " and its descendants"
+            : (c->del_flags & QK_META_DELETE_CHILDREN_ONLY)
+            ? "'s descendants (not itself)" : "",
+            (c->del_flags & QK_META_DELETE_METADATA_ONLY)
+            ? " (metadata only)" : "");
+  if (rc < 0)
+    errx_ ("%s", printable (qk_get_error ()));
+  qk_meta_close (m);
+  return rc < 0 ? EXIT_META_FAILED : EXIT_OK;
+}
+
 int
 cmd_meta (int argc, char **argv)
 {
@@ -962,10 +1059,11 @@ cmd_meta (int argc, char **argv)
   }
   sub = argv[1];
   if (strcmp (sub, "check") && strcmp (sub, "tree") && strcmp (sub, "convert")
-      && strcmp (sub, "repair"))
+      && strcmp (sub, "repair") && strcmp (sub, "delete"))
     return usage_error ("meta", "unknown subcommand '%s' (check, tree, "
-                        "convert, repair)", sub);
+                        "convert, repair, delete)", sub);
   c.repair = strcmp (sub, "repair") == 0;
+  c.del = strcmp (sub, "delete") == 0;
   if (strcmp (sub, "tree") == 0)
     c.kind = QK_META_SNAPSHOT;
   if (parse_args (&c, argc - 1, argv + 1, "meta",
@@ -983,5 +1081,7 @@ cmd_meta (int argc, char **argv)
     return meta_tree_cmd (&c);
   if (c.repair)
     return meta_repair_cmd (&c);
+  if (c.del)
+    return meta_delete_cmd (&c);
   return meta_convert_cmd (&c);
 }

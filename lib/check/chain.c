@@ -44,6 +44,8 @@ chain_break (struct ck *ck, const struct qk_image *at)
     break;
   case QK_BK_NAME_INVALID:
     break;                      /* phase_header reported the name */
+  case QK_BK_NOT_ASKED:
+    break;                      /* the caller checks the image alone */
   case QK_BK_OK:
   case QK_BK_CANNOT_OPEN:
   case QK_BK_NOT_QCOW2:
@@ -64,7 +66,8 @@ phase_chain (struct ck *ck)
   const struct qk_image *at;
 
   for (at = img; at; at = at->backing)
-    if (at->backing_name && at->backing_name[0] && at->backing == NULL) {
+    if (at->backing_name && at->backing_name[0] && at->backing == NULL
+        && at->backing_state != QK_BK_NOT_ASKED) {
       chain_break (ck, at);
       break;
     }

@@ -832,8 +832,10 @@ open_backing (struct qk_image *img, struct chain_ctx *cc)
   if (!qk_path_has_protocol (img->backing_name))
     img->backing_path = qk_path_combine (img->filename, img->backing_name);
 
-  if (cc->opts && (cc->opts->flags & QK_OPEN_NO_BACKING))
+  if (cc->opts && (cc->opts->flags & QK_OPEN_NO_BACKING)) {
+    img->backing_state = QK_BK_NOT_ASKED;
     return;
+  }
   if (cc->depth + 1 > cc->max_depth) {
     qk_image_warn (img, "backing chain is deeper than %u images; not opened "
                    "further", cc->max_depth);

@@ -116,13 +116,14 @@ struct qk_image {
    * the warning that says it), whether the extension walk stopped early,
    * and why the snapshot table was not read in full. */
   enum qk_backing_state {
-    QK_BK_OK = 0,             /* opened, or none, or not asked to open */
+    QK_BK_OK = 0,             /* opened, or none */
     QK_BK_NAME_INVALID,       /* the name is outside cluster 0 or too long */
     QK_BK_TOO_DEEP,
     QK_BK_CANNOT_OPEN,
     QK_BK_LOOP,
     QK_BK_FORMAT_UNSUPPORTED,
     QK_BK_NOT_QCOW2,          /* recorded as qcow2, and it is not */
+    QK_BK_NOT_ASKED,          /* QK_OPEN_NO_BACKING: not opened by request */
   } backing_state;
   const char *backing_why; /* a warnings entry, or NULL */
   const char *ext_overrun; /* a warnings entry: the walk stopped, or NULL */

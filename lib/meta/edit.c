@@ -204,6 +204,8 @@ struct elem_tags {
   uint64_t active_start, active_end;
   uint64_t dip_start[64], dip_end[64];
   unsigned ndip;
+  uint64_t disk_end[64];    /* '<' of </disk> in <disks> */
+  unsigned ndisk;
 };
 
 static int
@@ -249,6 +251,9 @@ elem_on_tag (void *opaque, bool end, bool empty, unsigned depth,
       t->active = true;
     }
   }
+  if (depth == 3 && end && strcmp (t->cur2, "disks") == 0
+      && strcmp (name, "disk") == 0 && t->ndisk < 64)
+    t->disk_end[t->ndisk++] = start;
   if (depth == 4 && strcmp (t->cur2, "disks") == 0
       && strcmp (name, "snapshotDeleteInProgress") == 0
       && t->ndip < 64) {
@@ -440,6 +445,14 @@ moment_splices (struct meta_plan *w, size_t i, struct fedit *e, size_t off,
                     meta_fmt ("<active>%d</active>", st->active)) < 0)
       return -1;
   }
+  if (st->set_dip && t.ndip == 0)
+    for (unsigned k = 0; k < t.ndisk; k++) {
+      size_t at = t.disk_end[k];
+      indent_of (el, at, ind, sizeof ind);
+      if (add_splice (e, off + at, off + at,
+                      meta_fmt ("  <snapshotDeleteInProgress/>\n%s", ind)) < 0)
+        return -1;
+    }
   if (st->clear_dip)
     for (unsigned k = 0; k < t.ndip; k++) {
       size_t a = t.dip_start[k], b = t.dip_end[k];

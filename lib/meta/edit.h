@@ -16,6 +16,7 @@ struct medit {
   char *parent;             /* new <parent> (NULL: a root) when parent_set */
   int active;               /* new <active> (-1: unchanged) */
   bool clear_dip;           /* remove <snapshotDeleteInProgress/> */
+  bool set_dip;             /* add it to every <disk> with children */
   bool drop;                /* remove the moment */
   char *rename_to;          /* per-file: new leaf */
   char **subst;             /* pairs: file='OLD' becomes file='NEW' */

@@ -1,0 +1,209 @@
+#!/bin/bash
+# qcowkit meta delete against a real libvirt (embedded QEMU driver) and
+# qemu-img. libvirt makes an internal snapshot s1, then two external
+# disk-only snapshots e1 and e2, with guest writes between them. Offline,
+# libvirt 9.0 cannot delete e1 (asked here too); qcowkit merges the
+# overlay into the image it froze and updates the metadata. Each case
+# asks:
+#   - libvirt: a fresh embedded libvirt loads the result; its tree,
+#     parents, current snapshot, the remaining snapshots' disk sources
+#     (snapshot-dumpxml) and the domain's disk (domblklist) are what the
+#     delete promises;
+#   - qemu-img: every image touched checks clean, the backing chains are
+#     what they must be, and the guest data the domain now sees (qemu-img
+#     convert of its disk) is byte for byte what it saw before;
+#   - meta check: no problem left.
+# Then --metadata-only against libvirt's own snapshot-delete --metadata,
+# the refusals (an internal snapshot's data, a branch next to the
+# snapshot), --dry-run writes nothing, and a fault sweep (killed after
+# every metadata write, rename, unlink and mkdir, and after every image
+# write of the merge): libvirt loads what each left, the guest data is
+# unchanged, and a rerun finishes.
+srcdir=${srcdir:-.}
+. "$srcdir/tests/tap.sh"
+. "$srcdir/tests/functions.sh"
+. "$srcdir/tests/meta-lib.sh"
+require virsh qemu-img qemu-io jq cmp
+scratch
+
+ROOT=$T/root
+IMG=$T/img
+lab_init
+Q () { qcowkit meta "$1" --libvirt-root "$ROOT" "${@:2}"; }
+disk () { V "domblklist vm1" | awk '$1 == "vda" { print $2 }'; }
+A () { qemu-io -f qcow2 -c "write -P $2 $1 1M" "$(disk)" > /dev/null; }
+
+if ! { V "define $T/dom.xml" && A 0 1 && V "snapshot-create-as vm1 s1" \
+       && A 1M 2 && V "snapshot-create-as vm1 e1 --disk-only" && A 2M 3 \
+       && V "snapshot-create-as vm1 e2 --disk-only" && A 3M 4; } > "$T/mk.out" 2>&1; then
+  fail "libvirt makes the lab" "$(cat "$T/mk.out")"
+  done_testing; exit
+fi
+pass "libvirt makes s1 (internal), then e1 and e2 (external), with writes between"
+S=$ROOT/lib/qemu/snapshot/vm1
+SAVE=$T/save
+mkdir -p "$SAVE"
+cp -a "$ROOT/lib/qemu" "$SAVE/qemu"
+cp -a "$ROOT/etc/qemu" "$SAVE/etc"
+cp -a "$IMG" "$SAVE/img"
+restore () {
+  rm -rf "$ROOT/lib/qemu" "$ROOT/etc/qemu" "$IMG"
+  cp -a "$SAVE/qemu" "$ROOT/lib/qemu"
+  cp -a "$SAVE/etc" "$ROOT/etc/qemu"
+  cp -a "$SAVE/img" "$IMG"
+}
+qemu-img convert -O raw "$IMG/vm1.e2" "$T/guest.raw"
+name_parent () { awk 'NF >= 5 { print $1 (NF >= 6 ? " " $6 : "") }' | sort | tr '\n' ' '; }
+
+# view NAME PARENTS CURRENT DISK: what a fresh libvirt sees
+view () {
+  local out
+  if ! out=$(V "snapshot-list vm1 --parent" 2>&1); then
+    fail "$1: a fresh libvirt loads the metadata" "$out"; return
+  fi
+  is "$(name_parent <<< "$out")" "$2" "$1: libvirt's snapshots and parents"
+  is "$(V "snapshot-current vm1 --name" 2>/dev/null)" "$3" "$1: libvirt's current snapshot"
+  is "$(disk)" "$4" "$1: the domain's disk (domblklist)"
+}
+# data NAME: the guest data through the domain's disk is what it was;
+# every image of its chain checks clean
+data () {
+  local d; d=$(disk)
+  ok "$1: the guest data is unchanged (qemu-img compare with the raw image from before)" \
+    qemu-img compare -q -f raw "$T/guest.raw" "$d"
+  local bad=
+  for i in $(qemu-img info --backing-chain --output=json "$d" | jq -r '.[].filename'); do
+    qemu-img check -q "$i" > /dev/null 2>&1 || bad="$bad $i"
+  done
+  ok "$1: qemu-img check is clean on every image of the chain" test -z "$bad"
+  Q check vm1 --output=json > "$T/c.json" 2> /dev/null
+  is "$(jq -r '[.problems[] | select(.class != "info") | .name] | join(" ")' "$T/c.json")" "" \
+    "$1: meta check finds no problem"
+}
+backing () { qemu-img info --output=json "$1" | jq -r '."backing-filename" // "none"'; }
+
+# ---- libvirt 9.0 cannot do it offline ----
+cp -a "$ROOT" "$T/lvcopy"
+out=$(timeout 120 virsh -q -c "qemu:///embed?root=$T/lvcopy" "snapshot-delete vm1 e1" 2>&1)
+rc=$?
+diag "libvirt's own offline delete of e1: exit $rc: $out"
+ok "libvirt refuses to delete the external snapshot e1 of the inactive domain (what meta delete is for)" test $rc -ne 0
+rm -rf "$T/lvcopy"
+
+# ---- e1: the middle of the chain ----
+Q delete vm1 e1 --output=json > "$T/d.json" 2> "$T/d.err"; rc=$?
+is "$rc" 0 "delete e1: exit 0"
+is "$(jq -r '[.changes[] | select(.kind == "image") | .action + " " + (.path | sub(".*/"; "")) + " " + ((.["new-path"] // "") | sub(".*/"; ""))] | join(", ")' "$T/d.json")" \
+  "commit vm1.e1 vm1.qcow2, rebase vm1.e2 vm1.qcow2, unused vm1.e1 " \
+  "delete e1: merges vm1.e1 into vm1.qcow2, rebases vm1.e2 onto it, says vm1.e1 is unused"
+view "delete e1" "e2 s1 s1 " e2 "$IMG/vm1.e2"
+is "$(backing "$IMG/vm1.e2")" "$IMG/vm1.qcow2" "delete e1: vm1.e2 backs onto vm1.qcow2"
+ok "delete e1: e2's <domain> source is vm1.qcow2 now (snapshot-dumpxml)" \
+  sh -c "timeout 60 virsh -q -c 'qemu:///embed?root=$ROOT' snapshot-dumpxml vm1 e2 | grep -q \"<source file='$IMG/vm1.qcow2'\""
+data "delete e1"
+ok "delete e1: vm1.e1 is left in place (qcowkit removes only what it made)" test -f "$IMG/vm1.e1"
+ok "delete e1: e1.xml is kept in a backup directory" sh -c "ls '$ROOT'/lib/qemu/snapshot/.vm1.qk-delete.*/e1.xml > /dev/null"
+Q delete vm1 e1 > /dev/null 2>&1
+is "$?" 1 "delete e1 again: no such snapshot (exit 1)"
+
+# ---- e2 then: the current snapshot, its overlay the domain's disk ----
+Q delete vm1 e2 > "$T/out" 2>&1; rc=$?
+is "$rc" 0 "then delete e2 (current, the active overlay): exit 0"
+view "delete e2 after e1" "s1 " s1 "$IMG/vm1.qcow2"
+data "delete e2 after e1"
+ok "the domain definition was kept before it was changed" sh -c "ls '$ROOT'/etc/qemu/.vm1.qk-delete.*/vm1.xml > /dev/null"
+
+# ---- e2 alone ----
+restore
+Q delete vm1 e2 > "$T/out" 2>&1
+is "$?" 0 "delete e2 alone: exit 0"
+view "delete e2" "e1 s1 s1 " e1 "$IMG/vm1.e1"
+data "delete e2"
+
+# ---- --children ----
+restore
+Q delete vm1 e1 --children > "$T/out" 2>&1
+is "$?" 0 "delete e1 --children: exit 0"
+view "delete e1 --children" "s1 " s1 "$IMG/vm1.qcow2"
+data "delete e1 --children"
+
+# ---- --children-only ----
+restore
+Q delete vm1 s1 --children-only > "$T/out" 2>&1
+is "$?" 0 "delete s1 --children-only: exit 0 (e2, then e1, merged; s1 kept)"
+view "delete s1 --children-only" "s1 " s1 "$IMG/vm1.qcow2"
+data "delete s1 --children-only"
+is "$(qemu-img snapshot -l "$IMG/vm1.qcow2" | awk 'NR > 2 { print $2 }')" s1 \
+  "delete s1 --children-only: the internal snapshot s1 is still in vm1.qcow2"
+
+# ---- an internal snapshot's data: refused, nothing changed ----
+restore
+st0=$(cd "$T" && find root img -type f | sort | xargs sha256sum)
+Q delete vm1 s1 > "$T/out" 2>&1; rc=$?
+is "$rc" 1 "delete s1 (internal) without --metadata-only: refused (exit 1)"
+ok "and says how to do it" grep -q "qemu-img snapshot -d, then run meta delete --metadata-only" "$T/out"
+is "$(cd "$T" && find root img -type f | sort | xargs sha256sum)" "$st0" "and nothing was written"
+
+# ---- --metadata-only: what libvirt's snapshot-delete --metadata does ----
+restore
+cp -a "$ROOT" "$T/lvcopy"
+timeout 120 virsh -q -c "qemu:///embed?root=$T/lvcopy" "snapshot-delete vm1 s1 --metadata" > /dev/null 2>&1
+lvview=$(timeout 120 virsh -q -c "qemu:///embed?root=$T/lvcopy" "snapshot-list vm1 --parent" | name_parent)
+lvcur=$(timeout 120 virsh -q -c "qemu:///embed?root=$T/lvcopy" "snapshot-current vm1 --name" 2>/dev/null)
+rm -rf "$T/lvcopy"
+Q delete vm1 s1 --metadata-only > "$T/out" 2>&1
+is "$?" 0 "delete s1 --metadata-only: exit 0"
+view "delete s1 --metadata-only, as libvirt's snapshot-delete --metadata" "$lvview" "$lvcur" "$IMG/vm1.e2"
+ok "delete s1 --metadata-only: the images are untouched" \
+  sh -c "cd '$T' && for f in img/*; do cmp -s \"\$f\" \"save/\$f\" || exit 1; done"
+
+# ---- a branch next to the snapshot: refused ----
+restore
+qemu-img create -q -f qcow2 -F qcow2 -b "$IMG/vm1.e1" "$IMG/vm1.e3"
+sed -e 's|<name>e2</name>|<name>e3</name>|' -e "s|$IMG/vm1.e2|$IMG/vm1.e3|" \
+    -e 's|<active>1</active>|<active>0</active>|' "$S/e2.xml" > "$S/e3.xml"
+st0=$(cd "$T" && find root img -type f | sort | xargs sha256sum)
+Q delete vm1 e2 > "$T/out" 2>&1; rc=$?
+is "$rc" 1 "delete e2 while e3 (a branch next to it) also froze vm1.e1: refused"
+ok "and names the branch" grep -q "the snapshot 'e3' froze $IMG/vm1.e1 too" "$T/out"
+is "$(cd "$T" && find root img -type f | sort | xargs sha256sum)" "$st0" "and nothing was written"
+
+# ---- --dry-run ----
+restore
+st0=$(cd "$T" && find root img -type f | sort | xargs sha256sum)
+Q delete vm1 e1 --dry-run > "$T/out" 2>&1; rc=$?
+is "$rc" 0 "--dry-run: exit 0"
+ok "--dry-run: says it would merge vm1.e1 into vm1.qcow2" grep -q "merge $IMG/vm1.e1 into $IMG/vm1.qcow2" "$T/out"
+is "$(cd "$T" && find root img -type f | sort | xargs sha256sum)" "$st0" "--dry-run: nothing was written"
+
+# ---- fault sweep ----
+# killed after each metadata operation and after each image write of the
+# merge: libvirt loads what is left, the guest reads the same, a rerun
+# finishes with the uninterrupted run's result
+n=0 bad=
+sweep_point () {
+  restore
+  QCOWKIT_FAULT=$1 Q delete vm1 e1 > /dev/null 2>&1
+  [ $? -eq 137 ] || return 1
+  n=$((n + 1))
+  V "snapshot-list vm1 --name" > /dev/null 2>&1 || bad="$bad $1:libvirt-load"
+  qemu-img compare -q -f raw "$T/guest.raw" "$(disk)" 2>/dev/null || bad="$bad $1:data"
+  if [ -f "$S/e1.xml" ]; then
+    Q delete vm1 e1 > "$T/rerun.out" 2>&1 || bad="$bad $1:rerun($(tail -1 "$T/rerun.out"))"
+  fi
+  [ "$(V "snapshot-list vm1 --parent" 2>/dev/null | name_parent)|$(disk)" = "e2 s1 s1 |$IMG/vm1.e2" ] \
+    || bad="$bad $1:final-view"
+  [ "$(backing "$IMG/vm1.e2")" = "$IMG/vm1.qcow2" ] || bad="$bad $1:final-chain"
+  qemu-img compare -q -f raw "$T/guest.raw" "$(disk)" 2>/dev/null || bad="$bad $1:final-data"
+  qemu-img check -q "$IMG/vm1.qcow2" > /dev/null 2>&1 || bad="$bad $1:check"
+  return 0
+}
+for op in mkdir write rename unlink; do
+  for i in $(seq 1 12); do sweep_point "after-$op-$i" || break; done
+done
+meta_points=$n
+for i in $(seq 1 40); do sweep_point "write-kill-$i" || break; done
+ok "fault sweep: killed at $meta_points metadata points and $((n - meta_points)) image writes; libvirt loads each state, the guest data never changes, a rerun finishes" \
+  test -z "$bad" -a "$meta_points" -ge 5 -a "$((n - meta_points))" -ge 3
+[ -z "$bad" ] || diag "failed points:$bad"
+done_testing
