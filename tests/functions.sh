@@ -399,9 +399,10 @@ proc_alive () {
 
 # kill_on_exit PID: stop PID (stop_process) when the test exits, unless
 # the test has stopped it itself before.
-tap_procs=" "
+tap_procs=" " tap_procs_trap=no
 kill_on_exit () {
-  [ "$tap_procs" != " " ] || at_exit 'stop_all_processes'
+  [ "$tap_procs_trap" = yes ] || at_exit 'stop_all_processes'
+  tap_procs_trap=yes
   tap_procs="$tap_procs$1 "
 }
 stop_all_processes () {
