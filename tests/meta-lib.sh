@@ -99,29 +99,41 @@ lab_init () {
 XML
   at_exit lab_stop_guests
 }
-# lab_stop_guests: stop the QEMU guests that the lab's libvirt started and
-# left running (an embedded libvirt leaves its guests running when virsh
-# exits, so a virsh killed between "start" and "destroy" would leave a
-# TCG guest behind). A guest is found by its pid file under
-# $ROOT/run/qemu and must be a qemu-system whose command line names
-# $ROOT (a pid may have been reused). SIGTERM, 5 s later SIGKILL.
+# lab_stop_guests: stop what the lab's libvirt left running. An embedded
+# libvirt leaves its guests running when virsh exits, and so a virsh
+# killed between "start" and "destroy" left a TCG guest; a virsh killed
+# while it probed QEMU's capabilities left the probing QEMU (daemons, not
+# children of the test). Killed with the test, a virsh in the foreground
+# would go on and might start more: first every virsh on this lab, then
+# every qemu-system; each found by its command line naming $ROOT (a
+# unique scratch path). SIGTERM, 5 s later SIGKILL.
 lab_stop_guests () {
-  local f pid i s cmd
-  for f in "$ROOT"/run/qemu/*.pid; do
-    [ "${f##*/}" != driver.pid ] || continue
-    pid=$(cat "$f" 2> /dev/null)   # (no newline at its end)
-    [ -n "$pid" ] || continue
-    cmd=$(tr '\0' ' ' 2> /dev/null < "/proc/$pid/cmdline") || continue
-    case $cmd in *qemu-system*"$ROOT"*) ;; *) continue ;; esac
-    echo "# stopping the guest left running: $pid (${f##*/})"
-    kill -TERM "$pid" 2> /dev/null
-    for i in $(seq 100); do
-      { read -r s < "/proc/$pid/stat"; } 2> /dev/null || break
-      s=${s##*) }
-      [ "${s%% *}" != Z ] || break
-      [ "$i" -lt 100 ] && sleep 0.05 || kill -KILL "$pid" 2> /dev/null
-    done
+  lab_kill_named virsh
+  lab_kill_named qemu-system
+}
+lab_kill_named () {  # WORD: processes whose command line has WORD and $ROOT
+  local c p i s pids=
+  for c in /proc/[0-9]*/cmdline; do
+    p=${c#/proc/}; p=${p%/cmdline}
+    [ "$p" != $$ ] || continue
+    s=$(tr '\0' ' ' 2> /dev/null < "$c") || continue
+    case $s in *"$1"*"$ROOT"*) pids="$pids $p" ;; esac
   done
+  [ -n "$pids" ] || return 0
+  echo "# stopping what the lab left running ($1):$pids"
+  kill -TERM $pids 2> /dev/null
+  for i in $(seq 100); do
+    s=
+    for p in $pids; do
+      { read -r c < "/proc/$p/stat"; } 2> /dev/null || continue
+      c=${c##*) }
+      [ "${c%% *}" = Z ] || s="$s $p"
+    done
+    pids=$s
+    [ -n "$pids" ] || return 0
+    sleep 0.05
+  done
+  kill -KILL $pids 2> /dev/null
 }
 # V ARGS: virsh on the lab under $ROOT
 V () { timeout 120 virsh -q -c "qemu:///embed?root=$ROOT" "$@"; }
