@@ -67,14 +67,17 @@ struct opt {
  * --help and -h print help on stdout and stop (status 0); an option of
  * opts; then, unless common is NULL, a common option (--output, --root,
  * -p/--progress, -q/--quiet: a command's own table may take one of these
- * names for itself, as repair does -p); "-" or a word not starting with
- * '-' is an operand, put in the next of operands[0..max_operands-1].
+ * names for itself, as repair would for -p, preen); "-" or a word not
+ * starting with '-' is an operand, put in the next of
+ * operands[0..max_operands-1] (slots not given are left as they were:
+ * set them to NULL first).
  * Usage errors ("unknown option '-x'", "-b needs a value", "too many
  * arguments", the missing message when fewer than min_operands were
  * given) are printed with usage_error() and stop with usage_status
  * (0: EXIT_USAGE).
  * The help text is checked against the table: every option the help names
- * is accepted, and every option of opts (but hidden ones) is in the help;
+ * ("-x" or "--name" after a space, '[', '(', ',', '|' or a quote) is
+ * accepted, and every option of opts (but hidden ones) is in the help;
  * the common options are described in qcowkit(1) and need not be. A
  * mismatch is a bug in the program: it is named on stderr and the check
  * fails an assert. */

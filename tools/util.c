@@ -194,6 +194,10 @@ common_progress (void *data, const char *opt, const char *v)
 static void
 common_table (struct opt t[COMMON_OPTS], struct common_ctx *cc)
 {
+  if (cc->o == NULL) {         /* a command without the common options */
+    memset (t, 0, sizeof *t);
+    return;
+  }
   const struct opt common[COMMON_OPTS] = {
     { "--output", "a value", .fn = common_output, .data = cc },
     { "--root", "a directory", .str = &cc->o->root },
