@@ -719,6 +719,21 @@ extern int qk_meta_delete (struct qk_meta *m, const char *snapshot,
                            unsigned flags, qk_meta_change_fn fn,
                            void *opaque);
 
+/* ---- metadata revert ----
+ * Revert offline to a disk-only external snapshot (see qcowkit-meta(1)
+ * and lib/meta/revert.c): a new overlay on each image the snapshot froze,
+ * recorded in its <revertDisks>, the snapshot made current, the domain
+ * definition's disks pointed at the new overlays. Children are kept (the
+ * next snapshot starts a new branch), or their metadata removed with
+ * QK_META_REVERT_DISCARD_CHILDREN. fn receives each file changed and
+ * each image operation (kind -1: "create" path on new_path, "kept" for
+ * the disk the domain used before). */
+#define QK_META_REVERT_DISCARD_CHILDREN (1U << 0)
+#define QK_META_REVERT_DRY_RUN          (1U << 1)
+extern int qk_meta_revert (struct qk_meta *m, const char *snapshot,
+                           unsigned flags, qk_meta_change_fn fn,
+                           void *opaque);
+
 /* The metadata problem table (rows 0 .. count-1), like qk_problem_info. */
 extern size_t qk_meta_problem_count (void);
 extern int qk_meta_problem_info (size_t i, uint32_t *code, const char **name,

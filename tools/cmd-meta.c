@@ -22,6 +22,7 @@ static const char help[] =
   "       qcowkit meta repair [OPTIONS] [-n|-p|-y] [--drop-orphaned-metadata] DOMAIN\n"
   "       qcowkit meta delete [OPTIONS] [--children|--children-only] [--metadata-only]\n"
   "                           [--dry-run] DOMAIN SNAPSHOT\n"
+  "       qcowkit meta revert [OPTIONS] [--discard-children] [--dry-run] DOMAIN SNAPSHOT\n"
   "       qcowkit meta check --list-problems[=man]\n"
   "       qcowkit meta repair --list-fixes[=man]\n"
   "Read, check and convert a domain's libvirt snapshot and checkpoint\n"
@@ -41,7 +42,8 @@ static const char help[] =
   "fsck: 0 nothing to fix, 1 fixed and clean, 4 problems left, 8 error,\n"
   "16 usage, 32 stopped.\n"
   "delete merges an external snapshot's overlay into the image it froze and\n"
-  "updates the metadata as libvirt does; --metadata-only only the metadata.\n";
+  "updates the metadata as libvirt does; --metadata-only only the metadata.\n"
+  "revert starts a new overlay on a disk-only external snapshot's images.\n";
 
 struct meta_cli {
   struct common_opts o;
@@ -56,7 +58,8 @@ struct meta_cli {
   int mode;                 /* enum qk_repair_mode, -1: by the terminal */
   bool drop_orphaned;
   bool list_fixes, list_fixes_man;
-  bool del;                 /* delete: DOMAIN SNAPSHOT */
+  bool del;                 /* delete, revert: DOMAIN SNAPSHOT */
+  bool rev;
   const char *snapshot;
   unsigned del_flags;
 };
@@ -128,20 +131,24 @@ parse_args (struct meta_cli *c, int argc, char **argv, const char *cmd,
       c->list_fixes = c->list_fixes_man = true;
       continue;
     }
-    if (c->del && strcmp (a, "--children") == 0) {
+    if (c->del && !c->rev && strcmp (a, "--children") == 0) {
       c->del_flags |= QK_META_DELETE_CHILDREN;
       continue;
     }
-    if (c->del && strcmp (a, "--children-only") == 0) {
+    if (c->del && !c->rev && strcmp (a, "--children-only") == 0) {
       c->del_flags |= QK_META_DELETE_CHILDREN_ONLY;
       continue;
     }
-    if (c->del && strcmp (a, "--metadata-only") == 0) {
+    if (c->del && !c->rev && strcmp (a, "--metadata-only") == 0) {
       c->del_flags |= QK_META_DELETE_METADATA_ONLY;
       continue;
     }
     if (c->del && strcmp (a, "--dry-run") == 0) {
-      c->del_flags |= QK_META_DELETE_DRY_RUN;
+      c->del_flags |= c->rev ? QK_META_REVERT_DRY_RUN : QK_META_DELETE_DRY_RUN;
+      continue;
+    }
+    if (c->rev && strcmp (a, "--discard-children") == 0) {
+      c->del_flags |= QK_META_REVERT_DISCARD_CHILDREN;
       continue;
     }
     if ((r = common_option (&c->o, argc, argv, &i, cmd)) < 0)
@@ -993,6 +1000,12 @@ md_change (void *opaque, const struct qk_meta_change *ch)
   else if (strcmp (ch->action, "unused") == 0)
     printf ("%s is no longer used; it is left in place\n",
             printable (ch->path));
+  else if (strcmp (ch->action, "create") == 0 && ch->kind < 0)
+    printf ("create %s, an empty overlay on %s\n", printable (ch->path),
+            printable (ch->new_path));
+  else if (strcmp (ch->action, "kept") == 0)
+    printf ("%s, the disk before the revert, is left as it was\n",
+            printable (ch->path));
   else
     return mr_change (opaque, ch);
   return 0;
@@ -1006,7 +1019,8 @@ meta_delete_cmd (struct meta_cli *c)
   int rc;
 
   if (c->snapshot == NULL)
-    return usage_error ("meta", "delete needs DOMAIN SNAPSHOT");
+    return usage_error ("meta", "%s needs DOMAIN SNAPSHOT",
+                        c->rev ? "revert" : "delete");
   if ((c->del_flags & QK_META_DELETE_CHILDREN)
       && (c->del_flags & QK_META_DELETE_CHILDREN_ONLY))
     return usage_error ("meta", "--children and --children-only exclude "
@@ -1020,10 +1034,13 @@ meta_delete_cmd (struct meta_cli *c)
       return EXIT_META_FAILED;
     }
     qk_json_string (cx.j, "snapshot", c->snapshot);
-    qk_json_bool (cx.j, "dry-run", c->del_flags & QK_META_DELETE_DRY_RUN);
+    qk_json_bool (cx.j, "dry-run", c->del_flags & (c->rev
+                                                   ? QK_META_REVERT_DRY_RUN
+                                                   : QK_META_DELETE_DRY_RUN));
     qk_json_array_begin (cx.j, "changes");
   }
-  rc = qk_meta_delete (m, c->snapshot, c->del_flags, md_change, &cx);
+  rc = c->rev ? qk_meta_revert (m, c->snapshot, c->del_flags, md_change, &cx)
+       : qk_meta_delete (m, c->snapshot, c->del_flags, md_change, &cx);
   if (cx.j) {
     qk_json_array_end (cx.j);
     qk_json_bool (cx.j, "ok", rc == 0);
@@ -1031,6 +1048,11 @@ meta_delete_cmd (struct meta_cli *c)
       qk_json_string (cx.j, "error", qk_get_error ());
     json_finish (cx.j);
   }
+  else if (rc == 0 && c->rev)
+    printf ("%s '%s'%s\n", (c->del_flags & QK_META_REVERT_DRY_RUN)
+            ? "would revert to" : "reverted to", printable (c->snapshot),
+            (c->del_flags & QK_META_REVERT_DISCARD_CHILDREN)
+            ? " (its descendants' metadata removed)" : "");
   else if (rc == 0)
     printf ("%s '%s'%s%s\n", (c->del_flags & QK_META_DELETE_DRY_RUN)
             ? "would delete" : "deleted", printable (c->snapshot),
@@ -1059,11 +1081,13 @@ cmd_meta (int argc, char **argv)
   }
   sub = argv[1];
   if (strcmp (sub, "check") && strcmp (sub, "tree") && strcmp (sub, "convert")
-      && strcmp (sub, "repair") && strcmp (sub, "delete"))
+      && strcmp (sub, "repair") && strcmp (sub, "delete")
+      && strcmp (sub, "revert"))
     return usage_error ("meta", "unknown subcommand '%s' (check, tree, "
-                        "convert, repair, delete)", sub);
+                        "convert, repair, delete, revert)", sub);
   c.repair = strcmp (sub, "repair") == 0;
-  c.del = strcmp (sub, "delete") == 0;
+  c.rev = strcmp (sub, "revert") == 0;
+  c.del = c.rev || strcmp (sub, "delete") == 0;
   if (strcmp (sub, "tree") == 0)
     c.kind = QK_META_SNAPSHOT;
   if (parse_args (&c, argc - 1, argv + 1, "meta",

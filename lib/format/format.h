@@ -306,6 +306,11 @@ struct qk_header_spec {
 };
 extern int qk_header_cluster_format (const struct qk_header_spec *s,
                                      uint8_t *buf, size_t cs, size_t *used);
+/* A new empty overlay (format/create.c), as qemu-img create -f qcow2 -b
+ * backing -F backing_format lays it out (v3, 64 KiB clusters, 16-bit
+ * refcounts); *out (malloc'd, *len bytes) is the whole file. */
+extern int qk_overlay_bytes (const char *backing, const char *backing_format,
+                             uint64_t size, uint8_t **out, size_t *len);
 /* QEMU's feature name table (qcow2_update_header), written by version 3
  * images with clusters above 4 KiB. */
 #define QK_QEMU_FEATURES 8

@@ -378,6 +378,26 @@ meta_active_after (const struct qk_meta_moment *p, const char *target,
   return dd ? dd->source : NULL;
 }
 
+/* image is an overlay on the image parent froze: the disk after a revert
+ * to parent (a revert overlay that libvirt 9.0 does not keep in the
+ * parent's <revertDisks> when it rewrites the parent's file). */
+static bool
+revert_overlay_of (struct xc *x, const struct qk_meta_moment *par,
+                   const char *target, const char *image)
+{
+  const struct qk_meta_domain_disk *pd
+    = meta_ddisk (par->domain_disks, par->n_domain_disks, target);
+  const struct qk_meta_disk *d = meta_mdisk (par, target, false);
+  struct img *e;
+  struct qk_image *bk;
+
+  if (pd == NULL || pd->source == NULL || !meta_is_external (d))
+    return false;
+  e = get_image (x, image);
+  bk = e && e->img ? qk_image_backing (e->img) : NULL;
+  return bk && same_path (qk_image_filename (bk), pd->source);
+}
+
 static void
 check_order (struct xc *x, const struct meta_set *s,
              const struct qk_meta_moment *p)
@@ -400,7 +420,8 @@ check_order (struct xc *x, const struct meta_set *s,
       continue;
     want = meta_active_after (par, dd->target, &rev);
     if (want == NULL || same_path (want, dd->source)
-        || (rev && same_path (rev, dd->source)))
+        || (rev && same_path (rev, dd->source))
+        || revert_overlay_of (x, par, dd->target, dd->source))
       continue;
     meta_report (x->r, MP_EXT_CHAIN_ORDER, "snapshot '%s', disk '%s': its "
                  "<domain> uses %s, but after its parent '%s' the disk was "
@@ -427,7 +448,8 @@ check_current (struct xc *x, const struct meta_set *s)
       continue;
     want = meta_active_after (p, dd->target, &rev);
     if (want == NULL || same_path (want, dd->source)
-        || (rev && same_path (rev, dd->source)))
+        || (rev && same_path (rev, dd->source))
+        || revert_overlay_of (x, p, dd->target, dd->source))
       continue;
     meta_report (x->r, MP_CURRENT_CHAIN_MISMATCH, "disk '%s': the domain uses "
                  "%s, but the current snapshot '%s' says %s", dd->target,

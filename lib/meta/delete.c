@@ -471,7 +471,9 @@ qk_meta_delete (struct qk_meta *m, const char *name, unsigned flags,
     set_error (ENOENT, "no snapshot '%s' (that libvirt loads)", name);
     return -1;
   }
-  if (s->relations_bad || s->multi_current) {
+  /* (several current snapshots are no obstacle: this operation sets the
+   * current one, and its own interruption can leave two) */
+  if (s->relations_bad) {
     set_error (EINVAL, "the snapshot relations are broken (meta check): run "
                "qcowkit meta repair first");
     return -1;

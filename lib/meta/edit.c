@@ -206,6 +206,8 @@ struct elem_tags {
   unsigned ndip;
   uint64_t disk_end[64];    /* '<' of </disk> in <disks> */
   unsigned ndisk;
+  bool disks;               /* <disks> seen: its start and its end */
+  uint64_t disks_start, disks_end;
 };
 
 static int
@@ -249,6 +251,14 @@ elem_on_tag (void *opaque, bool end, bool empty, unsigned depth,
     if (end || empty) {
       t->active_end = stop;
       t->active = true;
+    }
+  }
+  if (depth == 2 && strcmp (name, "disks") == 0 && !t->disks) {
+    if (!end)
+      t->disks_start = start;
+    if (end || empty) {
+      t->disks_end = stop;
+      t->disks = true;
     }
   }
   if (depth == 3 && end && strcmp (t->cur2, "disks") == 0
@@ -443,6 +453,16 @@ moment_splices (struct meta_plan *w, size_t i, struct fedit *e, size_t off,
   if (st->active >= 0 && t.active) {
     if (add_splice (e, off + t.active_start, off + t.active_end,
                     meta_fmt ("<active>%d</active>", st->active)) < 0)
+      return -1;
+  }
+  if (st->revert_disks) {
+    if (!t.disks) {
+      set_error (EINVAL, "%s: no <disks> to put <revertDisks> after", e->path);
+      return -1;
+    }
+    indent_of (el, t.disks_start, ind, sizeof ind);
+    if (add_splice (e, off + t.disks_end, off + t.disks_end,
+                    meta_fmt ("\n%s%s", ind, st->revert_disks)) < 0)
       return -1;
   }
   if (st->set_dip && t.ndip == 0)
@@ -1237,6 +1257,7 @@ meta_plan_free (struct meta_plan *p)
     for (size_t i = 0; i < p->s->n; i++) {
       free (p->st[i].parent);
       free (p->st[i].rename_to);
+      free (p->st[i].revert_disks);
       for (size_t k = 0; k < 2 * p->st[i].nsubst; k++)
         free (p->st[i].subst[k]);
       free (p->st[i].subst);
@@ -1390,9 +1411,23 @@ meta_replace_file (struct qk_meta *m, const char *host, const char *buf,
   memcpy (e->out, buf, len);
   e->out[len] = '\0';
   e->outlen = len;
-  /* one splice for the diff: the whole file */
-  if (add_splice (e, 0, e->len, strndup (buf, len)) < 0)
-    goto out;
+  /* one splice for the diff: the lines between the common head and tail */
+  {
+    size_t a = 0, ta = 0;
+    while (a < e->len && a < len && e->buf[a] == buf[a])
+      a++;
+    while (a > 0 && e->buf[a - 1] != '\n')
+      a--;
+    while (ta < e->len - a && ta < len - a
+           && e->buf[e->len - 1 - ta] == buf[len - 1 - ta])
+      ta++;
+    while (ta > 0 && e->buf[e->len - ta] != '\n')
+      ta--;
+    if (ta > 0)
+      ta--;       /* keep the newline ending the changed lines */
+    if (add_splice (e, a, e->len - ta, strndup (buf + a, len - ta - a)) < 0)
+      goto out;
+  }
   if (!dry) {
     if (make_backup_dir (m, &k, tag) < 0
         || qk_durable_write (k.bfd, e->leaf, e->buf, e->len, 0600, 0) < 0)

@@ -1,0 +1,155 @@
+#!/bin/bash
+# qcowkit meta revert against a real libvirt (embedded QEMU driver) and
+# qemu-img. libvirt makes s1 (internal), then e1 and e2 (disk-only
+# external) with guest writes between; qcowkit reverts the inactive domain
+# to e1 or e2 the way seed 001 designs it: a new overlay on the images the
+# snapshot froze, the definition pointed at it, the snapshot current,
+# the children kept. Each case asks:
+#   - libvirt: a fresh embedded libvirt loads the result, its tree and
+#     current snapshot are the promised ones, its disk (domblklist) is the
+#     new overlay, and it takes a new snapshot there, which starts a new
+#     branch below the reverted one (the design's point);
+#   - qemu-img: the new overlay backs onto the frozen image and the guest
+#     now reads exactly what it read when the snapshot was taken (qemu-img
+#     compare with the raw image saved then); the old disk is unchanged;
+#   - meta check: no problem left.
+# Then --discard-children, a second revert (a new overlay, not the used
+# one), the refusals (internal snapshot), --dry-run, and a fault sweep.
+srcdir=${srcdir:-.}
+. "$srcdir/tests/tap.sh"
+. "$srcdir/tests/functions.sh"
+. "$srcdir/tests/meta-lib.sh"
+require virsh qemu-img qemu-io jq cmp
+scratch
+
+ROOT=$T/root
+IMG=$T/img
+lab_init
+Q () { qcowkit meta "$1" --libvirt-root "$ROOT" "${@:2}"; }
+disk () { V "domblklist vm1" | awk '$1 == "vda" { print $2 }'; }
+A () { qemu-io -f qcow2 -c "write -P $2 $1 1M" "$(disk)" > /dev/null; }
+
+# the guest data at each snapshot is saved as it is taken
+if ! { V "define $T/dom.xml" && A 0 1 && V "snapshot-create-as vm1 s1" \
+       && A 1M 2 && qemu-img convert -O raw "$(disk)" "$T/at-e1.raw" \
+       && V "snapshot-create-as vm1 e1 --disk-only" && A 2M 3 \
+       && qemu-img convert -O raw "$(disk)" "$T/at-e2.raw" \
+       && V "snapshot-create-as vm1 e2 --disk-only" && A 3M 4; } > "$T/mk.out" 2>&1; then
+  fail "libvirt makes the lab" "$(cat "$T/mk.out")"
+  done_testing; exit
+fi
+pass "libvirt makes s1 (internal), then e1 and e2 (external), with writes between"
+S=$ROOT/lib/qemu/snapshot/vm1
+SAVE=$T/save
+mkdir -p "$SAVE"
+cp -a "$ROOT/lib/qemu" "$SAVE/qemu"
+cp -a "$ROOT/etc/qemu" "$SAVE/etc"
+cp -a "$IMG" "$SAVE/img"
+restore () {
+  rm -rf "$ROOT/lib/qemu" "$ROOT/etc/qemu" "$IMG"
+  cp -a "$SAVE/qemu" "$ROOT/lib/qemu"
+  cp -a "$SAVE/etc" "$ROOT/etc/qemu"
+  cp -a "$SAVE/img" "$IMG"
+}
+tree0=$(V "snapshot-list vm1 --tree" | sed '/^ *$/d')
+backing () { qemu-img info --output=json "$1" | jq -r '."backing-filename" // "none"'; }
+e2sum=$(sha256sum < "$IMG/vm1.e2")
+
+# reverted NAME SNAP FROZEN RAW: the checks after a revert to SNAP
+reverted () {
+  local d out
+  d=$(disk)
+  is "$d" "$IMG/vm1.$2-revert" "$1: the domain's disk is the new overlay (domblklist)"
+  is "$(V "snapshot-current vm1 --name" 2>/dev/null)" "$2" "$1: libvirt's current snapshot is $2"
+  is "$(backing "$d")" "$IMG/$3" "$1: the new overlay backs onto $3, the image $2 froze"
+  ok "$1: the guest reads what it read when $2 was taken (qemu-img compare)" \
+    qemu-img compare -q -f raw "$T/$4" "$d"
+  qemu-img check -q "$d" > /dev/null 2>&1
+  is "$?" 0 "$1: qemu-img check finds the new overlay clean"
+  Q check vm1 --output=json > "$T/c.json" 2> /dev/null
+  is "$(jq -r '[.problems[] | select(.class != "info") | .name] | join(" ")' "$T/c.json")" "" \
+    "$1: meta check finds no problem"
+}
+
+# ---- e1, children kept ----
+Q revert vm1 e1 --output=json > "$T/r.json" 2> "$T/r.err"; rc=$?
+is "$rc" 0 "revert to e1: exit 0"
+reverted "revert to e1" e1 vm1.qcow2 at-e1.raw
+is "$(V "snapshot-list vm1 --tree" | sed '/^ *$/d')" "$tree0" "revert to e1: libvirt's tree is unchanged (e2 kept)"
+is "$(sha256sum < "$IMG/vm1.e2")" "$e2sum" "revert to e1: vm1.e2, the disk before, is unchanged"
+is "$(jq -r '[.changes[] | select(.kind == "image") | .action] | join(" ")' "$T/r.json")" "create kept" \
+  "revert to e1: JSON: the overlay created, the old disk kept"
+if out=$(V "snapshot-create-as vm1 e3 --disk-only" 2>&1); then
+  pass "libvirt takes a new snapshot e3 on the reverted domain"
+  is "$(V "snapshot-list vm1 --parent" | awk 'NF >= 6 && $1 == "e3" { print $6 }')" e1 \
+    "e3 is a child of e1: a new branch next to e2"
+  Q check vm1 > /dev/null 2>&1
+  is "$?" 0 "meta check of the tree with the new branch: clean"
+else
+  fail "libvirt takes a new snapshot e3 on the reverted domain" "$out"
+fi
+
+# ---- a second revert to e1: a new overlay, the used one kept ----
+Q revert vm1 e1 > "$T/out" 2>&1
+is "$?" 0 "a second revert to e1: exit 0"
+is "$(disk)" "$IMG/vm1.e1-revert2" "a second revert to e1: a new overlay (vm1.e1-revert2), the used one is not reused"
+ok "a second revert: the guest reads e1's data again" qemu-img compare -q -f raw "$T/at-e1.raw" "$(disk)"
+
+# ---- e2, the current snapshot ----
+restore
+Q revert vm1 e2 > "$T/out" 2>&1
+is "$?" 0 "revert to e2: exit 0"
+reverted "revert to e2" e2 vm1.e1 at-e2.raw
+
+# ---- --discard-children ----
+restore
+Q revert vm1 e1 --discard-children > "$T/out" 2>&1
+is "$?" 0 "revert to e1 --discard-children: exit 0"
+reverted "revert to e1 --discard-children" e1 vm1.qcow2 at-e1.raw
+is "$(V "snapshot-list vm1 --name" | awk NF | sort | tr '\n' ' ')" "e1 s1 " \
+  "--discard-children: libvirt knows s1 and e1 only"
+ok "--discard-children: e2.xml kept in the backup directory" sh -c "ls '$ROOT'/lib/qemu/snapshot/.vm1.qk-revert.*/e2.xml > /dev/null"
+is "$(sha256sum < "$IMG/vm1.e2")" "$e2sum" "--discard-children: vm1.e2 itself is left as it was"
+
+# ---- an internal snapshot: refused ----
+restore
+st0=$(cd "$T" && find root img -type f | sort | xargs sha256sum)
+Q revert vm1 s1 > "$T/out" 2>&1; rc=$?
+is "$rc" 1 "revert to s1 (internal): refused (exit 1)"
+ok "and says why" grep -q "applying a qcow2 snapshot offline is not written yet" "$T/out"
+is "$(cd "$T" && find root img -type f | sort | xargs sha256sum)" "$st0" "and nothing was written"
+
+# ---- --dry-run ----
+Q revert vm1 e1 --dry-run > "$T/out" 2>&1; rc=$?
+is "$rc" 0 "--dry-run: exit 0"
+ok "--dry-run: says it would create the overlay" grep -q "create $IMG/vm1.e1-revert, an empty overlay on $IMG/vm1.qcow2" "$T/out"
+is "$(cd "$T" && find root img -type f | sort | xargs sha256sum)" "$st0" "--dry-run: nothing was written"
+
+# ---- fault sweep ----
+# killed after each operation: libvirt loads what is left, the domain
+# reads either the state before or e1's, and a rerun finishes (a kill
+# right after the overlay was made leaves it unused, and the rerun makes
+# the next name)
+n=0 bad=
+for op in mkdir write rename unlink; do
+  for i in $(seq 1 10); do
+    restore
+    QCOWKIT_FAULT=after-$op-$i Q revert vm1 e1 > /dev/null 2>&1
+    [ $? -eq 137 ] || break
+    n=$((n + 1))
+    V "snapshot-list vm1 --name" > /dev/null 2>&1 || bad="$bad $op-$i:libvirt-load"
+    d=$(disk)
+    if ! qemu-img compare -q -f raw "$T/at-e1.raw" "$d" 2>/dev/null; then
+      qemu-img compare -q "$SAVE/img/vm1.e2" "$d" 2>/dev/null || bad="$bad $op-$i:data"
+    fi
+    Q revert vm1 e1 > "$T/rerun.out" 2>&1 || bad="$bad $op-$i:rerun"
+    d=$(disk)
+    case $d in "$IMG/vm1.e1-revert"*) ;; *) bad="$bad $op-$i:disk($d)" ;; esac
+    qemu-img compare -q -f raw "$T/at-e1.raw" "$d" 2>/dev/null || bad="$bad $op-$i:final-data"
+    [ "$(V "snapshot-current vm1 --name" 2>/dev/null)" = e1 ] || bad="$bad $op-$i:current"
+  done
+done
+ok "fault sweep: killed at $n points; libvirt loads each state, the domain reads the old or e1's data, a rerun finishes" \
+  test -z "$bad" -a "$n" -ge 4
+[ -z "$bad" ] || diag "failed points:$bad"
+done_testing
