@@ -5,15 +5,26 @@
 #   fuzz/smoke.sh [SECONDS [HARNESS...]]   (from a --enable-fuzzing build)
 #
 # Each harness runs SECONDS (default 60) under ASan + UBSan with its
-# dictionary, a 2 GiB RSS limit and a 10 s per-input timeout. Any crash,
-# leak, timeout or out-of-memory fails the script; the input that did it
-# is left in smoke/artifacts/. Exiting cleanly is not enough: a session
-# must also run at least MIN_RATE inputs a second (libFuzzer's "Done N
-# runs"), and the coverage must grow past what the seed corpus reached
-# (the cov: of the INITED line against the last one), so that a harness
-# that rejects every input fails. Three TAP lines per harness.
+# dictionary, a 2 GiB RSS limit, a 10 s per-input timeout, inputs of at
+# most 256 KiB (-max_len; the qcow2 seeds are smaller, fuzz/make-seeds.sh)
+# and no rereading of the corpus directory (-reload=0: one process).
+# Any crash, leak, timeout or out-of-memory fails the script; the input
+# that did it is left in smoke/artifacts/. Exiting cleanly is not enough:
+# a session must also run at least min_rate inputs a second (libFuzzer's
+# "Done N runs"; below), and the coverage must grow past what the seed
+# corpus reached (the cov: of the INITED line against the last one), so
+# that a harness that rejects every input fails. Three TAP lines per
+# harness.
 set -u
-MIN_RATE=20
+# Inputs a second a session must reach: about a third of what one
+# session ran on a loaded 2-core machine (doc/FUZZING.md, "Throughput").
+min_rate () {
+  case $1 in
+    image|read|check|chain) echo 150 ;;
+    repair|amend) echo 25 ;;
+    *) echo 20 ;;
+  esac
+}
 secs=${1:-60}
 [ $# -gt 0 ] && shift
 only=" $* "
@@ -41,10 +52,19 @@ run () {  # HARNESS SEEDDIR... (dictionary picked by harness)
   fi
   mkdir -p "$work/corpus-$h"
   log=$work/fuzz-$h.log
-  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+  # fuzz-repair's data oracle stops within a minute on a library bug not
+  # fixed yet (tests/regress/repair-prealloc-zero-bad-entries-data.gz, a
+  # TODO line of tests/fuzz-replay.sh): the smoke runs its other two
+  # oracles until the fix, then this goes
+  envs=() note=
+  if [ "$h" = repair ]; then
+    envs=(QK_FUZZ_REPAIR_ONLY="${QK_FUZZ_REPAIR_ONLY:-check,two-run}")
+    note=" (${envs[0]})"
+  fi
+  env "${envs[@]}" ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     "$bin" -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 \
-      -max_len=1048576 -print_final_stats=1 -dict="$dict" \
+      -max_len=262144 -reload=0 -print_final_stats=1 -dict="$dict" \
       -artifact_prefix="$work/artifacts/$h-" \
       "$work/corpus-$h" "$@" >"$log" 2>&1
   rc=$?
@@ -55,14 +75,14 @@ run () {  # HARNESS SEEDDIR... (dictionary picked by harness)
   cov0=$(sed -nE 's/^#[0-9]+[[:space:]]+INITED cov: ([0-9]+) .*/\1/p' "$log" | head -1)
   cov1=$(sed -nE 's/^#[0-9]+[[:space:]]+[A-Z]+ +cov: ([0-9]+) .*/\1/p' "$log" | tail -1)
   if [ $rc -eq 0 ]; then
-    echo "ok $n - fuzz-$h: ${secs} s, ${execs:-?} executions, ${cov:-no coverage line}, no finding"
+    echo "ok $n - fuzz-$h: ${secs} s, ${execs:-?} executions, ${cov:-no coverage line}, no finding$note"
   else
     echo "not ok $n - fuzz-$h: exit $rc after ${execs:-?} executions"
     grep -E 'ERROR|SUMMARY|runtime error|Test unit written' "$log" | head -10 | sed 's/^/#   /'
     bad=$((bad + 1))
   fi
   n=$((n + 1))
-  min=$((MIN_RATE * secs))
+  min=$(($(min_rate "$h") * secs))
   if [ "${execs:-0}" -ge "$min" ]; then
     echo "ok $n - fuzz-$h: at least $min executions (${execs})"
   else
