@@ -258,26 +258,35 @@ struct check_ctx {
   uint64_t n[5];
 };
 
+/* One problem: counted by class; a JSON object, or a line (infos too
+ * unless only_issues). */
+static void
+emit_problem (struct qk_json *j, uint64_t *n, bool quiet, bool only_issues,
+              const struct qk_problem *p)
+{
+  if (p->cls <= QK_CLASS_ERROR)
+    n[p->cls]++;
+  if (j) {
+    char code[16];
+    snprintf (code, sizeof code, "0x%06x", p->code);
+    qk_json_object_begin (j, NULL);
+    qk_json_string (j, "code", code);
+    qk_json_string (j, "name", p->name);
+    qk_json_string (j, "class", qk_problem_class_name (p->cls));
+    qk_json_string (j, "message", p->message);
+    qk_json_object_end (j);
+  }
+  else if (!quiet && !(only_issues && p->cls == QK_CLASS_INFO))
+    printf ("%s 0x%06x %s: %s\n", problem_label (p->cls), p->code, p->name,
+            printable (p->message));
+}
+
 static int
 on_problem (void *opaque, const struct qk_problem *p)
 {
   struct check_ctx *c = opaque;
 
-  if (p->cls <= QK_CLASS_ERROR)
-    c->n[p->cls]++;
-  if (c->j) {
-    char code[16];
-    snprintf (code, sizeof code, "0x%06x", p->code);
-    qk_json_object_begin (c->j, NULL);
-    qk_json_string (c->j, "code", code);
-    qk_json_string (c->j, "name", p->name);
-    qk_json_string (c->j, "class", qk_problem_class_name (p->cls));
-    qk_json_string (c->j, "message", p->message);
-    qk_json_object_end (c->j);
-  }
-  else
-    printf ("%s 0x%06x %s: %s\n", problem_label (p->cls), p->code, p->name,
-            printable (p->message));
+  emit_problem (c->j, c->n, false, false, p);
   return 0;
 }
 
@@ -753,21 +762,7 @@ mr_problem (void *opaque, const struct qk_problem *p)
 {
   struct mrctx *c = opaque;
 
-  if (p->cls <= QK_CLASS_ERROR)
-    c->n[p->cls]++;
-  if (c->j) {
-    char code[16];
-    snprintf (code, sizeof code, "0x%06x", p->code);
-    qk_json_object_begin (c->j, NULL);
-    qk_json_string (c->j, "code", code);
-    qk_json_string (c->j, "name", p->name);
-    qk_json_string (c->j, "class", qk_problem_class_name (p->cls));
-    qk_json_string (c->j, "message", p->message);
-    qk_json_object_end (c->j);
-  }
-  else if (p->cls != QK_CLASS_INFO && !c->quiet)
-    printf ("%s 0x%06x %s: %s\n", problem_label (p->cls), p->code, p->name,
-            printable (p->message));
+  emit_problem (c->j, c->n, c->quiet, true, p);
   return 0;
 }
 

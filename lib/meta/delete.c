@@ -453,7 +453,7 @@ qk_meta_delete (struct qk_meta *m, const char *name, unsigned flags,
                 qk_meta_change_fn fn, void *opaque)
 {
   struct meta_set *s;
-  char *why = NULL, **todo = NULL;
+  char **todo = NULL;
   size_t i, nt = 0;
   int rc;
 
@@ -466,27 +466,9 @@ qk_meta_delete (struct qk_meta *m, const char *name, unsigned flags,
     return -1;
   }
   s = &m->set[QK_META_SNAPSHOT];
-  i = meta_lookup (s, name);
-  if (i == QK_META_NONE || !s->m[i].pub.loaded) {
-    set_error (ENOENT, "no snapshot '%s' (that libvirt loads)", name);
+  i = meta_writer_target (m, name, flags & QK_META_DELETE_DRY_RUN, "delete");
+  if (i == QK_META_NONE)
     return -1;
-  }
-  /* (several current snapshots are no obstacle: this operation sets the
-   * current one, and its own interruption can leave two) */
-  if (s->relations_bad) {
-    set_error (EINVAL, "the snapshot relations are broken (meta check): run "
-               "qcowkit meta repair first");
-    return -1;
-  }
-  if (!(flags & QK_META_DELETE_DRY_RUN)) {
-    rc = qk_meta_daemon_running (m, &why);
-    if (rc != 0) {
-      set_error (EBUSY, "refusing to delete while libvirt may be using the "
-                 "metadata: %s", why ? why : "cannot tell");
-      free (why);
-      return -1;
-    }
-  }
   /* the names to delete, deepest first: a post-order walk */
   todo = calloc (s->n + 1, sizeof *todo);
   if (todo == NULL) {

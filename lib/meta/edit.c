@@ -190,25 +190,39 @@ meta_esc (const char *s)
 }
 
 /* Where the elements repair changes are, in one moment's bytes. */
+/* The bytes of the first depth-2 element called want: from its '<' to
+ * after its end tag. */
+struct span {
+  bool seen;
+  uint64_t start, end;
+};
+
 struct elem_tags {
   char cur2[32];            /* the depth-2 element we are in */
-  bool name_seen;
-  uint64_t name_end;        /* after </name> of the moment */
-  uint64_t name_start;
-  bool parent;
-  uint64_t parent_start, parent_end;
+  struct span name, parent, active, disks;   /* depth-2 elements */
   bool pname;               /* the text of <parent><name> */
   uint64_t pname_a, pname_b;
   unsigned pnames;
-  bool active;
-  uint64_t active_start, active_end;
   uint64_t dip_start[64], dip_end[64];
   unsigned ndip;
   uint64_t disk_end[64];    /* '<' of </disk> in <disks> */
   unsigned ndisk;
-  bool disks;               /* <disks> seen: its start and its end */
-  uint64_t disks_start, disks_end;
 };
+
+
+static void
+span (struct span *sp, const char *want, const char *name, bool end,
+      bool empty, uint64_t start, uint64_t stop)
+{
+  if (sp->seen || strcmp (name, want) != 0)
+    return;
+  if (!end)
+    sp->start = start;
+  if (end || empty) {
+    sp->end = stop;
+    sp->seen = true;
+  }
+}
 
 static int
 elem_on_tag (void *opaque, bool end, bool empty, unsigned depth,
@@ -218,21 +232,11 @@ elem_on_tag (void *opaque, bool end, bool empty, unsigned depth,
 
   if (depth == 2 && !end)
     snprintf (t->cur2, sizeof t->cur2, "%s", name);
-  if (depth == 2 && strcmp (name, "name") == 0 && !t->name_seen) {
-    if (!end)
-      t->name_start = start;
-    if (end || empty) {
-      t->name_end = stop;
-      t->name_seen = true;
-    }
-  }
-  if (depth == 2 && strcmp (name, "parent") == 0 && !t->parent) {
-    if (!end)
-      t->parent_start = start;
-    if (end || empty) {
-      t->parent_end = stop;
-      t->parent = true;
-    }
+  if (depth == 2) {
+    span (&t->name, "name", name, end, empty, start, stop);
+    span (&t->parent, "parent", name, end, empty, start, stop);
+    span (&t->active, "active", name, end, empty, start, stop);
+    span (&t->disks, "disks", name, end, empty, start, stop);
   }
   if (depth == 3 && strcmp (t->cur2, "parent") == 0
       && strcmp (name, "name") == 0) {
@@ -243,22 +247,6 @@ elem_on_tag (void *opaque, bool end, bool empty, unsigned depth,
     if (end) {
       t->pname_b = start;
       t->pname = true;
-    }
-  }
-  if (depth == 2 && strcmp (name, "active") == 0 && !t->active) {
-    if (!end)
-      t->active_start = start;
-    if (end || empty) {
-      t->active_end = stop;
-      t->active = true;
-    }
-  }
-  if (depth == 2 && strcmp (name, "disks") == 0 && !t->disks) {
-    if (!end)
-      t->disks_start = start;
-    if (end || empty) {
-      t->disks_end = stop;
-      t->disks = true;
     }
   }
   if (depth == 3 && end && strcmp (t->cur2, "disks") == 0
@@ -407,15 +395,15 @@ moment_splices (struct meta_plan *w, size_t i, struct fedit *e, size_t off,
       set_error (ENOMEM, "malloc");
       return -1;
     }
-    if (t.parent && pn && t.pname && t.pnames == 1
+    if (t.parent.seen && pn && t.pname && t.pnames == 1
         && t.pname_b >= t.pname_a) {
       /* only the name changes */
       if (add_splice (e, off + t.pname_a, off + t.pname_b, pn) < 0)
         return -1;
       pn = NULL;
     }
-    else if (t.parent) {
-      size_t a = t.parent_start, b = t.parent_end;
+    else if (t.parent.seen) {
+      size_t a = t.parent.start, b = t.parent.end;
       indent_of (el, a, ind, sizeof ind);
       if (pn) {
         if (add_splice (e, off + a, off + b,
@@ -432,13 +420,13 @@ moment_splices (struct meta_plan *w, size_t i, struct fedit *e, size_t off,
       }
     }
     else if (pn) {
-      if (!t.name_seen) {
+      if (!t.name.seen) {
         free (pn);
         set_error (EINVAL, "%s: no <name> to put <parent> after", e->path);
         return -1;
       }
-      indent_of (el, t.name_start, ind, sizeof ind);
-      if (add_splice (e, off + t.name_end, off + t.name_end,
+      indent_of (el, t.name.start, ind, sizeof ind);
+      if (add_splice (e, off + t.name.end, off + t.name.end,
                       meta_fmt ("\n%s<parent>\n%s  <name>%s</name>\n%s</parent>",
                            ind, ind, pn, ind)) < 0) {
         free (pn);
@@ -450,18 +438,18 @@ moment_splices (struct meta_plan *w, size_t i, struct fedit *e, size_t off,
   for (size_t k = 0; k < st->nsubst; k++)
     if (subst_splices (e, off, len, st->subst[2 * k], st->subst[2 * k + 1]) < 0)
       return -1;
-  if (st->active >= 0 && t.active) {
-    if (add_splice (e, off + t.active_start, off + t.active_end,
+  if (st->active >= 0 && t.active.seen) {
+    if (add_splice (e, off + t.active.start, off + t.active.end,
                     meta_fmt ("<active>%d</active>", st->active)) < 0)
       return -1;
   }
   if (st->revert_disks) {
-    if (!t.disks) {
+    if (!t.disks.seen) {
       set_error (EINVAL, "%s: no <disks> to put <revertDisks> after", e->path);
       return -1;
     }
-    indent_of (el, t.disks_start, ind, sizeof ind);
-    if (add_splice (e, off + t.disks_end, off + t.disks_end,
+    indent_of (el, t.disks.start, ind, sizeof ind);
+    if (add_splice (e, off + t.disks.end, off + t.disks.end,
                     meta_fmt ("\n%s%s", ind, st->revert_disks)) < 0)
       return -1;
   }
@@ -1374,6 +1362,40 @@ meta_plan_apply (struct meta_plan *p, bool dry, qk_meta_change_fn fn,
  out:
   free_kplan (&k);
   return ret;
+}
+
+/* ---- the snapshot a writer acts on ---- */
+
+size_t
+meta_writer_target (struct qk_meta *m, const char *name, bool dry,
+                    const char *verb)
+{
+  struct meta_set *s = &m->set[QK_META_SNAPSHOT];
+  size_t i = meta_lookup (s, name);
+  char *why = NULL;
+  int rc;
+
+  if (i == QK_META_NONE || !s->m[i].pub.loaded) {
+    set_error (ENOENT, "no snapshot '%s' (that libvirt loads)", name);
+    return QK_META_NONE;
+  }
+  /* (several current snapshots are no obstacle: the writers set the
+   * current one, and their own interruption can leave two) */
+  if (s->relations_bad) {
+    set_error (EINVAL, "the snapshot relations are broken (meta check): run "
+               "qcowkit meta repair first");
+    return QK_META_NONE;
+  }
+  if (dry)
+    return i;
+  rc = qk_meta_daemon_running (m, &why);
+  if (rc != 0) {
+    set_error (EBUSY, "refusing to %s while libvirt may be using the "
+               "metadata: %s", verb, why ? why : "cannot tell");
+    free (why);
+    return QK_META_NONE;
+  }
+  return i;
 }
 
 /* ---- whole files outside the metadata directories ---- */

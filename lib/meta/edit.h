@@ -57,6 +57,12 @@ extern int medit_add_subst (struct medit *e, const char *old,
 extern int meta_plan_apply (struct meta_plan *p, bool dry,
                             qk_meta_change_fn fn, void *opaque);
 
+/* The snapshot a writer (delete, revert) acts on: loaded, the relations
+ * sound, and unless dry no libvirt running (verb: "delete"). Its index,
+ * or QK_META_NONE with the error set. */
+extern size_t meta_writer_target (struct qk_meta *m, const char *name,
+                                  bool dry, const char *verb);
+
 /* Write a whole file durably in the directory of host path, keeping the
  * old one first as BACKUP_DIR/leaf (backup dir made with tag). Reports it
  * through fn. */

@@ -165,8 +165,8 @@ qk_meta_revert (struct qk_meta *m, const char *name, unsigned flags,
   size_t i, nd = 0;
   bool dry = flags & QK_META_REVERT_DRY_RUN;
   struct meta_plan pl = { 0 };
-  char *why = NULL, *text = NULL;
-  int ret = -1, rc;
+  char *text = NULL;
+  int ret = -1;
 
   memset (dd, 0, sizeof dd);
   if (m == NULL || name == NULL
@@ -175,18 +175,8 @@ qk_meta_revert (struct qk_meta *m, const char *name, unsigned flags,
     return -1;
   }
   s = &m->set[QK_META_SNAPSHOT];
-  i = meta_lookup (s, name);
-  if (i == QK_META_NONE || !s->m[i].pub.loaded) {
-    set_error (ENOENT, "no snapshot '%s' (that libvirt loads)", name);
+  if ((i = meta_writer_target (m, name, dry, "revert")) == QK_META_NONE)
     return -1;
-  }
-  /* (several current snapshots are no obstacle: this operation sets the
-   * current one, and its own interruption can leave two) */
-  if (s->relations_bad) {
-    set_error (EINVAL, "the snapshot relations are broken (meta check): run "
-               "qcowkit meta repair first");
-    return -1;
-  }
   if (!m->domain_ok) {
     set_error (EINVAL, "the domain definition cannot be read");
     return -1;
@@ -195,15 +185,6 @@ qk_meta_revert (struct qk_meta *m, const char *name, unsigned flags,
     set_error (ENOTSUP, "revert makes a new overlay on the host: not under "
                "--sysroot");
     return -1;
-  }
-  if (!dry) {
-    rc = qk_meta_daemon_running (m, &why);
-    if (rc != 0) {
-      set_error (EBUSY, "refusing to revert while libvirt may be using the "
-                 "metadata: %s", why ? why : "cannot tell");
-      free (why);
-      return -1;
-    }
   }
   p = &s->m[i].pub;
   if (p->state && strcmp (p->state, "disk-snapshot") != 0
