@@ -232,6 +232,19 @@ Q repair -n vm1 > "$T/out" 2>&1; rc=$?
 is "$rc" 4 "-n: exit 4 (problems left)"
 ok "-n: says what it would do" grep -q "adopt it as a child of 's1'.* no$" "$T/out"
 is "$(cd "$ROOT/lib/qemu" && find . | sort && find . -type f | sort | xargs sha256sum)" "$st0" "-n: no file or directory changed"
+# on a terminal it asks, once per fix (script gives it one)
+if have script "meta repair's questions on a terminal (script from util-linux)"; then
+  printf 'n\nq\n' | script -qec "qcowkit meta repair --libvirt-root '$ROOT' vm1" /dev/null > "$T/tty.out" 2>&1
+  is "$?" 32 "on a terminal, answered n then q: stopped (exit 32)"
+  ok "it asked about the adoption ([y/n/a/q])" grep -q "adopt it as a child of 's1'.*\[y/n/a/q\]" "$T/tty.out"
+  is "$(cd "$ROOT/lib/qemu" && find . | sort && find . -type f | sort | xargs sha256sum)" "$st0" \
+    "answered n and q: no file or directory changed"
+  printf 'a\n' | script -qec "qcowkit meta repair --libvirt-root '$ROOT' vm1" /dev/null > "$T/tty.out" 2>&1
+  ok "answered a: yes to all, the fixes made" grep -q "Adopted the qcow2 snapshot 's3'." "$T/tty.out"
+  restore
+  rm "$S/s3.xml"
+  sub 's|<active>0</active>|<active>1</active>|' "$S/s1.xml"
+fi
 Q repair -p vm1 > "$T/out" 2>&1; rc=$?
 is "$rc" 1 "-p makes the fixes that lose nothing (exit 1)"
 

@@ -770,28 +770,8 @@ static enum qk_answer
 mr_ask (void *opaque, const struct qk_fix *f)
 {
   struct mrctx *c = opaque;
-  char line[64];
 
-  if (c->yes_to_all) {
-    printf ("%s yes\n", printable (f->prompt));
-    return QK_ANSWER_YES;
-  }
-  for (;;) {
-    printf ("%s%s [y/n/a/q] ", printable (f->prompt),
-            (f->flags & QK_FIX_LOSES_DATA) ? " (removes metadata)" : "");
-    fflush (stdout);
-    if (fgets (line, sizeof line, c->tty) == NULL) {
-      printf ("\n");
-      return QK_ANSWER_ABORT;
-    }
-    switch (line[0]) {
-    case 'y': case 'Y': return QK_ANSWER_YES;
-    case 'n': case 'N': return QK_ANSWER_NO;
-    case 'a': case 'A': c->yes_to_all = true; return QK_ANSWER_YES;
-    case 'q': case 'Q': return QK_ANSWER_ABORT;
-    default: break;
-    }
-  }
+  return ask_fix (c->tty, &c->yes_to_all, f, " (removes metadata)");
 }
 
 static int

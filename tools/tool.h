@@ -113,6 +113,11 @@ extern struct qk_image *open_image (const char *path,
                                     const struct common_opts *o,
                                     unsigned flags, bool show_warnings);
 
+/* One question for a repair fix on a terminal ([y/n/a/q]); loses is
+ * appended to the prompt of a fix that loses data. */
+extern enum qk_answer ask_fix (FILE *tty, bool *yes_to_all,
+                               const struct qk_fix *f, const char *loses);
+
 /* The word that starts a problem line ("ERROR", "Leak", "Warning", ...). */
 extern const char *problem_label (enum qk_problem_class cls);
 

@@ -529,3 +529,33 @@ problem_label (enum qk_problem_class cls)
   default: return "Info";
   }
 }
+
+/* One question for a fix, on a terminal: y, n, a (yes to this and every
+ * later one), q (stop). */
+enum qk_answer
+ask_fix (FILE *tty, bool *yes_to_all, const struct qk_fix *f,
+         const char *loses)
+{
+  char line[64];
+
+  if (*yes_to_all) {
+    printf ("%s yes\n", printable (f->prompt));
+    return QK_ANSWER_YES;
+  }
+  for (;;) {
+    printf ("%s%s [y/n/a/q] ", printable (f->prompt),
+            (f->flags & QK_FIX_LOSES_DATA) ? loses : "");
+    fflush (stdout);
+    if (fgets (line, sizeof line, tty) == NULL) {
+      printf ("\n");
+      return QK_ANSWER_ABORT;
+    }
+    switch (line[0]) {
+    case 'y': case 'Y': return QK_ANSWER_YES;
+    case 'n': case 'N': return QK_ANSWER_NO;
+    case 'a': case 'A': *yes_to_all = true; return QK_ANSWER_YES;
+    case 'q': case 'Q': return QK_ANSWER_ABORT;
+    default: break;
+    }
+  }
+}
