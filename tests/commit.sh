@@ -177,6 +177,23 @@ is "$?" 1 "-b with an image not in the chain: exit 1"
 grep -q "Did not find 'nothere.qcow2' in the backing chain of 'top.qcow2'" k.out
 is "$?" 0 "  with qemu-img's message"
 
+# ---- into a base that has a backing file of its own ----
+# (the top into the middle of a 3-deep chain, and -b the middle: the
+# base's check must not take its unopened backing file for a missing one)
+for how in "" "-b mid.qcow2"; do
+  rm -rf k q && mkdir k q && (cd k && mk3) && cp -a k/. q/
+  qemu-img convert -O raw k/top.qcow2 view.raw
+  (cd k && qcowkit commit $how top.qcow2) > k.out 2>&1; kr=$?
+  (cd q && qemu-img commit $how top.qcow2) > q.out 2>&1; qr=$?
+  is "$kr $qr" "0 0" "commit ${how:-(default)} into the middle image (which has a backing file): both commit"
+  [ "$kr" -eq 0 ] || diag "$(cat k.out)"
+  qemu-img compare -q k/mid.qcow2 q/mid.qcow2
+  is "$?" 0 "  the middle image reads as qemu-img's"
+  qemu-img compare -q -f raw -F qcow2 view.raw k/mid.qcow2
+  is "$?" 0 "  the middle image reads what the top read"
+  is "$(qcheck k/mid.qcow2)" 0 "  qemu-img check finds it clean"
+done
+
 # ---- refusals ----
 qemu-img create -q -f qcow2 alone.qcow2 16M
 s0=$(sha alone.qcow2)
