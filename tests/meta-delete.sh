@@ -41,17 +41,7 @@ if ! { V "define $T/dom.xml" && A 0 1 && V "snapshot-create-as vm1 s1" \
 fi
 pass "libvirt makes s1 (internal), then e1 and e2 (external), with writes between"
 S=$ROOT/lib/qemu/snapshot/vm1
-SAVE=$T/save
-mkdir -p "$SAVE"
-cp -a "$ROOT/lib/qemu" "$SAVE/qemu"
-cp -a "$ROOT/etc/qemu" "$SAVE/etc"
-cp -a "$IMG" "$SAVE/img"
-restore () {
-  rm -rf "$ROOT/lib/qemu" "$ROOT/etc/qemu" "$IMG"
-  cp -a "$SAVE/qemu" "$ROOT/lib/qemu"
-  cp -a "$SAVE/etc" "$ROOT/etc/qemu"
-  cp -a "$SAVE/img" "$IMG"
-}
+lab_save
 qemu-img convert -O raw "$IMG/vm1.e2" "$T/guest.raw"
 name_parent () { awk 'NF >= 5 { print $1 (NF >= 6 ? " " $6 : "") }' | sort | tr '\n' ' '; }
 
@@ -114,21 +104,21 @@ data "delete e2 after e1"
 ok "the domain definition was kept before it was changed" sh -c "ls '$ROOT'/etc/qemu/.vm1.qk-delete.*/vm1.xml > /dev/null"
 
 # ---- e2 alone ----
-restore
+lab_restore
 Q delete vm1 e2 > "$T/out" 2>&1
 is "$?" 0 "delete e2 alone: exit 0"
 view "delete e2" "e1 s1 s1 " e1 "$IMG/vm1.e1"
 data "delete e2"
 
 # ---- --children ----
-restore
+lab_restore
 Q delete vm1 e1 --children > "$T/out" 2>&1
 is "$?" 0 "delete e1 --children: exit 0"
 view "delete e1 --children" "s1 " s1 "$IMG/vm1.qcow2"
 data "delete e1 --children"
 
 # ---- --children-only ----
-restore
+lab_restore
 Q delete vm1 s1 --children-only > "$T/out" 2>&1
 is "$?" 0 "delete s1 --children-only: exit 0 (e2, then e1, merged; s1 kept)"
 view "delete s1 --children-only" "s1 " s1 "$IMG/vm1.qcow2"
@@ -137,7 +127,7 @@ is "$(qemu-img snapshot -l "$IMG/vm1.qcow2" | awk 'NR > 2 { print $2 }')" s1 \
   "delete s1 --children-only: the internal snapshot s1 is still in vm1.qcow2"
 
 # ---- an internal snapshot's data: refused, nothing changed ----
-restore
+lab_restore
 st0=$(cd "$T" && find root img -type f | sort | xargs sha256sum)
 Q delete vm1 s1 > "$T/out" 2>&1; rc=$?
 is "$rc" 1 "delete s1 (internal) without --metadata-only: refused (exit 1)"
@@ -145,7 +135,7 @@ ok "and says how to do it" grep -q "qemu-img snapshot -d, then run meta delete -
 is "$(cd "$T" && find root img -type f | sort | xargs sha256sum)" "$st0" "and nothing was written"
 
 # ---- --metadata-only: what libvirt's snapshot-delete --metadata does ----
-restore
+lab_restore
 cp -a "$ROOT" "$T/lvcopy"
 timeout 120 virsh -q -c "qemu:///embed?root=$T/lvcopy" "snapshot-delete vm1 s1 --metadata" > /dev/null 2>&1
 lvview=$(timeout 120 virsh -q -c "qemu:///embed?root=$T/lvcopy" "snapshot-list vm1 --parent" | name_parent)
@@ -158,7 +148,7 @@ ok "delete s1 --metadata-only: the images are untouched" \
   sh -c "cd '$T' && for f in img/*; do cmp -s \"\$f\" \"save/\$f\" || exit 1; done"
 
 # ---- a branch next to the snapshot: refused ----
-restore
+lab_restore
 qemu-img create -q -f qcow2 -F qcow2 -b "$IMG/vm1.e1" "$IMG/vm1.e3"
 sed -e 's|<name>e2</name>|<name>e3</name>|' -e "s|$IMG/vm1.e2|$IMG/vm1.e3|" \
     -e 's|<active>1</active>|<active>0</active>|' "$S/e2.xml" > "$S/e3.xml"
@@ -169,7 +159,7 @@ ok "and names the branch" grep -q "the snapshot 'e3' froze $IMG/vm1.e1 too" "$T/
 is "$(cd "$T" && find root img -type f | sort | xargs sha256sum)" "$st0" "and nothing was written"
 
 # ---- --dry-run ----
-restore
+lab_restore
 st0=$(cd "$T" && find root img -type f | sort | xargs sha256sum)
 Q delete vm1 e1 --dry-run > "$T/out" 2>&1; rc=$?
 is "$rc" 0 "--dry-run: exit 0"
@@ -183,7 +173,7 @@ is "$(cd "$T" && find root img -type f | sort | xargs sha256sum)" "$st0" "--dry-
 n=0 bad=
 sweep_point () {
   local out
-  restore
+  lab_restore
   QCOWKIT_FAULT=$1 Q delete vm1 e1 > /dev/null 2>&1
   [ $? -eq 137 ] || return 1
   n=$((n + 1))

@@ -137,3 +137,47 @@ lab_kill_named () {  # WORD: processes whose command line has WORD and $ROOT
 }
 # V ARGS: virsh on the lab under $ROOT
 V () { timeout 120 virsh -q -c "qemu:///embed?root=$ROOT" "$@"; }
+
+# lab_save: keep the lab as it is now (the metadata, the definitions, the
+# images) in $SAVE ($T/save); lab_restore puts exactly that back, for the
+# next case of a test that damages or changes it.
+lab_save () {
+  SAVE=$T/save
+  rm -rf "$SAVE"
+  mkdir -p "$SAVE"
+  cp -a "$ROOT/lib/qemu" "$SAVE/qemu"
+  cp -a "$ROOT/etc/qemu" "$SAVE/etc"
+  cp -a "$IMG" "$SAVE/img"
+}
+lab_restore () {
+  rm -rf "$ROOT/lib/qemu" "$ROOT/etc/qemu" "$IMG"
+  cp -a "$SAVE/qemu" "$ROOT/lib/qemu"
+  cp -a "$SAVE/etc" "$ROOT/etc/qemu"
+  cp -a "$SAVE/img" "$IMG"
+}
+
+# lab_hold_driver: start an embedded libvirt on the lab's root that runs
+# (holding its driver's pid file lock, as libvirtd would) until
+# lab_release_driver; asserts that the lock is held (60 s at most) and
+# sets $lab_driver_pid. lab_release_driver tells it to quit and returns
+# virsh's exit status.
+lab_hold_driver () {
+  local fifo=$T/driver.fifo
+  rm -f "$fifo"
+  mkfifo "$fifo"
+  timeout 60 virsh -q -c "qemu:///embed?root=$ROOT" < "$fifo" > /dev/null 2>&1 &
+  lab_driver_pid=$!
+  kill_on_exit "$lab_driver_pid"
+  exec 9> "$fifo"
+  ok "the embedded driver holds its lock" wait_for 60 lab_driver_held
+}
+lab_driver_held () {
+  local ino
+  ino=$(stat -c %i "$ROOT/run/qemu/driver.pid" 2>/dev/null) || return 1
+  grep -qE "POSIX +ADVISORY +WRITE +[0-9]+ +[0-9a-f]+:[0-9a-f]+:$ino " /proc/locks
+}
+lab_release_driver () {
+  echo quit >&9
+  exec 9>&-
+  stop_process "$lab_driver_pid" 30
+}

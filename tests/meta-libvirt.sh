@@ -56,23 +56,13 @@ is "$(Q tree vm1)" "$(V snapshot-list vm1 --tree)" "meta tree prints what virsh 
 is "$(Q tree --kind checkpoint vm1)" "$(V checkpoint-list vm1 --tree)" "and checkpoint-list --tree"
 
 # ---- damage: each case on a fresh copy, then restored ----
-SAVE=$T/save
-mkdir -p "$SAVE"
-cp -a "$ROOT/lib/qemu" "$SAVE/qemu"
-cp -a "$ROOT/etc/qemu" "$SAVE/etc"
-cp -a "$IMG" "$SAVE/img"
-restore () {
-  rm -rf "$ROOT/lib/qemu" "$ROOT/etc/qemu" "$IMG"
-  cp -a "$SAVE/qemu" "$ROOT/lib/qemu"
-  cp -a "$SAVE/etc" "$ROOT/etc/qemu"
-  cp -a "$SAVE/img" "$IMG"
-}
+lab_save
 S=$ROOT/lib/qemu/snapshot/vm1
 C=$ROOT/lib/qemu/checkpoint/vm1
 # case NAME "EXPECTED PROBLEMS" COMMAND...
 case_ () {
   local name=$1 want=$2; shift 2
-  restore
+  lab_restore
   if ! "$@"; then fail "$name: making the damage"; return; fi
   Q check vm1 --output=json > "$T/case.json" 2>"$T/case.err"
   local got; got=$(problems "$T/case.json")
@@ -355,7 +345,7 @@ case_ "a bitmap with an absurd granularity" "BITMAP_GRANULARITY" poke_bitmap "$I
 claim "a bitmap with an absurd granularity" BITMAP_GRANULARITY "QEMU refuses to open the image, so the domain does not start" \
   "cannot start the domain (QEMU refuses the bitmap)" "start vm1; destroy vm1" fails "Bitmap 'c2' doesn't satisfy the constraints"
 case_ "a checkpoint's parent deleted" "BITMAP_UNKNOWN MISSING_PARENT" rm "$C/c1.xml"
-restore
+lab_restore
 
 # ---- convert to bulk and back ----
 if Q convert vm1 --to bulk > "$T/out" 2>&1; then pass "convert --to bulk"; else fail "convert --to bulk" "$(cat "$T/out")"; fi
@@ -375,26 +365,11 @@ is "$d" "" "the files are byte for byte what libvirt wrote"
 is "$(virsh_state)" "$base" "a fresh virsh shows the same trees and current snapshot"
 
 # ---- refuses while libvirt holds the location ----
-fifo=$T/fifo
-mkfifo "$fifo"
-timeout 60 virsh -q -c "qemu:///embed?root=$ROOT" < "$fifo" > /dev/null 2>&1 &
-vpid=$!
-kill_on_exit "$vpid"
-exec 9> "$fifo"
-# wait (60 s at most) until the driver holds its pid file's lock (in
-# /proc/locks by inode)
-held () {
-  local ino
-  ino=$(stat -c %i "$ROOT/run/qemu/driver.pid" 2>/dev/null) || return 1
-  grep -qE "POSIX +ADVISORY +WRITE +[0-9]+ +[0-9a-f]+:[0-9a-f]+:$ino " /proc/locks
-}
-ok "the embedded driver holds its lock" wait_for 60 held
+lab_hold_driver
 Q convert vm1 --to bulk > "$T/out" 2>&1; rc=$?
 is "$rc" 1 "convert refuses while an embedded libvirt runs on the root"
 ok "and says why" grep -q "locked by process" "$T/out"
 ok "nothing was changed" test -d "$S" -a ! -e "$ROOT/lib/qemu/snapshot/vm1.xml"
-echo quit >&9
-exec 9>&-
-stop_process "$vpid" 30
+lab_release_driver
 is "$?" 0 "the embedded libvirt quits when told (virsh exits 0)"
 done_testing

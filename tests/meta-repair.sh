@@ -42,17 +42,7 @@ if ! { V "define $T/dom.xml" && W 0 1 && V "snapshot-create-as vm1 s1" \
 fi
 pass "libvirt makes internal snapshots with a branch, and external ones"
 S=$ROOT/lib/qemu/snapshot/vm1
-SAVE=$T/save
-mkdir -p "$SAVE"
-cp -a "$ROOT/lib/qemu" "$SAVE/qemu"
-cp -a "$ROOT/etc/qemu" "$SAVE/etc"
-cp -a "$IMG" "$SAVE/img"
-restore () {
-  rm -rf "$ROOT/lib/qemu" "$ROOT/etc/qemu" "$IMG"
-  cp -a "$SAVE/qemu" "$ROOT/lib/qemu"
-  cp -a "$SAVE/etc" "$ROOT/etc/qemu"
-  cp -a "$SAVE/img" "$IMG"
-}
+lab_save
 sub () { local e=$1; shift; sed -i -e "$e" "$@"; }
 # snapshot-list --parent lines: NAME DATE TIME ZONE STATE [PARENT]
 name_parent () { awk 'NF >= 5 { print $1 (NF >= 6 ? " " $6 : "") }' | sort; }
@@ -120,7 +110,7 @@ after () {
 # repair NAME DAMAGE...: restore, damage, keep the damaged files, repair -y
 repair () {
   local name=$1; shift
-  restore
+  lab_restore
   if ! "$@"; then fail "$name: making the damage"; return 1; fi
   rm -rf "$T/damaged"; cp -a "$S" "$T/damaged"
   Q repair -y --output=json vm1 > "$T/r.json" 2> "$T/r.err"
@@ -175,7 +165,7 @@ done
 lv "two current" && is "$lv_current" e2 "two current: libvirt's current snapshot is e2, whose overlay the domain uses"
 
 # ---- internal snapshots only: the one the disk's state came from ----
-restore
+lab_restore
 V "snapshot-delete vm1 e2 --metadata; snapshot-delete vm1 e1 --metadata" > /dev/null 2>&1
 sub "s|$IMG/vm1.e2|$IMG/vm1.qcow2|" "$ROOT/etc/qemu/vm1.xml"
 cp "$ROOT/etc/qemu/vm1.xml" "$T/vm1.internal.xml"
@@ -204,7 +194,7 @@ ok "delete marker: e1.xml is libvirt's own file again" cmp "$S/e1.xml" "$SAVE/qe
 lv "delete marker"
 
 # ---- a marker where the chain changed: kept ----
-restore
+lab_restore
 sub "$mark" "$S/e1.xml"
 qemu-img rebase -q -u -b "$IMG/vm1.qcow2" -F qcow2 "$IMG/vm1.e2"
 Q repair -y --output=json vm1 > "$T/r.json" 2>&1
@@ -212,7 +202,7 @@ is "$(jq -r '[.fixes[] | select(.name == "CLEAR_DELETE_MARK")] | length' "$T/r.j
   "a delete marker whose chain was changed is not cleared (meta delete's to finish)"
 
 # ---- orphaned metadata: only with --drop-orphaned-metadata ----
-restore
+lab_restore
 qemu-img snapshot -d s3 "$IMG/vm1.qcow2"
 Q repair -y --output=json vm1 > "$T/r.json" 2>&1
 is "$(jq -r .exit "$T/r.json")" 4 "orphaned snapshot without --drop-orphaned-metadata: left (exit 4)"
@@ -224,7 +214,7 @@ ok "orphaned: s3.xml removed" test ! -e "$S/s3.xml"
 lv "orphaned" && is "$(echo "$lv_parents" | grep '^e1 ')" "e1 s1" "orphaned: its child e1 is given its parent s1"
 
 # ---- -n changes nothing ----
-restore
+lab_restore
 rm "$S/s3.xml"
 sub 's|<active>0</active>|<active>1</active>|' "$S/s1.xml"
 st0=$(cd "$ROOT/lib/qemu" && find . | sort && find . -type f | sort | xargs sha256sum)
@@ -241,7 +231,7 @@ if have script "meta repair's questions on a terminal (script from util-linux)";
     "answered n and q: no file or directory changed"
   printf 'a\n' | script -qec "qcowkit meta repair --libvirt-root '$ROOT' vm1" /dev/null > "$T/tty.out" 2>&1
   ok "answered a: yes to all, the fixes made" grep -q "Adopted the qcow2 snapshot 's3'." "$T/tty.out"
-  restore
+  lab_restore
   rm "$S/s3.xml"
   sub 's|<active>0</active>|<active>1</active>|' "$S/s1.xml"
 fi
@@ -253,7 +243,7 @@ is "$rc" 1 "-p makes the fixes that lose nothing (exit 1)"
 # with the current mark moving, a new file); the reference is one
 # uninterrupted run.
 damage_all () {
-  restore
+  lab_restore
   rm "$S/s3.xml"
   mv "$S/s2.xml" "$S/other.xml"
   sub 's|<active>0</active>|<active>1</active>|' "$S/s1.xml"
@@ -282,7 +272,7 @@ ok "fault sweep: killed at $n points, libvirt loads what each left and a rerun g
 [ -z "$bad" ] || diag "failed points:$bad"
 
 # ---- names that would leave the directory ----
-restore
+lab_restore
 qemu-img snapshot -c '../evil' "$IMG/vm1.qcow2"
 qemu-img snapshot -c '.hidden' "$IMG/vm1.qcow2"
 Q repair -y --output=json vm1 > "$T/r.json" 2>&1
@@ -291,7 +281,7 @@ ok "a qcow2 snapshot named ../evil or .hidden is not adopted" \
 ok "and no file was written outside the snapshot directory" test -z "$(find "$ROOT" -newer "$T/r.json" -name '*evil*')"
 
 # ---- a symlinked per-file directory: refused ----
-restore
+lab_restore
 mv "$S" "$T/elsewhere"
 ln -s "$T/elsewhere" "$S"
 rm "$T/elsewhere/s3.xml"
@@ -303,25 +293,13 @@ is "$(cd "$T/elsewhere" && sha256sum * | sort)" "$st0" "and nothing behind the l
 rm "$S"; mv "$T/elsewhere" "$S"
 
 # ---- refused while libvirt holds the root ----
-restore
+lab_restore
 rm "$S/s3.xml"
-fifo=$T/fifo
-mkfifo "$fifo"
-timeout 60 virsh -q -c "qemu:///embed?root=$ROOT" < "$fifo" > /dev/null 2>&1 &
-vpid=$!
-kill_on_exit "$vpid"
-exec 9> "$fifo"
-held () {
-  local ino
-  ino=$(stat -c %i "$ROOT/run/qemu/driver.pid" 2>/dev/null) || return 1
-  grep -qE "POSIX +ADVISORY +WRITE +[0-9]+ +[0-9a-f]+:[0-9a-f]+:$ino " /proc/locks
-}
-ok "the embedded driver holds its lock" wait_for 60 held
+lab_hold_driver
 Q repair -y vm1 > "$T/out" 2>&1; rc=$?
 is "$rc" 8 "repair refuses while an embedded libvirt runs on the root (exit 8)"
 ok "and says why" grep -q "locked by process" "$T/out"
 ok "nothing was written" test ! -e "$S/s3.xml"
-echo quit >&9
-exec 9>&-
-stop_process "$vpid" 30
+lab_release_driver
+is "$?" 0 "the embedded libvirt quits when told (virsh exits 0)"
 done_testing

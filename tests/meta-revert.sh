@@ -40,17 +40,7 @@ if ! { V "define $T/dom.xml" && A 0 1 && V "snapshot-create-as vm1 s1" \
 fi
 pass "libvirt makes s1 (internal), then e1 and e2 (external), with writes between"
 S=$ROOT/lib/qemu/snapshot/vm1
-SAVE=$T/save
-mkdir -p "$SAVE"
-cp -a "$ROOT/lib/qemu" "$SAVE/qemu"
-cp -a "$ROOT/etc/qemu" "$SAVE/etc"
-cp -a "$IMG" "$SAVE/img"
-restore () {
-  rm -rf "$ROOT/lib/qemu" "$ROOT/etc/qemu" "$IMG"
-  cp -a "$SAVE/qemu" "$ROOT/lib/qemu"
-  cp -a "$SAVE/etc" "$ROOT/etc/qemu"
-  cp -a "$SAVE/img" "$IMG"
-}
+lab_save
 tree0=$(V "snapshot-list vm1 --tree" | sed '/^ *$/d')
 backing () { qemu-img info --output=json "$1" | jq -r '."backing-filename" // "none"'; }
 e2sum=$(sha256sum < "$IMG/vm1.e2")
@@ -96,13 +86,13 @@ is "$(disk)" "$IMG/vm1.e1-revert2" "a second revert to e1: a new overlay (vm1.e1
 ok "a second revert: the guest reads e1's data again" qemu-img compare -q -f raw "$T/at-e1.raw" "$(disk)"
 
 # ---- e2, the current snapshot ----
-restore
+lab_restore
 Q revert vm1 e2 > "$T/out" 2>&1
 is "$?" 0 "revert to e2: exit 0"
 reverted "revert to e2" e2 vm1.e1 at-e2.raw
 
 # ---- --discard-children ----
-restore
+lab_restore
 Q revert vm1 e1 --discard-children > "$T/out" 2>&1
 is "$?" 0 "revert to e1 --discard-children: exit 0"
 reverted "revert to e1 --discard-children" e1 vm1.qcow2 at-e1.raw
@@ -112,7 +102,7 @@ ok "--discard-children: e2.xml kept in the backup directory" sh -c "ls '$ROOT'/l
 is "$(sha256sum < "$IMG/vm1.e2")" "$e2sum" "--discard-children: vm1.e2 itself is left as it was"
 
 # ---- an internal snapshot: refused ----
-restore
+lab_restore
 st0=$(cd "$T" && find root img -type f | sort | xargs sha256sum)
 Q revert vm1 s1 > "$T/out" 2>&1; rc=$?
 is "$rc" 1 "revert to s1 (internal): refused (exit 1)"
@@ -133,7 +123,7 @@ is "$(cd "$T" && find root img -type f | sort | xargs sha256sum)" "$st0" "--dry-
 n=0 bad=
 for op in mkdir write rename unlink; do
   for i in $(seq 1 10); do
-    restore
+    lab_restore
     QCOWKIT_FAULT=after-$op-$i Q revert vm1 e1 > /dev/null 2>&1
     [ $? -eq 137 ] || break
     n=$((n + 1))
