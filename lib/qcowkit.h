@@ -288,6 +288,12 @@ struct qk_problem {
   uint64_t expected;
   uint64_t found;
   uint64_t count;            /* qemu-img units this adds to its counters */
+  /* libvirt metadata problems (qk_meta_check): the moment the problem is
+   * about, when it is about one; NULL otherwise. New fields go after
+   * these (the library allocates the structure). */
+  const char *subject_kind;  /* "snapshot" or "checkpoint" */
+  const char *subject;       /* its name */
+  const char *file;          /* the file it was read from */
 };
 typedef int (*qk_problem_fn) (void *opaque, const struct qk_problem *p);
 

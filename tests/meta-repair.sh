@@ -149,6 +149,13 @@ after "own parent" "REPARENT"
 ok "own parent: s2.xml is libvirt's own file again, byte for byte" cmp "$S/s2.xml" "$SAVE/qemu/snapshot/vm1/s2.xml"
 lv "own parent" && is "$lv_tree" "$tree0" "own parent: libvirt's tree is the original one"
 
+# meta check's JSON names the moment and the file a problem is about
+lab_restore
+sub '/<parent>/,/<\/parent>/ s|<name>s1</name>|<name>s2</name>|' "$S/s2.xml"
+Q check vm1 --output=json > "$T/c.json" 2>/dev/null
+is "$(jq -r '.problems[] | select(.name == "SELF_PARENT") | .snapshot + " " + .file' "$T/c.json")" "s2 $S/s2.xml" \
+  "meta check --output=json: SELF_PARENT carries the snapshot ('s2') and its file"
+
 # ---- a cycle ----
 repair "a cycle" sub 's|^  <state>|  <parent>\n    <name>s2</name>\n  </parent>\n  <state>|' "$S/s1.xml"
 after "a cycle" "BREAK_CYCLE"

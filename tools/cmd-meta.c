@@ -274,6 +274,10 @@ emit_problem (struct qk_json *j, uint64_t *n, bool quiet, bool only_issues,
     qk_json_string (j, "name", p->name);
     qk_json_string (j, "class", qk_problem_class_name (p->cls));
     qk_json_string (j, "message", p->message);
+    if (p->subject && p->subject_kind)
+      qk_json_string (j, p->subject_kind, p->subject);
+    if (p->file)
+      qk_json_string (j, "file", p->file);
     qk_json_object_end (j);
   }
   else if (!quiet && !(only_issues && p->cls == QK_CLASS_INFO))

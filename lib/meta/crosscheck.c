@@ -439,6 +439,7 @@ check_current (struct xc *x, const struct meta_set *s)
   if (c == QK_META_NONE || !x->m->domain_ok || s->multi_current)
     return;
   p = &s->m[c].pub;
+  meta_subject (x->r, p);
   for (size_t i = 0; i < x->m->n_ddisks; i++) {
     const struct qk_meta_domain_disk *dd = &x->m->ddisks[i];
     const char *want, *rev;
@@ -455,6 +456,7 @@ check_current (struct xc *x, const struct meta_set *s)
                  "%s, but the current snapshot '%s' says %s", dd->target,
                  dd->source, p->name, want);
   }
+  meta_subject (x->r, NULL);
 }
 
 static const struct qk_bitmap *
@@ -480,6 +482,7 @@ check_checkpoints (struct xc *x)
     const struct qk_meta_moment *p = &s->m[i].pub;
     if (!p->loaded)
       continue;
+    meta_subject (x->r, p);
     for (size_t k = 0; k < p->n_disks; k++) {
       const struct qk_meta_disk *d = &p->disks[k];
       const struct qk_meta_domain_disk *dd;
@@ -526,6 +529,7 @@ check_checkpoints (struct xc *x)
                      b->granularity_bits);
     }
   }
+  meta_subject (x->r, NULL);
   /* bitmaps no checkpoint accounts for, in the domain's disk chains */
   for (size_t i = 0; i < x->m->n_ddisks; i++) {
     const struct qk_meta_domain_disk *dd = &x->m->ddisks[i];
@@ -577,10 +581,12 @@ meta_check_images (struct qk_meta *m, struct meta_report *r)
     const struct qk_meta_moment *p = &s->m[i].pub;
     if (!p->loaded)
       continue;
+    meta_subject (r, p);
     check_internal (&x, p);
     check_external (&x, p);
     check_order (&x, s, p);
   }
+  meta_subject (r, NULL);
   check_current (&x, s);
   /* qcow2 snapshots libvirt does not know, in every image looked at */
   for (size_t i = 0; i < x.n; i++)

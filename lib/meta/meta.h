@@ -174,7 +174,12 @@ struct meta_report {
   void *opaque;
   int cb_ret;
   int errors;
+  const struct qk_meta_moment *subject;   /* what the next reports are
+                                             about (meta_subject) */
 };
+/* The moment the following reports are about (NULL: none). */
+extern void meta_subject (struct meta_report *r,
+                          const struct qk_meta_moment *p);
 extern void meta_report (struct meta_report *r, int pr, const char *fmt, ...)
   __attribute__ ((format (printf, 3, 4)));
 extern void meta_check_relations (struct qk_meta *m, struct meta_report *r);

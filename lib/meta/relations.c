@@ -188,6 +188,7 @@ check_set (struct qk_meta *m, struct meta_set *s, struct meta_report *r)
 
     if (!p->loaded)
       continue;
+    meta_subject (r, p);
     loaded++;
     if (p->parent == NULL)    /* roots by choice, not detached ones */
       roots++;
@@ -221,6 +222,7 @@ check_set (struct qk_meta *m, struct meta_set *s, struct meta_report *r)
                      "that did not complete", kn, nm (p),
                      p->disks[d].name ? p->disks[d].name : "?");
   }
+  meta_subject (r, NULL);
   if (s->kind == QK_META_SNAPSHOT && s->layout == QK_META_LAYOUT_PER_FILE
       && claimants > 1) {
     char list[1024] = "";

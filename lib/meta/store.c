@@ -67,10 +67,21 @@ meta_report (struct meta_report *r, int pr, const char *fmt, ...)
   p.name = rows[pr].name;
   p.cls = rows[pr].cls;
   p.message = msg;
+  if (r->subject) {
+    p.subject_kind = meta_kind_name (r->subject->kind);
+    p.subject = r->subject->name;
+    p.file = r->subject->file;
+  }
   if (p.cls == QK_CLASS_CORRUPTION || p.cls == QK_CLASS_ERROR)
     r->errors++;
   if (r->fn && r->cb_ret == 0)
     r->cb_ret = r->fn (r->opaque, &p);
+}
+
+void
+meta_subject (struct meta_report *r, const struct qk_meta_moment *p)
+{
+  r->subject = p;
 }
 
 int
