@@ -29,13 +29,10 @@ scratch
 ROOT=$T/root
 IMG=$T/img
 lab_init
-Q () { qcowkit meta "$1" --libvirt-root "$ROOT" "${@:2}"; }
-disk () { V "domblklist vm1" | awk '$1 == "vda" { print $2 }'; }
-A () { qemu-io -f qcow2 -c "write -P $2 $1 1M" "$(disk)" > /dev/null; }
 
-if ! { V "define $T/dom.xml" && A 0 1 && V "snapshot-create-as vm1 s1" \
-       && A 1M 2 && V "snapshot-create-as vm1 e1 --disk-only" && A 2M 3 \
-       && V "snapshot-create-as vm1 e2 --disk-only" && A 3M 4; } > "$T/mk.out" 2>&1; then
+if ! { V "define $T/dom.xml" && lab_write 0 1 && V "snapshot-create-as vm1 s1" \
+       && lab_write 1M 2 && V "snapshot-create-as vm1 e1 --disk-only" && lab_write 2M 3 \
+       && V "snapshot-create-as vm1 e2 --disk-only" && lab_write 3M 4; } > "$T/mk.out" 2>&1; then
   fail "libvirt makes the lab" "$(cat "$T/mk.out")"
   done_testing; exit
 fi
@@ -53,12 +50,12 @@ view () {
   fi
   is "$(name_parent <<< "$out")" "$2" "$1: libvirt's snapshots and parents"
   is "$(V "snapshot-current vm1 --name" 2>/dev/null)" "$3" "$1: libvirt's current snapshot"
-  is "$(disk)" "$4" "$1: the domain's disk (domblklist)"
+  is "$(lab_disk)" "$4" "$1: the domain's disk (domblklist)"
 }
 # data NAME: the guest data through the domain's disk is what it was;
 # every image of its chain checks clean
 data () {
-  local d; d=$(disk)
+  local d; d=$(lab_disk)
   ok "$1: the guest data is unchanged (qemu-img compare with the raw image from before)" \
     qemu-img compare -q -f raw "$T/guest.raw" "$d"
   local bad=

@@ -135,6 +135,13 @@ lab_kill_named () {  # WORD: processes whose command line has WORD and $ROOT
   done
   kill -KILL $pids 2> /dev/null
 }
+# Q SUBCOMMAND ARGS: qcowkit meta on the lab
+Q () { qcowkit meta "$1" --libvirt-root "$ROOT" "${@:2}"; }
+# lab_disk: vm1's disk vda as libvirt has it now (domblklist)
+lab_disk () { V "domblklist vm1" | awk '$1 == "vda" { print $2 }'; }
+# lab_write OFFSET PATTERN: 1 MiB of the guest's disk written, as a guest
+# would between snapshots
+lab_write () { qemu-io -f qcow2 -c "write -P $2 $1 1M" "$(lab_disk)" > /dev/null; }
 # V ARGS: virsh on the lab under $ROOT
 V () { timeout 120 virsh -q -c "qemu:///embed?root=$ROOT" "$@"; }
 

@@ -23,7 +23,6 @@ scratch
 ROOT=$T/root
 IMG=$T/img
 lab_init
-Q () { qcowkit meta "$1" --libvirt-root "$ROOT" "${@:2}"; }
 
 if ! out=$(V "define $T/dom.xml; snapshot-create-as vm1 s1; snapshot-create-as vm1 s2; snapshot-revert vm1 s1; snapshot-create-as vm1 s3; snapshot-create-as vm1 e1 --disk-only; snapshot-create-as vm1 e2 --disk-only" 2>&1); then
   fail "libvirt creates the snapshots" "$out"

@@ -28,7 +28,6 @@ scratch
 ROOT=$T/root
 IMG=$T/img
 lab_init
-Q () { qcowkit meta "$1" --libvirt-root "$ROOT" "${@:2}"; }
 W () { qemu-io -f qcow2 -c "write -P $2 $1 1M" "$IMG/vm1.qcow2" > /dev/null; }
 
 # s1 <- s2, and after a revert to s1, s1 <- s3 <- e1 <- e2 (external);

@@ -25,16 +25,13 @@ scratch
 ROOT=$T/root
 IMG=$T/img
 lab_init
-Q () { qcowkit meta "$1" --libvirt-root "$ROOT" "${@:2}"; }
-disk () { V "domblklist vm1" | awk '$1 == "vda" { print $2 }'; }
-A () { qemu-io -f qcow2 -c "write -P $2 $1 1M" "$(disk)" > /dev/null; }
 
 # the guest data at each snapshot is saved as it is taken
-if ! { V "define $T/dom.xml" && A 0 1 && V "snapshot-create-as vm1 s1" \
-       && A 1M 2 && qemu-img convert -O raw "$(disk)" "$T/at-e1.raw" \
-       && V "snapshot-create-as vm1 e1 --disk-only" && A 2M 3 \
-       && qemu-img convert -O raw "$(disk)" "$T/at-e2.raw" \
-       && V "snapshot-create-as vm1 e2 --disk-only" && A 3M 4; } > "$T/mk.out" 2>&1; then
+if ! { V "define $T/dom.xml" && lab_write 0 1 && V "snapshot-create-as vm1 s1" \
+       && lab_write 1M 2 && qemu-img convert -O raw "$(lab_disk)" "$T/at-e1.raw" \
+       && V "snapshot-create-as vm1 e1 --disk-only" && lab_write 2M 3 \
+       && qemu-img convert -O raw "$(lab_disk)" "$T/at-e2.raw" \
+       && V "snapshot-create-as vm1 e2 --disk-only" && lab_write 3M 4; } > "$T/mk.out" 2>&1; then
   fail "libvirt makes the lab" "$(cat "$T/mk.out")"
   done_testing; exit
 fi
@@ -48,7 +45,7 @@ e2sum=$(sha256sum < "$IMG/vm1.e2")
 # reverted NAME SNAP FROZEN RAW: the checks after a revert to SNAP
 reverted () {
   local d out
-  d=$(disk)
+  d=$(lab_disk)
   is "$d" "$IMG/vm1.$2-revert" "$1: the domain's disk is the new overlay (domblklist)"
   is "$(V "snapshot-current vm1 --name" 2>/dev/null)" "$2" "$1: libvirt's current snapshot is $2"
   is "$(backing "$d")" "$IMG/$3" "$1: the new overlay backs onto $3, the image $2 froze"
@@ -82,8 +79,8 @@ fi
 # ---- a second revert to e1: a new overlay, the used one kept ----
 Q revert vm1 e1 > "$T/out" 2>&1
 is "$?" 0 "a second revert to e1: exit 0"
-is "$(disk)" "$IMG/vm1.e1-revert2" "a second revert to e1: a new overlay (vm1.e1-revert2), the used one is not reused"
-ok "a second revert: the guest reads e1's data again" qemu-img compare -q -f raw "$T/at-e1.raw" "$(disk)"
+is "$(lab_disk)" "$IMG/vm1.e1-revert2" "a second revert to e1: a new overlay (vm1.e1-revert2), the used one is not reused"
+ok "a second revert: the guest reads e1's data again" qemu-img compare -q -f raw "$T/at-e1.raw" "$(lab_disk)"
 
 # ---- e2, the current snapshot ----
 lab_restore

@@ -63,21 +63,6 @@ struct ddisk {
   bool active_is_o;
 };
 
-static int
-report (qk_meta_change_fn fn, void *opaque, const char *action,
-        const char *path, const char *new_path)
-{
-  struct qk_meta_change c = { .kind = -1, .action = action, .path = path,
-                              .new_path = new_path };
-
-  if (fn == NULL)
-    return 0;
-  if (fn (opaque, &c) != 0) {
-    set_error (ECANCELED, "stopped by the change callback");
-    return -1;
-  }
-  return 0;
-}
 
 /* The image writers read QCOWKIT_FAULT too, in their own syntax: the
  * metadata writers' after-OP-N is hidden from them. */
@@ -376,7 +361,7 @@ delete_one (struct qk_meta *m, size_t i, unsigned flags,
 
     if (x->nusers == 0 && !x->active_is_o)
       continue;         /* merged and moved: a rerun after step 2 */
-    if (report (fn, opaque, "commit", x->o, x->b) < 0)
+    if (meta_report_op (fn, opaque, "commit", x->o, x->b) < 0)
       goto out;
     if (!dry) {
       struct qk_commit_options co = { .base = x->b, .flags = QK_COMMIT_KEEP };
@@ -389,7 +374,7 @@ delete_one (struct qk_meta *m, size_t i, unsigned flags,
       meta_fault ("write");
     }
     for (size_t u = 0; u < x->nusers; u++) {
-      if (report (fn, opaque, "rebase", x->users[u], x->b) < 0)
+      if (meta_report_op (fn, opaque, "rebase", x->users[u], x->b) < 0)
         goto out;
       if (!dry) {
         struct qk_rebase_options ro = { .backing = x->b,
@@ -439,7 +424,7 @@ delete_one (struct qk_meta *m, size_t i, unsigned flags,
   if (plan_metadata (m, i, dd, nd, dry, fn, opaque) < 0)
     goto out;
   for (size_t d = 0; d < nd; d++)
-    if (report (fn, opaque, "unused", dd[d].o, NULL) < 0)
+    if (meta_report_op (fn, opaque, "unused", dd[d].o, NULL) < 0)
       goto out;
   ret = 0;
  out:

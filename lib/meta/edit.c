@@ -1364,6 +1364,22 @@ meta_plan_apply (struct meta_plan *p, bool dry, qk_meta_change_fn fn,
   return ret;
 }
 
+/* ---- image operations, reported as changes ---- */
+
+int
+meta_report_op (qk_meta_change_fn fn, void *opaque, const char *action,
+                const char *path, const char *new_path)
+{
+  struct qk_meta_change c = { .kind = -1, .action = action, .path = path,
+                              .new_path = new_path };
+
+  if (fn && fn (opaque, &c) != 0) {
+    set_error (ECANCELED, "stopped by the change callback");
+    return -1;
+  }
+  return 0;
+}
+
 /* ---- the snapshot a writer acts on ---- */
 
 size_t

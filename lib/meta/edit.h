@@ -57,6 +57,12 @@ extern int medit_add_subst (struct medit *e, const char *old,
 extern int meta_plan_apply (struct meta_plan *p, bool dry,
                             qk_meta_change_fn fn, void *opaque);
 
+/* An image operation (kind -1: "commit", "rebase", "create", ...) through
+ * the change callback; ECANCELED when it says stop. */
+extern int meta_report_op (qk_meta_change_fn fn, void *opaque,
+                           const char *action, const char *path,
+                           const char *new_path);
+
 /* The snapshot a writer (delete, revert) acts on: loaded, the relations
  * sound, and unless dry no libvirt running (verb: "delete"). Its index,
  * or QK_META_NONE with the error set. */

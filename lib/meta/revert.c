@@ -54,19 +54,6 @@ struct rdisk {
   bool resume;
 };
 
-static int
-report (qk_meta_change_fn fn, void *opaque, const char *action,
-        const char *path, const char *new_path)
-{
-  struct qk_meta_change c = { .kind = -1, .action = action, .path = path,
-                              .new_path = new_path };
-
-  if (fn && fn (opaque, &c) != 0) {
-    set_error (ECANCELED, "stopped by the change callback");
-    return -1;
-  }
-  return 0;
-}
 
 static void
 free_rdisks (struct rdisk *d, size_t n)
@@ -265,7 +252,7 @@ qk_meta_revert (struct qk_meta *m, const char *name, unsigned flags,
   for (size_t d = 0; d < nd; d++) {
     if (dd[d].resume)
       continue;
-    if (report (fn, opaque, "create", dd[d].n, dd[d].b) < 0)
+    if (meta_report_op (fn, opaque, "create", dd[d].n, dd[d].b) < 0)
       goto out;
     if (!dry && create_overlay (&dd[d]) < 0)
       goto out;
@@ -346,7 +333,7 @@ qk_meta_revert (struct qk_meta *m, const char *name, unsigned flags,
   }
   for (size_t d = 0; d < nd; d++)
     if (!meta_same_path (m, dd[d].cur, dd[d].n)
-        && report (fn, opaque, "kept", dd[d].cur, NULL) < 0)
+        && meta_report_op (fn, opaque, "kept", dd[d].cur, NULL) < 0)
       goto out;
   if (!dry && meta_reload (m) < 0)
     goto out;
