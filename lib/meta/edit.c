@@ -133,7 +133,8 @@ render (struct fedit *e)
 {
   size_t n = e->len, at = 0, o = 0;
 
-  qsort (e->sp, e->nsp, sizeof *e->sp, cmp_splice);
+  if (e->nsp > 1)                 /* a rename has no splice: sp is NULL */
+    qsort (e->sp, e->nsp, sizeof *e->sp, cmp_splice);
   for (size_t i = 0; i < e->nsp; i++) {
     if (e->sp[i].a < at || e->sp[i].b < e->sp[i].a || e->sp[i].b > e->len) {
       set_error (EINVAL, "%s: overlapping edits", e->path);
