@@ -64,6 +64,18 @@ extern int qk_strvec_addf (struct qk_strvec *sv, const char *fmt, ...)
 extern void qk_strvec_free (struct qk_strvec *sv);
 extern void *qk_grow (void *ptr, size_t *cap, size_t need, size_t elem);
 
+/* A growable NUL-terminated string. Once an allocation fails, p is NULL
+ * and oom set (the error is set too), and further additions do nothing:
+ * callers check once, at the end. p is NULL while nothing was added. */
+struct qk_sbuf {
+  char *p;
+  size_t n, cap;
+  bool oom;
+};
+extern bool qk_sbuf_add (struct qk_sbuf *b, const void *s, size_t n);
+extern bool qk_sbuf_printf (struct qk_sbuf *b, const char *fmt, ...)
+  __attribute__ ((format (printf, 2, 3)));
+
 /* ---- byte sources (io/source.c; the layers and writers: io/io.h) ----
  * A source is one layer of a stack: a file or a memory buffer at the
  * bottom, an undo journal or fault injection above it, each over the

@@ -52,6 +52,7 @@
 #include <unistd.h>
 
 #include "meta/edit.h"
+#include "io/io.h"
 
 struct ddisk {
   char *target;
@@ -63,30 +64,6 @@ struct ddisk {
   bool active_is_o;
 };
 
-
-/* The image writers read QCOWKIT_FAULT too, in their own syntax: the
- * metadata writers' after-OP-N is hidden from them. */
-static char *
-hide_meta_fault (void)
-{
-  const char *f = getenv ("QCOWKIT_FAULT");
-  char *saved;
-
-  if (f == NULL || strncmp (f, "after-", 6) != 0)
-    return NULL;
-  saved = strdup (f);
-  unsetenv ("QCOWKIT_FAULT");
-  return saved;
-}
-
-static void
-restore_meta_fault (char *saved)
-{
-  if (saved) {
-    setenv ("QCOWKIT_FAULT", saved, 1);
-    free (saved);
-  }
-}
 
 /* Add every image of the chain from top whose backing file is o. */
 static int
@@ -356,7 +333,6 @@ delete_one (struct qk_meta *m, size_t i, unsigned flags,
   /* 1, 2 */
   for (size_t d = 0; d < nd; d++) {
     struct ddisk *x = &dd[d];
-    char *hidden;
     int r = 0;
 
     if (x->nusers == 0 && !x->active_is_o)
@@ -366,12 +342,10 @@ delete_one (struct qk_meta *m, size_t i, unsigned flags,
     if (!dry) {
       struct qk_commit_options co = { .base = x->b, .flags = QK_COMMIT_KEEP };
       struct qk_commit_result cr;
-      hidden = hide_meta_fault ();
       r = qk_commit (x->o, &co, &cr);
-      restore_meta_fault (hidden);
       if (r < 0)
         goto out;
-      meta_fault ("write");
+      qk_fault_point ("write");
     }
     for (size_t u = 0; u < x->nusers; u++) {
       if (meta_report_op (fn, opaque, "rebase", x->users[u], x->b) < 0)
@@ -381,29 +355,20 @@ delete_one (struct qk_meta *m, size_t i, unsigned flags,
                                         .backing_format = x->b_format,
                                         .flags = QK_REBASE_UNSAFE };
         struct qk_rebase_result rr;
-        hidden = hide_meta_fault ();
-        r = qk_rebase (x->users[u], &ro, &rr);
-        restore_meta_fault (hidden);
-        if (r < 0)
+          r = qk_rebase (x->users[u], &ro, &rr);
+          if (r < 0)
           goto out;
-        meta_fault ("write");
+        qk_fault_point ("write");
       }
     }
   }
   /* 3. the domain definition */
   for (size_t d = 0; d < nd; d++) {
     char *text;
-    size_t len;
-    int fd;
 
     if (!dd[d].active_is_o)
       continue;
-    fd = meta_open (m, m->config_file, O_RDONLY | O_NONBLOCK);
-    if (fd < 0)
-      goto out;
-    text = meta_read_fd (fd, m->config_file, 16u << 20, &len);
-    close (fd);
-    if (text == NULL)
+    if ((text = meta_definition_read (m)) == NULL)
       goto out;
     if (meta_subst_source (&text, dd[d].o, dd[d].b) < 0
         || meta_replace_file (m, m->config_file, text, strlen (text),

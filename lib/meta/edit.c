@@ -332,7 +332,7 @@ int
 meta_subst_source (char **t, const char *old, const char *new)
 {
   char *eo = meta_esc (old), *en = meta_esc (new);
-  struct meta_sb b = { 0 };
+  struct qk_sbuf b = { 0 };
   const char *c = *t;
   bool found = false;
   int ret = -1;
@@ -345,16 +345,16 @@ meta_subst_source (char **t, const char *old, const char *new)
     size_t n = strlen (eo);
     if (strncmp (c, "file=", 5) == 0 && (c[5] == '\'' || c[5] == '"')
         && strncmp (c + 6, eo, n) == 0 && c[6 + n] == c[5]) {
-      meta_sb_add (&b, c, 6);
-      meta_sb_add (&b, en, strlen (en));
+      qk_sbuf_add (&b, c, 6);
+      qk_sbuf_add (&b, en, strlen (en));
       c += 6 + n;
       found = true;
       continue;
     }
-    meta_sb_add (&b, c, 1);
+    qk_sbuf_add (&b, c, 1);
     c++;
   }
-  if (b.p == (char *) -1 || b.p == NULL) {
+  if (b.p == NULL) {
     set_error (ENOMEM, "malloc");
     goto out;
   }
@@ -642,49 +642,18 @@ bulk_current_splice (struct fedit *e, const char *cur)
 /* ---- the diff ---- */
 
 
-void
-meta_sb_add (struct meta_sb *b, const char *s, size_t n)
+char *
+meta_definition_read (struct qk_meta *m)
 {
-  if (b->p == (char *) -1)
-    return;
-  if (b->n + n + 1 > b->cap) {
-    size_t c = b->cap ? b->cap : 256;
-    char *np;
-    while (c < b->n + n + 1)
-      c *= 2;
-    np = realloc (b->p, c);
-    if (np == NULL) {
-      free (b->p);
-      b->p = (char *) -1;
-      return;
-    }
-    b->p = np;
-    b->cap = c;
-  }
-  memcpy (b->p + b->n, s, n);
-  b->n += n;
-  b->p[b->n] = '\0';
-}
+  int fd = meta_open (m, m->config_file, O_RDONLY | O_NONBLOCK);
+  size_t len;
+  char *text;
 
-static void
-sb_printf (struct meta_sb *b, const char *f, ...) __attribute__ ((format (printf, 2, 3)));
-static void
-sb_printf (struct meta_sb *b, const char *f, ...)
-{
-  va_list ap;
-  char *s;
-  int n;
-
-  va_start (ap, f);
-  n = vasprintf (&s, f, ap);
-  va_end (ap);
-  if (n < 0) {
-    free (b->p == (char *) -1 ? NULL : b->p);
-    b->p = (char *) -1;
-    return;
-  }
-  meta_sb_add (b, s, n);
-  free (s);
+  if (fd < 0)
+    return NULL;
+  text = meta_read_fd (fd, m->config_file, 16u << 20, &len);
+  close (fd);
+  return text;
 }
 
 /* Line number (1-based) of offset at, and the start of that line. */
@@ -711,15 +680,15 @@ line_end (const char *buf, size_t len, size_t at)
 }
 
 static void
-emit_lines (struct meta_sb *d, char mark, const char *p, size_t n)
+emit_lines (struct qk_sbuf *d, char mark, const char *p, size_t n)
 {
   while (n > 0) {
     size_t k = 0;
     while (k < n && p[k] != '\n')
       k++;
-    meta_sb_add (d, &mark, 1);
-    meta_sb_add (d, p, k);
-    meta_sb_add (d, "\n", 1);
+    qk_sbuf_add (d, &mark, 1);
+    qk_sbuf_add (d, p, k);
+    qk_sbuf_add (d, "\n", 1);
     if (k < n)
       k++;
     p += k;
@@ -743,10 +712,10 @@ count_lines (const char *p, size_t n)
 static char *
 make_diff (const struct fedit *e)
 {
-  struct meta_sb d = { 0 };
+  struct qk_sbuf d = { 0 };
   long shift = 0;
 
-  sb_printf (&d, "--- %s\n+++ %s\n", e->path,
+  qk_sbuf_printf (&d, "--- %s\n+++ %s\n", e->path,
              e->new_path ? e->new_path : e->path);
   for (size_t i = 0; i < e->nsp; i++) {
     const struct splice *s = &e->sp[i];
@@ -754,21 +723,21 @@ make_diff (const struct fedit *e)
     size_t ln = line_at (e->buf, s->a, &ls);
     size_t tl = strlen (s->text);
     size_t oldn, newn;
-    struct meta_sb nw = { 0 };
+    struct qk_sbuf nw = { 0 };
 
     if (s->b == s->a && s->a == ls && tl == 0)
       continue;
     /* the new text of those lines */
-    meta_sb_add (&nw, e->buf + ls, s->a - ls);
-    meta_sb_add (&nw, s->text, tl);
-    meta_sb_add (&nw, e->buf + s->b, le > s->b ? le - s->b : 0);
-    if (nw.p == (char *) -1) {
-      free (d.p == (char *) -1 ? NULL : d.p);
+    qk_sbuf_add (&nw, e->buf + ls, s->a - ls);
+    qk_sbuf_add (&nw, s->text, tl);
+    qk_sbuf_add (&nw, e->buf + s->b, le > s->b ? le - s->b : 0);
+    if (nw.oom) {
+      free (d.p);
       return NULL;
     }
     oldn = count_lines (e->buf + ls, le - ls);
     newn = nw.p ? count_lines (nw.p, nw.n) : 0;
-    sb_printf (&d, "@@ -%zu,%zu +%ld,%zu @@\n", ln, oldn, (long) ln + shift,
+    qk_sbuf_printf (&d, "@@ -%zu,%zu +%ld,%zu @@\n", ln, oldn, (long) ln + shift,
                newn);
     emit_lines (&d, '-', e->buf + ls, le - ls);
     if (nw.p)
@@ -776,20 +745,18 @@ make_diff (const struct fedit *e)
     shift += (long) newn - (long) oldn;
     free (nw.p);
   }
-  if (d.p == (char *) -1)
-    return NULL;
   return d.p;
 }
 
 static char *
 make_create_diff (const struct fedit *e)
 {
-  struct meta_sb d = { 0 };
+  struct qk_sbuf d = { 0 };
 
-  sb_printf (&d, "--- /dev/null\n+++ %s\n@@ -0,0 +1,%zu @@\n", e->path,
+  qk_sbuf_printf (&d, "--- /dev/null\n+++ %s\n@@ -0,0 +1,%zu @@\n", e->path,
              count_lines (e->out, e->outlen));
   emit_lines (&d, '+', e->out, e->outlen);
-  return d.p == (char *) -1 ? NULL : d.p;
+  return d.p;
 }
 
 /* ---- writing one kind ---- */
@@ -897,7 +864,7 @@ open_places (struct meta_plan *w, struct kplan *k, bool make)
     if (sfd < 0)
       return -1;
     if (mkdirat (sfd, ks + 1, 0755) == 0)
-      meta_fault ("mkdir");
+      qk_fault_point ("mkdir");
     else if (errno != EEXIST) {
       set_error (errno, "mkdir %s", k->kpath);
       close (sfd);
@@ -912,7 +879,7 @@ open_places (struct meta_plan *w, struct kplan *k, bool make)
     }
     if (mkdirat (k->kfd, slash + 1, 0755) == 0) {
       qk_fsync_dir (k->kfd);
-      meta_fault ("mkdir");
+      qk_fault_point ("mkdir");
     }
     else if (errno != EEXIST) {
       set_error (errno, "mkdir %s", loc);
@@ -1111,7 +1078,7 @@ make_backup_dir (struct qk_meta *m, struct kplan *k, const char *tag)
     set_error (EEXIST, "%s: no free backup directory name", k->kpath);
     return -1;
   }
-  meta_fault ("mkdir");
+  qk_fault_point ("mkdir");
   k->bpath = meta_fmt ("%s/%s", k->kpath, name);
   k->bfd = openat (k->kfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW
                    | O_CLOEXEC);
@@ -1124,7 +1091,7 @@ make_backup_dir (struct qk_meta *m, struct kplan *k, const char *tag)
   snprintf (mleaf, sizeof mleaf, ".qcowkit-%s", tag);
   if (qk_durable_write (k->bfd, mleaf, marker, strlen (marker), 0600, 0) < 0)
     return -1;
-  meta_fault ("write");
+  qk_fault_point ("write");
   return qk_fsync_dir (k->kfd);
 }
 
@@ -1168,7 +1135,7 @@ write_kind (struct meta_plan *w, struct kplan *k)
       continue;
     if (qk_durable_write (k->bfd, e->leaf, e->buf, e->len, 0600, 0) < 0)
       return -1;
-    meta_fault ("write");
+    qk_fault_point ("write");
     e->backup = meta_fmt ("%s/%s", k->bpath, e->leaf);
   }
   /* 2. renames */
@@ -1183,7 +1150,7 @@ write_kind (struct meta_plan *w, struct kplan *k)
     }
     if (qk_fsync_dir (e->dfd) < 0)
       return -1;
-    meta_fault ("rename");
+    qk_fault_point ("rename");
   }
   /* 3. new files (adopted snapshots; never over a file), then replaced
    * files: those gaining the current mark first */
@@ -1193,7 +1160,7 @@ write_kind (struct meta_plan *w, struct kplan *k)
       continue;
     if (qk_durable_write (e->dfd, e->leaf, e->out, e->outlen, 0600, 0) < 0)
       return -1;
-    meta_fault ("write");
+    qk_fault_point ("write");
   }
   for (int pass = 0; pass < 2; pass++)
     for (size_t i = 0; i < k->n; i++) {
@@ -1204,7 +1171,7 @@ write_kind (struct meta_plan *w, struct kplan *k)
       if (qk_durable_write (e->dfd, e->rename_to ? e->rename_to : e->leaf,
                             e->out, e->outlen, 0600, QK_DURABLE_REPLACE) < 0)
         return -1;
-      meta_fault ("write");
+      qk_fault_point ("write");
     }
   /* 4. removed files */
   for (size_t i = 0; i < k->n; i++) {
@@ -1213,7 +1180,7 @@ write_kind (struct meta_plan *w, struct kplan *k)
       continue;
     if (qk_durable_unlink (e->dfd, e->leaf) < 0)
       return -1;
-    meta_fault ("unlink");
+    qk_fault_point ("unlink");
   }
   return 0;
 }
@@ -1471,12 +1438,12 @@ meta_replace_file (struct qk_meta *m, const char *host, const char *buf,
     if (make_backup_dir (m, &k, tag) < 0
         || qk_durable_write (k.bfd, e->leaf, e->buf, e->len, 0600, 0) < 0)
       goto out;
-    meta_fault ("write");
+    qk_fault_point ("write");
     e->backup = meta_fmt ("%s/%s", k.bpath, e->leaf);
     if (qk_durable_write (k.kfd, e->leaf, e->out, e->outlen, 0600,
                           QK_DURABLE_REPLACE) < 0)
       goto out;
-    meta_fault ("write");
+    qk_fault_point ("write");
   }
   if (report_change (fn, opaque, -1, e) != 0) {
     set_error (ECANCELED, "stopped by the change callback");

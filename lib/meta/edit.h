@@ -85,11 +85,9 @@ extern char *meta_read_fd (int fd, const char *path, size_t max, size_t *len);
  * -1 (ENOENT: not found). */
 extern int meta_subst_source (char **t, const char *old, const char *new);
 extern const char *meta_leaf_of (const char *path);
+/* The domain definition's bytes (m->config_file, at most 16 MiB), NUL
+ * terminated; NULL with the error set. */
+extern char *meta_definition_read (struct qk_meta *m);
 
-struct meta_sb {
-  char *p;
-  size_t n, cap;           /* p == (char *) -1: out of memory */
-};
-extern void meta_sb_add (struct meta_sb *b, const char *s, size_t n);
 
 #endif

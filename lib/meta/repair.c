@@ -1407,16 +1407,16 @@ adopt_xml (struct work *w, const struct adopt *a, const char *domain_text,
     return o.p;
   /* bulk: one level deeper */
   {
-    struct meta_sb b = { 0 };
+    struct qk_sbuf b = { 0 };
     const char *c = o.p;
-    meta_sb_add (&b, "  ", 2);
+    qk_sbuf_add (&b, "  ", 2);
     for (; *c; c++) {
-      meta_sb_add (&b, c, 1);
+      qk_sbuf_add (&b, c, 1);
       if (*c == '\n' && c[1] != '\0')
-        meta_sb_add (&b, "  ", 2);
+        qk_sbuf_add (&b, "  ", 2);
     }
     free (o.p);
-    x = b.p == (char *) -1 ? NULL : b.p;
+    x = b.p;
     if (x == NULL)
       set_error (ENOMEM, "malloc");
     return x;
@@ -1427,14 +1427,8 @@ adopt_xml (struct work *w, const struct adopt *a, const char *domain_text,
 static char *
 domain_text (struct qk_meta *m)
 {
-  int fd = meta_open (m, m->config_file, O_RDONLY | O_NONBLOCK);
-  size_t len;
-  char *b, *a, *e, *r;
+  char *b = meta_definition_read (m), *a, *e, *r;
 
-  if (fd < 0)
-    return NULL;
-  b = meta_read_fd (fd, m->config_file, 16u << 20, &len);
-  close (fd);
   if (b == NULL)
     return NULL;
   a = strstr (b, "<domain");

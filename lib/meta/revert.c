@@ -116,7 +116,7 @@ create_overlay (const struct rdisk *d)
   free (dir);
   free (buf);
   if (r == 0)
-    meta_fault ("write");
+    qk_fault_point ("write");
   return r;
 }
 
@@ -124,22 +124,22 @@ create_overlay (const struct rdisk *d)
 static char *
 revert_disks_xml (const struct rdisk *d, size_t nd)
 {
-  struct meta_sb b = { 0 };
+  struct qk_sbuf b = { 0 };
 
-  meta_sb_add (&b, "<revertDisks>\n", 14);
+  qk_sbuf_add (&b, "<revertDisks>\n", 14);
   for (size_t i = 0; i < nd; i++) {
     char *t = meta_esc (d[i].target), *n = meta_esc (d[i].n);
     char *line = meta_fmt ("    <disk name='%s' snapshot='external' "
                            "type='file'>\n      <source file='%s'/>\n"
                            "    </disk>\n", t ? t : "", n ? n : "");
     if (line)
-      meta_sb_add (&b, line, strlen (line));
+      qk_sbuf_add (&b, line, strlen (line));
     free (t);
     free (n);
     free (line);
   }
-  meta_sb_add (&b, "  </revertDisks>", 16);
-  return b.p == (char *) -1 ? NULL : b.p;
+  qk_sbuf_add (&b, "  </revertDisks>", 16);
+  return b.p;
 }
 
 QK_EXPORT int
@@ -315,13 +315,7 @@ qk_meta_revert (struct qk_meta *m, const char *name, unsigned flags,
     goto out;
   /* 3. the definition */
   {
-    int fdd = meta_open (m, m->config_file, O_RDONLY | O_NONBLOCK);
-    size_t len;
-    if (fdd < 0)
-      goto out;
-    text = meta_read_fd (fdd, m->config_file, 16u << 20, &len);
-    close (fdd);
-    if (text == NULL)
+    if ((text = meta_definition_read (m)) == NULL)
       goto out;
     for (size_t d = 0; d < nd; d++)
       if (!meta_same_path (m, dd[d].cur, dd[d].n)

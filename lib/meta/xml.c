@@ -668,13 +668,8 @@ struct ex {
   bool oom;
 };
 
-struct sbuf {
-  char *p;
-  size_t n, cap;
-};
-
 static bool
-sbuf_add (struct ex *x, struct sbuf *b, const xmlChar *s)
+sbuf_add (struct ex *x, struct qk_sbuf *b, const xmlChar *s)
 {
   size_t l = s ? strlen ((const char *) s) : 0;
 
@@ -685,22 +680,10 @@ sbuf_add (struct ex *x, struct sbuf *b, const xmlChar *s)
     return false;
   }
   x->left -= l;
-  if (b->n + l + 1 > b->cap) {
-    size_t nc = b->cap ? b->cap : 64;
-    char *np;
-    while (nc < b->n + l + 1)
-      nc *= 2;
-    np = realloc (b->p, nc);
-    if (np == NULL) {
-      x->oom = true;
-      return false;
-    }
-    b->p = np;
-    b->cap = nc;
+  if (!qk_sbuf_add (b, s, l)) {
+    x->oom = true;
+    return false;
   }
-  memcpy (b->p + b->n, s, l);
-  b->n += l;
-  b->p[b->n] = '\0';
   return true;
 }
 
@@ -708,7 +691,7 @@ sbuf_add (struct ex *x, struct sbuf *b, const xmlChar *s)
  * element descendants' text, entity references replaced by their
  * entity's text; comments and processing instructions left out. */
 static bool
-gather (struct ex *x, struct sbuf *b, xmlDocPtr doc, xmlNodePtr n,
+gather (struct ex *x, struct qk_sbuf *b, xmlDocPtr doc, xmlNodePtr n,
         unsigned depth)
 {
   if (depth > 1024) {
@@ -740,7 +723,7 @@ gather (struct ex *x, struct sbuf *b, xmlDocPtr doc, xmlNodePtr n,
 
 /* Keep a string of b (taken over) in the moment's string list. */
 static const char *
-keep (struct ex *x, struct sbuf *b)
+keep (struct ex *x, struct qk_sbuf *b)
 {
   char *d = b->p;
 
@@ -769,7 +752,7 @@ keep (struct ex *x, struct sbuf *b)
 static const char *
 text_of (struct ex *x, xmlNodePtr n)
 {
-  struct sbuf b = { 0 };
+  struct qk_sbuf b = { 0 };
 
   if (n == NULL)
     return NULL;
@@ -786,7 +769,7 @@ text_of (struct ex *x, xmlNodePtr n)
 static const char *
 attr (struct ex *x, xmlNodePtr n, const char *name)
 {
-  struct sbuf b = { 0 };
+  struct qk_sbuf b = { 0 };
   xmlAttrPtr a;
 
   if (n == NULL)

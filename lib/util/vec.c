@@ -79,3 +79,59 @@ qk_strvec_free (struct qk_strvec *sv)
   sv->v = NULL;
   sv->n = sv->cap = 0;
 }
+
+static void
+sbuf_oom (struct qk_sbuf *b)
+{
+  free (b->p);
+  b->p = NULL;
+  b->n = b->cap = 0;
+  b->oom = true;
+}
+
+bool
+qk_sbuf_add (struct qk_sbuf *b, const void *s, size_t n)
+{
+  char *p;
+
+  if (b->oom)
+    return false;
+  if (n > SIZE_MAX - b->n - 1) {
+    set_error (ENOMEM, "string too large");
+    sbuf_oom (b);
+    return false;
+  }
+  p = qk_grow (b->p, &b->cap, b->n + n + 1, 1);
+  if (p == NULL) {
+    sbuf_oom (b);
+    return false;
+  }
+  b->p = p;
+  memcpy (b->p + b->n, s, n);
+  b->n += n;
+  b->p[b->n] = '\0';
+  return true;
+}
+
+bool
+qk_sbuf_printf (struct qk_sbuf *b, const char *fmt, ...)
+{
+  va_list ap;
+  char *s;
+  int r;
+  bool ok;
+
+  if (b->oom)
+    return false;
+  va_start (ap, fmt);
+  r = vasprintf (&s, fmt, ap);
+  va_end (ap);
+  if (r < 0) {
+    set_error (ENOMEM, "vasprintf");
+    sbuf_oom (b);
+    return false;
+  }
+  ok = qk_sbuf_add (b, s, r);
+  free (s);
+  return ok;
+}
