@@ -11,10 +11,18 @@
  *
  * QCOWKIT_FAULT=write-fail-N | write-kill-N | flush-fail-N | flush-kill-N
  * asks for one from outside (qk_source_fault_env), so shell tests can
- * sweep N over a command. */
+ * sweep N over a command.
+ *
+ * The file writers (libvirt metadata: rename, unlink, mkdir...) have no
+ * byte source to layer; they call qk_fault_point after each operation,
+ * and QCOWKIT_FAULT=after-OP-N kills the process right after the Nth OP.
+ * Both grammars are read here, and each side ignores the other's: a
+ * metadata writer that runs an image writer (meta delete commits) needs
+ * no juggling of the variable. */
 #include <config.h>
 
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -174,7 +182,7 @@ qk_source_fault_env (struct qk_source *below, unsigned flags)
   enum qk_fault_kind kind;
   uint64_t n;
 
-  if (spec == NULL || *spec == '\0')
+  if (spec == NULL || *spec == '\0' || strncmp (spec, "after-", 6) == 0)
     return below;
   if (qk_fault_parse (spec, &kind, &n) < 0) {
     return qk_source_layer_abandon (below, flags);
@@ -195,4 +203,24 @@ qk_source_fault_counts (const struct qk_source *s, uint64_t *writes,
     *writes = f->writes;
   if (flushes)
     *flushes = f->flushes;
+}
+
+void
+qk_fault_point (const char *op)
+{
+  static unsigned counts[8];
+  static const char *const ops[] = { "write", "fsync", "rename", "unlink",
+                                     "mkdir", "rmdir", NULL };
+  const char *f = getenv ("QCOWKIT_FAULT");
+  char want[32];
+
+  if (f == NULL || strncmp (f, "after-", 6) != 0)
+    return;
+  for (int i = 0; ops[i]; i++)
+    if (strcmp (ops[i], op) == 0) {
+      counts[i]++;
+      snprintf (want, sizeof want, "after-%s-%u", op, counts[i]);
+      if (strcmp (f, want) == 0)
+        raise (SIGKILL);
+    }
 }

@@ -143,6 +143,10 @@ extern int qk_fault_parse (const char *spec, enum qk_fault_kind *kind,
  * it is unset or empty. An invalid value fails (EINVAL). */
 extern struct qk_source *qk_source_fault_env (struct qk_source *below,
                                               unsigned flags);
+/* QCOWKIT_FAULT=after-OP-N: SIGKILL right after the Nth operation OP
+ * (write, fsync, rename, unlink, mkdir, rmdir) of a file writer; the
+ * fault layers above ignore that grammar, and this the layers'. */
+extern void qk_fault_point (const char *op);
 /* Writes and flushes seen so far (failed ones included). */
 extern void qk_source_fault_counts (const struct qk_source *s,
                                     uint64_t *writes, uint64_t *flushes);

@@ -62,30 +62,9 @@
 #include <unistd.h>
 
 #include "meta/meta.h"
+#include "io/io.h"
 
 #define MARKER ".qcowkit-stage"
-
-/* ---- fault injection (tests) ---- */
-
-void
-meta_fault (const char *op)
-{
-  static unsigned counts[8];
-  static const char *const ops[] = { "write", "fsync", "rename", "unlink",
-                                     "mkdir", "rmdir", NULL };
-  const char *f = getenv ("QCOWKIT_FAULT");
-  char want[32];
-
-  if (f == NULL)
-    return;
-  for (int i = 0; ops[i]; i++)
-    if (strcmp (ops[i], op) == 0) {
-      counts[i]++;
-      snprintf (want, sizeof want, "after-%s-%u", op, counts[i]);
-      if (strcmp (f, want) == 0)
-        raise (SIGKILL);
-    }
-}
 
 /* ---- operations on names in a directory, never following them ---- */
 
@@ -103,7 +82,7 @@ fsync_fd (int fd, const char *what)
     set_error (errno, "fsync %s", what);
     return -1;
   }
-  meta_fault ("fsync");
+  qk_fault_point ("fsync");
   return 0;
 }
 
@@ -130,7 +109,7 @@ rename_noreplace (int fa, const char *a, int fb, const char *b)
     return -1;
   }
 done:
-  meta_fault ("rename");
+  qk_fault_point ("rename");
   return 0;
 }
 
@@ -142,7 +121,7 @@ unlink_at (int dfd, const char *name, int flags)
                name);
     return -1;
   }
-  meta_fault ((flags & AT_REMOVEDIR) ? "rmdir" : "unlink");
+  qk_fault_point ((flags & AT_REMOVEDIR) ? "rmdir" : "unlink");
   return 0;
 }
 
@@ -340,7 +319,7 @@ make_stage (const struct qk_meta *m, int kind, const struct place *pl)
     set_error (errno, "mkdir %s/%s", pl->base_path, pl->stage);
     return -1;
   }
-  meta_fault ("mkdir");
+  qk_fault_point ("mkdir");
   sfd = open_dir_at (pl->base, pl->stage);
   if (sfd < 0)
     return -1;
@@ -355,7 +334,7 @@ make_stage (const struct qk_meta *m, int kind, const struct place *pl)
     return -1;
   }
   close (fd);
-  meta_fault ("write");
+  qk_fault_point ("write");
   if (fsync_fd (sfd, pl->stage) < 0) {
     close (sfd);
     return -1;
@@ -589,8 +568,8 @@ write_bulk (const struct qk_meta *m, struct meta_set *s, int dfd,
     goto fail;
   }
   close (fd);
-  meta_fault ("write");
-  meta_fault ("fsync");
+  qk_fault_point ("write");
+  qk_fault_point ("fsync");
   return 0;
 fail:
   close (fd);
@@ -662,9 +641,9 @@ write_one_file (const struct qk_meta *m, const struct meta_set *s,
 out_close:
   close (fd);
   if (ret == 0) {
-    meta_fault ("write");
+    qk_fault_point ("write");
     if (!batch)
-      meta_fault ("fsync");
+      qk_fault_point ("fsync");
   }
 out:
   free (e);
@@ -682,7 +661,7 @@ write_per_file (const struct qk_meta *m, struct meta_set *s, int sfd,
     set_error (errno, "mkdir %s", name);
     return -1;
   }
-  meta_fault ("mkdir");
+  qk_fault_point ("mkdir");
   dfd = open_dir_at (sfd, name);
   if (dfd < 0)
     return -1;
@@ -699,7 +678,7 @@ write_per_file (const struct qk_meta *m, struct meta_set *s, int sfd,
       r = -1;
     }
     else
-      meta_fault ("fsync");
+      qk_fault_point ("fsync");
   }
   if (r == 0)
     r = fsync_fd (dfd, name);

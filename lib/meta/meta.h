@@ -215,9 +215,6 @@ extern uint64_t meta_hash2 (const char *p1, size_t n1, const char *p2,
 /* convert.c */
 extern int meta_convert (struct qk_meta *m, int kind, int layout,
                          unsigned flags);
-/* QCOWKIT_FAULT=after-OP-N: SIGKILL right after the Nth operation op
- * (write, fsync, rename, unlink, mkdir, rmdir) of a metadata writer. */
-extern void meta_fault (const char *op);
 /* Reload m's metadata from the files. */
 extern int meta_reload (struct qk_meta *m);
 
