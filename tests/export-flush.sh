@@ -104,7 +104,7 @@ if have strace "copy_file_range calls"; then
   n () {  # n IMAGE [ENV...]: copy_file_range calls exporting IMAGE
     local i=$1; shift
     rm -f o.raw st
-    traced_env env "$@" strace -f -qq -e trace=copy_file_range -o st \
+    traced_env env "$@" strace -f -qq --seccomp-bpf -e trace=copy_file_range -o st \
       qcowkit export -q "$i" o.raw
     grep -cE '^[0-9]+ +copy_file_range\(' st
   }
@@ -118,7 +118,7 @@ if have strace "copy_file_range calls"; then
     test "$(n rawtop.qcow2)" -gt 0
   # a pipe gets every byte in order, from our reads
   rm -f st
-  traced_env strace -f -qq -e trace=copy_file_range -o st \
+  traced_env strace -f -qq --seccomp-bpf -e trace=copy_file_range -o st \
     qcowkit export -q data.qcow2 /dev/stdout | cat > o.raw
   is "$(grep -cE '^[0-9]+ +copy_file_range\(' st)" 0 \
     "data.qcow2 to a pipe: no copy_file_range"
@@ -127,13 +127,13 @@ if have strace "copy_file_range calls"; then
   # --root: backing files were opened beneath the root by the library;
   # export does not open them again by name (that would not be confined)
   rm -f o.raw st
-  traced_env strace -f -qq -e trace=open,openat,openat2 -o st \
+  traced_env strace -f -qq --seccomp-bpf -e trace=open,openat,openat2 -o st \
     qcowkit export -q --root "$T" "$T/top.qcow2" o.raw
   cmp_files "top.qcow2 --root: equals qemu-img" top.qcow2.ref o.raw
   is "$(grep -c "\"$T/data.qcow2\"" st)" 0 \
     "top.qcow2 --root: the backing file is not reopened by name"
   rm -f o.raw st
-  traced_env strace -f -qq -e trace=open,openat,openat2 -o st \
+  traced_env strace -f -qq --seccomp-bpf -e trace=open,openat,openat2 -o st \
     qcowkit export -q "$T/top.qcow2" o.raw
   ok "top.qcow2 without --root: the backing file's data is copied from a second descriptor" \
     test "$(grep -c "\"$T/data.qcow2\"" st)" -ge 2

@@ -140,7 +140,7 @@ qemu-img convert -O raw "$i" "$T/q.raw"
 if have strace "export's fsync and ftruncate calls"; then
   for flush in "" --no-flush; do
     rm -f "$T/o.raw"
-    traced_env strace -f -qq -e trace=fsync,fdatasync,ftruncate -o "$T/st" \
+    traced_env strace -f -qq --seccomp-bpf -e trace=fsync,fdatasync,ftruncate -o "$T/st" \
       qcowkit export $flush "$i" "$T/o.raw"
     cmp_files "$i: export ${flush:-(flushed)} equals qemu-img convert" "$T/q.raw" "$T/o.raw"
     is "$(grep -cE '^[0-9]+ +f(data)?sync\(' "$T/st")" "$([ -z "$flush" ] && echo 1 || echo 0)" \

@@ -74,7 +74,7 @@ EOF
 
 # Under strace: no image file may be opened for writing (the export's own
 # output aside).
-tracer=(strace -f -qq -e trace=open,openat,creat -o "$T/st")
+tracer=(strace -f -qq --seccomp-bpf -e trace=open,openat,openat2,creat -o "$T/st")
 # LeakSanitizer cannot run under ptrace (sanitizer builds)
 export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
 
