@@ -439,12 +439,27 @@ qemu_lock_held () {
 
 # start_holder IMG: a qemu-io with IMG open read-write, holding QEMU's
 # locks on it, until stop_holder or the end of the test. Waits (60 s at
-# most) until qemu-img sees the lock; false, with a diagnostic, if it does
+# most) until the lock shows in /proc/locks, then asks qemu-img whether
+# it sees it; false, with a diagnostic, if it does
 # not. Sets holder_pid, holder_fd (qemu-io's input: write qemu-io
 # commands to it) and holder_out (the file of qemu-io's output). qemu-io
 # reads its commands from a FIFO that only this shell writes: should the
 # test die even by SIGKILL, qemu-io reads the end of its input and quits.
 # One holder at a time.
+# ofd_write_locked FILE: a process holds QEMU's lock on FILE's "write"
+# permission byte (101), as /proc/locks shows it. Unlike qemu_lock_held,
+# this takes no lock itself: a probe with qemu-img info while qemu-io
+# starts can make qemu-io's own locking fail ("Failed to get "write"
+# lock"), as it did in CI.
+ofd_write_locked () {
+  local d ino
+  read -r d ino < <(stat -L -c '%d %i' "$1" 2>/dev/null) || return 1
+  awk -v dev="$(printf '%02x:%02x:%s' $(((d >> 8) & 0xfff)) \
+                 $(((d & 0xff) | ((d >> 12) & 0xfff00))) "$ino")" \
+    '$2 == "OFDLCK" && $(NF - 2) == dev && $(NF - 1) <= 101 &&
+     ($NF == "EOF" || $NF >= 101) { found = 1 } END { exit !found }' /proc/locks
+}
+
 start_holder () {
   local img=$1 fifo
   fifo=$(mktemp -u "${T:?start_holder needs scratch}/holder.XXXXXX")
@@ -455,8 +470,9 @@ start_holder () {
   kill_on_exit "$holder_pid"
   # read-write: never blocks (Linux), and this shell is the only writer
   exec {holder_fd}<> "$fifo"
-  # ready when the lock shows, or at once if qemu-io has exited
-  wait_for 60 eval "! proc_alive $holder_pid || qemu_lock_held '$img'"
+  # ready when the lock shows in /proc/locks (a probe that takes no lock),
+  # or at once if qemu-io has exited; then qemu-img must see it too
+  wait_for 60 eval "! proc_alive $holder_pid || ofd_write_locked '$img'"
   if ! proc_alive "$holder_pid"; then
     diag "start_holder: qemu-io on $img exited: $(head -3 "$holder_out")"
     return 1
