@@ -305,7 +305,7 @@ qk_repair_fix_count (const struct qk_repair *r)
 QK_EXPORT const struct qk_fix *
 qk_repair_fix (const struct qk_repair *r, size_t i)
 {
-  return i < r->fixer.n ? &r->fixer.recs[i].f : NULL;
+  return i < r->fixer.n ? &r->fixer.recs[i]->f : NULL;
 }
 
 QK_EXPORT size_t
@@ -351,9 +351,9 @@ offer (struct qk_repair *r, int fx, uint64_t count, const char *countstr)
   /* answered no (or abort) in an earlier round: the same answer, unasked
    * and not recorded twice */
   for (size_t i = 0; i < r->fixer.n; i++)
-    if (r->fixer.recs[i].f.code == fixrows[fx].code
-        && r->fixer.recs[i].f.answer != QK_ANSWER_YES)
-      return &r->fixer.recs[i];
+    if (r->fixer.recs[i]->f.code == fixrows[fx].code
+        && r->fixer.recs[i]->f.answer != QK_ANSWER_YES)
+      return r->fixer.recs[i];
   return qk_fixer_offer (&r->fixer, &fixrows[fx], count, countstr);
 }
 
@@ -1802,7 +1802,7 @@ pass_refcounts (struct qk_repair *r, struct qk_refmap *map)
       return -1;
   }
   for (size_t i = before; i < r->fixer.n; i++)
-    if (!r->fixer.recs[i].f.made)
+    if (!r->fixer.recs[i]->f.made)
       return 0;
   return map->complete ? 1 : 0;
 }

@@ -75,12 +75,16 @@ qk_fixer_offer (struct qk_fixer *fx, const struct qk_fixrow *row,
   char num[32];
   enum qk_answer a = QK_ANSWER_NO;
 
-  fr = qk_grow (fx->recs, &fx->cap, fx->n + 1, sizeof *fr);
-  if (fr == NULL)
+  struct qk_fixrec **recs = qk_grow (fx->recs, &fx->cap, fx->n + 1,
+                                     sizeof *recs);
+  if (recs == NULL)
     return NULL;
-  fx->recs = fr;
-  fr = &fx->recs[fx->n];
-  memset (fr, 0, sizeof *fr);
+  fx->recs = recs;
+  fr = calloc (1, sizeof *fr);
+  if (fr == NULL) {
+    set_error (ENOMEM, "malloc");
+    return NULL;
+  }
   if (countstr == NULL) {
     snprintf (num, sizeof num, "%" PRIu64, count);
     countstr = num;
@@ -90,10 +94,11 @@ qk_fixer_offer (struct qk_fixer *fx, const struct qk_fixrow *row,
   if (fr->prompt == NULL || fr->done == NULL) {
     free (fr->prompt);
     free (fr->done);
+    free (fr);
     set_error (ENOMEM, "malloc");
     return NULL;
   }
-  fx->n++;
+  fx->recs[fx->n++] = fr;
   fr->f.code = row->code;
   fr->f.name = row->name;
   fr->f.flags = row->flags;
@@ -124,8 +129,9 @@ void
 qk_fixer_reset (struct qk_fixer *fx)
 {
   for (size_t i = 0; i < fx->n; i++) {
-    free (fx->recs[i].prompt);
-    free (fx->recs[i].done);
+    free (fx->recs[i]->prompt);
+    free (fx->recs[i]->done);
+    free (fx->recs[i]);
   }
   fx->n = 0;
   fx->aborted = false;

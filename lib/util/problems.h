@@ -58,13 +58,15 @@ struct qk_fixer {
   qk_fix_fn ask;
   void *ask_opaque;
   bool aborted;              /* answered ABORT: every later offer is NO */
-  struct qk_fixrec *recs;
+  struct qk_fixrec **recs;  /* each its own allocation: a record stays
+                               where it is while later offers grow recs */
   size_t n, cap;
 };
 
 /* Offer the fix of row with its count (countstr, when not NULL, replaces
  * the number in the texts). The answer is in ->f.answer of the record
- * returned (valid until the next offer); NULL on ENOMEM. */
+ * returned (valid until qk_fixer_reset: a caller may hold several records
+ * across offers); NULL on ENOMEM. */
 extern struct qk_fixrec *qk_fixer_offer (struct qk_fixer *fx,
                                          const struct qk_fixrow *row,
                                          uint64_t count,
