@@ -234,6 +234,41 @@ is "$?" 0 "  (qemu-img's result cannot be opened: 'Header extension too large')"
 qemu-img compare -q uo.qcow2 u.qcow2
 is "$?" 0 "  ours keeps the guest data (qemu-img compare with the original)"
 
+# ---- upgrades that would change what the guest reads (fuzz-amend) ----
+# (a) The zero flag in a version 2 L2 entry: reserved there, so QEMU
+# calls the image corrupt and fails to read the cluster, and qcowkit
+# check warns; qcowkit reads zeros, as both do after an upgrade. Ours
+# upgrades it as qemu-img amend does, to the same guest data.
+qemu-img create -q -f qcow2 -o compat=0.10,cluster_size=4096 zf.qcow2 1M
+qio zf.qcow2 'write -P 0x5a 0 4k'
+l2=$(( $(qcowkit dump zf.qcow2 l1 | sed -n 's/^L1\[0\] = //p') & 0xfffffffffe00 ))
+printf '\001' | dd of=zf.qcow2 bs=1 seek=$((l2 + 7)) conv=notrunc status=none
+qemu-img convert -O raw zf.qcow2 zf.raw > zf.qout 2>&1
+is "$?" 1 "v2 entry with the zero flag: qemu-img cannot read it"
+grep -q "Zero cluster entry found in pre-v3 image" zf.qout
+is "$?" 0 "  (it calls the image corrupt)"
+qcowkit check zf.qcow2 2>&1 | grep -q "has the zero flag in a version 2 image"
+is "$?" 0 "  qcowkit check warns of it"
+cp zf.qcow2 zfq.qcow2
+qcowkit amend --compat=1.1 zf.qcow2
+is "$?" 0 "  qcowkit amend upgrades it"
+qemu-img amend -o compat=1.1 zfq.qcow2
+qemu-img compare -q zf.qcow2 zfq.qcow2
+is "$?" 0 "  to the guest data of qemu-img amend's result"
+qemu-img convert -O raw zf.qcow2 zf.raw && cmp -s -n 4096 zf.raw /dev/zero
+is "$?" 0 "  which reads zeros there"
+# (b) A table in the header cluster, which the upgrade writes again: the
+# fuzz input had its L1 table at offset 0, and the new header changed
+# its entries (qemu-img's upgrade too).
+qemu-img create -q -f qcow2 -o compat=0.10,cluster_size=512 hc.qcow2 1M
+qio hc.qcow2 'write -P 7 0 512'
+printf '\000\000\000\000\000\000\000\000' | dd of=hc.qcow2 bs=1 seek=40 conv=notrunc status=none
+s0=$(sha hc.qcow2)
+qcowkit amend --compat=1.1 hc.qcow2 > hc.out 2>&1
+is "$? $(sha hc.qcow2)" "1 $s0" "an L1 table in the header cluster: the upgrade is refused, the file untouched"
+grep -q "the L1 table is in the header cluster" hc.out
+is "$?" 0 "  and says why"
+
 # ---- fault sweep ----
 # killed (SIGKILL) or failed (EIO) at each write and flush; then (a)
 # qemu-img check finds it consistent, leaks at worst, with the original's

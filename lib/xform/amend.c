@@ -866,6 +866,35 @@ run (struct amend *a)
   if (!dirty && a->new_version == h->version
       && a->new_order == h->refcount_order)
     return 0;             /* nothing to do: not even the leaks are ours */
+  if (a->new_version == 3 && h->version == 2) {
+    /* an upgrade must not change what the guest reads, and the new
+     * header is written over the header cluster: a table there would
+     * change with it (found by fuzz-amend; qemu-img's upgrade rewrites
+     * it).  A version 2 entry with the zero flag is no such case: QEMU
+     * fails to read it (corrupt), ours reads zeros, as both do after. */
+    uint64_t cs = h->cluster_size, in_hdr = UINT64_MAX;
+    const char *what = NULL;
+    if (l2_tables (a, &t) < 0) {
+      free (t.v);
+      return -1;
+    }
+    if (h->l1_table_offset < cs && a->img->l1_count)
+      what = "the L1 table", in_hdr = h->l1_table_offset;
+    else if (h->refcount_table_offset < cs)
+      what = "the refcount table", in_hdr = h->refcount_table_offset;
+    else if (h->nb_snapshots && h->snapshots_offset < cs)
+      what = "the snapshot table", in_hdr = h->snapshots_offset;
+    for (size_t i = 0; what == NULL && i < t.n; i++)
+      if (t.v[i] < cs)
+        what = "an L2 table", in_hdr = t.v[i];
+    free (t.v);
+    memset (&t, 0, sizeof t);
+    if (what)
+      return qk_xform_refuse ("amend", EUCLEAN, "%s: %s is in the header "
+                              "cluster (at 0x%" PRIx64 "), which an upgrade "
+                              "writes again: run qcowkit repair first",
+                              a->path, what, in_hdr);
+  }
   if (!dirty && header_only (a)) {
     /* an upgrade that allocates nothing writes the header alone: the
      * refcounts play no part, so no check is needed (as qemu-img) */
