@@ -62,6 +62,13 @@ domain vm-busy "$(fdisk vda "$IMG_D/busy.qcow2")"
 # a sparse 4 TiB image with 4 KiB clusters: a 16 MiB L1 table
 qemu-img create -q -f qcow2 -o cluster_size=4096 "$IMG_D/huge.qcow2" 4T
 domain vm-huge "$(fdisk vda "$IMG_D/huge.qcow2")"
+# vm-busy runs (libvirt's status XML); vm-trans runs, not defined (a
+# transient domain), on vm-clean's base image
+status () {  # status NAME DISK-XML
+  echo "<domstatus state='running' reason='booted' pid='$$'><domain type='qemu' id='1'><name>$1</name><devices>$2</devices></domain></domstatus>" > "$R/run/qemu/$1.xml"
+}
+status vm-busy "$(fdisk vda "$IMG_D/busy.qcow2")"
+status vm-trans "$(fdisk vda "$IMG_D/clean.qcow2")"
 set +e
 
 sums () { (cd "$IMG_D" && sha256sum -- *) ; }
@@ -77,11 +84,20 @@ is "$?" 2 "--jobs 2: the same exit status"
 ok "--jobs 1 and --jobs 2 give the same records" cmp a1.jsonl a2.jsonl
 is "$(jq -c 'type' a1.jsonl | sort -u)" '"object"' "every line is a JSON object"
 is "$(jq -r 'select(.type == "domain") | "\(.domain)=\(.verdict)"' a1.jsonl | tr '\n' ' ')" \
-  "vm-busy=in-use vm-clean=clean vm-corrupt=corrupt vm-huge=error vm-leak=leaks vm-meta=corrupt vm-missing=error vm-net=clean " \
+  "vm-busy=in-use vm-clean=clean vm-corrupt=corrupt vm-huge=error vm-leak=leaks vm-meta=corrupt vm-missing=error vm-net=clean vm-trans=clean " \
   "one record per domain, with the planted verdicts"
 is "$(jq -r 'select(.type == "image") | "\(.domain):\(.disk):\(.depth):\(.verdict)"' a1.jsonl | tr '\n' ' ')" \
   "vm-busy:vda:0:in-use vm-clean:vda:0:clean vm-clean:vda:1:clean vm-clean:vdb:0:clean vm-clean:hdc:0:not-checked vm-corrupt:vda:0:corrupt vm-huge:vda:0:error vm-leak:vda:0:leaks vm-meta:vda:0:clean vm-missing:vda:0:error vm-net:vda:0:not-checked " \
   "one record per image (the chain's too), with the planted verdicts"
+
+is "$(jq -r 'select(.type == "domain") | select(.running) | "\(.domain):\(.persistent):\(.metadata.verdict)"' a1.jsonl | tr '\n' ' ')" \
+  "vm-busy:true:clean vm-trans:false:not-checked " "running domains from the status XML; a transient one has no metadata"
+is "$(jq -c 'select(.filename | tostring | endswith("/clean.qcow2")) | ."used-by"' a1.jsonl)" \
+  '["vm-clean:vda","vm-trans:vda"]' "a base image shared by two disks: one record, both users"
+# bounded memory: the same records under a 150 MB address space, 2 jobs
+vlimited 150000 qcowkit audit --libvirt-root "$R" --output=jsonl --memory-limit 24M --jobs 2 \
+  > a4.jsonl 2> /dev/null
+ok "under ulimit -v 150 MB with --jobs 2: the same records" cmp a1.jsonl a4.jsonl
 
 # the oracle: qemu-img check of each checked qcow2 image
 fields='."check-errors", (.corruptions // 0), (.leaks // 0)'
@@ -109,8 +125,8 @@ is "$(jq -r 'select(.domain == "vm-huge" and .type == "image") | .reason | test(
 
 # prometheus: every domain and disk, the severities, the time and duration
 p=$T/audit.prom
-is "$(grep -c '^qcowkit_audit_problems{' "$p")" $(( (10 + 8) * 4 )) \
-  "prometheus: 4 severities per disk (10) and per domain's metadata (8)"
+is "$(grep -c '^qcowkit_audit_problems{' "$p")" $(( (11 + 9) * 4 )) \
+  "prometheus: 4 severities per disk (11) and per domain's metadata (9)"
 ok "prometheus: vm-corrupt's corruption" grep -qx 'qcowkit_audit_problems{domain="vm-corrupt",disk="vda",severity="corruption"} 2' "$p"
 ok "prometheus: vm-leak's leaks" grep -qx 'qcowkit_audit_problems{domain="vm-leak",disk="vda",severity="leak"} 2' "$p"
 ok "prometheus: vm-meta's metadata" grep -qx 'qcowkit_audit_problems{domain="vm-meta",disk="metadata",severity="corruption"} 1' "$p"
@@ -130,12 +146,12 @@ stop_holder
 qcowkit audit --libvirt-root "$R" > h.txt 2> h.err
 is "$?" 2 "human output: the same exit status"
 ok "human output: the summary of the domains' verdicts" \
-  grep -q '^8 domains, 10 disks, 9 images: 4 clean, 1 with leaks, 0 in use, 1 with errors, 2 corrupt\.$' h.txt
+  grep -q '^9 domains, 11 disks, 9 images: 5 clean, 1 with leaks, 0 in use, 1 with errors, 2 corrupt\.$' h.txt
 rm "$R/etc/qemu/vm-corrupt.xml" "$R/etc/qemu/vm-meta.xml" "$R/etc/qemu/vm-missing.xml" "$R/etc/qemu/vm-huge.xml"
 qcowkit audit --libvirt-root "$R" --output=json > j.json 2> /dev/null
 is "$?" 3 "without the corrupt, missing and huge ones: exit 3 (leaks)"
 is "$(jq -r '"\(.verdict) \(.exit) \([.records[] | select(.type == "domain")] | length)"' j.json)" \
-  "leaks 3 4" "--output=json: one document, the worst verdict"
+  "leaks 3 5" "--output=json: one document, the worst verdict"
 rm "$R/etc/qemu/vm-leak.xml"
 qcowkit audit --libvirt-root "$R" -q > /dev/null 2>&1
 is "$?" 0 "clean domains only: exit 0"

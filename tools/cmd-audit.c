@@ -413,11 +413,14 @@ audit_disk (struct audit *a, struct disk *k)
                                                         : NULL;
 
   while (logical) {
-    int fd = open_fd (a, logical);
+    int fd = open_fd (a, logical), e = errno;
     struct stat st;
-    char *host = host_of (a, logical);
     bool have = fd >= 0 && fstat (fd, &st) == 0, mine;
-    int e = errno;
+    char *host;
+
+    if (fd >= 0 && !have)
+      e = errno;
+    host = host_of (a, logical);
     struct rec *r;
 
     if (k->n_chain == MAX_CHAIN) {
