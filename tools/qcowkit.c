@@ -28,6 +28,8 @@ static const struct {
   { "dump", cmd_dump, "dump on-disk structures (header, tables, ...)" },
   { "snapshot", cmd_snapshot, "list internal snapshots" },
   { "meta", cmd_meta, "check, show and convert libvirt snapshot metadata" },
+  { "audit", cmd_audit, "check every domain of a host: images, chains, "
+    "metadata (read-only)" },
   { "fuzz-corpus", cmd_fuzz_corpus, "write small valid images covering every "
     "feature" },
 };

@@ -164,6 +164,7 @@ extern int cmd_undo (int argc, char **argv);
 extern int cmd_amend (int argc, char **argv);
 extern int cmd_rebase (int argc, char **argv);
 extern int cmd_commit (int argc, char **argv);
+extern int cmd_audit (int argc, char **argv);
 
 /* Shared by info and snapshot list. */
 extern void print_snapshot_table (struct qk_image *img);
