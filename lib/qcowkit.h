@@ -747,6 +747,89 @@ extern int qk_meta_problem_info (size_t i, uint32_t *code, const char **name,
                                  const char **description);
 /* ---- end of libvirt metadata ---- */
 
+/* ---- a host's domains (see libqcowkit(3), qcowkit-audit(1)) ----
+ * Every libvirt QEMU domain of a host: the persistent definitions
+ * (CONFIG/NAME.xml) and the running ones' status XML (RUN/NAME.xml, a
+ * <domstatus> holding the live <domain>), in the layout the options
+ * select: the system daemon's (/etc/libvirt/qemu, /run/libvirt/qemu), an
+ * embedded driver's root (ROOT/etc/qemu, ROOT/run/qemu), the session
+ * daemon's (QK_META_LIST_SESSION), each under opts->sysroot when set.
+ * Every path, image paths included, is resolved under the sysroot.
+ * A definition that cannot be read (too large, not well-formed, a name
+ * that cannot be a file name) is a warning, never a failure. */
+struct qk_meta_domains;
+
+#define QK_META_LIST_SESSION (1U << 0) /* $XDG_CONFIG_HOME/libvirt/qemu,
+                                          $XDG_RUNTIME_DIR/libvirt/qemu/run */
+
+#define QK_META_DISK_FILE    0
+#define QK_META_DISK_BLOCK   1
+#define QK_META_DISK_NETWORK 2
+#define QK_META_DISK_VOLUME  3
+#define QK_META_DISK_OTHER   4   /* dir, nvme, vhostuser, unknown: see type_name */
+
+/* One image of a disk's <backingStore> chain, top first. */
+struct qk_meta_backing {
+  int type;                 /* QK_META_DISK_* */
+  const char *type_name;    /* type= as written (NULL: absent) */
+  const char *format;       /* <format type=> */
+  const char *source;       /* file=, dev=, name= (network), POOL/VOLUME */
+  const char *path;         /* file and block: the host path (sysroot
+                               applied), NULL otherwise or unresolvable */
+};
+
+/* A <disk> of a domain (the status XML's when it runs, else the
+ * definition's). */
+struct qk_meta_host_disk {
+  const char *target;       /* <target dev=> */
+  const char *device;       /* device= (disk, cdrom, floppy, lun) */
+  int type;                 /* QK_META_DISK_* */
+  const char *type_name;    /* type= as written ("file" when absent) */
+  const char *format;       /* <driver type=> (NULL: absent) */
+  const char *source;       /* as written; NULL for an empty drive */
+  const char *protocol;     /* network: protocol= */
+  const char *path;         /* file and block: the host path, NULL
+                               otherwise or when it cannot resolve */
+  bool readonly;            /* <readonly/> */
+  bool shareable;           /* <shareable/> */
+  size_t n_backing;         /* <backingStore> chain, as libvirt recorded it */
+  const struct qk_meta_backing *backing;
+};
+
+struct qk_meta_host_domain {
+  const char *name;         /* the file name (without .xml) */
+  const char *uuid;         /* <uuid> (NULL: none) */
+  bool persistent;          /* a definition exists */
+  bool running;             /* a status XML exists (libvirt's record; not
+                               proof that its QEMU still runs) */
+  int64_t pid;              /* <domstatus pid=>, 0 when unknown */
+  const char *config_path;  /* host path of the definition (NULL: none) */
+  const char *status_path;  /* host path of the status XML (NULL: none) */
+};
+
+/* run_dir: NULL for the layout's. Returns NULL only on an API failure. */
+extern struct qk_meta_domains *qk_meta_list_domains (const struct qk_meta_options *opts,
+                                                     const char *run_dir,
+                                                     unsigned flags);
+extern void qk_meta_domains_free (struct qk_meta_domains *l);
+/* Domains, sorted by name. */
+extern size_t qk_meta_domains_count (const struct qk_meta_domains *l);
+extern const struct qk_meta_host_domain *qk_meta_domains_get (const struct qk_meta_domains *l,
+                                                              size_t i);
+extern size_t qk_meta_domains_disk_count (const struct qk_meta_domains *l,
+                                          size_t i);
+extern const struct qk_meta_host_disk *qk_meta_domains_disk (const struct qk_meta_domains *l,
+                                                             size_t i, size_t j);
+/* The options that make qk_meta_open find these domains' metadata
+ * (strings borrowed from l). */
+extern int qk_meta_domains_options (const struct qk_meta_domains *l,
+                                    struct qk_meta_options *opts);
+/* What could not be read, one message each (naming the file). */
+extern size_t qk_meta_domains_warning_count (const struct qk_meta_domains *l);
+extern const char *qk_meta_domains_warning (const struct qk_meta_domains *l,
+                                            size_t i);
+/* ---- end of a host's domains ---- */
+
 #ifdef __cplusplus
 }
 #endif

@@ -217,9 +217,9 @@ joinf (const char *fmt, ...)
  * Returns 0, -1 (errno; EINVAL and *mode for a file that is not regular),
  * or 1 when the file is larger than max (*size is set). Never blocks: the
  * file was opened O_NONBLOCK, and only a regular file is read. */
-static int
-read_limited_fd (int fd, uint64_t max, char **buf, size_t *len,
-                 uint64_t *size, mode_t *mode)
+int
+meta_read_limited_fd (int fd, uint64_t max, char **buf, size_t *len,
+                      uint64_t *size, mode_t *mode)
 {
   struct stat st;
   char *b;
@@ -279,7 +279,7 @@ read_limited (const struct qk_meta *m, const char *path, uint64_t max,
   *mode = 0;
   if (fd < 0)
     return -1;
-  return read_limited_fd (fd, max, buf, len, size, mode);
+  return meta_read_limited_fd (fd, max, buf, len, size, mode);
 }
 
 /* ---- the moment set ---- */
@@ -862,8 +862,8 @@ load_per_file (struct qk_meta *m, struct meta_set *s)
     fd = m->sysroot ? meta_open (m, path, O_RDONLY | O_NONBLOCK)
       : openat (dirfd (d), ents[i].name,
                 O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
-    r = fd < 0 ? -1 : read_limited_fd (fd, m->lim.max_size, &buf, &len,
-                                       &size, &mode);
+    r = fd < 0 ? -1 : meta_read_limited_fd (fd, m->lim.max_size, &buf,
+                                            &len, &size, &mode);
     err = errno;
     if (r < 0 && (fd < 0 || err == EINVAL)) {
       bool blocks = fd >= 0 && !S_ISDIR (mode);
@@ -1428,10 +1428,35 @@ meta_load (struct qk_meta *m)
   return 0;
 }
 
-static bool
-domain_name_ok (const char *d)
+bool
+meta_domain_name_ok (const char *d)
 {
   return d && d[0] != '\0' && d[0] != '.' && strchr (d, '/') == NULL;
+}
+
+/* The configuration and state directories of o, as paths before the
+ * sysroot (NULL when out of memory): the embedded driver's
+ * ROOT/etc/qemu and ROOT/lib/qemu, else the system daemon's, each
+ * replaced by config_dir or state_dir when given. */
+void
+meta_dirs (const struct qk_meta_options *o, char **cfg, char **state)
+{
+  if (o->libvirt_root) {
+    *cfg = joinf ("%s/etc/qemu", o->libvirt_root);
+    *state = joinf ("%s/lib/qemu", o->libvirt_root);
+  }
+  else {
+    *cfg = strdup ("/etc/libvirt/qemu");
+    *state = strdup ("/var/lib/libvirt/qemu");
+  }
+  if (o->config_dir) {
+    free (*cfg);
+    *cfg = strdup (o->config_dir);
+  }
+  if (o->state_dir) {
+    free (*state);
+    *state = strdup (o->state_dir);
+  }
 }
 
 QK_EXPORT struct qk_meta *
@@ -1443,7 +1468,7 @@ qk_meta_open (const char *domain, const struct qk_meta_options *opts)
 
   if (opts)
     o = *opts;
-  if (!domain_name_ok (domain)) {
+  if (!meta_domain_name_ok (domain)) {
     set_error (EINVAL, "domain name '%s' cannot be a file name",
                domain ? domain : "(null)");
     return NULL;
@@ -1463,22 +1488,7 @@ qk_meta_open (const char *domain, const struct qk_meta_options *opts)
   }
   m->lim.max_size = o.max_file_size ? o.max_file_size : DEFAULT_MAX_FILE;
   m->lim.max_depth = o.max_depth ? o.max_depth : DEFAULT_MAX_DEPTH;
-  if (o.libvirt_root) {
-    cfg = joinf ("%s/etc/qemu", o.libvirt_root);
-    state = joinf ("%s/lib/qemu", o.libvirt_root);
-  }
-  else {
-    cfg = strdup ("/etc/libvirt/qemu");
-    state = strdup ("/var/lib/libvirt/qemu");
-  }
-  if (o.config_dir) {
-    free (cfg);
-    cfg = strdup (o.config_dir);
-  }
-  if (o.state_dir) {
-    free (state);
-    state = strdup (o.state_dir);
-  }
+  meta_dirs (&o, &cfg, &state);
   if (m->domain == NULL || cfg == NULL || state == NULL
       || (o.sysroot && m->sysroot == NULL)) {
     set_error (ENOMEM, "strdup");

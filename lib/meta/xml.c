@@ -460,6 +460,7 @@ is_moment_domain (xmlNodePtr n)
 {
   return (is_named (n, "domain") || is_named (n, "inactiveDomain"))
     && n->parent && n->parent->type == XML_ELEMENT_NODE
+    && !is_named (n->parent, "domstatus")     /* host.c reads it whole */
     && n->parent->parent && n->parent->parent->type == XML_DOCUMENT_NODE;
 }
 
