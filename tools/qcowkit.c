@@ -28,6 +28,8 @@ static const struct {
   { "dump", cmd_dump, "dump on-disk structures (header, tables, ...)" },
   { "snapshot", cmd_snapshot, "list internal snapshots" },
   { "meta", cmd_meta, "check, show and convert libvirt snapshot metadata" },
+  { "rescue", cmd_rescue, "export every domain's disks of a host that "
+    "will not boot, with a manifest" },
   { "fuzz-corpus", cmd_fuzz_corpus, "write small valid images covering every "
     "feature" },
 };
