@@ -47,8 +47,10 @@ qio -c 'write -P 0x42 512k 1M' -c 'write -z 2M 64k' "$S$I/snap.qcow2"
 qemu-img create -q -f qcow2 "$S$I/busy.qcow2" $((1 * MiB))
 qio -c 'write -P 0x51 0 512k' "$S$I/busy.qcow2"
 
-qemu-img create -q -f qcow2 "$S$I/bad.qcow2" $((4 * MiB))
-qio -c 'write -P 0x61 0 4M' "$S$I/bad.qcow2"
+# 4 KiB clusters: an L2 table covers 2 MiB; guest 7M is compressed
+qemu-img create -q -f qcow2 -o cluster_size=4096 "$S$I/bad.qcow2" $((8 * MiB))
+qio -c 'write -c -P 0x62 7M 4k' -c 'write -P 0x61 0 7M' \
+  -c 'write -P 0x63 7172k 1020k' "$S$I/bad.qcow2"
 
 for i in clean top snap busy bad; do
   qemu-img convert -O raw "$S$I/$i.qcow2" "ref/$i.raw"
@@ -59,18 +61,28 @@ cp "$S$I/raw.img" ref/raw.raw
 # under the sysroot finds it
 qemu-img rebase -u -F qcow2 -b "$I/base.qcow2" "$S$I/mid.qcow2"
 
-# ---- the damage: L2[5] past EOF, L2[9] misaligned, reftable[0] bad ----
+# ---- the damage: in the first L2 table, entry 5 points past EOF and
+# entry 9 is misaligned; L1[2] (guest 4M-6M) points past EOF; the
+# compressed cluster at 7M is garbage; refcount table entry 0 is bad ----
 b=$S$I/bad.qcow2
+hexv () { printf 0x%x "$1"; }
 l1=$($POKE "$b" peek 40 be64)
 l2=$(( $($POKE "$b" peek "$l1" be64) & 0x00fffffffffffe00 ))
 e9=$($POKE "$b" peek $((l2 + 72)) be64)
-$POKE "$b" $((l2 + 40)) be64 "$(printf 0x%x $(( (1 << 63) | (256 * MiB) )))"
-$POKE "$b" $((l2 + 72)) be64 "$(printf 0x%x $(( e9 + 512 )))"
+$POKE "$b" $((l2 + 40)) be64 "$(hexv $(( (1 << 63) | (256 * MiB) )))"
+$POKE "$b" $((l2 + 72)) be64 "$(hexv $(( e9 + 512 )))"
+$POKE "$b" $((l1 + 16)) be64 "$(hexv $(( (1 << 63) | (512 * MiB) )))"
+l2c=$(( $($POKE "$b" peek $((l1 + 24)) be64) & 0x00fffffffffffe00 ))
+ec=$($POKE "$b" peek $((l2c + 256 * 8)) be64)
+$POKE "$b" $(( ec & 0x03ffffffffffffff )) "$(printf 'ff%.0s' {1..64})"
 rt=$($POKE "$b" peek 48 be64)
 $POKE "$b" "$rt" be64 0x12345
-# the reference: the planted clusters read as zeros (holes)
-dd if=/dev/zero of=ref/bad.raw bs=64k seek=5 count=1 conv=notrunc 2>/dev/null
-dd if=/dev/zero of=ref/bad.raw bs=64k seek=9 count=1 conv=notrunc 2>/dev/null
+# the reference: the planted ranges read as zeros (holes)
+planted="20480+4096 36864+4096 4194304+2097152 7340032+4096"
+for r in $planted; do
+  dd if=/dev/zero of=ref/bad.raw bs=4k seek=$((${r%+*} / 4096)) \
+    count=$((${r#*+} / 4096)) conv=notrunc 2>/dev/null
+done
 
 # ---- the domains ----
 disk () {  # disk TYPE DEV FORMAT SOURCE-ATTR
@@ -131,14 +143,16 @@ raw, snapshot s1, and the damaged image but for the planted clusters)"
 q () { jq -r "$1" $M; }
 is "$(q '.disks[] | select(.domain=="vm-bad") | .unreadable
          | map("\(.start)+\(.length)") | join(" ")')" \
-   "327680+65536 589824+65536" "the damaged image's unreadable ranges are the planted ones"
+   "$planted" "the damaged image's unreadable ranges are exactly the planted ones"
 is "$(q '.disks[] | select(.domain=="vm-bad") | .unreadable[0].reason')" \
    "data cluster past the end of $S$I/bad.qcow2" "... reason: past the end of the file"
-ok "... and: not cluster aligned" \
-  eval "q '.disks[] | select(.domain==\"vm-bad\") | .unreadable[1].reason' | grep -q 'not cluster aligned'"
+is "$(q '.disks[] | select(.domain=="vm-bad") | .unreadable[1:] | map(.reason)[]' |
+     sed 's/.*\(not cluster aligned\).*/\1/; s/^L2 table .* past the end.*/L2 past EOF/; s/.*compressed cluster.*/compressed/' | tr '\n' ' ')" \
+   "not cluster aligned L2 past EOF compressed " \
+   "... and: misaligned cluster, L2 table past EOF, compressed data"
 ok "the damaged image's check counts: corruptions, and the refcount table" \
   eval "[ \"\$(q '.disks[] | select(.domain==\"vm-bad\") | .chain[0].check
-          | (.corruptions >= 2) and (.problems.PAST_EOF == 1)
+          | (.corruptions >= 2) and (.problems.PAST_EOF == 2)
             and (.problems.L2_DATA_UNALIGNED == 1) and (.problems.REFT_RESERVED == 1)')\" = true ]"
 is "$(q '.disks[] | select(.domain=="vm-chain") | .chain | map(.filename) | join(" ")')" \
    "$S$I/top.qcow2 $S$I/mid.qcow2 $I/base.qcow2" \
@@ -171,7 +185,7 @@ is "$(q '[.disks[] | select(.sha256) | "\(.domain)/\(.target)\(if .snapshot then
 ok "... the truncated one is whole again" cmp -s out/vm-chain/vda.raw ref/top.raw
 ok "... the busy one (in use, -U) is qemu-img's" \
   eval "cmp -s out/vm-busy/vda.raw ref/busy.raw && [ \"\$(q '.disks[] | select(.domain==\"vm-busy\") | .[\"in-use\"]')\" = true ]"
-is "$(q '.disks[] | select(.domain=="vm-bad") | .unreadable | length')" 2 \
+is "$(q '.disks[] | select(.domain=="vm-bad") | .unreadable | length')" 4 \
    "... a skipped disk keeps its unreadable ranges"
 stop_holder
 
@@ -182,6 +196,22 @@ ok "--domain: only that domain (status 0, human manifest on stdout)" \
   eval "[ $rc = 0 ] && cmp -s one.txt one/MANIFEST.txt && grep -q '^vm-chain vda: complete' one.txt && ! grep -q vm-clean one.txt"
 qcowkit rescue --sysroot "$S" --domain nosuch --to one > /dev/null 2>&1
 is "$?" 1 "an unknown --domain is an error"
+
+# ---- --image, and --libvirt-root ----
+qcowkit rescue --image "$S$I/top.qcow2" --to img > /dev/null 2> err
+rc=$?
+ok "--image: one image (its backing file by the path it names: not found)" \
+  eval "[ $rc = 1 ] && jq -e '.disks[0].status == \"failed\"' img/manifest.json > /dev/null"
+qcowkit rescue --image "$S$I/clean.qcow2" --image "$S$I/snap.qcow2" \
+  --snapshots --to img > /dev/null 2> err
+rc=$?
+ok "--image with --snapshots: qemu-img's bytes, status 0" \
+  eval "[ $rc = 0 ] && cmp -s img/clean.qcow2.raw ref/clean.raw && cmp -s img/snap.qcow2@s1.raw ref/snap@s1.raw"
+mkdir -p lr/etc/qemu
+qcowkit rescue --libvirt-root lr --to lr/etc/out > /dev/null 2> err
+rc=$?
+ok "--to inside the libvirt root is refused" \
+  eval "[ $rc = 1 ] && grep -q 'inside the libvirt root' err"
 
 sums > sums.after
 ok "the sources are unchanged" cmp -s sums.before sums.after
