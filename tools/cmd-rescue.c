@@ -663,15 +663,22 @@ export_disk (struct rescue *R, struct disk *d, size_t num, size_t total)
     fail (d, "cannot make its directory");
     goto out;
   }
+  /* Neither the .part nor the file it becomes may be a file read. */
+  if (export_output_is_input (img, outpath) < 0) {
+    fail (d, "the output is an input");
+    goto out;
+  }
+  free (outpath);
+  outpath = xasprintf ("%s/%s", R->to, d->out);
+  if (export_output_is_input (img, outpath) < 0) {
+    fail (d, "the output is an input");
+    goto out;
+  }
   unlinkat (R->to_fd, shaf, 0);
   s.fd = openat (R->to_fd, part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC
                                   | O_NOFOLLOW, 0644);
   if (s.fd < 0) {
     fail (d, "open %s: %s", part, strerror (errno));
-    goto out;
-  }
-  if (export_output_is_input (img, outpath) < 0) {
-    fail (d, "the output is an input");
     goto out;
   }
   if (!R->o.quiet && (R->o.progress == 1 || (R->o.progress == -1
