@@ -30,6 +30,8 @@ static const struct {
   { "meta", cmd_meta, "check, show and convert libvirt snapshot metadata" },
   { "audit", cmd_audit, "check every domain of a host: images, chains, "
     "metadata (read-only)" },
+  { "rescue", cmd_rescue, "export every domain's disks of a host that "
+    "will not boot, with a manifest" },
   { "fuzz-corpus", cmd_fuzz_corpus, "write small valid images covering every "
     "feature" },
 };

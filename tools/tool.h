@@ -113,6 +113,9 @@ extern struct qk_image *open_image (const char *path,
                                     const struct common_opts *o,
                                     unsigned flags, bool show_warnings);
 
+/* Whether a running QEMU (or qemu-img) holds the image's locks. */
+extern bool locked_by_qemu (const char *path);
+
 /* One question for a repair fix on a terminal ([y/n/a/q]); loses is
  * appended to the prompt of a fix that loses data. */
 extern enum qk_answer ask_fix (FILE *tty, bool *yes_to_all,
@@ -165,6 +168,7 @@ extern int cmd_amend (int argc, char **argv);
 extern int cmd_rebase (int argc, char **argv);
 extern int cmd_commit (int argc, char **argv);
 extern int cmd_audit (int argc, char **argv);
+extern int cmd_rescue (int argc, char **argv);
 
 /* Shared by info and snapshot list. */
 extern void print_snapshot_table (struct qk_image *img);

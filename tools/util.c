@@ -345,7 +345,7 @@ opt_parse (const struct opt_cmd *c, int argc, char **argv, int *status)
 /* QEMU takes OFD locks on bytes 100.. (permissions) and 200.. (shared
  * permissions) of an image it has open. A write lock we could not take
  * means a running QEMU (or qemu-img) is using the image. */
-static bool
+bool
 locked_by_qemu (const char *path)
 {
   struct flock fl;
