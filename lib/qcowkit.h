@@ -533,6 +533,37 @@ struct qk_commit_result {
 };
 extern int qk_commit (const char *path, const struct qk_commit_options *o,
                       struct qk_commit_result *res);
+/* ---- internal snapshots: delete, apply (see qcowkit-snapshot(1)) ----
+ * qk_snapshot_delete removes an internal snapshot as qemu-img snapshot -d
+ * does (found by name, then by ID): the table rewritten without it, the
+ * refcounts of what only it referenced dropped, QCOW_OFLAG_COPIED set in
+ * the active tables where a refcount became 1. qk_snapshot_apply makes
+ * the active state a copy of one, as qemu-img snapshot -a (found by ID,
+ * then by name): the virtual size becomes the snapshot's, the refcounts
+ * follow. Both check the image first (errors refuse; leaks are freed).
+ * The protocol is stated in lib/xform/snapshot.c. */
+struct qk_snapshot_options {
+  const char *undo_path;      /* NULL: no undo journal */
+  unsigned flags;             /* QK_SNAPSHOT_* */
+  uint64_t reserved[4];       /* zero */
+};
+#define QK_SNAPSHOT_DRY_RUN (1U << 0)  /* find and count, write nothing */
+struct qk_snapshot_result {
+  char *id, *name;            /* the snapshot found (qk_snapshot_result_clear
+                                 frees them) */
+  uint64_t clusters_freed;    /* refcounts that dropped to 0 */
+  uint64_t leaks_freed;       /* before, by the check */
+  uint64_t old_size, new_size;  /* apply: virtual size before and after */
+  bool changed;               /* the file was written */
+  uint64_t reserved[4];
+};
+extern int qk_snapshot_delete (const char *path, const char *snapshot,
+                               const struct qk_snapshot_options *o,
+                               struct qk_snapshot_result *res);
+extern int qk_snapshot_apply (const char *path, const char *snapshot,
+                              const struct qk_snapshot_options *o,
+                              struct qk_snapshot_result *res);
+extern void qk_snapshot_result_clear (struct qk_snapshot_result *res);
 /* ---- end of image transforms ---- */
 
 /* ---- libvirt metadata ---- */

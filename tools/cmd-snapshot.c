@@ -1,6 +1,11 @@
-/* qcowkit snapshot list: like qemu-img snapshot -l. */
+/* qcowkit snapshot: list internal snapshots (qemu-img snapshot -l), and
+ * delete (-d) or apply (-a) one offline (qk_snapshot_delete,
+ * qk_snapshot_apply). Exit status of delete and apply: 0 done, 1 refused
+ * or failed (a refusal leaves the image untouched; an image in use is
+ * refused), 2 usage. */
 #include <config.h>
 
+#include <errno.h>
 #include <string.h>
 #include <time.h>
 
@@ -101,16 +106,129 @@ snapshot_list (int argc, char **argv)
   return r;
 }
 
+static const char delete_help[] =
+  "Usage: qcowkit snapshot delete [-n] [--undo FILE] [--output=human|json]\n"
+  "                               IMAGE NAME|ID\n"
+  "\n"
+  "Delete an internal snapshot of IMAGE as qemu-img's snapshot deletion\n"
+  "does (by name first, then by ID), without QEMU and crash-safe.\n"
+  "\n"
+  "  -n, --dry-run       find it and count what would be freed, write nothing\n"
+  "  --undo FILE         keep the old bytes in FILE (qcowkit undo FILE IMAGE)\n"
+  "  --output=FMT        human (default) or json\n"
+  "\n"
+  "Exit status: 0 done, 1 refused or failed (a refusal leaves the image\n"
+  "untouched), 2 usage. See qcowkit-snapshot(1).\n";
+
+static const char apply_help[] =
+  "Usage: qcowkit snapshot apply [-n] [--undo FILE] [--output=human|json]\n"
+  "                              IMAGE NAME|ID\n"
+  "\n"
+  "Revert the active state of IMAGE to an internal snapshot as qemu-img's\n"
+  "snapshot apply does (by ID first, then by name; the virtual size becomes\n"
+  "the snapshot's), without QEMU and crash-safe.\n"
+  "\n"
+  "  -n, --dry-run       find it and count what would be freed, write nothing\n"
+  "  --undo FILE         keep the old bytes in FILE (qcowkit undo FILE IMAGE)\n"
+  "  --output=FMT        human (default) or json\n"
+  "\n"
+  "Exit status: 0 done, 1 refused or failed (a refusal leaves the image\n"
+  "untouched), 2 usage. See qcowkit-snapshot(1).\n";
+
+static int
+snapshot_write (int argc, char **argv, bool del)
+{
+  struct common_opts o = { .progress = -1 };
+  struct qk_snapshot_options so;
+  struct qk_snapshot_result res;
+  const char *ops[2] = { NULL, NULL };
+  const char *name = del ? "snapshot delete" : "snapshot apply";
+  bool dry;
+  int rc, e;
+  const struct opt opts[] = {
+    { "-n|--dry-run", NULL, .flags = &so.flags, .set = QK_SNAPSHOT_DRY_RUN },
+    { "--undo", "a value", .str = &so.undo_path },
+    { NULL },
+  };
+  const struct opt_cmd cmd = {
+    .name = name, .help = del ? delete_help : apply_help, .opts = opts,
+    .common = &o, .operands = ops, .max_operands = 2, .min_operands = 2,
+    .missing = "an image and a snapshot name or ID are needed",
+  };
+
+  memset (&so, 0, sizeof so);
+  if (!opt_parse (&cmd, argc, argv, &e))
+    return e;
+  dry = (so.flags & QK_SNAPSHOT_DRY_RUN) != 0;
+  if (dry && so.undo_path)
+    return usage_error (name, "a dry run writes no undo journal"),
+           EXIT_USAGE;
+  rc = del ? qk_snapshot_delete (ops[0], ops[1], &so, &res)
+           : qk_snapshot_apply (ops[0], ops[1], &so, &res);
+  e = errno;
+  if (rc < 0) {
+    write_failed (e, ops[0], ops[0], res.changed, so.undo_path,
+                  "the image reads as before or as after, with leaked "
+                  "clusters at worst: 'qcowkit repair -y' settles them");
+    qk_snapshot_result_clear (&res);
+    return EXIT_ERR;
+  }
+  if (o.output == OUT_JSON) {
+    struct qk_json *j = qk_json_new (stdout, 4);
+    qk_json_object_begin (j, NULL);
+    qk_json_string (j, "filename", ops[0]);
+    qk_json_string (j, "operation", del ? "delete" : "apply");
+    qk_json_string (j, "id", res.id);
+    qk_json_string (j, "name", res.name);
+    qk_json_bool (j, "dry-run", dry);
+    if (!del) {
+      qk_json_uint (j, "old-virtual-size", res.old_size);
+      qk_json_uint (j, "virtual-size", res.new_size);
+    }
+    qk_json_uint (j, "clusters-freed", res.clusters_freed);
+    qk_json_uint (j, "leaks-freed", res.leaks_freed);
+    qk_json_bool (j, "changed", res.changed);
+    qk_json_object_end (j);
+    qk_json_free (j);
+  }
+  else {
+    printf ("%s snapshot %s (ID %s) %s %s: %" PRIu64 " clusters %sfreed\n",
+            dry ? (del ? "Would delete" : "Would apply")
+                : (del ? "Deleted" : "Applied"),
+            printable (res.name), printable (res.id),
+            del ? "of" : "to", printable (ops[0]), res.clusters_freed,
+            dry ? "would be " : "");
+    if (!del && res.old_size != res.new_size)
+      printf ("  virtual size %" PRIu64 " -> %" PRIu64 " bytes\n",
+              res.old_size, res.new_size);
+    if (res.leaks_freed)
+      printf ("  freed %" PRIu64 " leaked clusters first\n",
+              res.leaks_freed);
+  }
+  qk_snapshot_result_clear (&res);
+  return EXIT_OK;
+}
+
+static const char snapshot_help[] =
+  "Usage: qcowkit snapshot list [--output=json|human] IMAGE\n"
+  "       qcowkit snapshot delete [-n] [--undo FILE] IMAGE NAME|ID\n"
+  "       qcowkit snapshot apply [-n] [--undo FILE] IMAGE NAME|ID\n";
+
 int
 cmd_snapshot (int argc, char **argv)
 {
   if (argc < 2)
-    return usage_error ("snapshot", "missing subcommand (list)");
+    return usage_error ("snapshot", "missing subcommand (list, delete, "
+                        "apply)");
   if (strcmp (argv[1], "--help") == 0 || strcmp (argv[1], "-h") == 0) {
-    printf ("Usage: qcowkit snapshot list [--output=json|human] IMAGE\n");
+    fputs (snapshot_help, stdout);
     return EXIT_OK;
   }
   if (strcmp (argv[1], "list") == 0 || strcmp (argv[1], "-l") == 0)
     return snapshot_list (argc - 1, argv + 1);
+  if (strcmp (argv[1], "delete") == 0 || strcmp (argv[1], "-d") == 0)
+    return snapshot_write (argc - 1, argv + 1, true);
+  if (strcmp (argv[1], "apply") == 0 || strcmp (argv[1], "-a") == 0)
+    return snapshot_write (argc - 1, argv + 1, false);
   return usage_error ("snapshot", "unknown subcommand '%s'", argv[1]);
 }

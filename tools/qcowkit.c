@@ -26,7 +26,7 @@ static const struct {
   { "map", cmd_map, "show where guest data lives (qemu-img map compatible)" },
   { "export", cmd_export, "write the guest-visible contents to a raw file" },
   { "dump", cmd_dump, "dump on-disk structures (header, tables, ...)" },
-  { "snapshot", cmd_snapshot, "list internal snapshots" },
+  { "snapshot", cmd_snapshot, "list, delete or apply internal snapshots" },
   { "meta", cmd_meta, "check, show and convert libvirt snapshot metadata" },
   { "audit", cmd_audit, "check every domain of a host: images, chains, "
     "metadata (read-only)" },
