@@ -4,7 +4,7 @@
 set -euo pipefail
 d=$(dirname "$0")
 echo "# $(date -u +%F) $(nproc) cores, $(qemu-img --version | head -1)"
-for b in info-prealloc export check repair amend commit; do
+for b in info-prealloc export check repair amend commit audit; do
   echo
   bash "$d/$b.sh"
 done
