@@ -129,7 +129,7 @@ mutant map-zero tools/cmd-map.c \
 
 # export flips one bit of the first chunk of guest data at offset 0.
 baseline "export against qemu-img convert" export-matrix.sh
-mutant export-byte tools/cmd-export.c \
+mutant export-byte tools/export-core.c \
   's/^    if (write_sparse (j, w->buf, n, off) < 0)$/    if (off == 0) w->buf[n - 1] ^= 0x10;\n&/' \
   "export corrupts one byte" export-matrix.sh
 
