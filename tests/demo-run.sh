@@ -137,4 +137,15 @@ run qcowkit meta tree web --libvirt-root libvirt
 run qcowkit meta check web --libvirt-root libvirt || echo "(qcowkit meta check: exit $?)"
 run ls -A libvirt/lib/qemu/snapshot/ libvirt/lib/qemu/snapshot/.web.qk-repair.1
 
+say "11. qcowkit audit of the demo host, as before an upgrade (read-only)"
+# the first VM becomes a libvirt domain too; its disk is damaged again
+# since the undo of step 8
+sed "s/<name>web</<name>vm</; s|/web.qcow2'|/vm.qcow2'|; s/6b01</6b02</" \
+  libvirt/etc/qemu/web.xml > libvirt/etc/qemu/vm.xml
+run qcowkit audit --libvirt-root libvirt \
+  || echo "(qcowkit audit: exit $?: the worst verdict, 2 corrupt)"
+echo "one JSON line per image and per domain, for fleets (--output=jsonl):"
+qcowkit audit --libvirt-root libvirt --output=jsonl | grep '"type":"image"' \
+  | grep '"domain":"vm"' | cut -c1-150 || true
+
 say "Files are in $D"

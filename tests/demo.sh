@@ -130,6 +130,22 @@ is "$tree_after" "s1
       +- manual" "the repaired tree (meta tree): s1 <- s2 <- manual"
 ok "s3.xml is kept in the backup directory, byte for byte what it was" \
   test -s libvirt/lib/qemu/snapshot/.web.qk-repair.1/s3.xml -a ! -e libvirt/lib/qemu/snapshot/web/s3.xml
+# ---- 11. audit of the demo host ----
+has "audit: the worst verdict is the exit status (2, corrupt)" \
+  "(qcowkit audit: exit 2: the worst verdict, 2 corrupt)"
+has "audit's summary: one image clean, one corrupt" \
+  "2 domains, 2 disks, 2 images: 1 clean, 0 with leaks, 0 in use, 0 with errors, 1 corrupt."
+qcowkit audit --libvirt-root libvirt --output=jsonl > "$T/audit.jsonl"
+is "$(jq -r 'select(.type == "image") | "\(.domain) \(.verdict) \(.corruptions) \(.leaks)"' "$T/audit.jsonl" | sort | tr '\n' ' ')" \
+  "vm corrupt 1 0 web clean 0 0 " "audit's image records: vm corrupt (1 corruption), web clean"
+qemu-img check --output=json web.qcow2 > "$T/web.json" 2>/dev/null
+is "$? $(jq -r '"\(.corruptions // 0) \(.leaks // 0)"' "$T/web.json")" "0 0 0" \
+  "  qemu-img check agrees on web.qcow2: clean"
+qcowkit check --output=json vm.qcow2 > "$T/vm.json" 2>/dev/null
+is "$(jq -r '"\(.corruptions // 0) \(.leaks // 0)"' "$T/vm.json")" "1 0" \
+  "  vm.qcow2's counts are qcowkit check's (qemu-img check refuses it, asserted in step 3)"
+has "audit names the garbled snapshot entry, not an empty name" \
+  "internal snapshot entry 0 has an empty name, which no libvirt snapshot can have"
 if have virsh; then
   V () { timeout 120 virsh -q -c "qemu:///embed?root=$T/libvirt" "$@"; }
   printf 'stdio_handler = "file"\nuser = "root"\ngroup = "root"\n' > libvirt/etc/qemu.conf

@@ -604,8 +604,15 @@ meta_check_images (struct qk_meta *m, struct meta_report *r)
       }
       for (size_t k = 0; k < qk_image_snapshot_count (c); k++) {
         const struct qk_snapshot *sn = qk_image_snapshot (c, k);
-        if (sn && sn->name
-            && !known_has (&x.snaps, qk_image_filename (c), sn->name))
+        if (sn && sn->name && *sn->name == '\0')
+          /* a garbled entry (its name read from the wrong place): no
+           * metadata can name it; check reports the entry itself */
+          meta_report (r, MP_INT_SNAPSHOT_UNKNOWN, "%s: internal snapshot "
+                       "entry %zu has an empty name, which no libvirt "
+                       "snapshot can have (see qcowkit check)",
+                       qk_image_filename (c), k);
+        else if (sn && sn->name
+                 && !known_has (&x.snaps, qk_image_filename (c), sn->name))
           meta_report (r, MP_INT_SNAPSHOT_UNKNOWN, "%s: internal snapshot "
                        "'%s' (id %s) is not in libvirt's metadata",
                        qk_image_filename (c), sn->name,
