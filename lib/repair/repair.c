@@ -434,6 +434,15 @@ put (struct qk_repair *r, const void *buf, size_t len, uint64_t off)
                "lies in a host cluster two structures claim", len, off);
     return -1;
   }
+  /* without the references counted (a refcount_order QEMU refuses), no
+   * cluster is known to be one thing only: a table may be guest data */
+  if (r->map && !r->map->counting) {
+    set_error (EPERM, "refusing to write %zu bytes at 0x%" PRIx64 ": the "
+               "check could not count references (refcount_order %u), so "
+               "what else the cluster holds is unknown", len, off,
+               r->img->hdr.refcount_order);
+    return -1;
+  }
   r->n_writes++;
   return qk_writer_pwrite (&r->w, buf, len, off);
 }
@@ -1124,6 +1133,9 @@ overlaps_metadata (const struct qk_repair *r, const struct qk_refmap *map,
 
   if (off < cs)
     return "the header cluster";
+  if (map == NULL || !map->counting)
+    return "clusters whose other uses are unknown (the check could not "
+           "count references)";
   if (range_conflicted (map, off, len, cs))
     return "another structure or guest data (METADATA_OVERLAP)";
   if (touches (off, len, h->refcount_table_offset,
