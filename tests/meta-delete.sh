@@ -239,6 +239,12 @@ icase "internal delete i2 (a middle one)" i2
 icase "internal delete i3 (the current one)" i3
 icase "internal delete i1 --children" i1 --children
 icase "internal delete i1 --children-only" i1 --children-only
+lab_restore
+st0=$(cd "$T" && find root img -type f | sort | xargs sha256sum)
+Q delete vm1 i1 --dry-run > "$T/out" 2>&1
+is "$?" 0 "internal delete --dry-run: exit 0"
+ok "internal delete --dry-run: names the image" grep -q "delete the internal snapshot in $IMG/vm1.qcow2" "$T/out"
+is "$(cd "$T" && find root img -type f | sort | xargs sha256sum)" "$st0" "internal delete --dry-run: nothing was written"
 # under --sysroot: refused
 lab_restore
 qcowkit meta delete vm1 i2 --libvirt-root "$ROOT" --sysroot / > "$T/out" 2>&1

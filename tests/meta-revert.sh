@@ -163,7 +163,7 @@ lab_save
 snaps () { qemu-img snapshot -l "$IMG/vm1.qcow2" | awk 'NR > 2 { print $2 }' | tr '\n' ' '; }
 result () {
   printf '%s|%s|%s|%s' "$(V "snapshot-list vm1 --tree" | sed '/^ *$/d')" \
-    "$(V "snapshot-current vm1 --name" 2>/dev/null)" "$(snaps)" "$(lab_disk)"
+    "$(V "snapshot-current vm1 --name" 2>/dev/null)" "$(snaps)" "$(V "dumpxml vm1 --inactive")"
 }
 for snap in i1 i2; do
   lab_restore
@@ -172,7 +172,7 @@ for snap in i1 i2; do
   lab_restore
   Q revert vm1 $snap > "$T/out" 2>&1
   is "$?" 0 "internal revert to $snap: exit 0"
-  is "$(result)" "$lv" "internal revert to $snap: tree, current, qcow2 snapshots and disk as libvirt's revert leaves them"
+  is "$(result)" "$lv" "internal revert to $snap: tree, current, qcow2 snapshots and definition (dumpxml) as libvirt's revert leaves them"
   ok "internal revert to $snap: qemu-img check clean" qemu-img check -q "$IMG/vm1.qcow2"
   ok "internal revert to $snap: the guest data is libvirt's result's (qemu-img compare)" \
     qemu-img compare -q "$T/lv.qcow2" "$IMG/vm1.qcow2"
@@ -180,6 +180,12 @@ done
 ok "internal revert to i2 then i1: the guest reads what it read at i1" \
   sh -c "'$(command -v qcowkit)' meta revert vm1 i1 --libvirt-root '$ROOT' > /dev/null && qemu-img compare -q -f raw '$T/at-i1.raw' '$IMG/vm1.qcow2'"
 want=$(result); cp "$IMG/vm1.qcow2" "$T/want.qcow2"
+lab_restore
+st0=$(cd "$T" && find root img -type f | sort | xargs sha256sum)
+Q revert vm1 i1 --dry-run > "$T/out" 2>&1
+is "$?" 0 "internal revert --dry-run: exit 0"
+ok "internal revert --dry-run: names the image" grep -q "apply the internal snapshot in $IMG/vm1.qcow2" "$T/out"
+is "$(cd "$T" && find root img -type f | sort | xargs sha256sum)" "$st0" "internal revert --dry-run: nothing was written"
 # fault sweep of the revert to i1 from the lab's state
 n=0 bad=
 for op in mkdir write rename unlink; do
