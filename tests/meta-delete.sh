@@ -266,14 +266,20 @@ ipoint () {
     Q delete vm1 i2 > "$T/rerun.out" 2>&1 || bad="$bad $1:rerun($(tail -1 "$T/rerun.out"))"
   fi
   [ "$(result)" = "$want" ] || bad="$bad $1:final-view"
-  qemu-img check -q "$IMG/vm1.qcow2" > /dev/null 2>&1 || bad="$bad $1:check"
+  # a kill inside qk_snapshot_delete may leave leaked clusters (its
+  # protocol), which the rerun does not touch again: leaks only (exit 3)
+  qemu-img check -q "$IMG/vm1.qcow2" > /dev/null 2>&1
+  case $? in 0) ;; 3) leaks=$((leaks + 1)) ;; *) bad="$bad $1:check" ;; esac
   qemu-img compare -q "$T/want.qcow2" "$IMG/vm1.qcow2" > /dev/null 2>&1 || bad="$bad $1:data"
   return 0
 }
+leaks=0
 for op in mkdir write rename unlink; do
   for i in $(seq 1 8); do ipoint "after-$op-$i" || break; done
 done
-ok "internal delete fault sweep: killed at $n points; libvirt loads each state, a rerun finishes as the uninterrupted run" \
-  test -z "$bad" -a "$n" -ge 4
+meta_points=$n
+for i in $(seq 1 30); do ipoint "write-kill-$i" || break; done
+ok "internal delete fault sweep: killed at $meta_points metadata points and $((n - meta_points)) image writes; libvirt loads each state, a rerun finishes as the uninterrupted run ($leaks left leaked clusters only)" \
+  test -z "$bad" -a "$meta_points" -ge 4 -a "$((n - meta_points))" -ge 2
 [ -z "$bad" ] || diag "failed points:$bad"
 done_testing

@@ -188,20 +188,25 @@ ok "internal revert --dry-run: names the image" grep -q "apply the internal snap
 is "$(cd "$T" && find root img -type f | sort | xargs sha256sum)" "$st0" "internal revert --dry-run: nothing was written"
 # fault sweep of the revert to i1 from the lab's state
 n=0 bad=
-for op in mkdir write rename unlink; do
-  for i in $(seq 1 8); do
+for spec in after-mkdir after-write after-rename after-unlink write-kill; do
+  for i in $(seq 1 30); do
+    op=$spec
     lab_restore
-    QCOWKIT_FAULT=after-$op-$i Q revert vm1 i1 > /dev/null 2>&1
+    QCOWKIT_FAULT=$spec-$i Q revert vm1 i1 > /dev/null 2>&1
     [ $? -eq 137 ] || break
     n=$((n + 1))
     V "snapshot-list vm1 --name" > /dev/null 2>&1 || bad="$bad $op-$i:libvirt-load"
-    qemu-img check -q "$IMG/vm1.qcow2" > /dev/null 2>&1 || bad="$bad $op-$i:check"
+    # killed inside qk_snapshot_apply: leaked clusters at most (exit 3),
+    # which the rerun's apply frees
+    qemu-img check -q "$IMG/vm1.qcow2" > /dev/null 2>&1
+    case $? in 0|3) ;; *) bad="$bad $op-$i:check" ;; esac
     Q revert vm1 i1 > "$T/rerun.out" 2>&1 || bad="$bad $op-$i:rerun"
+    qemu-img check -q "$IMG/vm1.qcow2" > /dev/null 2>&1 || bad="$bad $op-$i:final-check"
     [ "$(result)" = "$want" ] || bad="$bad $op-$i:final-view"
     qemu-img compare -q "$T/want.qcow2" "$IMG/vm1.qcow2" > /dev/null 2>&1 || bad="$bad $op-$i:data"
   done
 done
-ok "internal revert fault sweep: killed at $n points; libvirt loads each state, a rerun finishes" \
+ok "internal revert fault sweep (metadata operations and image writes): killed at $n points; libvirt loads each state, a rerun finishes" \
   test -z "$bad" -a "$n" -ge 3
 [ -z "$bad" ] || diag "failed points:$bad"
 done_testing

@@ -50,8 +50,10 @@
  *      whose image lacks S is its own half-done delete, not damage.
  *   1. Per disk holding S: qk_snapshot_delete (its own protocol: a crash
  *      inside leaves S whole or gone, qemu-img check clean or with
- *      leaks only). A crash between disks leaves S gone from some; the
- *      rerun sees the mark and deletes it from the rest.
+ *      leaks only; a rerun does not open an image S is gone from, so
+ *      such leaks stay for qcowkit repair or qemu-img check -r leaks).
+ *      A crash between disks leaves S gone from some; the rerun sees
+ *      the mark and deletes it from the rest.
  *   2. The metadata as step 4 above (no source changes): children to
  *      S's parent, current to S's parent, S's file removed.
  *

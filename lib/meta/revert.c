@@ -33,7 +33,8 @@
  * image of each disk (qk_snapshot_apply, as qemu-img snapshot -a).
  * Crash-safety protocol:
  *   1. Per disk: qk_snapshot_apply (its own protocol: a crash inside
- *      leaves the image's active state old or S's). Applying is
+ *      leaves the image's active state old or S's, leaked clusters at
+ *      most, which the rerun's apply frees first). Applying is
  *      idempotent (S stays in the image), so a crash between disks is
  *      finished by the rerun applying S to every disk again.
  *   2. The metadata as step 2 above, without <revertDisks>: S current,
