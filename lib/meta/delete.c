@@ -171,7 +171,7 @@ plan_metadata (struct qk_meta *m, size_t i, struct ddisk *dd, size_t nd,
 }
 
 static int
-mark_in_progress (struct qk_meta *m, size_t i, bool dry,
+mark_in_progress (struct qk_meta *m, size_t i, bool internal, bool dry,
                   qk_meta_change_fn fn, void *opaque)
 {
   struct meta_plan pl;
@@ -180,6 +180,7 @@ mark_in_progress (struct qk_meta *m, size_t i, bool dry,
   if (meta_plan_init (&pl, m, QK_META_SNAPSHOT, "delete") < 0)
     return -1;
   pl.st[i].set_dip = true;
+  pl.st[i].dip_empty = internal;
   pl.st[i].touched = true;
   ret = meta_plan_apply (&pl, dry, fn, opaque);
   meta_plan_free (&pl);
@@ -273,7 +274,7 @@ delete_internal (struct qk_meta *m, size_t i, char **targets, size_t nt,
     }
   }
   /* 0. mark */
-  if (!marked && mark_in_progress (m, i, dry, fn, opaque) < 0)
+  if (!marked && mark_in_progress (m, i, true, dry, fn, opaque) < 0)
     goto out;
   if (!dry && meta_reload (m) < 0)
     goto out;
@@ -469,7 +470,7 @@ delete_one (struct qk_meta *m, size_t i, unsigned flags,
   }
 
   /* 0. mark */
-  if (!marked && mark_in_progress (m, i, dry, fn, opaque) < 0)
+  if (!marked && mark_in_progress (m, i, false, dry, fn, opaque) < 0)
     goto out;
   if (!dry && meta_reload (m) < 0)
     goto out;

@@ -470,7 +470,7 @@ moment_splices (struct meta_plan *w, size_t i, struct fedit *e, size_t off,
                       meta_fmt ("  <snapshotDeleteInProgress/>\n%s", ind)) < 0)
         return -1;
     }
-  if (st->set_dip && t.ndip == 0)
+  if (st->set_dip && st->dip_empty && t.ndip == 0)
     for (unsigned k = 0; k < t.nedisk; k++) {
       size_t at = t.edisk_close[k];
       indent_of (el, t.edisk_start[k], ind, sizeof ind);

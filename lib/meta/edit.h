@@ -16,8 +16,9 @@ struct medit {
   char *parent;             /* new <parent> (NULL: a root) when parent_set */
   int active;               /* new <active> (-1: unchanged) */
   bool clear_dip;           /* remove <snapshotDeleteInProgress/> */
-  bool set_dip;             /* add it to every <disk> (an empty one gets
-                               children for it) */
+  bool set_dip;             /* add it to every <disk> with children */
+  bool dip_empty;           /* with set_dip: empty <disk/> elements too
+                               (internal ones) get children for it */
   char *revert_disks;       /* a <revertDisks> element put after <disks> */
   bool drop;                /* remove the moment */
   char *rename_to;          /* per-file: new leaf */
