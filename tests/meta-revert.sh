@@ -14,7 +14,10 @@
 #     compare with the raw image saved then); the old disk is unchanged;
 #   - meta check: no problem left.
 # Then --discard-children, a second revert (a new overlay, not the used
-# one), the refusals (internal snapshot), --dry-run, and a fault sweep.
+# one), the refusals (an internal snapshot not in the domain's image),
+# --dry-run, and a fault sweep. Last, a lab of internal snapshots only:
+# libvirt's offline revert (qemu-img snapshot -a) on one copy, qcowkit's
+# on the other, compared, and a fault sweep of it.
 srcdir=${srcdir:-.}
 . "$srcdir/tests/tap.sh"
 . "$srcdir/tests/functions.sh"
@@ -98,12 +101,12 @@ is "$(V "snapshot-list vm1 --name" | awk NF | sort | tr '\n' ' ')" "e1 s1 " \
 ok "--discard-children: e2.xml kept in the backup directory" sh -c "ls '$ROOT'/lib/qemu/snapshot/.vm1.qk-revert.*/e2.xml > /dev/null"
 is "$(sha256sum < "$IMG/vm1.e2")" "$e2sum" "--discard-children: vm1.e2 itself is left as it was"
 
-# ---- an internal snapshot: refused ----
+# ---- an internal snapshot not in the domain's image: refused ----
 lab_restore
 st0=$(cd "$T" && find root img -type f | sort | xargs sha256sum)
 Q revert vm1 s1 > "$T/out" 2>&1; rc=$?
-is "$rc" 1 "revert to s1 (internal): refused (exit 1)"
-ok "and says why" grep -q "applying a qcow2 snapshot offline is not written yet" "$T/out"
+is "$rc" 1 "revert to s1 (internal, in vm1.qcow2, the disk is vm1.e2): refused (exit 1)"
+ok "and says why" grep -q "holds no qcow2 snapshot 's1'" "$T/out"
 is "$(cd "$T" && find root img -type f | sort | xargs sha256sum)" "$st0" "and nothing was written"
 
 # ---- --dry-run ----
@@ -140,5 +143,70 @@ for op in mkdir write rename unlink; do
 done
 ok "fault sweep: killed at $n points; libvirt loads each state, the domain reads the old or e1's data, a rerun finishes" \
   test -z "$bad" -a "$n" -ge 4
+[ -z "$bad" ] || diag "failed points:$bad"
+
+# ---- internal snapshots, against libvirt's own offline revert ----
+# A second lab: i1, i2, i3 internal (virsh snapshot-create-as on the
+# inactive domain), writes between. libvirt 9.0 reverts an inactive
+# domain to them offline (qemu-img snapshot -a): libvirt on one copy,
+# qcowkit on the other, compared.
+rm -rf "$ROOT" "$IMG"
+lab_init
+if ! { V "define $T/dom.xml" && lab_write 0 1 && V "snapshot-create-as vm1 i1" \
+       && qemu-img convert -O raw "$(lab_disk)" "$T/at-i1.raw" \
+       && lab_write 1M 2 && V "snapshot-create-as vm1 i2" && lab_write 2M 3 \
+       && V "snapshot-create-as vm1 i3" && lab_write 3M 4; } > "$T/mk.out" 2>&1; then
+  fail "libvirt makes the internal lab" "$(cat "$T/mk.out")"
+  done_testing; exit
+fi
+lab_save
+snaps () { qemu-img snapshot -l "$IMG/vm1.qcow2" | awk 'NR > 2 { print $2 }' | tr '\n' ' '; }
+result () {
+  printf '%s|%s|%s|%s' "$(V "snapshot-list vm1 --tree" | sed '/^ *$/d')" \
+    "$(V "snapshot-current vm1 --name" 2>/dev/null)" "$(snaps)" "$(V "dumpxml vm1 --inactive")"
+}
+for snap in i1 i2; do
+  lab_restore
+  V "snapshot-revert vm1 $snap" > "$T/lv.out" 2>&1 || fail "libvirt reverts to $snap" "$(cat "$T/lv.out")"
+  lv=$(result); cp "$IMG/vm1.qcow2" "$T/lv.qcow2"
+  lab_restore
+  Q revert vm1 $snap > "$T/out" 2>&1
+  is "$?" 0 "internal revert to $snap: exit 0"
+  is "$(result)" "$lv" "internal revert to $snap: tree, current, qcow2 snapshots and definition (dumpxml) as libvirt's revert leaves them"
+  ok "internal revert to $snap: qemu-img check clean" qemu-img check -q "$IMG/vm1.qcow2"
+  ok "internal revert to $snap: the guest data is libvirt's result's (qemu-img compare)" \
+    qemu-img compare -q "$T/lv.qcow2" "$IMG/vm1.qcow2"
+done
+ok "internal revert to i2 then i1: the guest reads what it read at i1" \
+  sh -c "'$(command -v qcowkit)' meta revert vm1 i1 --libvirt-root '$ROOT' > /dev/null && qemu-img compare -q -f raw '$T/at-i1.raw' '$IMG/vm1.qcow2'"
+want=$(result); cp "$IMG/vm1.qcow2" "$T/want.qcow2"
+lab_restore
+st0=$(cd "$T" && find root img -type f | sort | xargs sha256sum)
+Q revert vm1 i1 --dry-run > "$T/out" 2>&1
+is "$?" 0 "internal revert --dry-run: exit 0"
+ok "internal revert --dry-run: names the image" grep -q "apply the internal snapshot in $IMG/vm1.qcow2" "$T/out"
+is "$(cd "$T" && find root img -type f | sort | xargs sha256sum)" "$st0" "internal revert --dry-run: nothing was written"
+# fault sweep of the revert to i1 from the lab's state
+n=0 bad=
+for spec in after-mkdir after-write after-rename after-unlink write-kill; do
+  for i in $(seq 1 30); do
+    op=$spec
+    lab_restore
+    QCOWKIT_FAULT=$spec-$i Q revert vm1 i1 > /dev/null 2>&1
+    [ $? -eq 137 ] || break
+    n=$((n + 1))
+    V "snapshot-list vm1 --name" > /dev/null 2>&1 || bad="$bad $op-$i:libvirt-load"
+    # killed inside qk_snapshot_apply: leaked clusters at most (exit 3),
+    # which the rerun's apply frees
+    qemu-img check -q "$IMG/vm1.qcow2" > /dev/null 2>&1
+    case $? in 0|3) ;; *) bad="$bad $op-$i:check" ;; esac
+    Q revert vm1 i1 > "$T/rerun.out" 2>&1 || bad="$bad $op-$i:rerun"
+    qemu-img check -q "$IMG/vm1.qcow2" > /dev/null 2>&1 || bad="$bad $op-$i:final-check"
+    [ "$(result)" = "$want" ] || bad="$bad $op-$i:final-view"
+    qemu-img compare -q "$T/want.qcow2" "$IMG/vm1.qcow2" > /dev/null 2>&1 || bad="$bad $op-$i:data"
+  done
+done
+ok "internal revert fault sweep (metadata operations and image writes): killed at $n points; libvirt loads each state, a rerun finishes" \
+  test -z "$bad" -a "$n" -ge 3
 [ -z "$bad" ] || diag "failed points:$bad"
 done_testing

@@ -985,6 +985,12 @@ md_change (void *opaque, const struct qk_meta_change *ch)
   else if (strcmp (ch->action, "kept") == 0)
     printf ("%s, the disk before the revert, is left as it was\n",
             printable (ch->path));
+  else if (strcmp (ch->action, "snapshot-delete") == 0)
+    printf ("delete the internal snapshot in %s (qcowkit snapshot -d)\n",
+            printable (ch->path));
+  else if (strcmp (ch->action, "snapshot-apply") == 0)
+    printf ("apply the internal snapshot in %s (qcowkit snapshot -a)\n",
+            printable (ch->path));
   else
     return mr_change (opaque, ch);
   return 0;

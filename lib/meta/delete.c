@@ -11,10 +11,8 @@
  * Refused, before anything is written: O missing or not backing onto B;
  * B read by anything but O (another snapshot froze B: a branch next to
  * S, or the domain's disk is B with users of O left), since merging O
- * into B would change what that reads; an internal disk snapshot (the
- * qcow2 snapshot delete is not written yet: qemu-img snapshot -d, then
- * --metadata-only); a --sysroot (the image writers resolve paths on the
- * host).
+ * into B would change what that reads; a --sysroot (the image writers
+ * resolve paths on the host).
  *
  * Crash-safety protocol, each step durable before the next:
  *   0. S's external disks get <snapshotDeleteInProgress/> (lib/meta/edit.c
@@ -39,9 +37,29 @@
  * it is the domain's disk after step 3). O itself is left in place
  * (qcowkit removes only what it made) and reported as no longer used.
  *
+ * One internal snapshot S (every disk snapshot='internal', as virsh
+ * snapshot-create-as makes for an inactive domain): as libvirt does, the
+ * qcow2 snapshot named S is deleted in the domain's active image of each
+ * disk (qk_snapshot_delete, as qemu-img snapshot -d). Refused, before
+ * anything is written: a disk whose active image is not a qcow2 holding
+ * S (unless S is marked, below); a snapshot mixing internal and external
+ * disks (delete the qcow2 snapshots with qemu-img snapshot -d, then
+ * --metadata-only); manual disks. Crash-safety protocol:
+ *   0. S's disks get <snapshotDeleteInProgress/> (the empty internal
+ *      <disk/> elements get children for it): a rerun knows that a disk
+ *      whose image lacks S is its own half-done delete, not damage.
+ *   1. Per disk holding S: qk_snapshot_delete (its own protocol: a crash
+ *      inside leaves S whole or gone, qemu-img check clean or with
+ *      leaks only; a rerun does not open an image S is gone from, so
+ *      such leaks stay for qcowkit repair or qemu-img check -r leaks).
+ *      A crash between disks leaves S gone from some; the rerun sees
+ *      the mark and deletes it from the rest.
+ *   2. The metadata as step 4 above (no source changes): children to
+ *      S's parent, current to S's parent, S's file removed.
+ *
  * --metadata-only makes only step 4 (as virsh snapshot-delete
  * --metadata); --children and --children-only delete the descendants
- * first, deepest first, each as above. */
+ * first, deepest first, each as above (internal or external each). */
 #include <config.h>
 
 #include <errno.h>
@@ -153,7 +171,7 @@ plan_metadata (struct qk_meta *m, size_t i, struct ddisk *dd, size_t nd,
 }
 
 static int
-mark_in_progress (struct qk_meta *m, size_t i, bool dry,
+mark_in_progress (struct qk_meta *m, size_t i, bool internal, bool dry,
                   qk_meta_change_fn fn, void *opaque)
 {
   struct meta_plan pl;
@@ -162,6 +180,7 @@ mark_in_progress (struct qk_meta *m, size_t i, bool dry,
   if (meta_plan_init (&pl, m, QK_META_SNAPSHOT, "delete") < 0)
     return -1;
   pl.st[i].set_dip = true;
+  pl.st[i].dip_empty = internal;
   pl.st[i].touched = true;
   ret = meta_plan_apply (&pl, dry, fn, opaque);
   meta_plan_free (&pl);
@@ -181,6 +200,114 @@ free_disks (struct ddisk *dd, size_t nd)
   }
 }
 
+/* Whether the image at path (host path) holds a qcow2 snapshot named
+ * name: 1, 0, or -1 with the error set when it cannot be opened or is
+ * not qcow2. */
+static int
+image_has_snapshot (struct qk_meta *m, const char *path, const char *name)
+{
+  struct qk_image *img = meta_image_open (m, path);
+  int r = 0;
+
+  if (img == NULL)
+    return -1;
+  if (strcmp (qk_image_format (img), "qcow2") != 0
+      || !qk_image_snapshots_ok (img)) {
+    set_error (ENOTSUP, "%s: not a qcow2 image with a readable snapshot "
+               "table", path);
+    qk_image_close (img);
+    return -1;
+  }
+  for (size_t k = 0; k < qk_image_snapshot_count (img); k++) {
+    const struct qk_snapshot *sn = qk_image_snapshot (img, k);
+    if (sn && sn->name && strcmp (sn->name, name) == 0)
+      r = 1;
+  }
+  qk_image_close (img);
+  return r;
+}
+
+/* Delete the internal snapshot i (steps 0 to 2 of the internal
+ * protocol); targets are its internal disks. */
+static int
+delete_internal (struct qk_meta *m, size_t i, char **targets, size_t nt,
+                 bool marked, bool dry, qk_meta_change_fn fn, void *opaque)
+{
+  struct meta_set *s = &m->set[QK_META_SNAPSHOT];
+  const char *name = s->m[i].pub.name;
+  char *paths[16] = { 0 };
+  bool has[16] = { 0 };
+  char *sname = strdup (name);
+  int ret = -1;
+
+  if (sname == NULL) {
+    set_error (ENOMEM, "strdup");
+    return -1;
+  }
+  for (size_t d = 0; d < nt; d++) {
+    const struct qk_meta_domain_disk *act
+      = meta_ddisk (m->ddisks, m->n_ddisks, targets[d]);
+    int r;
+
+    if (act == NULL || act->source == NULL) {
+      set_error (EINVAL, "snapshot '%s', disk '%s': the domain definition "
+                 "has no file source for the disk", sname, targets[d]);
+      goto out;
+    }
+    if ((paths[d] = strdup (act->source)) == NULL) {
+      set_error (ENOMEM, "strdup");
+      goto out;
+    }
+    r = image_has_snapshot (m, paths[d], sname);
+    if (r < 0) {
+      set_error (qk_get_errno (), "snapshot '%s', disk '%s': %s", sname,
+                 targets[d], qk_get_error ());
+      goto out;
+    }
+    has[d] = r == 1;
+    if (!has[d] && !marked) {
+      set_error (ENOENT, "snapshot '%s', disk '%s': the domain's image %s "
+                 "holds no qcow2 snapshot '%s' (libvirt deletes it there); "
+                 "use --metadata-only to remove the metadata only",
+                 sname, targets[d], paths[d], sname);
+      goto out;
+    }
+  }
+  /* 0. mark */
+  if (!marked && mark_in_progress (m, i, true, dry, fn, opaque) < 0)
+    goto out;
+  if (!dry && meta_reload (m) < 0)
+    goto out;
+  /* 1. the qcow2 snapshots */
+  for (size_t d = 0; d < nt; d++) {
+    struct qk_snapshot_options so = { 0 };
+    struct qk_snapshot_result sr = { 0 };
+
+    if (!has[d])
+      continue;           /* deleted by an earlier, interrupted run */
+    if (meta_report_op (fn, opaque, "snapshot-delete", paths[d], NULL) < 0)
+      goto out;
+    if (dry)
+      continue;
+    if (qk_snapshot_delete (paths[d], sname, &so, &sr) < 0)
+      goto out;
+    qk_snapshot_result_clear (&sr);
+    qk_fault_point ("write");
+  }
+  /* 2. the metadata */
+  i = meta_lookup (s, sname);
+  if (i == QK_META_NONE) {
+    set_error (ENOENT, "the snapshot disappeared during the delete");
+    goto out;
+  }
+  ret = plan_metadata (m, i, NULL, 0, dry, fn, opaque);
+ out:
+  for (size_t d = 0; d < nt; d++)
+    free (paths[d]);
+  free (sname);
+  return ret;
+}
+
 /* Delete snapshot i. */
 static int
 delete_one (struct qk_meta *m, size_t i, unsigned flags,
@@ -191,8 +318,9 @@ delete_one (struct qk_meta *m, size_t i, unsigned flags,
   bool dry = flags & QK_META_DELETE_DRY_RUN;
   bool meta_only = flags & QK_META_DELETE_METADATA_ONLY;
   struct ddisk dd[16];
-  size_t nd = 0;
-  bool internal = false, marked = false;
+  char *itarget[16];
+  size_t nd = 0, ni = 0;
+  bool internal = false, manual = false, marked = false;
   char *sname = NULL;
   int ret = -1;
 
@@ -203,8 +331,15 @@ delete_one (struct qk_meta *m, size_t i, unsigned flags,
 
     if (dk->revert || dk->mode == NULL || strcmp (dk->mode, "no") == 0)
       continue;
-    if (strcmp (dk->mode, "internal") == 0 || strcmp (dk->mode, "manual") == 0) {
+    if (strcmp (dk->mode, "manual") == 0) {
+      manual = true;
+      continue;
+    }
+    if (strcmp (dk->mode, "internal") == 0) {
       internal = true;
+      marked |= dk->delete_in_progress;
+      if (ni < 16 && dk->name)
+        itarget[ni++] = (char *) dk->name;
       continue;
     }
     if (!meta_is_external (dk) || nd == 16) {
@@ -240,17 +375,26 @@ delete_one (struct qk_meta *m, size_t i, unsigned flags,
     ret = plan_metadata (m, i, dd, nd, dry, fn, opaque);
     goto out;
   }
-  if (internal) {
-    set_error (ENOTSUP, "snapshot '%s' has internal disk snapshots: qcowkit "
-               "does not write the qcow2 snapshot delete yet; delete them "
-               "with qemu-img snapshot -d, then run meta delete "
-               "--metadata-only", p->name);
+  if (manual) {
+    set_error (ENOTSUP, "snapshot '%s' has manual disk snapshots: qcowkit "
+               "does not know what was made; use --metadata-only", p->name);
+    goto out;
+  }
+  if (internal && nd) {
+    set_error (ENOTSUP, "snapshot '%s' mixes internal and external disk "
+               "snapshots: not deleted (delete the qcow2 snapshots with "
+               "qemu-img snapshot -d, then use --metadata-only)", p->name);
     goto out;
   }
   if (m->sysroot) {
-    set_error (ENOTSUP, "merging images under --sysroot is not supported "
+    set_error (ENOTSUP, "%s images under --sysroot is not supported "
                "(the image writers resolve backing files on the host); use "
-               "--metadata-only, or run it on the host");
+               "--metadata-only, or run it on the host",
+               internal ? "deleting qcow2 snapshots in" : "merging");
+    goto out;
+  }
+  if (internal) {
+    ret = delete_internal (m, i, itarget, ni, marked, dry, fn, opaque);
     goto out;
   }
 
@@ -326,7 +470,7 @@ delete_one (struct qk_meta *m, size_t i, unsigned flags,
   }
 
   /* 0. mark */
-  if (!marked && mark_in_progress (m, i, dry, fn, opaque) < 0)
+  if (!marked && mark_in_progress (m, i, false, dry, fn, opaque) < 0)
     goto out;
   if (!dry && meta_reload (m) < 0)
     goto out;

@@ -206,6 +206,8 @@ struct elem_tags {
   unsigned pnames;
   uint64_t dip_start[64], dip_end[64];
   unsigned ndip;
+  uint64_t edisk_start[64], edisk_close[64];
+  unsigned nedisk;
   uint64_t disk_end[64];    /* '<' of </disk> in <disks> */
   unsigned ndisk;
 };
@@ -253,6 +255,12 @@ elem_on_tag (void *opaque, bool end, bool empty, unsigned depth,
   if (depth == 3 && end && strcmp (t->cur2, "disks") == 0
       && strcmp (name, "disk") == 0 && t->ndisk < 64)
     t->disk_end[t->ndisk++] = start;
+  /* an empty <disk .../> (an internal disk snapshot): its "/>" */
+  if (depth == 3 && empty && strcmp (t->cur2, "disks") == 0
+      && strcmp (name, "disk") == 0 && t->nedisk < 64) {
+    t->edisk_start[t->nedisk] = start;
+    t->edisk_close[t->nedisk++] = stop - 2;
+  }
   if (depth == 4 && strcmp (t->cur2, "disks") == 0
       && strcmp (name, "snapshotDeleteInProgress") == 0
       && t->ndip < 64) {
@@ -460,6 +468,15 @@ moment_splices (struct meta_plan *w, size_t i, struct fedit *e, size_t off,
       indent_of (el, at, ind, sizeof ind);
       if (add_splice (e, off + at, off + at,
                       meta_fmt ("  <snapshotDeleteInProgress/>\n%s", ind)) < 0)
+        return -1;
+    }
+  if (st->set_dip && st->dip_empty && t.ndip == 0)
+    for (unsigned k = 0; k < t.nedisk; k++) {
+      size_t at = t.edisk_close[k];
+      indent_of (el, t.edisk_start[k], ind, sizeof ind);
+      if (add_splice (e, off + at, off + at + 2,
+                      meta_fmt (">\n%s  <snapshotDeleteInProgress/>\n%s</disk>",
+                                ind, ind)) < 0)
         return -1;
     }
   if (st->clear_dip)

@@ -17,6 +17,8 @@ struct medit {
   int active;               /* new <active> (-1: unchanged) */
   bool clear_dip;           /* remove <snapshotDeleteInProgress/> */
   bool set_dip;             /* add it to every <disk> with children */
+  bool dip_empty;           /* with set_dip: empty <disk/> elements too
+                               (internal ones) get children for it */
   char *revert_disks;       /* a <revertDisks> element put after <disks> */
   bool drop;                /* remove the moment */
   char *rename_to;          /* per-file: new leaf */

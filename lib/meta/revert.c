@@ -27,9 +27,28 @@
  * The state the domain had before (its old disk) is left as it was and
  * reported.
  *
- * Refused: internal disk snapshots (applying a qcow2 snapshot is not
- * written yet: qemu-img snapshot -a), snapshots with memory state,
- * non-file disks, a sysroot (the overlay names a host path). */
+ * An internal snapshot S (every disk snapshot='internal', as virsh
+ * snapshot-create-as makes for an inactive domain): as libvirt does
+ * offline, the qcow2 snapshot named S is applied in the domain's active
+ * image of each disk (qk_snapshot_apply, as qemu-img snapshot -a).
+ * Crash-safety protocol:
+ *   1. Per disk: qk_snapshot_apply (its own protocol: a crash inside
+ *      leaves the image's active state old or S's, leaked clusters at
+ *      most, which the rerun's apply frees first). Applying is
+ *      idempotent (S stays in the image), so a crash between disks is
+ *      finished by the rerun applying S to every disk again.
+ *   2. The metadata as step 2 above, without <revertDisks>: S current,
+ *      with --discard-children its descendants' files go.
+ * The definition is left as it is: libvirt replaces it with S's <domain>
+ * (for an internal snapshot of an inactive domain they name the same
+ * images); qcowkit does not rewrite it.
+ *
+ * Refused: snapshots with memory state (state running or paused: libvirt
+ * reverts those into a running domain, which offline cannot be; revert
+ * the disks with qemu-img snapshot -a if that is what is wanted),
+ * snapshots mixing internal and external disks, manual or non-file
+ * disks, a sysroot (the image writers and the overlay name host
+ * paths). */
 #include <config.h>
 
 #include <errno.h>
@@ -52,6 +71,7 @@ struct rdisk {
   char *cur;                /* the definition's source now */
   char *n;                  /* the new (or resumed) overlay */
   bool resume;
+  bool internal;            /* cur holds the qcow2 snapshot to apply */
 };
 
 
@@ -142,6 +162,32 @@ revert_disks_xml (const struct rdisk *d, size_t nd)
   return b.p;
 }
 
+/* Whether the image at path holds a qcow2 snapshot named name (1, 0,
+ * -1 with the error set). */
+static int
+has_snapshot (struct qk_meta *m, const char *path, const char *name)
+{
+  struct qk_image *img = meta_image_open (m, path);
+  int r = 0;
+
+  if (img == NULL)
+    return -1;
+  if (strcmp (qk_image_format (img), "qcow2") != 0
+      || !qk_image_snapshots_ok (img)) {
+    set_error (ENOTSUP, "%s: not a qcow2 image with a readable snapshot "
+               "table", path);
+    qk_image_close (img);
+    return -1;
+  }
+  for (size_t k = 0; k < qk_image_snapshot_count (img); k++) {
+    const struct qk_snapshot *sn = qk_image_snapshot (img, k);
+    if (sn && sn->name && strcmp (sn->name, name) == 0)
+      r = 1;
+  }
+  qk_image_close (img);
+  return r;
+}
+
 QK_EXPORT int
 qk_meta_revert (struct qk_meta *m, const char *name, unsigned flags,
                 qk_meta_change_fn fn, void *opaque)
@@ -149,7 +195,7 @@ qk_meta_revert (struct qk_meta *m, const char *name, unsigned flags,
   struct meta_set *s;
   const struct qk_meta_moment *p;
   struct rdisk dd[16];
-  size_t i, nd = 0;
+  size_t i, nd = 0, n_int = 0;
   bool dry = flags & QK_META_REVERT_DRY_RUN;
   struct meta_plan pl = { 0 };
   char *text = NULL;
@@ -169,7 +215,7 @@ qk_meta_revert (struct qk_meta *m, const char *name, unsigned flags,
     return -1;
   }
   if (m->sysroot) {
-    set_error (ENOTSUP, "revert makes a new overlay on the host: not under "
+    set_error (ENOTSUP, "revert writes images on the host: not under "
                "--sysroot");
     return -1;
   }
@@ -190,6 +236,33 @@ qk_meta_revert (struct qk_meta *m, const char *name, unsigned flags,
 
     if (dk->revert || dk->mode == NULL || strcmp (dk->mode, "no") == 0)
       continue;
+    if (strcmp (dk->mode, "internal") == 0) {
+      int r;
+      act = meta_ddisk (m->ddisks, m->n_ddisks, dk->name);
+      if (act == NULL || act->source == NULL || nd == 16) {
+        set_error (EINVAL, "snapshot '%s', disk '%s': no file source for the "
+                   "disk in the definition", name, dk->name);
+        goto out;
+      }
+      x = &dd[nd++];
+      x->internal = true;
+      x->target = strdup (dk->name);
+      x->cur = strdup (act->source);
+      if (!x->target || !x->cur) {
+        set_error (ENOMEM, "strdup");
+        goto out;
+      }
+      if ((r = has_snapshot (m, x->cur, name)) <= 0) {
+        if (r == 0)
+          set_error (ENOENT, "the domain's image %s holds no qcow2 snapshot "
+                     "'%s'", x->cur, name);
+        set_error (qk_get_errno (), "snapshot '%s', disk '%s': %s", name,
+                   x->target, qk_get_error ());
+        goto out;
+      }
+      n_int++;
+      continue;
+    }
     if (!meta_is_external (dk)) {
       set_error (ENOTSUP, "snapshot '%s', disk '%s': an %s disk snapshot; "
                  "applying a qcow2 snapshot offline is not written yet "
@@ -247,10 +320,29 @@ qk_meta_revert (struct qk_meta *m, const char *name, unsigned flags,
     set_error (EINVAL, "snapshot '%s' has no disk to revert", name);
     goto out;
   }
+  if (n_int && n_int != nd) {
+    set_error (ENOTSUP, "snapshot '%s' mixes internal and external disk "
+               "snapshots: not reverted", name);
+    goto out;
+  }
+  /* 1 (internal). the qcow2 snapshots applied */
+  for (size_t d = 0; d < n_int; d++) {
+    struct qk_snapshot_options so = { 0 };
+    struct qk_snapshot_result sr = { 0 };
+
+    if (meta_report_op (fn, opaque, "snapshot-apply", dd[d].cur, NULL) < 0)
+      goto out;
+    if (dry)
+      continue;
+    if (qk_snapshot_apply (dd[d].cur, name, &so, &sr) < 0)
+      goto out;
+    qk_snapshot_result_clear (&sr);
+    qk_fault_point ("write");
+  }
 
   /* 1. the overlays */
   for (size_t d = 0; d < nd; d++) {
-    if (dd[d].resume)
+    if (dd[d].resume || dd[d].internal)
       continue;
     if (meta_report_op (fn, opaque, "create", dd[d].n, dd[d].b) < 0)
       goto out;
@@ -264,7 +356,9 @@ qk_meta_revert (struct qk_meta *m, const char *name, unsigned flags,
     bool has_rv = false;
     for (size_t d = 0; d < p->n_disks; d++)
       has_rv |= p->disks[d].revert;
-    if (!has_rv) {
+    if (n_int)
+      ;                 /* nothing to record: the images are the same */
+    else if (!has_rv) {
       if ((pl.st[i].revert_disks = revert_disks_xml (dd, nd)) == NULL) {
         set_error (ENOMEM, "malloc");
         goto out;
@@ -314,7 +408,7 @@ qk_meta_revert (struct qk_meta *m, const char *name, unsigned flags,
   if (meta_plan_apply (&pl, dry, fn, opaque) < 0)
     goto out;
   /* 3. the definition */
-  {
+  if (n_int == 0) {
     if ((text = meta_definition_read (m)) == NULL)
       goto out;
     for (size_t d = 0; d < nd; d++)
@@ -325,7 +419,7 @@ qk_meta_revert (struct qk_meta *m, const char *name, unsigned flags,
                            dry, fn, opaque) < 0)
       goto out;
   }
-  for (size_t d = 0; d < nd; d++)
+  for (size_t d = 0; d < nd && n_int == 0; d++)
     if (!meta_same_path (m, dd[d].cur, dd[d].n)
         && meta_report_op (fn, opaque, "kept", dd[d].cur, NULL) < 0)
       goto out;
