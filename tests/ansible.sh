@@ -136,10 +136,16 @@ is "$(sed -n '/^VERDICT *HOST *EXIT/,$p' "$t" | sed 1d | awk '{print $1 ":" $2}'
   "corrupt:h-damaged corrupt:h-meta in-use:h-busy clean:h-clean " "report.txt: the hosts, the worst first"
 ok "report.txt: the problems named" grep -q 'vm-meta .*metadata corrupt: .*MISSING_PARENT' "$t"
 
-# report only: the same report, no host fails
-play 0 p2.log -e qcowkit_audit_report_dir="$T/r2" -e qcowkit_audit_report_only=true
+# report only: the same report, no host fails; one more host, where
+# qcowkit is missing, is reported as failed
+sed "s|^h-busy .*|&\nh-nobin qcowkit_audit_libvirt_root=$B qcowkit_audit_binary=$T/nowhere/qcowkit|" inventory > inventory2
+INV=inventory2 play 0 p2.log -e qcowkit_audit_report_dir="$T/r2" -e qcowkit_audit_report_only=true
 is "$?" 0 "qcowkit_audit_report_only=true: the play succeeds"
-ok "report only: the same records" cmp <(jq -c .records "$j") <(jq -c .records "$T/r2/report.json")
+ok "report only: the same records" test -s "$T/r2/report.json" -a "$(jq -c .records "$j")" = "$(jq -c .records "$T/r2/report.json")"
+is "$(jq -r '.hosts[] | select(.host == "h-nobin") | "\(.verdict) \(.error | test("No such file"))"' "$T/r2/report.json")" \
+  "failed true" "a host where qcowkit is missing: failed, with the reason"
+is "$(sed -n '/^VERDICT *HOST *RECORD/{n;p}' "$T/r2/report.txt" | awk '{print $1 ":" $2 ":" $3}')" \
+  "failed:h-nobin:host" "report.txt: the failed host first"
 stop_holder
 
 # the tarball install, in --check: a host whose installed qcowkit has the
