@@ -200,33 +200,6 @@ free_disks (struct ddisk *dd, size_t nd)
   }
 }
 
-/* Whether the image at path (host path) holds a qcow2 snapshot named
- * name: 1, 0, or -1 with the error set when it cannot be opened or is
- * not qcow2. */
-static int
-image_has_snapshot (struct qk_meta *m, const char *path, const char *name)
-{
-  struct qk_image *img = meta_image_open (m, path);
-  int r = 0;
-
-  if (img == NULL)
-    return -1;
-  if (strcmp (qk_image_format (img), "qcow2") != 0
-      || !qk_image_snapshots_ok (img)) {
-    set_error (ENOTSUP, "%s: not a qcow2 image with a readable snapshot "
-               "table", path);
-    qk_image_close (img);
-    return -1;
-  }
-  for (size_t k = 0; k < qk_image_snapshot_count (img); k++) {
-    const struct qk_snapshot *sn = qk_image_snapshot (img, k);
-    if (sn && sn->name && strcmp (sn->name, name) == 0)
-      r = 1;
-  }
-  qk_image_close (img);
-  return r;
-}
-
 /* Delete the internal snapshot i (steps 0 to 2 of the internal
  * protocol); targets are its internal disks. */
 static int
@@ -258,7 +231,7 @@ delete_internal (struct qk_meta *m, size_t i, char **targets, size_t nt,
       set_error (ENOMEM, "strdup");
       goto out;
     }
-    r = image_has_snapshot (m, paths[d], sname);
+    r = meta_image_has_snapshot (m, paths[d], sname);
     if (r < 0) {
       set_error (qk_get_errno (), "snapshot '%s', disk '%s': %s", sname,
                  targets[d], qk_get_error ());

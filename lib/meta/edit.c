@@ -1471,3 +1471,31 @@ meta_replace_file (struct qk_meta *m, const char *host, const char *buf,
   free_kplan (&k);
   return ret;
 }
+
+/* Whether the image at path (host path) holds a qcow2 snapshot named
+ * name: 1, 0, or -1 with the error set when it cannot be opened or is
+ * not qcow2. */
+int
+meta_image_has_snapshot (struct qk_meta *m, const char *path,
+                         const char *name)
+{
+  struct qk_image *img = meta_image_open (m, path);
+  int r = 0;
+
+  if (img == NULL)
+    return -1;
+  if (strcmp (qk_image_format (img), "qcow2") != 0
+      || !qk_image_snapshots_ok (img)) {
+    set_error (ENOTSUP, "%s: not a qcow2 image with a readable snapshot "
+               "table", path);
+    qk_image_close (img);
+    return -1;
+  }
+  for (size_t k = 0; k < qk_image_snapshot_count (img); k++) {
+    const struct qk_snapshot *sn = qk_image_snapshot (img, k);
+    if (sn && sn->name && strcmp (sn->name, name) == 0)
+      r = 1;
+  }
+  qk_image_close (img);
+  return r;
+}

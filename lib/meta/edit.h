@@ -90,6 +90,11 @@ extern const char *meta_leaf_of (const char *path);
 /* The domain definition's bytes (m->config_file, at most 16 MiB), NUL
  * terminated; NULL with the error set. */
 extern char *meta_definition_read (struct qk_meta *m);
+/* Whether the qcow2 image at host path holds an internal snapshot named
+ * name: 1, 0, or -1 with the error set (cannot be opened, not qcow2, its
+ * snapshot table unreadable). */
+extern int meta_image_has_snapshot (struct qk_meta *m, const char *path,
+                                    const char *name);
 
 
 #endif

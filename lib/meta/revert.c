@@ -162,32 +162,6 @@ revert_disks_xml (const struct rdisk *d, size_t nd)
   return b.p;
 }
 
-/* Whether the image at path holds a qcow2 snapshot named name (1, 0,
- * -1 with the error set). */
-static int
-has_snapshot (struct qk_meta *m, const char *path, const char *name)
-{
-  struct qk_image *img = meta_image_open (m, path);
-  int r = 0;
-
-  if (img == NULL)
-    return -1;
-  if (strcmp (qk_image_format (img), "qcow2") != 0
-      || !qk_image_snapshots_ok (img)) {
-    set_error (ENOTSUP, "%s: not a qcow2 image with a readable snapshot "
-               "table", path);
-    qk_image_close (img);
-    return -1;
-  }
-  for (size_t k = 0; k < qk_image_snapshot_count (img); k++) {
-    const struct qk_snapshot *sn = qk_image_snapshot (img, k);
-    if (sn && sn->name && strcmp (sn->name, name) == 0)
-      r = 1;
-  }
-  qk_image_close (img);
-  return r;
-}
-
 QK_EXPORT int
 qk_meta_revert (struct qk_meta *m, const char *name, unsigned flags,
                 qk_meta_change_fn fn, void *opaque)
@@ -252,7 +226,7 @@ qk_meta_revert (struct qk_meta *m, const char *name, unsigned flags,
         set_error (ENOMEM, "strdup");
         goto out;
       }
-      if ((r = has_snapshot (m, x->cur, name)) <= 0) {
+      if ((r = meta_image_has_snapshot (m, x->cur, name)) <= 0) {
         if (r == 0)
           set_error (ENOENT, "the domain's image %s holds no qcow2 snapshot "
                      "'%s'", x->cur, name);
