@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "tool.h"
-#include "util/json.h"
+#include "json.h"
 
 static const char amend_help[] =
   "Usage: qcowkit amend [--compat 0.10|1.1] [--refcount-bits N]\n"

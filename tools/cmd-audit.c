@@ -29,7 +29,7 @@
 #include "internal.h"
 #include "format/format.h"
 #include "io/io.h"
-#include "util/json.h"
+#include "json.h"
 #include "util/path.h"
 
 /* Verdicts, from the least to the most severe. The exit status is the

@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "tool.h"
-#include "util/json.h"
+#include "json.h"
 
 #define EXIT_CHECK_CLEAN      0
 #define EXIT_CHECK_FAILED     1

@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "tool.h"
-#include "util/json.h"
+#include "json.h"
 
 static const char commit_help[] =
   "Usage: qcowkit commit [-b BASE] [-d] [-n] [--undo FILE] [--root DIR]\n"

@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "tool.h"
-#include "util/json.h"
+#include "json.h"
 #include "util/byteorder.h"
 
 #define L1E_OFFSET_MASK 0x00fffffffffffe00ULL

@@ -15,7 +15,7 @@
 
 #include "tool.h"
 #include "format/format.h"
-#include "util/json.h"
+#include "json.h"
 
 #define KiB 1024ULL
 #define MiB (1024ULL * 1024)

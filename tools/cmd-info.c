@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "tool.h"
-#include "util/json.h"
+#include "json.h"
 #include "util/byteorder.h"
 /* qk_image_luks(): internal until the LUKS header has a public API */
 #include "image/image.h"

@@ -8,7 +8,7 @@
 #include <unistd.h>
 
 #include "tool.h"
-#include "util/json.h"
+#include "json.h"
 
 #define EXIT_META_CLEAN   0
 #define EXIT_META_FAILED  1

@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "tool.h"
-#include "util/json.h"
+#include "json.h"
 
 static const char rebase_help[] =
   "Usage: qcowkit rebase -b NEW [-F FMT] [-u] [-n] [--undo FILE]\n"

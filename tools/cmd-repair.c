@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #include "tool.h"
-#include "util/json.h"
+#include "json.h"
 
 #define EXIT_R_CLEAN    0
 #define EXIT_R_FIXED    1

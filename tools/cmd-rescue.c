@@ -30,7 +30,7 @@
 #include "internal.h"
 #include "io/io.h"
 #include "format/format.h"
-#include "util/json.h"
+#include "json.h"
 #include "util/path.h"
 
 /* Exit status: a bitmask (usage errors alone are 2, as for every command). */

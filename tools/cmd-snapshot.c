@@ -10,7 +10,7 @@
 #include <time.h>
 
 #include "tool.h"
-#include "util/json.h"
+#include "json.h"
 
 void
 print_snapshot_table (struct qk_image *img)

@@ -1,7 +1,8 @@
-/* A small streaming JSON writer (internal; used by the tools and later by
- * the checker's reports). Output goes through a callback. */
-#ifndef QK_UTIL_JSON_H
-#define QK_UTIL_JSON_H
+/* A small streaming JSON writer for the commands' --output=json (tools
+ * only: the library returns structures, not text). Output goes through a
+ * callback. */
+#ifndef QK_TOOLS_JSON_H
+#define QK_TOOLS_JSON_H
 
 #include <stdbool.h>
 #include <stdint.h>

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "util/json.h"
+#include "json.h"
 
 #define MAXDEPTH 64
 
