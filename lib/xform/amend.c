@@ -443,8 +443,10 @@ l2_tables (struct amend *a, struct seen *t)
       const struct qk_snapshot *sn = &img->snaps[s - 1].s;
       uint8_t *raw;
       n = sn->l1_size;
-      if ((uint64_t) n * 8 > QK_MAX_L1_BYTES)
+      if ((uint64_t) n * 8 > QK_MAX_L1_BYTES) {
+        free (l1);
         return refuse ("snapshot %s: L1 table too big", sn->name);
+      }
       raw = malloc ((size_t) n * 8 + 1);
       l1 = realloc (l1, ((size_t) n + 1) * 8);
       if (raw == NULL || l1 == NULL) {
