@@ -209,18 +209,15 @@ ok "fault sweep: killed at $meta_points metadata points and $((n - meta_points))
 # by libvirt on one copy and by qcowkit on the other, and compared.
 rm -rf "$ROOT" "$IMG"
 lab_init
-if ! { V "define $T/dom.xml" && lab_write 0 1 && V "snapshot-create-as vm1 i1" \
-       && lab_write 1M 2 && V "snapshot-create-as vm1 i2" && lab_write 2M 3 \
-       && V "snapshot-create-as vm1 i3" && lab_write 3M 4; } > "$T/mk.out" 2>&1; then
+if ! lab_internal; then
   fail "libvirt makes the internal lab" "$(cat "$T/mk.out")"
   done_testing; exit
 fi
 lab_save
-snaps () { qemu-img snapshot -l "$IMG/vm1.qcow2" | awk 'NR > 2 { print $2 }' | tr '\n' ' '; }
 # result: what a fresh libvirt and qemu-img see now
 result () {
   printf '%s|%s|%s' "$(V "snapshot-list vm1 --tree" | sed '/^ *$/d')" \
-    "$(V "snapshot-current vm1 --name" 2>/dev/null)" "$(snaps)"
+    "$(V "snapshot-current vm1 --name" 2>/dev/null)" "$(lab_snaps)"
 }
 # icase NAME ARGS...: virsh snapshot-delete ARGS, then qcowkit's
 icase () {

@@ -145,6 +145,19 @@ lab_write () { qemu-io -f qcow2 -c "write -P $2 $1 1M" "$(lab_disk)" > /dev/null
 # V ARGS: virsh on the lab under $ROOT
 V () { timeout 120 virsh -q -c "qemu:///embed?root=$ROOT" "$@"; }
 
+# lab_internal [RAW]: after lab_init, vm1 defined and the internal
+# snapshots i1 <- i2 <- i3 made by libvirt (snapshot-create-as on the
+# inactive domain), guest writes at 0, 1M, 2M and 3M between them; with
+# RAW, the guest data at i1 saved there. Output in $T/mk.out.
+lab_internal () {
+  { V "define $T/dom.xml" && lab_write 0 1 && V "snapshot-create-as vm1 i1" \
+    && { [ -z "${1:-}" ] || qemu-img convert -O raw "$(lab_disk)" "$1"; } \
+    && lab_write 1M 2 && V "snapshot-create-as vm1 i2" && lab_write 2M 3 \
+    && V "snapshot-create-as vm1 i3" && lab_write 3M 4; } > "$T/mk.out" 2>&1
+}
+# lab_snaps: the qcow2 snapshot names in vm1.qcow2, in table order
+lab_snaps () { qemu-img snapshot -l "$IMG/vm1.qcow2" | awk 'NR > 2 { print $2 }' | tr '\n' ' '; }
+
 # lab_save: keep the lab as it is now (the metadata, the definitions, the
 # images) in $SAVE ($T/save); lab_restore puts exactly that back, for the
 # next case of a test that damages or changes it.

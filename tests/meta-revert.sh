@@ -152,18 +152,14 @@ ok "fault sweep: killed at $n points; libvirt loads each state, the domain reads
 # qcowkit on the other, compared.
 rm -rf "$ROOT" "$IMG"
 lab_init
-if ! { V "define $T/dom.xml" && lab_write 0 1 && V "snapshot-create-as vm1 i1" \
-       && qemu-img convert -O raw "$(lab_disk)" "$T/at-i1.raw" \
-       && lab_write 1M 2 && V "snapshot-create-as vm1 i2" && lab_write 2M 3 \
-       && V "snapshot-create-as vm1 i3" && lab_write 3M 4; } > "$T/mk.out" 2>&1; then
+if ! lab_internal "$T/at-i1.raw"; then
   fail "libvirt makes the internal lab" "$(cat "$T/mk.out")"
   done_testing; exit
 fi
 lab_save
-snaps () { qemu-img snapshot -l "$IMG/vm1.qcow2" | awk 'NR > 2 { print $2 }' | tr '\n' ' '; }
 result () {
   printf '%s|%s|%s|%s' "$(V "snapshot-list vm1 --tree" | sed '/^ *$/d')" \
-    "$(V "snapshot-current vm1 --name" 2>/dev/null)" "$(snaps)" "$(V "dumpxml vm1 --inactive")"
+    "$(V "snapshot-current vm1 --name" 2>/dev/null)" "$(lab_snaps)" "$(V "dumpxml vm1 --inactive")"
 }
 for snap in i1 i2; do
   lab_restore
