@@ -121,6 +121,12 @@ mutant ro-touch tools/util.c \
   "every command that opens an image sets its mtime" check-cases.sh
 unset CHECK_CASES
 
+# The three matrix mutants below break every image (each has zero clusters
+# and data at offset 0): three images of the matrix catch them, not all 45
+# (build_matrix's MATRIX_IMAGES). With MUTATION_SUITE_DIR the baselines are
+# the suite's verdicts on the whole matrix, which hold the subset's.
+export MATRIX_IMAGES="cs64k.qcow2 snap.qcow2 chain/sub/top.qcow2"
+
 # map --output=json says "zero": false for every extent that holds no data.
 baseline "map against qemu-img map" map-matrix.sh
 mutant map-zero tools/cmd-map.c \
@@ -138,6 +144,7 @@ baseline "read-only commands, under strace" readonly.sh
 mutant ro-rdwr tools/util.c \
   's/int fd = open (path, O_RDONLY | O_CLOEXEC);/int fd = open (path, O_RDWR | O_CLOEXEC);/' \
   "every command opens the image read-write" readonly.sh
+unset MATRIX_IMAGES
 
 # Repair writes into the header cluster when an L1 entry with offset 0 and
 # reserved bits makes the check walk it as an L2 table.
