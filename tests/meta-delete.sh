@@ -219,13 +219,14 @@ result () {
   printf '%s|%s|%s' "$(V "snapshot-list vm1 --tree" | sed '/^ *$/d')" \
     "$(V "snapshot-current vm1 --name" 2>/dev/null)" "$(lab_snaps)"
 }
-# icase NAME ARGS...: virsh snapshot-delete ARGS, then qcowkit's
+# icase NAME ARGS...: virsh snapshot-delete ARGS, then qcowkit's (on the
+# lab as lab_refusable "$edit" makes it, when edit is set)
 icase () {
   local what=$1 lv; shift
-  lab_restore
+  lab_restore; lab_refusable "${edit:-none}"
   V "snapshot-delete vm1 $*" > "$T/lv.out" 2>&1 || { fail "$what: libvirt deletes" "$(cat "$T/lv.out")"; return; }
   lv=$(result); cp "$IMG/vm1.qcow2" "$T/lv.qcow2"
-  lab_restore
+  lab_restore; lab_refusable "${edit:-none}"
   Q delete vm1 "$@" > "$T/out" 2>&1
   is "$?" 0 "$what: qcowkit exit 0"
   is "$(result)" "$lv" "$what: tree, current and qcow2 snapshots as libvirt's delete leaves them"
@@ -236,6 +237,23 @@ icase "internal delete i2 (a middle one)" i2
 icase "internal delete i3 (the current one)" i3
 icase "internal delete i1 --children" i1 --children
 icase "internal delete i1 --children-only" i1 --children-only
+# a snapshot with memory state is deleted offline as any internal one
+edit=memory icase "internal delete i1 holding memory state" i1
+# refused before any write (lab_refusable in meta-lib.sh): what libvirt
+# loads but qcowkit cannot delete safely
+drefused () {  # drefused KIND PATTERN DESC
+  local st0
+  lab_restore
+  lab_refusable "$1" || { fail "$3: the lab is edited"; return; }
+  ok "$3: libvirt loads the metadata" V "snapshot-info vm1 i1"
+  st0=$(cd "$T" && find root img -type f | sort | xargs sha256sum)
+  Q delete vm1 i1 > "$T/out" 2>&1
+  is "$?" 1 "$3: refused (exit 1)"
+  ok "$3: says why" grep -q "$2" "$T/out"
+  is "$(cd "$T" && find root img -type f | sort | xargs sha256sum)" "$st0" "$3: nothing was written"
+}
+drefused manual "has manual disk snapshots" "delete i1 with a manual disk snapshot"
+drefused mixed "mixes internal and external" "delete i1 with vda internal, vdb external"
 lab_restore
 st0=$(cd "$T" && find root img -type f | sort | xargs sha256sum)
 Q delete vm1 i1 --dry-run > "$T/out" 2>&1

@@ -155,6 +155,30 @@ lab_internal () {
     && lab_write 1M 2 && V "snapshot-create-as vm1 i2" && lab_write 2M 3 \
     && V "snapshot-create-as vm1 i3" && lab_write 3M 4; } > "$T/mk.out" 2>&1
 }
+# lab_refusable KIND: make i1 of the internal lab a snapshot the offline
+# writers refuse. memory: state running with its memory (libvirt would
+# resume the saved VM); manual: vda's snapshot made outside libvirt;
+# mixed: vda internal and a second disk, vdb, external (vdb.qcow2 frozen,
+# vdb.i1 its overlay and the definition's disk), which libvirt itself
+# refuses to create. none: i1 as it is.
+lab_refusable () {
+  local x=$ROOT/lib/qemu/snapshot/vm1/i1.xml d=$ROOT/etc/qemu/vm1.xml vdb
+  vdb="<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='%s'/><target dev='vdb' bus='virtio'/></disk>"
+  case $1 in
+    memory)
+      sed -i -e 's|<state>shutoff</state>|<state>running</state>|' \
+        -e "s|<memory snapshot='no'/>|<memory snapshot='internal'/>|" "$x" ;;
+    manual)
+      sed -i "s|<disk name='vda' snapshot='internal'/>|<disk name='vda' snapshot='manual'/>|" "$x" ;;
+    mixed)
+      qemu-img create -q -f qcow2 "$IMG/vdb.qcow2" 1M &&
+      qemu-img create -q -f qcow2 -b "$IMG/vdb.qcow2" -F qcow2 "$IMG/vdb.i1" 1M &&
+      sed -i -e "s|<disk name='vda' snapshot='internal'/>|&<disk name='vdb' snapshot='external' type='file'><driver type='qcow2'/><source file='$IMG/vdb.i1'/></disk>|" \
+        -e "s|</devices>|$(printf "$vdb" "$IMG/vdb.qcow2")&|" "$x" &&
+      sed -i "s|</devices>|$(printf "$vdb" "$IMG/vdb.i1")&|" "$d" ;;
+    none) ;;
+  esac
+}
 # lab_snaps: the qcow2 snapshot names in vm1.qcow2, in table order
 lab_snaps () { qemu-img snapshot -l "$IMG/vm1.qcow2" | awk 'NR > 2 { print $2 }' | tr '\n' ' '; }
 

@@ -205,4 +205,23 @@ done
 ok "internal revert fault sweep (metadata operations and image writes): killed at $n points; libvirt loads each state, a rerun finishes" \
   test -z "$bad" -a "$n" -ge 3
 [ -z "$bad" ] || diag "failed points:$bad"
+# ---- refused before any write ----
+# lab_refusable (meta-lib.sh) edits i1 into what libvirt loads but an
+# offline revert cannot do; the revert is refused and writes nothing
+refused () {  # refused KIND PATTERN DESC [OPTION...]
+  local st0
+  lab_restore
+  lab_refusable "$1" || { fail "$3: the lab is edited"; return; }
+  ok "$3: libvirt loads the metadata" V "snapshot-info vm1 i1"
+  st0=$(cd "$T" && find root img -type f | sort | xargs sha256sum)
+  Q revert vm1 i1 "${@:4}" > "$T/out" 2>&1
+  is "$?" 1 "$3: refused (exit 1)"
+  ok "$3: says why" grep -q "$2" "$T/out"
+  is "$(cd "$T" && find root img -type f | sort | xargs sha256sum)" "$st0" "$3: nothing was written"
+}
+refused memory "holds the VM's memory (state running)" "revert to i1 with memory state"
+refused manual "a 'manual' disk snapshot" "revert to i1 with a manual disk snapshot"
+refused mixed "mixes internal and external" "revert to i1 with vda internal, vdb external"
+refused none "would leave its descendants' qcow2 snapshots" \
+  "revert to internal i1 --discard-children (i2, i3 below it)" --discard-children
 done_testing

@@ -48,7 +48,9 @@
  * the disks with qemu-img snapshot -a if that is what is wanted),
  * snapshots mixing internal and external disks, manual or non-file
  * disks, a sysroot (the image writers and the overlay name host
- * paths). */
+ * paths), and --discard-children for an internal snapshot that has
+ * children (their qcow2 snapshots would stay in the image with no
+ * metadata: meta delete --children-only removes both). */
 #include <config.h>
 
 #include <errno.h>
@@ -238,9 +240,9 @@ qk_meta_revert (struct qk_meta *m, const char *name, unsigned flags,
       continue;
     }
     if (!meta_is_external (dk)) {
-      set_error (ENOTSUP, "snapshot '%s', disk '%s': an %s disk snapshot; "
-                 "applying a qcow2 snapshot offline is not written yet "
-                 "(qemu-img snapshot -a)", name, dk->name ? dk->name : "?",
+      set_error (ENOTSUP, "snapshot '%s', disk '%s': a '%s' disk snapshot "
+                 "(not a qcow2 snapshot or a file overlay libvirt made): "
+                 "not reverted offline", name, dk->name ? dk->name : "?",
                  dk->mode);
       goto out;
     }
@@ -299,6 +301,20 @@ qk_meta_revert (struct qk_meta *m, const char *name, unsigned flags,
                "snapshots: not reverted", name);
     goto out;
   }
+  /* Internal descendants are qcow2 snapshots in the same images: dropping
+   * only their metadata would leave snapshots libvirt no longer knows
+   * (meta check's INT_SNAPSHOT_UNKNOWN), and deleting them is meta
+   * delete's work, with its own protocol. */
+  if (n_int && (flags & QK_META_REVERT_DISCARD_CHILDREN))
+    for (size_t j = 0; j < s->n; j++)
+      if (j != i && s->m[j].pub.loaded && s->m[j].pub.parent_index == i) {
+        set_error (ENOTSUP, "snapshot '%s' is internal: --discard-children "
+                   "would leave its descendants' qcow2 snapshots in the "
+                   "image without metadata; delete them first (qcowkit meta "
+                   "delete DOMAIN %s --children-only), then revert", name,
+                   name);
+        goto out;
+      }
   /* 1 (internal). the qcow2 snapshots applied */
   for (size_t d = 0; d < n_int; d++) {
     struct qk_snapshot_options so = { 0 };
