@@ -5,25 +5,10 @@
 
 #include "meta/model.h"
 #include "meta/xml.h"
+#include "meta/paths.h"
 
 /* store.c */
-extern char *meta_host_path (const struct qk_meta *m, const char *path);
-/* Open (or stat) a host path made by meta_host_path, resolved again under
- * the sysroot so that nothing swapped in since leads out of it. */
-extern int meta_open (const struct qk_meta *m, const char *host, int flags);
-extern int meta_stat (const struct qk_meta *m, const char *host,
-                      struct stat *st);
 extern int meta_load (struct qk_meta *m);
-/* Read a whole regular file from fd (taken over), at most max bytes:
- * 0, -1 (errno; EINVAL and *mode for a file that is not regular), or 1
- * when it is larger than max (*size set). */
-extern int meta_read_limited_fd (int fd, uint64_t max, char **buf,
-                                 size_t *len, uint64_t *size, mode_t *mode);
-/* A domain name that can be a file name (no '/', no leading '.'). */
-extern bool meta_domain_name_ok (const char *d);
-/* o's configuration and state directories, before the sysroot. */
-extern void meta_dirs (const struct qk_meta_options *o, char **cfg,
-                       char **state);
 /* Load s (kind, layout, dir or bulk set) into m. */
 extern int meta_load_set_at (struct qk_meta *m, struct meta_set *s);
 

@@ -27,132 +27,6 @@
 #define LIBVIRT_MAX_FILE (1ULL << 20)   /* virFileReadAll limit at load */
 #define CHUNK (256U << 10)
 
-/* ---- paths under a sysroot ---- */
-
-/* Every path is resolved by lib/util/path.c: under a sysroot as if it
- * were "/" (absolute symlinks and ".." never leave it). */
-char *
-meta_host_path (const struct qk_meta *m, const char *path)
-{
-  if (m->sysroot && path[0] == '/')
-    return qk_root_host_path (&m->root, path);
-  return strdup (path);
-}
-
-int
-meta_open (const struct qk_meta *m, const char *host, int flags)
-{
-  const char *rel;
-
-  if (m->sysroot == NULL) {
-    int fd = open (host, flags | O_CLOEXEC | ((flags & O_PATH) ? 0 : O_NOCTTY));
-    if (fd < 0)
-      set_error (errno, "open %s", host);
-    return fd;
-  }
-  rel = qk_root_strip (&m->root, host);
-  if (rel == NULL) {
-    set_error (EXDEV, "%s is not under the sysroot %s", host, m->sysroot);
-    return -1;
-  }
-  return qk_root_open (&m->root, rel,
-                       flags | ((flags & O_PATH) ? 0 : O_NOCTTY), 0);
-}
-
-int
-meta_stat (const struct qk_meta *m, const char *host, struct stat *st)
-{
-  struct qk_saved_error sv;
-  int fd, e;
-
-  qk_internal_save_error (&sv);     /* a probe: not the caller's error */
-  fd = meta_open (m, host, O_PATH);
-  if (fd < 0) {
-    e = errno;
-    qk_internal_restore_error (&sv);
-    errno = e;
-    return -1;
-  }
-  if (fstat (fd, st) < 0) {
-    e = errno;
-    close (fd);
-    errno = e;
-    return -1;
-  }
-  close (fd);
-  return 0;
-}
-
-/* What a file that is not a regular file is, for messages. */
-static const char *
-file_type (mode_t mode)
-{
-  return S_ISDIR (mode) ? "a directory"
-    : S_ISFIFO (mode) ? "a FIFO (named pipe)"
-    : S_ISCHR (mode) ? "a character device"
-    : S_ISBLK (mode) ? "a block device"
-    : S_ISSOCK (mode) ? "a socket" : "not a regular file";
-}
-
-/* ---- reading files ---- */
-
-/* Read a whole regular file from fd (taken over), at most max bytes.
- * Returns 0, -1 (errno; EINVAL and *mode for a file that is not regular),
- * or 1 when the file is larger than max (*size is set). Never blocks: the
- * file was opened O_NONBLOCK, and only a regular file is read. */
-int
-meta_read_limited_fd (int fd, uint64_t max, char **buf, size_t *len,
-                      uint64_t *size, mode_t *mode)
-{
-  struct stat st;
-  char *b;
-  size_t got = 0;
-
-  if (fstat (fd, &st) < 0) {
-    int e = errno;
-    close (fd);
-    errno = e;
-    return -1;
-  }
-  *mode = st.st_mode;
-  *size = st.st_size;
-  if (!S_ISREG (st.st_mode)) {
-    close (fd);
-    errno = EINVAL;
-    return -1;
-  }
-  if ((uint64_t) st.st_size > max) {
-    close (fd);
-    return 1;
-  }
-  b = malloc (st.st_size + 1);
-  if (b == NULL) {
-    close (fd);
-    errno = ENOMEM;
-    return -1;
-  }
-  while (got < (size_t) st.st_size) {
-    ssize_t n = read (fd, b + got, st.st_size - got);
-    if (n < 0) {
-      int e = errno;
-      if (e == EINTR)
-        continue;
-      free (b);
-      close (fd);
-      errno = e;
-      return -1;
-    }
-    if (n == 0)
-      break;
-    got += n;
-  }
-  close (fd);
-  b[got] = '\0';
-  *buf = b;
-  *len = got;
-  return 0;
-}
-
 static int
 read_limited (const struct qk_meta *m, const char *path, uint64_t max,
               char **buf, size_t *len, uint64_t *size, mode_t *mode)
@@ -637,10 +511,10 @@ load_per_file (struct qk_meta *m, struct meta_set *s)
       r = blocks
         ? pool_finding (m, s, &pool, MP_BLOCKING_FILE, "%s is %s: libvirt "
                         "reads every entry when its QEMU driver starts and "
-                        "blocks on it", path, file_type (mode))
+                        "blocks on it", path, meta_file_type (mode))
         : pool_finding (m, s, &pool, MP_NOT_A_FILE, "%s is not a regular "
                         "file (%s)", path,
-                        fd < 0 ? strerror (err) : file_type (mode));
+                        fd < 0 ? strerror (err) : meta_file_type (mode));
       free (path);
       if (r < 0)
         goto out;
@@ -911,7 +785,7 @@ load_bulk (struct qk_meta *m, struct meta_set *s)
   }
   if (fstat (fd, &st) < 0 || !S_ISREG (st.st_mode)) {
     meta_add_finding (m, MP_BULK_INVALID, s->kind, QK_NONE, "%s is %s; not "
-                      "read", s->bulk, file_type (st.st_mode));
+                      "read", s->bulk, meta_file_type (st.st_mode));
     close (fd);
     return 0;
   }
@@ -1021,7 +895,7 @@ load_domain (struct qk_meta *m)
   if (r != 0) {
     meta_add_finding (m, MP_NO_DOMAIN, -1, QK_NONE, "%s: %s", m->config_file,
                       r > 0 ? "too large"
-                      : errno == EINVAL && mode ? file_type (mode)
+                      : errno == EINVAL && mode ? meta_file_type (mode)
                       : strerror (errno));
     return 0;
   }
@@ -1050,81 +924,9 @@ load_domain (struct qk_meta *m)
 static int
 load_set (struct qk_meta *m, int kind)
 {
-  struct meta_set *s = &m->set[kind];
-  struct stat st;
-  bool is_dir, bulk_file, bulk_dir;
-  char *base, *tmp;
-
-  s->kind = kind;
-  s->current = QK_META_NONE;
-  base = meta_fmt ("%s/%s", m->state_dir, meta_kind_name (kind));
-  if (base == NULL)
+  if (meta_locate_set (m, kind) < 0)
     return -1;
-  {
-    char *l = meta_fmt ("%s/%s/%s", m->state_logical, meta_kind_name (kind),
-                     m->domain);
-    char *lb = l ? meta_fmt ("%s.xml", l) : NULL;
-    s->dir = l ? meta_host_path (m, l) : NULL;
-    s->bulk = lb ? meta_host_path (m, lb) : NULL;
-    free (l);
-    free (lb);
-  }
-  if (s->dir == NULL || s->bulk == NULL) {
-    free (base);
-    return -1;
-  }
-  is_dir = meta_stat (m, s->dir, &st) == 0 && S_ISDIR (st.st_mode);
-  bulk_file = bulk_dir = false;
-  if (meta_stat (m, s->bulk, &st) == 0) {
-    bulk_file = S_ISREG (st.st_mode);
-    bulk_dir = S_ISDIR (st.st_mode);
-    if (!bulk_file && !bulk_dir)
-      meta_add_finding (m, MP_BLOCKING_FILE, kind, QK_NONE, "%s is %s, not "
-                        "a bulk file; not read", s->bulk, file_type (st.st_mode));
-  }
-  if (bulk_dir)
-    meta_add_finding (m, MP_LAYOUT_COLLISION, kind, QK_NONE, "%s is a "
-                      "directory: the per-file %ss of a domain named "
-                      "'%s.xml', not a bulk file of '%s'", s->bulk,
-                      meta_kind_name (kind), m->domain, m->domain);
-  {
-    struct qk_saved_error sv;
-    int bfd;
-
-    qk_internal_save_error (&sv);
-    bfd = meta_open (m, base, O_RDONLY | O_DIRECTORY);
-    qk_internal_restore_error (&sv);
-    for (int i = 0; bfd >= 0 && i < 4; i++) {
-      tmp = i == 0 ? meta_fmt (".%s.qk-stage", m->domain)
-          : i == 1 ? meta_fmt (".%s.qk-new", m->domain)
-          : i == 2 ? meta_fmt (".%s.xml.qk-new", m->domain)
-          : meta_fmt (".%s.qk-old", m->domain);
-      if (tmp && fstatat (bfd, tmp, &st, AT_SYMLINK_NOFOLLOW) == 0)
-        meta_add_finding (m, MP_LEFTOVER_TEMPORARY, kind, QK_NONE, "%s/%s is "
-                          "left from an interrupted conversion", base, tmp);
-      free (tmp);
-    }
-    if (bfd >= 0)
-      close (bfd);
-  }
-  free (base);
-  if (is_dir && bulk_file)
-    meta_add_finding (m, MP_BOTH_LAYOUTS, kind, QK_NONE, "both %s/ and %s "
-                      "exist; the directory is read (as libvirt 9 does)",
-                      s->dir, s->bulk);
-  if (is_dir) {
-    s->layout = QK_META_LAYOUT_PER_FILE;
-    s->location = s->dir;
-  }
-  else if (bulk_file) {
-    s->layout = QK_META_LAYOUT_BULK;
-    s->location = s->bulk;
-  }
-  else {
-    s->layout = QK_META_LAYOUT_NONE;
-    s->location = s->dir;
-  }
-  return meta_load_set_at (m, s);
+  return meta_load_set_at (m, &m->set[kind]);
 }
 
 int
@@ -1168,43 +970,11 @@ meta_load (struct qk_meta *m)
   return 0;
 }
 
-bool
-meta_domain_name_ok (const char *d)
-{
-  return d && d[0] != '\0' && d[0] != '.' && strchr (d, '/') == NULL;
-}
-
-/* The configuration and state directories of o, as paths before the
- * sysroot (NULL when out of memory): the embedded driver's
- * ROOT/etc/qemu and ROOT/lib/qemu, else the system daemon's, each
- * replaced by config_dir or state_dir when given. */
-void
-meta_dirs (const struct qk_meta_options *o, char **cfg, char **state)
-{
-  if (o->libvirt_root) {
-    *cfg = meta_fmt ("%s/etc/qemu", o->libvirt_root);
-    *state = meta_fmt ("%s/lib/qemu", o->libvirt_root);
-  }
-  else {
-    *cfg = strdup ("/etc/libvirt/qemu");
-    *state = strdup ("/var/lib/libvirt/qemu");
-  }
-  if (o->config_dir) {
-    free (*cfg);
-    *cfg = strdup (o->config_dir);
-  }
-  if (o->state_dir) {
-    free (*state);
-    *state = strdup (o->state_dir);
-  }
-}
-
 QK_EXPORT struct qk_meta *
 qk_meta_open (const char *domain, const struct qk_meta_options *opts)
 {
   struct qk_meta_options o = { 0 };
   struct qk_meta *m;
-  char *cfg = NULL, *state = NULL;
 
   if (opts)
     o = *opts;
@@ -1220,50 +990,14 @@ qk_meta_open (const char *domain, const struct qk_meta_options *opts)
   }
   m->root.fd = -1;
   m->domain = strdup (domain);
-  m->sysroot = o.sysroot ? strdup (o.sysroot) : NULL;
-  if (qk_root_init (&m->root, o.sysroot, o.sysroot ? QK_ROOT_IN
-                                                   : QK_ROOT_HOST) < 0) {
-    qk_internal_prefix_error ("the sysroot");
-    goto fail;
-  }
   m->lim.max_size = o.max_file_size ? o.max_file_size : DEFAULT_MAX_FILE;
   m->lim.max_depth = o.max_depth ? o.max_depth : DEFAULT_MAX_DEPTH;
-  meta_dirs (&o, &cfg, &state);
-  if (m->domain == NULL || cfg == NULL || state == NULL
-      || (o.sysroot && m->sysroot == NULL)) {
-    set_error (ENOMEM, "strdup");
+  if (meta_locate (m, &o) < 0)
     goto fail;
-  }
-  m->config_dir = meta_host_path (m, cfg);
-  m->state_dir = meta_host_path (m, state);
-  m->libvirt_root = o.libvirt_root ? meta_host_path (m, o.libvirt_root)
-                                   : NULL;
-  if (m->config_dir == NULL || m->state_dir == NULL
-      || (o.libvirt_root && m->libvirt_root == NULL)) {
-    set_error (errno ? errno : ENOMEM, "resolving the metadata directories");
-    goto fail;
-  }
-  /* every file name is resolved whole, so that a symlink in its last
-   * component cannot leave the sysroot either */
-  {
-    char *l = meta_fmt ("%s/%s.xml", cfg, domain);
-    m->config_file = l ? meta_host_path (m, l) : NULL;
-    free (l);
-  }
-  m->state_logical = strdup (state);
-  if (m->config_file == NULL || m->state_logical == NULL) {
-    set_error (ENOMEM, "asprintf");
-    goto fail;
-  }
-  free (cfg);
-  free (state);
-  cfg = state = NULL;
   if (meta_load (m) < 0)
     goto fail;
   return m;
 fail:
-  free (cfg);
-  free (state);
   qk_meta_close (m);
   return NULL;
 }
