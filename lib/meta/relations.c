@@ -8,7 +8,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "meta/meta.h"
+#include "meta/relations.h"
 
 static const char *
 nm (const struct qk_meta_moment *p)

@@ -1,5 +1,8 @@
-/* lib/meta: where libvirt keeps a domain's metadata, which layout is there,
- * and loading it (per-file directory or streamed bulk file). */
+/* lib/meta: loading a domain's metadata into the model (issue #12 split
+ * it out of store.c): the domain definition, then each kind from its
+ * per-file directory (parsed in batches on every core) or its streamed
+ * bulk file, through xml.c, at the places paths.c finds. Calls only the
+ * model, xml.c and paths.c (layer order in meta.h). */
 #include <config.h>
 
 #include <dirent.h>
@@ -15,8 +18,7 @@
 #include <libxml/parser.h>
 #include <libxml/tree.h>
 
-#include "meta/meta.h"
-#include "util/problems.h"
+#include "meta/load.h"
 
 #define DEFAULT_MAX_FILE (16ULL << 20)
 /* The scanner's bound on nesting, above libxml2's own limit (257 levels,
@@ -970,6 +972,13 @@ meta_load (struct qk_meta *m)
   return 0;
 }
 
+int
+meta_reload (struct qk_meta *m)
+{
+  meta_unload (m);
+  return meta_load (m);
+}
+
 QK_EXPORT struct qk_meta *
 qk_meta_open (const char *domain, const struct qk_meta_options *opts)
 {
@@ -1000,18 +1009,4 @@ qk_meta_open (const char *domain, const struct qk_meta_options *opts)
 fail:
   qk_meta_close (m);
   return NULL;
-}
-
-QK_EXPORT int
-qk_meta_check (struct qk_meta *m, unsigned flags, qk_problem_fn fn,
-               void *opaque)
-{
-  struct meta_report r = { .fn = fn, .opaque = opaque };
-
-  for (size_t i = 0; i < m->nf; i++)
-    meta_report (&r, m->f[i].pr, "%s", m->f[i].msg);
-  meta_check_relations (m, &r);
-  if (flags & QK_META_CHECK_IMAGES)
-    meta_check_images (m, &r);
-  return r.errors;
 }
