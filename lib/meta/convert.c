@@ -1002,13 +1002,6 @@ recover (struct qk_meta *m, int kind, int layout, const struct place *pl,
   return changed;
 }
 
-int
-meta_reload (struct qk_meta *m)
-{
-  meta_unload (m);
-  return meta_load (m);
-}
-
 static void
 free_place (struct place *pl)
 {

@@ -11,7 +11,7 @@
 #include <stdint.h>
 #include <sys/stat.h>
 
-#include "meta/meta.h"
+#include "meta/crosscheck.h"
 
 struct img {
   char *path;               /* normalised logical path */

@@ -56,19 +56,6 @@
 #include "meta/edit.h"
 #include "io/io.h"
 
-char *
-meta_fmt (const char *f, ...)
-{
-  va_list ap;
-  char *s;
-
-  va_start (ap, f);
-  if (vasprintf (&s, f, ap) < 0)
-    s = NULL;
-  va_end (ap);
-  return s;
-}
-
 const char *
 meta_leaf_of (const char *path)
 {

@@ -79,8 +79,6 @@ extern int meta_replace_file (struct qk_meta *m, const char *host,
                               bool dry, qk_meta_change_fn fn, void *opaque);
 
 /* helpers */
-extern char *meta_fmt (const char *f, ...)
-  __attribute__ ((format (printf, 1, 2)));
 extern char *meta_esc (const char *s);          /* XML text and attributes */
 extern char *meta_read_fd (int fd, const char *path, size_t max, size_t *len);
 /* Replace the value of every file='OLD' (or "OLD") in the string. 0,

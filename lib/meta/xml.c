@@ -26,7 +26,7 @@
 #include <libxml/parser.h>
 #include <libxml/tree.h>
 
-#include "meta/meta.h"
+#include "meta/xml.h"
 
 /* ---- tokenizer ---- */
 

@@ -1,5 +1,8 @@
-/* lib/meta: where libvirt keeps a domain's metadata, which layout is there,
- * and loading it (per-file directory or streamed bulk file). */
+/* lib/meta: loading a domain's metadata into the model (issue #12 split
+ * it out of store.c): the domain definition, then each kind from its
+ * per-file directory (parsed in batches on every core) or its streamed
+ * bulk file, through xml.c, at the places paths.c finds. Calls only the
+ * model, xml.c and paths.c (layer order in meta.h). */
 #include <config.h>
 
 #include <dirent.h>
@@ -15,8 +18,7 @@
 #include <libxml/parser.h>
 #include <libxml/tree.h>
 
-#include "meta/meta.h"
-#include "util/problems.h"
+#include "meta/load.h"
 
 #define DEFAULT_MAX_FILE (16ULL << 20)
 /* The scanner's bound on nesting, above libxml2's own limit (257 levels,
@@ -26,249 +28,6 @@
 #define DEFAULT_MAX_DEPTH 1024
 #define LIBVIRT_MAX_FILE (1ULL << 20)   /* virFileReadAll limit at load */
 #define CHUNK (256U << 10)
-
-/* ---- the problem table ---- */
-
-static const struct qk_prow rows[] = {
-#define PROBLEM(code, name, cls, desc) { code, #name, QK_CLASS_##cls, desc },
-#include "meta/problems.def"
-#undef PROBLEM
-};
-
-QK_EXPORT size_t
-qk_meta_problem_count (void)
-{
-  return MP__COUNT;
-}
-
-QK_EXPORT int
-qk_meta_problem_info (size_t i, uint32_t *code, const char **name,
-                      enum qk_problem_class *cls, const char **description)
-{
-  return qk_prows_info (rows, MP__COUNT, "metadata problem", i, code, name,
-                        cls, description);
-}
-
-void
-meta_report (struct meta_report *r, int pr, const char *fmt, ...)
-{
-  struct qk_problem p = {
-    .host_offset = QK_NONE, .length = QK_NONE, .guest_offset = QK_NONE,
-    .guest_offset2 = QK_NONE, .table_offset = QK_NONE, .index = QK_NONE,
-    .expected = QK_NONE, .found = QK_NONE, .count = 1,
-  };
-  char msg[1536];
-  va_list ap;
-
-  va_start (ap, fmt);
-  vsnprintf (msg, sizeof msg, fmt, ap);
-  va_end (ap);
-  p.code = rows[pr].code;
-  p.name = rows[pr].name;
-  p.cls = rows[pr].cls;
-  p.message = msg;
-  if (r->subject) {
-    p.subject_kind = meta_kind_name (r->subject->kind);
-    p.subject = r->subject->name;
-    p.file = r->subject->file;
-  }
-  if (p.cls == QK_CLASS_CORRUPTION || p.cls == QK_CLASS_ERROR)
-    r->errors++;
-  if (r->fn && r->cb_ret == 0)
-    r->cb_ret = r->fn (r->opaque, &p);
-}
-
-void
-meta_subject (struct meta_report *r, const struct qk_meta_moment *p)
-{
-  r->subject = p;
-}
-
-int
-meta_add_finding (struct qk_meta *m, int pr, int kind, uint64_t offset,
-                  const char *fmt, ...)
-{
-  struct meta_finding *f;
-  va_list ap;
-  char *msg;
-  int r;
-
-  va_start (ap, fmt);
-  r = vasprintf (&msg, fmt, ap);
-  va_end (ap);
-  if (r < 0)
-    return -1;
-  f = qk_grow (m->f, &m->capf, m->nf + 1, sizeof *f);
-  if (f == NULL) {
-    free (msg);
-    return -1;
-  }
-  m->f = f;
-  m->f[m->nf++] = (struct meta_finding) { pr, kind, msg, offset };
-  return 0;
-}
-
-/* ---- names ---- */
-
-const char *
-meta_kind_name (int kind)
-{
-  return kind == QK_META_CHECKPOINT ? "checkpoint" : "snapshot";
-}
-
-const char *
-meta_elem_name (int kind)
-{
-  return kind == QK_META_CHECKPOINT ? "domaincheckpoint" : "domainsnapshot";
-}
-
-const char *
-meta_bulk_root (int kind)
-{
-  return kind == QK_META_CHECKPOINT ? "checkpoints" : "snapshots";
-}
-
-/* ---- paths under a sysroot ---- */
-
-/* Every path is resolved by lib/util/path.c: under a sysroot as if it
- * were "/" (absolute symlinks and ".." never leave it). */
-char *
-meta_host_path (const struct qk_meta *m, const char *path)
-{
-  if (m->sysroot && path[0] == '/')
-    return qk_root_host_path (&m->root, path);
-  return strdup (path);
-}
-
-int
-meta_open (const struct qk_meta *m, const char *host, int flags)
-{
-  const char *rel;
-
-  if (m->sysroot == NULL) {
-    int fd = open (host, flags | O_CLOEXEC | ((flags & O_PATH) ? 0 : O_NOCTTY));
-    if (fd < 0)
-      set_error (errno, "open %s", host);
-    return fd;
-  }
-  rel = qk_root_strip (&m->root, host);
-  if (rel == NULL) {
-    set_error (EXDEV, "%s is not under the sysroot %s", host, m->sysroot);
-    return -1;
-  }
-  return qk_root_open (&m->root, rel,
-                       flags | ((flags & O_PATH) ? 0 : O_NOCTTY), 0);
-}
-
-int
-meta_stat (const struct qk_meta *m, const char *host, struct stat *st)
-{
-  struct qk_saved_error sv;
-  int fd, e;
-
-  qk_internal_save_error (&sv);     /* a probe: not the caller's error */
-  fd = meta_open (m, host, O_PATH);
-  if (fd < 0) {
-    e = errno;
-    qk_internal_restore_error (&sv);
-    errno = e;
-    return -1;
-  }
-  if (fstat (fd, st) < 0) {
-    e = errno;
-    close (fd);
-    errno = e;
-    return -1;
-  }
-  close (fd);
-  return 0;
-}
-
-/* What a file that is not a regular file is, for messages. */
-static const char *
-file_type (mode_t mode)
-{
-  return S_ISDIR (mode) ? "a directory"
-    : S_ISFIFO (mode) ? "a FIFO (named pipe)"
-    : S_ISCHR (mode) ? "a character device"
-    : S_ISBLK (mode) ? "a block device"
-    : S_ISSOCK (mode) ? "a socket" : "not a regular file";
-}
-
-static char *
-joinf (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
-
-static char *
-joinf (const char *fmt, ...)
-{
-  va_list ap;
-  char *s;
-  int r;
-
-  va_start (ap, fmt);
-  r = vasprintf (&s, fmt, ap);
-  va_end (ap);
-  return r < 0 ? NULL : s;
-}
-
-/* ---- reading files ---- */
-
-/* Read a whole regular file from fd (taken over), at most max bytes.
- * Returns 0, -1 (errno; EINVAL and *mode for a file that is not regular),
- * or 1 when the file is larger than max (*size is set). Never blocks: the
- * file was opened O_NONBLOCK, and only a regular file is read. */
-int
-meta_read_limited_fd (int fd, uint64_t max, char **buf, size_t *len,
-                      uint64_t *size, mode_t *mode)
-{
-  struct stat st;
-  char *b;
-  size_t got = 0;
-
-  if (fstat (fd, &st) < 0) {
-    int e = errno;
-    close (fd);
-    errno = e;
-    return -1;
-  }
-  *mode = st.st_mode;
-  *size = st.st_size;
-  if (!S_ISREG (st.st_mode)) {
-    close (fd);
-    errno = EINVAL;
-    return -1;
-  }
-  if ((uint64_t) st.st_size > max) {
-    close (fd);
-    return 1;
-  }
-  b = malloc (st.st_size + 1);
-  if (b == NULL) {
-    close (fd);
-    errno = ENOMEM;
-    return -1;
-  }
-  while (got < (size_t) st.st_size) {
-    ssize_t n = read (fd, b + got, st.st_size - got);
-    if (n < 0) {
-      int e = errno;
-      if (e == EINTR)
-        continue;
-      free (b);
-      close (fd);
-      errno = e;
-      return -1;
-    }
-    if (n == 0)
-      break;
-    got += n;
-  }
-  close (fd);
-  b[got] = '\0';
-  *buf = b;
-  *len = got;
-  return 0;
-}
 
 static int
 read_limited (const struct qk_meta *m, const char *path, uint64_t max,
@@ -282,122 +41,6 @@ read_limited (const struct qk_meta *m, const char *path, uint64_t max,
   return meta_read_limited_fd (fd, max, buf, len, size, mode);
 }
 
-/* ---- the moment set ---- */
-
-static uint64_t
-hash_str (const char *s)
-{
-  uint64_t h = 1469598103934665603ULL;
-  for (; *s; s++)
-    h = (h ^ (unsigned char) *s) * 1099511628211ULL;
-  return h;
-}
-
-size_t
-meta_lookup (const struct meta_set *s, const char *name)
-{
-  if (s->hash_cap == 0 || name == NULL)
-    return QK_META_NONE;
-  for (size_t h = hash_str (name) & (s->hash_cap - 1);;
-       h = (h + 1) & (s->hash_cap - 1)) {
-    size_t v = s->hash[h];
-    if (v == 0)
-      return QK_META_NONE;
-    if (strcmp (s->m[v - 1].pub.name, name) == 0)
-      return v - 1;
-  }
-}
-
-struct order {
-  size_t read_order, index;
-};
-
-static int
-cmp_order (const void *a, const void *b)
-{
-  const struct order *x = a, *y = b;
-  return x->read_order < y->read_order ? -1 : x->read_order > y->read_order;
-}
-
-/* Index the loaded moments by name; later duplicates are not loaded. */
-static int
-build_hash (struct qk_meta *m, struct meta_set *s)
-{
-  size_t cap = 16;
-  struct order *ord;
-
-  while (cap < s->n * 2 + 2)
-    cap *= 2;
-  free (s->hash);
-  s->hash = calloc (cap, sizeof *s->hash);
-  if (s->hash == NULL)
-    return -1;
-  s->hash_cap = cap;
-  /* in the order libvirt reads them: the first one read keeps the name */
-  ord = malloc ((s->n ? s->n : 1) * sizeof *ord);
-  if (ord == NULL)
-    return -1;
-  for (size_t i = 0; i < s->n; i++)
-    ord[i] = (struct order) { s->m[i].read_order, i };
-  if (s->n)
-    qsort (ord, s->n, sizeof *ord, cmp_order);
-  for (size_t oi = 0; oi < s->n; oi++) {
-    size_t i = ord[oi].index;
-    struct meta_moment_priv *mp = &s->m[i];
-    size_t j;
-
-    if (!mp->pub.loaded || mp->pub.name == NULL)
-      continue;
-    j = meta_lookup (s, mp->pub.name);
-    if (j != QK_META_NONE) {
-      mp->dup = true;
-      mp->pub.loaded = false;
-      meta_add_finding (m, MP_DUPLICATE_NAME, s->kind, mp->pub.offset,
-                        "%s '%s' is defined twice: in %s%s and in %s%s; "
-                        "libvirt drops one", meta_kind_name (s->kind),
-                        mp->pub.name, s->m[j].pub.file,
-                        s->layout == QK_META_LAYOUT_BULK ? " (earlier)" : "",
-                        mp->pub.file,
-                        s->layout == QK_META_LAYOUT_BULK ? " (later)" : "");
-      continue;
-    }
-    for (size_t h = hash_str (mp->pub.name) & (cap - 1);;
-         h = (h + 1) & (cap - 1))
-      if (s->hash[h] == 0) {
-        s->hash[h] = i + 1;
-        break;
-      }
-  }
-  free (ord);
-  return 0;
-}
-
-static struct meta_moment_priv *
-new_moment (struct meta_set *s)
-{
-  struct meta_moment_priv *n = qk_grow (s->m, &s->cap, s->n + 1, sizeof *n);
-
-  if (n == NULL)
-    return NULL;
-  s->m = n;
-  n = &s->m[s->n++];
-  memset (n, 0, sizeof *n);
-  n->read_order = s->n - 1;
-  n->pub.kind = s->kind;
-  n->pub.active = -1;
-  n->pub.parent_index = n->pub.first_child = n->pub.next_sibling =
-    QK_META_NONE;
-  return n;
-}
-
-static void
-free_moment (struct meta_moment_priv *mp)
-{
-  free (mp->disks);
-  free (mp->ddisks);
-  free (mp->disk_invalid_msg);
-  qk_strvec_free (&mp->strs);
-}
 
 static inline uint64_t
 hash_mix (uint64_t h, uint64_t w)
@@ -647,7 +290,7 @@ complete_job (struct qk_meta *m, struct meta_set *s, struct pjob *j)
     mp->pub.loaded = false;
   }
   if (mp->pub.name && !mp->unsafe_name) {
-    char *want = joinf ("%s.xml", mp->pub.name);
+    char *want = meta_fmt ("%s.xml", mp->pub.name);
     if (want == NULL)
       return -1;
     if (strcmp (want, j->entry) != 0)
@@ -849,7 +492,7 @@ load_per_file (struct qk_meta *m, struct meta_set *s)
     qsort (ents, nents, sizeof *ents, cmp_dent);
   for (size_t i = 0; i < nents; i++) {
     struct meta_moment_priv *mp;
-    char *path = joinf ("%s/%s", s->dir, ents[i].name);
+    char *path = meta_fmt ("%s/%s", s->dir, ents[i].name);
     char *buf = NULL;
     size_t len;
     uint64_t size = 0;
@@ -870,16 +513,16 @@ load_per_file (struct qk_meta *m, struct meta_set *s)
       r = blocks
         ? pool_finding (m, s, &pool, MP_BLOCKING_FILE, "%s is %s: libvirt "
                         "reads every entry when its QEMU driver starts and "
-                        "blocks on it", path, file_type (mode))
+                        "blocks on it", path, meta_file_type (mode))
         : pool_finding (m, s, &pool, MP_NOT_A_FILE, "%s is not a regular "
                         "file (%s)", path,
-                        fd < 0 ? strerror (err) : file_type (mode));
+                        fd < 0 ? strerror (err) : meta_file_type (mode));
       free (path);
       if (r < 0)
         goto out;
       continue;
     }
-    mp = new_moment (s);
+    mp = meta_new_moment (s);
     if (mp == NULL || qk_strvec_add (&mp->strs, path) < 0) {
       free (path);
       free (buf);
@@ -1011,7 +654,7 @@ bulk_root (struct bulk *b, uint64_t start, uint64_t stop, bool empty)
 static int
 bulk_element (struct bulk *b, uint64_t start, uint64_t stop)
 {
-  struct meta_moment_priv *mp = new_moment (b->s);
+  struct meta_moment_priv *mp = meta_new_moment (b->s);
   char what[64];
 
   if (mp == NULL) {
@@ -1035,7 +678,7 @@ bulk_element (struct bulk *b, uint64_t start, uint64_t stop)
   }
   snprintf (what, sizeof what, "element at offset %" PRIu64, start);
   {
-    char *full = joinf ("%s (%s)", b->s->bulk, what);
+    char *full = meta_fmt ("%s (%s)", b->s->bulk, what);
     int r;
     if (full == NULL) {
       b->fail = 1;
@@ -1144,7 +787,7 @@ load_bulk (struct qk_meta *m, struct meta_set *s)
   }
   if (fstat (fd, &st) < 0 || !S_ISREG (st.st_mode)) {
     meta_add_finding (m, MP_BULK_INVALID, s->kind, QK_NONE, "%s is %s; not "
-                      "read", s->bulk, file_type (st.st_mode));
+                      "read", s->bulk, meta_file_type (st.st_mode));
     close (fd);
     return 0;
   }
@@ -1254,7 +897,7 @@ load_domain (struct qk_meta *m)
   if (r != 0) {
     meta_add_finding (m, MP_NO_DOMAIN, -1, QK_NONE, "%s: %s", m->config_file,
                       r > 0 ? "too large"
-                      : errno == EINVAL && mode ? file_type (mode)
+                      : errno == EINVAL && mode ? meta_file_type (mode)
                       : strerror (errno));
     return 0;
   }
@@ -1283,81 +926,9 @@ load_domain (struct qk_meta *m)
 static int
 load_set (struct qk_meta *m, int kind)
 {
-  struct meta_set *s = &m->set[kind];
-  struct stat st;
-  bool is_dir, bulk_file, bulk_dir;
-  char *base, *tmp;
-
-  s->kind = kind;
-  s->current = QK_META_NONE;
-  base = joinf ("%s/%s", m->state_dir, meta_kind_name (kind));
-  if (base == NULL)
+  if (meta_locate_set (m, kind) < 0)
     return -1;
-  {
-    char *l = joinf ("%s/%s/%s", m->state_logical, meta_kind_name (kind),
-                     m->domain);
-    char *lb = l ? joinf ("%s.xml", l) : NULL;
-    s->dir = l ? meta_host_path (m, l) : NULL;
-    s->bulk = lb ? meta_host_path (m, lb) : NULL;
-    free (l);
-    free (lb);
-  }
-  if (s->dir == NULL || s->bulk == NULL) {
-    free (base);
-    return -1;
-  }
-  is_dir = meta_stat (m, s->dir, &st) == 0 && S_ISDIR (st.st_mode);
-  bulk_file = bulk_dir = false;
-  if (meta_stat (m, s->bulk, &st) == 0) {
-    bulk_file = S_ISREG (st.st_mode);
-    bulk_dir = S_ISDIR (st.st_mode);
-    if (!bulk_file && !bulk_dir)
-      meta_add_finding (m, MP_BLOCKING_FILE, kind, QK_NONE, "%s is %s, not "
-                        "a bulk file; not read", s->bulk, file_type (st.st_mode));
-  }
-  if (bulk_dir)
-    meta_add_finding (m, MP_LAYOUT_COLLISION, kind, QK_NONE, "%s is a "
-                      "directory: the per-file %ss of a domain named "
-                      "'%s.xml', not a bulk file of '%s'", s->bulk,
-                      meta_kind_name (kind), m->domain, m->domain);
-  {
-    struct qk_saved_error sv;
-    int bfd;
-
-    qk_internal_save_error (&sv);
-    bfd = meta_open (m, base, O_RDONLY | O_DIRECTORY);
-    qk_internal_restore_error (&sv);
-    for (int i = 0; bfd >= 0 && i < 4; i++) {
-      tmp = i == 0 ? joinf (".%s.qk-stage", m->domain)
-          : i == 1 ? joinf (".%s.qk-new", m->domain)
-          : i == 2 ? joinf (".%s.xml.qk-new", m->domain)
-          : joinf (".%s.qk-old", m->domain);
-      if (tmp && fstatat (bfd, tmp, &st, AT_SYMLINK_NOFOLLOW) == 0)
-        meta_add_finding (m, MP_LEFTOVER_TEMPORARY, kind, QK_NONE, "%s/%s is "
-                          "left from an interrupted conversion", base, tmp);
-      free (tmp);
-    }
-    if (bfd >= 0)
-      close (bfd);
-  }
-  free (base);
-  if (is_dir && bulk_file)
-    meta_add_finding (m, MP_BOTH_LAYOUTS, kind, QK_NONE, "both %s/ and %s "
-                      "exist; the directory is read (as libvirt 9 does)",
-                      s->dir, s->bulk);
-  if (is_dir) {
-    s->layout = QK_META_LAYOUT_PER_FILE;
-    s->location = s->dir;
-  }
-  else if (bulk_file) {
-    s->layout = QK_META_LAYOUT_BULK;
-    s->location = s->bulk;
-  }
-  else {
-    s->layout = QK_META_LAYOUT_NONE;
-    s->location = s->dir;
-  }
-  return meta_load_set_at (m, s);
+  return meta_load_set_at (m, &m->set[kind]);
 }
 
 int
@@ -1372,7 +943,7 @@ meta_load_set_at (struct qk_meta *m, struct meta_set *s)
     if (load_bulk (m, s) < 0)
       return -1;
   }
-  if (build_hash (m, s) < 0)
+  if (meta_build_hash (m, s) < 0)
     return -1;
   meta_link (s);
   if (s->multi_current && s->layout == QK_META_LAYOUT_PER_FILE) {
@@ -1390,33 +961,6 @@ meta_load_set_at (struct qk_meta *m, struct meta_set *s)
   return 0;
 }
 
-void
-meta_unload (struct qk_meta *m)
-{
-  for (int k = 0; k < 2; k++) {
-    struct meta_set *s = &m->set[k];
-    for (size_t i = 0; i < s->n; i++)
-      free_moment (&s->m[i]);
-    free (s->m);
-    free (s->dir);
-    free (s->bulk);
-    free (s->bulk_current);
-    free (s->hash);
-    memset (s, 0, sizeof *s);
-  }
-  for (size_t i = 0; i < m->nf; i++)
-    free (m->f[i].msg);
-  free (m->f);
-  m->f = NULL;
-  m->nf = m->capf = 0;
-  free (m->ddisks);
-  m->ddisks = NULL;
-  m->n_ddisks = 0;
-  qk_strvec_free (&m->dstrs);
-  m->uuid = NULL;
-  m->domain_ok = false;
-}
-
 int
 meta_load (struct qk_meta *m)
 {
@@ -1428,35 +972,11 @@ meta_load (struct qk_meta *m)
   return 0;
 }
 
-bool
-meta_domain_name_ok (const char *d)
+int
+meta_reload (struct qk_meta *m)
 {
-  return d && d[0] != '\0' && d[0] != '.' && strchr (d, '/') == NULL;
-}
-
-/* The configuration and state directories of o, as paths before the
- * sysroot (NULL when out of memory): the embedded driver's
- * ROOT/etc/qemu and ROOT/lib/qemu, else the system daemon's, each
- * replaced by config_dir or state_dir when given. */
-void
-meta_dirs (const struct qk_meta_options *o, char **cfg, char **state)
-{
-  if (o->libvirt_root) {
-    *cfg = joinf ("%s/etc/qemu", o->libvirt_root);
-    *state = joinf ("%s/lib/qemu", o->libvirt_root);
-  }
-  else {
-    *cfg = strdup ("/etc/libvirt/qemu");
-    *state = strdup ("/var/lib/libvirt/qemu");
-  }
-  if (o->config_dir) {
-    free (*cfg);
-    *cfg = strdup (o->config_dir);
-  }
-  if (o->state_dir) {
-    free (*state);
-    *state = strdup (o->state_dir);
-  }
+  meta_unload (m);
+  return meta_load (m);
 }
 
 QK_EXPORT struct qk_meta *
@@ -1464,7 +984,6 @@ qk_meta_open (const char *domain, const struct qk_meta_options *opts)
 {
   struct qk_meta_options o = { 0 };
   struct qk_meta *m;
-  char *cfg = NULL, *state = NULL;
 
   if (opts)
     o = *opts;
@@ -1480,162 +999,14 @@ qk_meta_open (const char *domain, const struct qk_meta_options *opts)
   }
   m->root.fd = -1;
   m->domain = strdup (domain);
-  m->sysroot = o.sysroot ? strdup (o.sysroot) : NULL;
-  if (qk_root_init (&m->root, o.sysroot, o.sysroot ? QK_ROOT_IN
-                                                   : QK_ROOT_HOST) < 0) {
-    qk_internal_prefix_error ("the sysroot");
-    goto fail;
-  }
   m->lim.max_size = o.max_file_size ? o.max_file_size : DEFAULT_MAX_FILE;
   m->lim.max_depth = o.max_depth ? o.max_depth : DEFAULT_MAX_DEPTH;
-  meta_dirs (&o, &cfg, &state);
-  if (m->domain == NULL || cfg == NULL || state == NULL
-      || (o.sysroot && m->sysroot == NULL)) {
-    set_error (ENOMEM, "strdup");
+  if (meta_locate (m, &o) < 0)
     goto fail;
-  }
-  m->config_dir = meta_host_path (m, cfg);
-  m->state_dir = meta_host_path (m, state);
-  m->libvirt_root = o.libvirt_root ? meta_host_path (m, o.libvirt_root)
-                                   : NULL;
-  if (m->config_dir == NULL || m->state_dir == NULL
-      || (o.libvirt_root && m->libvirt_root == NULL)) {
-    set_error (errno ? errno : ENOMEM, "resolving the metadata directories");
-    goto fail;
-  }
-  /* every file name is resolved whole, so that a symlink in its last
-   * component cannot leave the sysroot either */
-  {
-    char *l = joinf ("%s/%s.xml", cfg, domain);
-    m->config_file = l ? meta_host_path (m, l) : NULL;
-    free (l);
-  }
-  m->state_logical = strdup (state);
-  if (m->config_file == NULL || m->state_logical == NULL) {
-    set_error (ENOMEM, "asprintf");
-    goto fail;
-  }
-  free (cfg);
-  free (state);
-  cfg = state = NULL;
   if (meta_load (m) < 0)
     goto fail;
   return m;
 fail:
-  free (cfg);
-  free (state);
   qk_meta_close (m);
   return NULL;
-}
-
-QK_EXPORT void
-qk_meta_close (struct qk_meta *m)
-{
-  if (m == NULL)
-    return;
-  meta_unload (m);
-  free (m->domain);
-  free (m->sysroot);
-  free (m->config_dir);
-  free (m->state_dir);
-  free (m->libvirt_root);
-  free (m->config_file);
-  free (m->state_logical);
-  qk_root_fini (&m->root);
-  free (m);
-}
-
-QK_EXPORT const char *
-qk_meta_domain_name (const struct qk_meta *m)
-{
-  return m->domain;
-}
-
-QK_EXPORT const char *
-qk_meta_domain_uuid (const struct qk_meta *m)
-{
-  return m->uuid;
-}
-
-QK_EXPORT size_t
-qk_meta_domain_disk_count (const struct qk_meta *m)
-{
-  return m->n_ddisks;
-}
-
-QK_EXPORT const struct qk_meta_domain_disk *
-qk_meta_domain_disk (const struct qk_meta *m, size_t i)
-{
-  if (i >= m->n_ddisks) {
-    set_error (EINVAL, "no disk %zu", i);
-    return NULL;
-  }
-  return &m->ddisks[i];
-}
-
-static bool
-kind_ok (int kind)
-{
-  if (kind == QK_META_SNAPSHOT || kind == QK_META_CHECKPOINT)
-    return true;
-  set_error (EINVAL, "unknown kind %d", kind);
-  return false;
-}
-
-QK_EXPORT int
-qk_meta_layout (const struct qk_meta *m, int kind)
-{
-  if (!kind_ok (kind))
-    return -1;
-  return m->set[kind].layout;
-}
-
-QK_EXPORT const char *
-qk_meta_location (const struct qk_meta *m, int kind)
-{
-  if (!kind_ok (kind))
-    return NULL;
-  return m->set[kind].location;
-}
-
-QK_EXPORT size_t
-qk_meta_count (const struct qk_meta *m, int kind)
-{
-  if (!kind_ok (kind))
-    return 0;
-  return m->set[kind].n;
-}
-
-QK_EXPORT const struct qk_meta_moment *
-qk_meta_moment (const struct qk_meta *m, int kind, size_t i)
-{
-  if (!kind_ok (kind))
-    return NULL;
-  if (i >= m->set[kind].n) {
-    set_error (EINVAL, "no %s %zu", meta_kind_name (kind), i);
-    return NULL;
-  }
-  return &m->set[kind].m[i].pub;
-}
-
-QK_EXPORT size_t
-qk_meta_current (const struct qk_meta *m, int kind)
-{
-  if (!kind_ok (kind))
-    return QK_META_NONE;
-  return m->set[kind].current;
-}
-
-QK_EXPORT int
-qk_meta_check (struct qk_meta *m, unsigned flags, qk_problem_fn fn,
-               void *opaque)
-{
-  struct meta_report r = { .fn = fn, .opaque = opaque };
-
-  for (size_t i = 0; i < m->nf; i++)
-    meta_report (&r, m->f[i].pr, "%s", m->f[i].msg);
-  meta_check_relations (m, &r);
-  if (flags & QK_META_CHECK_IMAGES)
-    meta_check_images (m, &r);
-  return r.errors;
 }
