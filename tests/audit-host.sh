@@ -157,7 +157,7 @@ ctime=1700000000
 # here, for time: each qemu-img costs a process)
 TPL=$T/template.qcow2
 qemu-img create -q -f qcow2 "$TPL" 16M
-IMG=$TPL wr 0 64k 1
+IMG=$TPL wr 0 64k 0   # zeros: a shifted L2 table reads as unallocated
 gen_domain () {  # gen_domain INDEX KIND
   local idx=$1 kind=$2 n_int n_ext n_cp lay ops=() i j top base img e prev CH
   D=$(printf 'vm%02d' "$idx")
@@ -206,6 +206,9 @@ gen_domain () {  # gen_domain INDEX KIND
       ( IMG=$base SIZE=16M; . "$srcdir/tests/check/${kind#fresh:}/script" ) > /dev/null 2>&1 ||
         echo "# making $kind failed"
       man img "$D" "$base" "$(sed -n 's/^codes: *//p' "$srcdir/tests/check/${kind#fresh:}/expect")"
+      # where the catalog says qemu-img refuses it: its message
+      e=$(sed -n "s/^qemu-refuses: *Could not open '[^']*': //p" "$srcdir/tests/check/${kind#fresh:}/expect")
+      [ -z "$e" ] || man refuses "$D" "$base" "$e"
       man plant "$D" "${kind#fresh:} (tests/check) in $base" ;;
     *) cp "$TPL" "$base" ;;
   esac
@@ -276,6 +279,11 @@ gen_domain () {  # gen_domain INDEX KIND
       man plant "$D" "checkpoint c2: parent renamed gone-c1 ($lay)"
       want=MISSING_PARENT ;;
   esac
+  for i in "${!S_name[@]}"; do
+    man snap "$D" "${S_name[i]}" "${S_parent[i]:--}" "${S_active[i]}"
+  done
+  for i in "${!C_name[@]}"; do man cp "$D" "${C_name[i]}" "${C_parent[i]:--}"; done
+  man chain "$D" "${CH[@]}"
   write_moments "$R/lib/qemu" "$lay"
   if [ "$lay" = bulk ]; then
     write_moments "$PF/$D" per-file
@@ -286,7 +294,10 @@ gen_domain () {  # gen_domain INDEX KIND
       for i in "${!S_name[@]}"; do [ "${S_kind[i]}" = internal ] && break; done
       truncate -s 300 "$R/lib/qemu/snapshot/$D/${S_name[i]}.xml"
       man plant "$D" "snapshot ${S_name[i]}'s file truncated to 300 bytes"
-      want="INT_SNAPSHOT_UNKNOWN PARSE" ;;
+      # its qcow2 snapshot is now unknown; its child, if any, an orphan
+      want="INT_SNAPSHOT_UNKNOWN"
+      [ $((i + 1)) = ${#S_name[@]} ] || want="$want MISSING_PARENT"
+      want="$want PARSE" ;;
     meta-int-missing)
       for i in "${!S_name[@]}"; do [ "${S_kind[i]}" = internal ] && break; done
       qemu-img snapshot -d "${S_name[i]}" "${S_src[i]}"
@@ -296,7 +307,6 @@ gen_domain () {  # gen_domain INDEX KIND
     meta-int-unknown)
       qemu-img snapshot -c extra "$top"
       man plant "$D" "qcow2 snapshot extra made in $top"
-      man int-extra "$D" "$top" extra
       want=INT_SNAPSHOT_UNKNOWN ;;
     meta-cp-no-bitmap)
       rnd ${#C_name[@]}; i=$RN
@@ -313,13 +323,14 @@ gen_domain () {  # gen_domain INDEX KIND
   case $kind in
     img-*|combo-*)
       rnd ${#chain[@]}; img=${chain[RN]}
-      # an overlay has no data yet: a guest write at 0 first
-      [ "$RN" = $(( ${#chain[@]} - 1 )) ] || IMG=$img wr 0 64k 7
+      # a fresh guest write at 0 first: a data cluster of its own
+      # (refcount 1, COPIED) right after its L2 table, whatever the image
+      case $kind in img-l2|img-refcount) IMG=$img wr 0 64k 0 ;; esac
       case $kind in
         img-leak|combo-leak-*) IMG=$img add_cluster > /dev/null; IMG=$img add_cluster > /dev/null
           man img "$D" "$img" 0x040002 ;;
         img-refcount) IMG=$img set_refcount "$(IMG=$img data_off 0 0)" 0
-          man img "$D" "$img" "0x040001 0x050001" ;;
+          man img "$D" "$img" "0x040001 0x050002" ;;
         img-l2) IMG=$img set_l1e 0 $(( $(IMG=$img l1e 0) + 0x200 ))
           man img "$D" "$img" 0x010002 ;;
         img-corrupt-bit) IMG=$img set_incompat_bit 1
@@ -338,4 +349,329 @@ t_gen=$(now_ms)
 diag "generated $N_DOM domains, $(find "$R/img" -type f | wc -l) image files in $(( t_gen - t_start )) ms"
 grep -E '^(plant|shape) ' "$MAN" | sed 's/^/#   /'
 
+# ---- the audit, once ----
+sums () { (cd "$R" && find . -type f -print0 | sort -z | xargs -0 sha256sum); }
+sums > "$T/sums.before"
+qcowkit audit --libvirt-root "$R" --output=jsonl > "$T/a.jsonl" 2> "$T/a.err"
+a_rc=$?
+t_audit=$(now_ms)
+diag "audit: exit $a_rc in $(( t_audit - t_gen )) ms"
+
+# lanes: at most 2 oracle processes at a time (2 cores)
+lane () { while [ "$(jobs -rp | wc -l)" -ge 2 ]; do wait -n; done; "$@" & }
+
+# ---- oracle 1: qemu-img check of every image, alone ----
+mkdir -p "$T/q"
+jq -r 'select(.type == "image" and .verdict != "not-checked") | .filename' "$T/a.jsonl" > "$T/images"
+qcheck () {  # qcheck N FILE: $T/q/N.{json,err,rc}
+  local spec="json:{\"driver\":\"qcow2\",\"backing\":null,\"file\":{\"driver\":\"file\",\"filename\":\"$2\"}}"
+  [ "$(head -c 4 "$2" | od -An -tx1 | tr -d ' ')" = 514649fb ] || spec=$2
+  qemu-img check --output=json "$spec" > "$T/q/$1.json" 2> "$T/q/$1.err"
+  echo $? > "$T/q/$1.rc"
+}
+n=0
+while read -r f; do n=$((n + 1)); lane qcheck $n "$f"; done < "$T/images"
+# per domain: qemu-img info of the chain (its snapshots and bitmaps)
+qinfo () {  # qinfo DOMAIN IMAGE...: $T/q/DOMAIN.info, one JSON per image
+  local f
+  for f in "${@:2}"; do
+    qemu-img info --output=json "json:{\"driver\":\"qcow2\",\"backing\":null,\"file\":{\"driver\":\"file\",\"filename\":\"$f\"}}" 2> /dev/null ||
+      echo "{\"filename\": \"$f\", \"unreadable\": true}"
+  done > "$T/q/$1.info"
+}
+while read -r _ d imgs; do lane qinfo "$d" $imgs; done < <(grep '^chain ' "$MAN")
+
+# ---- oracle 2: a fresh embedded libvirt per domain ----
+# one root probes QEMU once; every domain's root starts with a copy of
+# its capability cache (else each would probe QEMU again, ~2 s)
+LVC=$T/lv-cache
+mkdir -p "$LVC/etc"
+printf 'stdio_handler = "file"\nuser = "root"\ngroup = "root"\n' > "$LVC/etc/qemu.conf"
+t_lv0=$(now_ms)
+wait
+mkdir -p "$LVC/etc/qemu"
+echo "<domain type='qemu'><name>warm</name><memory unit='MiB'>64</memory><os><type arch='x86_64' machine='pc'>hvm</type></os></domain>" > "$LVC/etc/qemu/warm.xml"
+timeout 120 virsh -q -c "qemu:///embed?root=$LVC" "list --all" > /dev/null 2>&1
+ok "libvirt probed QEMU once: its capability cache" test -d "$LVC/cache/qemu/capabilities"
+t_lv1=$(now_ms)
+diag "libvirt's capability probe (once): $(( t_lv1 - t_lv0 )) ms"
+# lv_domain D: root $T/lv/D with D's definition and metadata only; a
+# first virsh loads it (its load log in lv.log) and prints its view; a
+# second, on that root, is asked for what a problem says libvirt refuses
+lv_domain () {
+  local d=$1 O=$T/lv/$1 k cmds= what
+  mkdir -p "$O/etc/qemu" "$O/lib/qemu/snapshot" "$O/lib/qemu/checkpoint" "$O/cache"
+  cp -a "$LVC/etc/qemu.conf" "$O/etc/" && cp -a "$LVC/cache/qemu" "$O/cache/" &&
+    cp "$R/etc/qemu/$d.xml" "$O/etc/qemu/"
+  if [ -d "$PF/$d" ]; then cp -a "$PF/$d/." "$O/lib/qemu/"
+  else
+    for k in snapshot checkpoint; do
+      [ ! -d "$R/lib/qemu/$k/$d" ] || cp -a "$R/lib/qemu/$k/$d" "$O/lib/qemu/$k/"
+    done
+  fi
+  LIBVIRT_LOG_OUTPUTS="3:file:$O/lv.log" timeout 120 virsh -q -c "qemu:///embed?root=$O" \
+    "snapshot-list $d --name; echo @@; snapshot-list $d --parent; echo @@;
+     checkpoint-list $d --name; echo @@; checkpoint-list $d --parent; echo @@;
+     snapshot-current $d --name" > "$O/out" 2> "$O/err"
+  while read -r _ _ what; do
+    case $what in
+      "revert "*)   # on copies of the images: a revert writes
+        mkdir -p "$O/img"; cp -a "$R/img/$d" "$O/img/"
+        sed -i "s|$R/img/|$O/img/|g" "$O/etc/qemu/$d.xml" "$O"/lib/qemu/snapshot/$d/*.xml
+        cmds="$cmds snapshot-revert $d ${what#revert };" ;;
+      "redefine "*)
+        cp "$O/lib/qemu/snapshot/$d/${what#redefine }.xml" "$O/redefine.xml"
+        cmds="$cmds snapshot-create $d $O/redefine.xml --redefine;" ;;
+    esac
+  done < <(grep "^claim $d " "$MAN")
+  [ -z "$cmds" ] || timeout 120 virsh -q -c "qemu:///embed?root=$O" "$cmds" > "$O/claim.out" 2> "$O/claim.err"
+}
+DOMS=$(jq -r 'select(.type == "domain") | .domain' "$T/a.jsonl")
+t_lv1=$(now_ms)
+for d in $DOMS; do lane lv_domain "$d"; done
+wait
+t_lv2=$(now_ms)
+n_dom=$(echo "$DOMS" | wc -w)
+diag "libvirt: $n_dom fresh roots in $(( t_lv2 - t_lv1 )) ms with 2 lanes ($(( (t_lv2 - t_lv1) * 2 / n_dom )) ms of a lane per domain)"
+
+# ---- assertions ----
+# (each tool runs once over all the domains: on 2 busy cores every process
+# counts; the rest is bash)
+declare -A VEXIT=([clean]=0 [not-checked]=0 [leaks]=3 [in-use]=1 [error]=1 [corrupt]=2)
+declare -A VRANK=([clean]=0 [not-checked]=1 [leaks]=2 [in-use]=3 [error]=4 [corrupt]=5)
+# ssort WORDS...: the words sorted (bytewise), in $SORTED
+ssort () {
+  local -a a=($*)
+  local i j t n=${#a[@]}
+  for (( i = 1; i < n; i++ )); do
+    t=${a[i]}
+    for (( j = i - 1; j >= 0; j-- )); do
+      [[ ${a[j]} > $t ]] || break
+      a[j + 1]=${a[j]}
+    done
+    a[j + 1]=$t
+  done
+  SORTED="${a[*]}"
+}
+is "$n_dom $(grep -c '^chain ' "$MAN")" "$N_DOM $N_DOM" "one domain record per generated domain ($N_DOM)"
+
+# images: audit's record against qemu-img check of the same image
+jq -r 'select(.type == "image" and .verdict != "not-checked") | [.filename, .verdict, .format,
+  (.checked | tostring), ."check-errors", .corruptions, .leaks, (."image-end-offset" // 0),
+  ([.problems[].code] | unique | join(" ")), (."used-by" | join(" "))] | map(tostring) | join("\u001f")' "$T/a.jsonl" > "$T/recs"
+jq -r '[input_filename, ."check-errors", (.corruptions // 0), (.leaks // 0), (."image-end-offset" // 0)] | @tsv' \
+  "$T"/q/[0-9]*.json > "$T/qrep" 2> /dev/null
+declare -A QREP ICODES REFUSES IMGV
+while IFS=$'\t' read -r k ce co le ieo; do k=${k##*/}; QREP[${k%.json}]="$ce $co $le $ieo"; done < "$T/qrep"
+declare -A WANT SN SP CN CP ACT INTS CLAIMS
+while read -r k d rest; do
+  read -r -a w <<< "$rest"
+  case $k in
+    img) ICODES[${w[0]}]=${w[*]:1} ;;
+    refuses) REFUSES[${w[0]}]=${rest#* } ;;
+    meta) WANT[$d]=$rest ;;
+    snap) SN[$d]+=" ${w[0]}"
+          [ "${w[1]}" = - ] || SP[$d]+=" ${w[0]}>${w[1]}"
+          [ "${w[2]}" != 1 ] || ACT[$d]+=" ${w[0]}" ;;
+    cp) CN[$d]+=" ${w[0]}"; [ "${w[1]}" = - ] || CP[$d]+=" ${w[0]}>${w[1]}" ;;
+    int) INTS[$d]+=" ${w[0]}>${w[1]}" ;;
+    claim) CLAIMS[$d]+="|$rest" ;;
+  esac
+done < "$MAN"
+n=0 cmp=0 bad= refused= notcomp=0 codes_bad= n_qcow2=0 n_raw=0
+while IFS=$'\x1f' read -r f v fmt chk ce co le ieo codes users; do
+  n=$((n + 1)); read -r rc < "$T/q/$n.rc"
+  IMGV[$f]=$v
+  if [ "$fmt" = qcow2 ]; then n_qcow2=$((n_qcow2 + 1)); else n_raw=$((n_raw + 1)); fi
+  [ "$codes" = "${ICODES[$f]:-}" ] || codes_bad="$codes_bad ${f#$R/img/}:audit=[$codes],planted=[${ICODES[$f]:-}]"
+  err=$(< "$T/q/$n.err"); err=${err//$'\n'/ }
+  if [ -n "${QREP[$n]:-}" ]; then
+    cmp=$((cmp + 1))
+    [ "${QREP[$n]} $rc" = "$ce $co $le $ieo ${VEXIT[$v]}" ] ||
+      bad="$bad ${f#$R/img/}:qemu-img=[${QREP[$n]} exit $rc],audit=[$ce $co $le $ieo $v]"
+  elif [ "$fmt" = raw ] && [ "$rc" = 63 ] && [[ $err == *"does not support checks"* ]] \
+       && [ "$v $chk" = "clean false" ]; then
+    notcomp=$((notcomp + 1))
+  elif [ -n "${REFUSES[$f]:-}" ] && [[ $err =~ ${REFUSES[$f]} ]] \
+       && [ "$rc" = "${VEXIT[$v]}" ] && [ "$v" != clean ]; then
+    refused="$refused ${f#$R/img/}"
+  else
+    bad="$bad ${f#$R/img/}:qemu-img=[refused, exit $rc: ${err:0:120}],audit=[$v]"
+  fi
+done < "$T/recs"
+diag "$n images: $n_qcow2 qcow2, $n_raw raw; counters compared on $cmp; not comparable: qemu-img refuses$refused (as its catalog case says), and $notcomp raw images (qemu-img has no check for raw)"
+is "$bad" "" "every image: check-errors, corruptions, leaks, image-end-offset and the exit status are qemu-img check's; where it refuses, the refusal is the expected one"
+ok "qemu-img compared the counters of every qcow2 image it opens ($cmp of $n_qcow2)" test "$cmp" -ge $(( n_qcow2 - 1 ))
+is "$codes_bad" "" "every image record names exactly the planted problem codes (none on the others)"
+is "$(jq -r 'select(.type == "image" and .verdict == "not-checked") | .reason' "$T/a.jsonl" | sed 's/ ([a-z]*)//' | sort -u | tr '\n' ';')" \
+  "block device: not checked;network disk: not checked;" "network and block disks: not checked, with the reason"
+
+# domains: libvirt's view against audit's metadata problems
+jq -r 'select(.type == "domain") | [.domain, .verdict, .metadata.verdict, .exit,
+  ([.metadata.problems[].name] | join(" ")),
+  ([.metadata.problems[] | select(.name == "PARSE") | .message | capture("/(?<n>[^/]*)\\.xml: ").n] | join(" ")),
+  ([.metadata.problems[] | select((.subject // "" | startswith("snapshot ")) and (.name == "MISSING_PARENT" or .name == "SELF_PARENT" or .name == "CYCLE"))] | length),
+  ([.metadata.problems[] | "\(.name)@\(.subject // "" | gsub(" "; "_"))"] | join(" "))] | map(tostring) | join("\u001f")' \
+  "$T/a.jsonl" > "$T/doms"
+jq -r '[(input_filename | sub(".*/"; "") | sub("\\.info$"; "")), (.filename | sub("^json:.*\"filename\": *\""; "") | sub("\".*$"; "")),
+  ([.snapshots // [] | .[].name] | join(",")), ([."format-specific".data.bitmaps // [] | .[].name] | join(" "))] | join("\u001f")' \
+  "$T"/q/*.info > "$T/infos"
+declare -A ISN IBM
+while IFS=$'\x1f' read -r d f sn bm; do ISN[$d]+=" $f>$sn"; IBM[$d]+=" $bm"; done < "$T/infos"
+declare -A CLASS
+while read -r _ p cls _; do CLASS[$p]=$cls; done < <(qcowkit meta check --list-problems)
+# What libvirt 9.0 logs while it loads metadata, and the problems whose
+# presence means that it does (tests/meta-libvirt.sh's table, ERE => PROBLEMS)
+LOGS=(
+  "Failed to parse (snapshot|checkpoint) XML from file  =>  PARSE MISSING_NAME MISSING_STATE MISSING_CTIME MISSING_ACTIVE"
+  "Too many snapshots claiming to be current  =>  MULTIPLE_CURRENT"
+  "domain moment .*already exists  =>  DUPLICATE_NAME"
+  "moment .* lacks parent  =>  MISSING_PARENT"
+  "moment .* in circular chain  =>  SELF_PARENT CYCLE"
+  "(Snapshots|Checkpoints) have inconsistent relations  =>  MISSING_PARENT SELF_PARENT CYCLE"
+)
+LOADFN='^(qemuDomain(Snapshot|Checkpoint)Load|virDomain(Moment|Snapshot|Checkpoint)[A-Za-z]*|virXML[A-Za-z]*)$'
+MSG_RE=': (warning|error) : ([A-Za-z0-9_]+):[0-9]+ : (.*)$'
+lv_logged () {  # LOGFILE: the LOGS rows libvirt's load log matches, and any other load message
+  local line i fn msg known; local -a hit=()
+  LG=
+  [ -f "$1" ] || return 0
+  while IFS= read -r line; do
+    [[ $line =~ $MSG_RE ]] || continue
+    fn=${BASH_REMATCH[2]} msg=${BASH_REMATCH[3]}
+    [[ $fn =~ $LOADFN ]] || continue
+    known=false
+    for i in "${!LOGS[@]}"; do
+      if [[ $msg =~ ${LOGS[i]%%  =>  *} ]]; then hit[i]=1; known=true; fi
+    done
+    $known || LG="${LG}not in LOGS: $msg;"
+  done < "$1"
+  for i in "${!hit[@]}"; do LG="$LG${LOGS[i]%%  =>  *};"; done
+}
+qk_logged () {  # NAMES: the LOGS rows audit's problems imply
+  local i p
+  QG=
+  for i in "${!LOGS[@]}"; do
+    for p in ${LOGS[i]#*  =>  }; do
+      if [[ " $1 " == *" $p "* ]]; then QG="$QG${LOGS[i]%%  =>  *};"; break; fi
+    done
+  done
+}
+lv_view () {  # OUTFILE: libvirt's lists, parents and current snapshot (L_*)
+  local out line sec=0; local -a f
+  L_SN= L_SP= L_CN= L_CP= L_CUR= L_SEC=0
+  out=$(< "$1"); out=${out//@@/$'\n@@\n'}
+  while IFS= read -r line; do
+    if [ "$line" = @@ ]; then sec=$((sec + 1)); L_CUR=; continue; fi
+    read -r -a f <<< "$line"
+    [ ${#f[@]} -gt 0 ] || continue
+    case $sec in
+      0) L_SN+=" ${f[0]}" ;;
+      1) [ ${#f[@]} -lt 6 ] || L_SP+=" ${f[0]}>${f[5]}" ;;
+      2) L_CN+=" ${f[0]}" ;;
+      3) [ ${#f[@]} -lt 5 ] || L_CP+=" ${f[0]}>${f[4]}" ;;
+      *) L_CUR=${f[0]} ;;
+    esac
+  done <<< "$out"
+}
+minus () {  # minus WORDS EXCLUDED: WORDS without those in EXCLUDED (or whose part before '>' is)
+  local w r=
+  for w in $1; do [[ " $2 " == *" ${w%%>*} "* ]] || r="$r $w"; done
+  MINUS=$r
+}
+lv_bad= log_bad= cur_bad= side_bad= claim_bad= man_bad= verdict_bad= worst=clean
+n_claims=0 n_logged=0 n_nocur=0
+while IFS=$'\x1f' read -r d dv_got mv_got ex_got names skipped broken psubj; do
+  O=$T/lv/$d
+  ssort $names; names=$SORTED
+  # the manifest: exactly the planted metadata problems
+  ssort ${WANT[$d]}; want=$SORTED
+  [ "$names" = "$want" ] || man_bad="$man_bad $d:audit=[$names],planted=[$want]"
+  # what libvirt loaded: what was written but the files audit says it skips
+  lv_view "$O/out"
+  minus "${SN[$d]}" "$skipped"; ssort $MINUS; wsn=$SORTED
+  minus "${SP[$d]}" "$skipped"; ssort $MINUS; wsp=$SORTED
+  ssort ${CN[$d]}; wcn=$SORTED; ssort ${CP[$d]}; wcp=$SORTED
+  ssort $L_SN; lsn=$SORTED; ssort $L_SP; lsp=$SORTED
+  ssort $L_CN; lcn=$SORTED; ssort $L_CP; lcp=$SORTED
+  [ "$lsn|$lsp|$lcn|$lcp" = "$wsn|$wsp|$wcn|$wcp" ] ||
+    lv_bad="$lv_bad $d:libvirt=[$lsn|$lsp|$lcn|$lcp],written-but-skipped=[$wsn|$wsp|$wcn|$wcp]"
+  # what it logs while loading: what audit's problems say it logs
+  lv_logged "$O/lv.log"; qk_logged "$names"
+  [ -z "$LG" ] || n_logged=$((n_logged + 1))
+  [ "$LG" = "$QG" ] || log_bad="$log_bad $d:libvirt=[$LG],audit-implies=[$QG]"
+  # the current snapshot: forgotten where audit says a relation is broken
+  minus "${ACT[$d]}" "$skipped"; actives=$MINUS
+  lcur=${L_CUR:-none}
+  if [ "$broken" -gt 0 ]; then
+    exp=none n_nocur=$((n_nocur + 1))
+  elif [[ " $names " == *" MULTIPLE_CURRENT "* ]]; then
+    exp="one of:$actives"
+    [[ " $actives " != *" $lcur "* ]] || exp=$lcur
+  else
+    read -r exp <<< "$actives"; exp=${exp:-none}
+  fi
+  [ "$lcur" != none ] || [[ $(< "$O/err") == *"no current snapshot"* ]] || lcur="none, but: $(< "$O/err")"
+  [ "$lcur" = "$exp" ] || cur_bad="$cur_bad $d:libvirt=[$lcur],expected=[$exp]"
+  # image side: what libvirt's lists and qemu-img's disagree on
+  side= have=" ${ISN[$d]} "
+  for e in ${ISN[$d]}; do
+    sn=${e#*>}
+    for s in ${sn//,/ }; do [[ " $lsn " == *" $s "* ]] || side="$side INT_SNAPSHOT_UNKNOWN"; done
+  done
+  for e in ${INTS[$d]}; do
+    img=${e%%>*} s=${e#*>}
+    [[ " $lsn " == *" $s "* ]] || continue
+    [[ $have =~ " $img>"([^ ]*,)?"$s"(,[^ ]*)?" " ]] || side="$side INT_SNAPSHOT_MISSING"
+  done
+  for b in ${IBM[$d]}; do [[ " $lcn " == *" $b "* ]] || side="$side BITMAP_UNKNOWN"; done
+  for c in $lcn; do [[ " ${IBM[$d]} " == *" $c "* ]] || side="$side BITMAP_MISSING"; done
+  ssort $side; side=$SORTED
+  aside=
+  for p in $names; do case $p in INT_SNAPSHOT_UNKNOWN|INT_SNAPSHOT_MISSING|BITMAP_UNKNOWN|BITMAP_MISSING) aside="$aside $p" ;; esac; done
+  ssort $aside; aside=$SORTED
+  [ "$side" = "$aside" ] || side_bad="$side_bad $d:libvirt-and-qemu-img=[$side],audit=[$aside]"
+  # refusals the problems promise, asked of libvirt
+  IFS='|' read -r -a claims <<< "${CLAIMS[$d]#|}"
+  for what in "${claims[@]}"; do
+    n_claims=$((n_claims + 1))
+    case $what in
+      "revert "*) p=INT_SNAPSHOT_MISSING ere="Could not apply snapshot '${what#revert }'" ;;
+      "redefine "*) p=UUID_MISMATCH ere="definition for snapshot ${what#redefine } must use uuid" ;;
+    esac
+    [[ " $psubj " == *" $p@snapshot_${what#* } "* ]] && [[ $(< "$O/claim.err") =~ $ere ]] ||
+      claim_bad="$claim_bad $d:$what:$(< "$O/claim.err")"
+  done
+  # verdicts: the metadata's from the planted problems' classes, the
+  # domain's the worst of it and its disks' images
+  mv=clean
+  for p in $want; do
+    case ${CLASS[$p]} in corruption) mv=corrupt ;; error) [ $mv = corrupt ] || mv=error ;; esac
+  done
+  dv=$mv
+  while IFS=$'\x1f' read -r f v _ _ _ _ _ _ _ users; do
+    [[ " $users " != *" $d:"* ]] || [ "${VRANK[$v]}" -le "${VRANK[$dv]}" ] || dv=$v
+  done < "$T/recs"
+  [ "$dv" != not-checked ] || dv=clean
+  [ "$dv_got $mv_got $ex_got" = "$dv $mv ${VEXIT[$dv]}" ] ||
+    verdict_bad="$verdict_bad $d:audit=[$dv_got $mv_got $ex_got],expected=[$dv $mv ${VEXIT[$dv]}]"
+  [ "${VRANK[$dv]}" -le "${VRANK[$worst]}" ] || worst=$dv
+done < "$T/doms"
+is "$man_bad" "" "every domain record names exactly the planted metadata problems (none in the clean domains)"
+is "$lv_bad" "" "a fresh libvirt per domain loads what was written but the files audit says it skips, with the written parents (snapshots and checkpoints)"
+is "$log_bad" "" "what libvirt logs while loading each domain is what audit's problems say it logs ($n_logged domains log)"
+is "$cur_bad" "" "libvirt's current snapshot is the written one, forgotten where audit reports a broken relation ($n_nocur domains)"
+is "$side_bad" "" "audit's image-side metadata problems are where libvirt's lists and qemu-img's snapshots and bitmaps disagree"
+is "$claim_bad" "" "where a problem says libvirt refuses an operation, a fresh libvirt refuses it ($n_claims asked)"
+is "$verdict_bad" "" "each domain's verdict is the worst of its images' and its planted metadata's"
+is "$a_rc" "${VEXIT[$worst]}" "the exit status is the worst verdict's ($worst)"
+is "$(< "$T/a.err")" "" "audit printed no warning"
+sums > "$T/sums.after"
+ok "read-only: the sha256 of every file of the host is unchanged ($(wc -l < "$T/sums.before") files)" cmp -s "$T/sums.before" "$T/sums.after"
+t_end=$(now_ms)
+diag "wall: generation $(( t_gen - t_start )) ms, audit $(( t_audit - t_gen )) ms, oracles and assertions $(( t_end - t_audit )) ms; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+times > "$T/times"
+diag "CPU time (user system; the shell, then its children): $(tr '\n' ' ' < "$T/times")"
+
+[ -z "${AUDIT_HOST_KEEP:-}" ] || { rm -rf "$AUDIT_HOST_KEEP"; cp -a "$T" "$AUDIT_HOST_KEEP"; }
 done_testing
