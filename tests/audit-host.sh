@@ -34,6 +34,27 @@ require qemu-img qemu-io jq qkpoke virsh qemu-system-x86_64
 scratch
 cd "$T" || exit 1
 t_start=$(now_ms)
+# libvirt (the oracle below) probes QEMU once, while the host is made:
+# every domain's fresh root starts with a copy of its capability cache
+# (else each would probe QEMU again, ~2 s of CPU)
+LVC=$T/lv-cache
+mkdir -p "$LVC/etc/qemu"
+printf 'stdio_handler = "file"\nuser = "root"\ngroup = "root"\n' > "$LVC/etc/qemu.conf"
+echo "<domain type='qemu'><name>warm</name><memory unit='MiB'>64</memory><os><type arch='x86_64' machine='pc'>hvm</type></os></domain>" > "$LVC/etc/qemu/warm.xml"
+timeout 120 virsh -q -c "qemu:///embed?root=$LVC" "list --all" > /dev/null 2>&1 &
+# cpu_ms: CPU time used so far (the shell and its children, user and
+# system) in $CPU, in ms, without a process (times prints to a file)
+cpu_ms () {
+  local l t=0 re='([0-9]+)m([0-9]+)\.([0-9]+)s'
+  times > "$T/times"
+  while read -r l; do
+    while [[ $l =~ $re ]]; do
+      t=$(( t + BASH_REMATCH[1] * 60000 + 10#${BASH_REMATCH[2]} * 1000 + 10#${BASH_REMATCH[3]} ))
+      l=${l#*s}
+    done
+  done < "$T/times"
+  CPU=$t
+}
 
 SEED=${AUDIT_HOST_SEED:-13}
 R=$T/host                    # the generated host: the libvirt root
@@ -42,12 +63,27 @@ MAN=$T/manifest
 mkdir -p "$R/etc/qemu" "$R/lib/qemu/snapshot" "$R/lib/qemu/checkpoint" "$PF"
 : > "$MAN"
 
-# ---- the seeded generator ----
-# rnd N: a number from 0 to N-1 in $RN (an LCG: the same host on every
-# bash, no subshell may draw)
-rng=$SEED
-rnd () { rng=$(( (rng * 1103515245 + 12345) % 2147483648 )); RN=$(( (rng >> 12) % $1 )); }
+# lanes: at most 2 jobs at a time (2 cores); lane_wait: all done (and
+# the probe above)
+lanes=0
+lane () { if [ "$lanes" -ge 2 ]; then wait -n; else lanes=$((lanes + 1)); fi; "$@" & }
+lane_wait () { wait; lanes=0; }
 
+# ---- the seeded generator ----
+# rnd N: a number from 0 to N-1 in $RN (xorshift64 in bash arithmetic:
+# the same host on every bash; no subshell may draw); mix N: a seed for
+# stream N (splitmix64), so that each domain has its own stream
+rnd () {
+  rng=$(( rng ^ (rng << 13) )); rng=$(( rng ^ ((rng >> 7) & 0x1ffffffffffffff) ))
+  rng=$(( rng ^ (rng << 17) )); RN=$(( ((rng >> 33) & 0x7fffffff) % $1 ))
+}
+mix () {
+  local z=$(( SEED * 0x9E3779B97F4A7C15 + $1 * 0x6A09E667F3BCC909 + 1 ))
+  z=$(( (z ^ ((z >> 30) & 0x3ffffffff)) * 0xBF58476D1CE4E5B9 ))
+  z=$(( (z ^ ((z >> 27) & 0x1fffffffff)) * 0x94D049BB133111EB ))
+  rng=$(( z ^ ((z >> 31) & 0x1ffffffff) )); [ "$rng" != 0 ] || rng=1
+}
+mix 0
 HDR='<!--
 WARNING: THIS IS AN AUTO-GENERATED FILE. CHANGES TO IT ARE LIKELY TO BE
 OVERWRITTEN AND LOST. Changes to this xml configuration should be made using:
@@ -152,7 +188,6 @@ for (( i = N_DOM - 1; i > 0; i-- )); do
   rnd $((i + 1)); tmp=${KINDS[i]}; KINDS[i]=${KINDS[RN]}; KINDS[RN]=$tmp
 done
 
-ctime=1700000000
 # every base image: 16 MiB, 64 KiB of guest data at 0 (a copy of one made
 # here, for time: each qemu-img costs a process)
 TPL=$T/template.qcow2
@@ -160,17 +195,19 @@ qemu-img create -q -f qcow2 "$TPL" 16M
 IMG=$TPL wr 0 64k 0   # zeros: a shifted L2 table reads as unallocated
 gen_domain () {  # gen_domain INDEX KIND
   local idx=$1 kind=$2 n_int n_ext n_cp lay ops=() i j top base img e prev CH
-  D=$(printf 'vm%02d' "$idx")
-  UUID=$(printf '6b1c2a2e-1d0a-4c57-9d0a-%012x' "$idx")
+  # each domain its own stream and clock: domains are made two at a time
+  mix "$idx"; ctime=$(( 1700000000 + idx * 100000 ))
+  printf -v D 'vm%02d' "$idx"
+  printf -v UUID '6b1c2a2e-1d0a-4c57-9d0a-%012x' "$idx"
   local I=$R/img/$D
   mkdir -p "$I"
   S_name=() S_parent=() S_kind=() S_ovl=() S_src=() S_active=() S_ctime=() S_uuid=()
   C_name=() C_parent=() C_ctime=() C_src=()
   # the shape, within what the kind needs
   rnd 3; n_int=$RN
-  rnd 4; n_ext=$RN
+  rnd 6; n_ext=$(( RN < 4 ? RN / 2 : RN - 2 ))   # 0 0 1 1 2 3
   rnd 3; n_cp=$RN
-  rnd 3; lay=$([ "$RN" = 0 ] && echo bulk || echo per-file)
+  rnd 3; lay=per-file; [ "$RN" != 0 ] || lay=bulk
   case $kind in
     fresh:*) n_int=0 n_cp=0; rnd 3; n_ext=$RN ;;
     meta-missing-parent|meta-cycle|meta-two-current|combo-*)
@@ -187,12 +224,15 @@ gen_domain () {  # gen_domain INDEX KIND
   [ "$kind" != meta-uuid ] || n_cp=0   # (libvirt redefines only without checkpoints)
   # extra disks: a raw file, a network disk, a block device
   EXTRA=() NOSNAP=()
-  rnd 2; if [ "$RN" = 1 ]; then
+  # (the first three domains have one each, whatever the seed)
+  rnd 3; [ "$idx" != 1 ] || RN=1
+  if [ "$RN" = 1 ]; then
     : > "$I/data.raw"; truncate -s 1M "$I/data.raw"
     EXTRA+=("<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='$I/data.raw'/><target dev='vdb' bus='virtio'/></disk>")
     NOSNAP+=(vdb)
   fi
-  rnd 3; if [ "$RN" = 1 ]; then
+  rnd 3; case $idx in 2) RN=1 ;; 3) RN=2 ;; esac
+  if [ "$RN" = 1 ]; then
     EXTRA+=("<disk type='network' device='disk'><driver name='qemu' type='raw'/><source protocol='nbd' name='$D'><host name='192.0.2.1' port='10809'/></source><target dev='vdc' bus='virtio'/></disk>")
     NOSNAP+=(vdc)
   elif [ "$RN" = 2 ]; then
@@ -343,66 +383,61 @@ gen_domain () {  # gen_domain INDEX KIND
 }
 
 for (( d = 1; d <= N_DOM; d++ )); do
-  gen_domain "$d" "${KINDS[d - 1]}"
+  lane gen_domain "$d" "${KINDS[d - 1]}"
 done
-t_gen=$(now_ms)
+lane_wait
+t_gen=$(now_ms); cpu_ms; c_gen=$CPU
 diag "generated $N_DOM domains, $(find "$R/img" -type f | wc -l) image files in $(( t_gen - t_start )) ms"
-grep -E '^(plant|shape) ' "$MAN" | sed 's/^/#   /'
+grep -E '^(plant|shape) ' "$MAN" | sort -s -k2,2 | sed 's/^/#   /'
 
 # ---- the audit, once ----
 sums () { (cd "$R" && find . -type f -print0 | sort -z | xargs -0 sha256sum); }
 sums > "$T/sums.before"
 qcowkit audit --libvirt-root "$R" --output=jsonl > "$T/a.jsonl" 2> "$T/a.err"
 a_rc=$?
-t_audit=$(now_ms)
+t_audit=$(now_ms); cpu_ms; c_audit=$CPU
 diag "audit: exit $a_rc in $(( t_audit - t_gen )) ms"
 
-# lanes: at most 2 oracle processes at a time (2 cores)
-lane () { while [ "$(jobs -rp | wc -l)" -ge 2 ]; do wait -n; done; "$@" & }
+
 
 # ---- oracle 1: qemu-img check of every image, alone ----
 mkdir -p "$T/q"
 jq -r 'select(.type == "image" and .verdict != "not-checked") | .filename' "$T/a.jsonl" > "$T/images"
 qcheck () {  # qcheck N FILE: $T/q/N.{json,err,rc}
   local spec="json:{\"driver\":\"qcow2\",\"backing\":null,\"file\":{\"driver\":\"file\",\"filename\":\"$2\"}}"
-  [ "$(head -c 4 "$2" | od -An -tx1 | tr -d ' ')" = 514649fb ] || spec=$2
+  local magic=; IFS= read -r -N 3 magic < "$2"
+  [ "$magic" = QFI ] || spec=$2
   qemu-img check --output=json "$spec" > "$T/q/$1.json" 2> "$T/q/$1.err"
   echo $? > "$T/q/$1.rc"
 }
 n=0
 while read -r f; do n=$((n + 1)); lane qcheck $n "$f"; done < "$T/images"
-# per domain: qemu-img info of the chain (its snapshots and bitmaps)
+# per domain: qemu-img info of the chain (its snapshots and bitmaps), in
+# one process; image by image where the chain does not open
 qinfo () {  # qinfo DOMAIN IMAGE...: $T/q/DOMAIN.info, one JSON per image
   local f
-  for f in "${@:2}"; do
-    qemu-img info --output=json "json:{\"driver\":\"qcow2\",\"backing\":null,\"file\":{\"driver\":\"file\",\"filename\":\"$f\"}}" 2> /dev/null ||
-      echo "{\"filename\": \"$f\", \"unreadable\": true}"
-  done > "$T/q/$1.info"
+  if ! qemu-img info --output=json --backing-chain "$2" > "$T/q/$1.info" 2> /dev/null; then
+    for f in "${@:2}"; do
+      qemu-img info --output=json "json:{\"driver\":\"qcow2\",\"backing\":null,\"file\":{\"driver\":\"file\",\"filename\":\"$f\"}}" 2> /dev/null ||
+        echo "{\"filename\": \"$f\", \"unreadable\": true}"
+    done > "$T/q/$1.info"
+  fi
 }
 while read -r _ d imgs; do lane qinfo "$d" $imgs; done < <(grep '^chain ' "$MAN")
 
 # ---- oracle 2: a fresh embedded libvirt per domain ----
-# one root probes QEMU once; every domain's root starts with a copy of
-# its capability cache (else each would probe QEMU again, ~2 s)
-LVC=$T/lv-cache
-mkdir -p "$LVC/etc"
-printf 'stdio_handler = "file"\nuser = "root"\ngroup = "root"\n' > "$LVC/etc/qemu.conf"
-t_lv0=$(now_ms)
-wait
-mkdir -p "$LVC/etc/qemu"
-echo "<domain type='qemu'><name>warm</name><memory unit='MiB'>64</memory><os><type arch='x86_64' machine='pc'>hvm</type></os></domain>" > "$LVC/etc/qemu/warm.xml"
-timeout 120 virsh -q -c "qemu:///embed?root=$LVC" "list --all" > /dev/null 2>&1
+lane_wait
+t_lv0=$(now_ms); cpu_ms; c_q=$CPU
 ok "libvirt probed QEMU once: its capability cache" test -d "$LVC/cache/qemu/capabilities"
+rm -rf "$LVC/etc/qemu" "$LVC/run"   # a skeleton: qemu.conf and the cache
+mkdir -p "$LVC/etc/qemu" "$LVC/lib/qemu/snapshot" "$LVC/lib/qemu/checkpoint" "$T/lv"
 t_lv1=$(now_ms)
-diag "libvirt's capability probe (once): $(( t_lv1 - t_lv0 )) ms"
 # lv_domain D: root $T/lv/D with D's definition and metadata only; a
 # first virsh loads it (its load log in lv.log) and prints its view; a
 # second, on that root, is asked for what a problem says libvirt refuses
 lv_domain () {
   local d=$1 O=$T/lv/$1 k cmds= what
-  mkdir -p "$O/etc/qemu" "$O/lib/qemu/snapshot" "$O/lib/qemu/checkpoint" "$O/cache"
-  cp -a "$LVC/etc/qemu.conf" "$O/etc/" && cp -a "$LVC/cache/qemu" "$O/cache/" &&
-    cp "$R/etc/qemu/$d.xml" "$O/etc/qemu/"
+  cp -a "$LVC" "$O" && cp "$R/etc/qemu/$d.xml" "$O/etc/qemu/"
   if [ -d "$PF/$d" ]; then cp -a "$PF/$d/." "$O/lib/qemu/"
   else
     for k in snapshot checkpoint; do
@@ -429,8 +464,8 @@ lv_domain () {
 DOMS=$(jq -r 'select(.type == "domain") | .domain' "$T/a.jsonl")
 t_lv1=$(now_ms)
 for d in $DOMS; do lane lv_domain "$d"; done
-wait
-t_lv2=$(now_ms)
+lane_wait
+t_lv2=$(now_ms); cpu_ms; c_lv=$CPU
 n_dom=$(echo "$DOMS" | wc -w)
 diag "libvirt: $n_dom fresh roots in $(( t_lv2 - t_lv1 )) ms with 2 lanes ($(( (t_lv2 - t_lv1) * 2 / n_dom )) ms of a lane per domain)"
 
@@ -513,7 +548,7 @@ jq -r 'select(.type == "domain") | [.domain, .verdict, .metadata.verdict, .exit,
   ([.metadata.problems[] | select((.subject // "" | startswith("snapshot ")) and (.name == "MISSING_PARENT" or .name == "SELF_PARENT" or .name == "CYCLE"))] | length),
   ([.metadata.problems[] | "\(.name)@\(.subject // "" | gsub(" "; "_"))"] | join(" "))] | map(tostring) | join("\u001f")' \
   "$T/a.jsonl" > "$T/doms"
-jq -r '[(input_filename | sub(".*/"; "") | sub("\\.info$"; "")), (.filename | sub("^json:.*\"filename\": *\""; "") | sub("\".*$"; "")),
+jq -r '(if type == "array" then .[] else . end) | [(input_filename | sub(".*/"; "") | sub("\\.info$"; "")), (.filename | sub("^json:.*\"filename\": *\""; "") | sub("\".*$"; "")),
   ([.snapshots // [] | .[].name] | join(",")), ([."format-specific".data.bitmaps // [] | .[].name] | join(" "))] | join("\u001f")' \
   "$T"/q/*.info > "$T/infos"
 declare -A ISN IBM
@@ -668,10 +703,10 @@ is "$a_rc" "${VEXIT[$worst]}" "the exit status is the worst verdict's ($worst)"
 is "$(< "$T/a.err")" "" "audit printed no warning"
 sums > "$T/sums.after"
 ok "read-only: the sha256 of every file of the host is unchanged ($(wc -l < "$T/sums.before") files)" cmp -s "$T/sums.before" "$T/sums.after"
-t_end=$(now_ms)
-diag "wall: generation $(( t_gen - t_start )) ms, audit $(( t_audit - t_gen )) ms, oracles and assertions $(( t_end - t_audit )) ms; load average $(cut -d' ' -f1-3 /proc/loadavg)"
-times > "$T/times"
-diag "CPU time (user system; the shell, then its children): $(tr '\n' ' ' < "$T/times")"
+t_end=$(now_ms); cpu_ms
+diag "wall ms: generation $(( t_gen - t_start )), audit $(( t_audit - t_gen )), qemu-img oracle $(( t_lv0 - t_audit )), libvirt oracle $(( t_lv2 - t_lv0 )), assertions $(( t_end - t_lv2 )); total $(( t_end - t_start ))"
+diag "CPU ms (user+system, all processes): generation $c_gen, audit $(( c_audit - c_gen )), qemu-img oracle $(( c_q - c_audit )), libvirt oracle $(( c_lv - c_q )) ($(( (c_lv - c_q) / n_dom )) per domain), assertions $(( CPU - c_lv )); total $CPU"
+diag "load average: $(< /proc/loadavg)"
 
 [ -z "${AUDIT_HOST_KEEP:-}" ] || { rm -rf "$AUDIT_HOST_KEEP"; cp -a "$T" "$AUDIT_HOST_KEEP"; }
 done_testing
