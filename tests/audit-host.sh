@@ -42,6 +42,7 @@ mkdir -p "$LVC/etc/qemu"
 printf 'stdio_handler = "file"\nuser = "root"\ngroup = "root"\n' > "$LVC/etc/qemu.conf"
 echo "<domain type='qemu'><name>warm</name><memory unit='MiB'>64</memory><os><type arch='x86_64' machine='pc'>hvm</type></os></domain>" > "$LVC/etc/qemu/warm.xml"
 timeout 120 virsh -q -c "qemu:///embed?root=$LVC" "list --all" > /dev/null 2>&1 &
+kill_on_exit $!
 # cpu_ms: CPU time used so far (the shell and its children, user and
 # system) in $CPU, in ms, without a process (times prints to a file)
 cpu_ms () {
@@ -163,10 +164,14 @@ write_moments () {
 
 # man KIND DOMAIN ARGS...: a manifest line
 #   img DOMAIN FILE CODES      the problem codes audit must report (sorted)
-#   meta DOMAIN NAMES          the metadata problems (sorted names)
+#   refuses DOMAIN FILE ERE    qemu-img check refuses FILE, saying ERE
+#   meta DOMAIN NAMES          the metadata problems audit must report
+#   snap DOMAIN NAME PARENT ACTIVE, cp DOMAIN NAME PARENT: the moments as
+#                              written (PARENT - for none)
 #   int DOMAIN IMAGE SNAPSHOT  an internal snapshot the XML records in IMAGE
+#   chain DOMAIN IMAGE...      vda's chain, top first
 #   claim DOMAIN WHAT          a libvirt refusal to ask for (below)
-#   plant DOMAIN TEXT          what was planted, for the diagnostics
+#   plant DOMAIN TEXT, shape DOMAIN TEXT: for the diagnostics
 man () { echo "$*" >> "$MAN"; }
 
 # The damage kinds, each in one domain, and clean domains. Image damage
@@ -210,6 +215,9 @@ gen_domain () {  # gen_domain INDEX KIND
   rnd 3; lay=per-file; [ "$RN" != 0 ] || lay=bulk
   case $kind in
     fresh:*) n_int=0 n_cp=0; rnd 3; n_ext=$RN ;;
+    # (the shifted L2 table reads 512 bytes of the next cluster: the
+    # data, not a snapshot's or a bitmap's table, in an image without)
+    img-l2) n_int=0 n_cp=0 ;;
     meta-missing-parent|meta-cycle|meta-two-current|combo-*)
       [ $((n_int + n_ext)) -ge 2 ] || n_int=2 ;;
     meta-self-parent|meta-uuid) [ $((n_int + n_ext)) -ge 1 ] || n_ext=1 ;;
