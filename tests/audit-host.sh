@@ -342,9 +342,11 @@ gen_domain () {  # gen_domain INDEX KIND
       for i in "${!S_name[@]}"; do [ "${S_kind[i]}" = internal ] && break; done
       truncate -s 300 "$R/lib/qemu/snapshot/$D/${S_name[i]}.xml"
       man plant "$D" "snapshot ${S_name[i]}'s file truncated to 300 bytes"
-      # its qcow2 snapshot is now unknown; its child, if any, an orphan
+      # its qcow2 snapshot is now unknown; its child, if any, an orphan;
+      # if it was the current one, none is (an info)
       want="INT_SNAPSHOT_UNKNOWN"
-      [ $((i + 1)) = ${#S_name[@]} ] || want="$want MISSING_PARENT"
+      if [ $((i + 1)) = ${#S_name[@]} ]; then want="$want NO_CURRENT"
+      else want="$want MISSING_PARENT"; fi
       want="$want PARSE" ;;
     meta-int-missing)
       for i in "${!S_name[@]}"; do [ "${S_kind[i]}" = internal ] && break; done
