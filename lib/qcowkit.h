@@ -293,7 +293,9 @@ struct qk_problem {
    * these (the library allocates the structure). */
   const char *subject_kind;  /* "snapshot" or "checkpoint" */
   const char *subject;       /* its name */
-  const char *file;          /* the file it was read from */
+  const char *file;          /* the file it was read from; with no
+                                subject, the image the problem is in
+                                (INT_SNAPSHOT_UNKNOWN, BITMAP_UNKNOWN) */
 };
 typedef int (*qk_problem_fn) (void *opaque, const struct qk_problem *p);
 

@@ -545,9 +545,11 @@ check_checkpoints (struct xc *x)
         const struct qk_bitmap *b = qk_image_bitmap (c, k);
         if (b && b->name && !known_has (&x->bitmaps, qk_image_filename (c),
                                         b->name)) {
+          x->r->file = qk_image_filename (c);
           meta_report (x->r, MP_BITMAP_UNKNOWN, "disk '%s': bitmap '%s' in "
                        "%s belongs to no checkpoint", dd->target
                        ? dd->target : "?", b->name, qk_image_filename (c));
+          x->r->file = NULL;
           known_add (&x->bitmaps, qk_image_filename (c), b->name);
         }
       }
@@ -602,6 +604,7 @@ meta_check_images (struct qk_meta *m, struct meta_report *r)
           free (n);
         continue;
       }
+      r->file = qk_image_filename (c);
       for (size_t k = 0; k < qk_image_snapshot_count (c); k++) {
         const struct qk_snapshot *sn = qk_image_snapshot (c, k);
         if (sn && sn->name && *sn->name == '\0')
@@ -618,6 +621,7 @@ meta_check_images (struct qk_meta *m, struct meta_report *r)
                        qk_image_filename (c), sn->name,
                        sn->id ? sn->id : "?");
       }
+      r->file = NULL;
     }
   check_checkpoints (&x);
   qk_strvec_free (&seen);

@@ -58,6 +58,8 @@ meta_report (struct meta_report *r, int pr, const char *fmt, ...)
     p.subject = r->subject->name;
     p.file = r->subject->file;
   }
+  else
+    p.file = r->file;
   if (p.cls == QK_CLASS_CORRUPTION || p.cls == QK_CLASS_ERROR)
     r->errors++;
   if (r->fn && r->cb_ret == 0)

@@ -118,6 +118,8 @@ struct meta_report {
   int errors;
   const struct qk_meta_moment *subject;   /* what the next reports are
                                              about (meta_subject) */
+  const char *file;   /* with no subject: the file (an image) the next
+                         reports are about, for the record's "file" */
 };
 /* The moment the following reports are about (NULL: none). */
 extern void meta_subject (struct meta_report *r,
