@@ -36,30 +36,33 @@ $rel:$h
 done
 is "$bad" "" "tools/ includes no library header but qcowkit.h (and the listed exceptions)"
 
-bin=$top_builddir/tools/qcowkit
+# The qcowkit the tests run (PATH from ./run): tools/.libs/qcowkit in a
+# shared build, where tools/qcowkit is libtool's wrapper script.
+bin=$(command -v qcowkit)
 if ! head -c 4 "$bin" 2>/dev/null | grep -q 'ELF'; then
-  fail "tools/qcowkit is an ELF binary, not a libtool wrapper script"
+  fail "the tests run qcowkit as an ELF binary, not a libtool wrapper script" \
+    "$bin"
   done_testing
   exit
 fi
-pass "tools/qcowkit is an ELF binary, not a libtool wrapper script"
+pass "the tests run qcowkit as an ELF binary, not a libtool wrapper script"
 
 needed=$(LC_ALL=C readelf -d "$bin" 2>/dev/null | sed -n 's/.*NEEDED.*\[\(.*\)\]/\1/p')
 case " $(echo $needed) " in
-  *" libqcowkit.so."*) pass "tools/qcowkit links the shared libqcowkit" ;;
-  *) fail "tools/qcowkit links the shared libqcowkit" "NEEDED: $(echo $needed)" ;;
+  *" libqcowkit.so."*) pass "qcowkit links the shared libqcowkit" ;;
+  *) fail "qcowkit links the shared libqcowkit" "NEEDED: $(echo $needed)" ;;
 esac
 
 syms=$(sed -n 's/^ *\(qk_[a-z0-9_]*\);.*/\1/p' "$srcdir/lib/libqcowkit.syms" | sort -u)
 imp=$(nm -D --undefined-only "$bin" | awk '{print $2}' | grep '^qk_' | sort -u)
 unversioned=$(echo "$imp" | grep -v -e '@QCOWKIT_[0-9.]*$' -e '^$')
-is "$(echo $unversioned)" "" "every qk_ import of tools/qcowkit carries a QCOWKIT_ version"
+is "$(echo $unversioned)" "" "every qk_ import of qcowkit carries a QCOWKIT_ version"
 notexp=$(comm -23 <(echo "$imp" | sed 's/@.*//' | sort -u) <(echo "$syms"))
-is "$(echo $notexp)" "" "tools/qcowkit imports only symbols of lib/libqcowkit.syms"
-ok "tools/qcowkit imports some (the check sees them)" test "$(echo "$imp" | wc -l)" -gt 50
+is "$(echo $notexp)" "" "qcowkit imports only symbols of lib/libqcowkit.syms"
+ok "qcowkit imports some (the check sees them)" test "$(echo "$imp" | wc -l)" -gt 50
 # Defined in the binary: the tools' own JSON writer and the compiled-in
 # SHA-256 only; anything else qk_ is library code linked in statically.
 own=$(nm --defined-only "$bin" 2>/dev/null | awk '$2 ~ /^[TtDdBbRr]$/ {print $3}' |
       grep '^qk_' | grep -v -E '^qk_(json_|sha256_)' | sort -u | head -20)
-is "$(echo $own)" "" "tools/qcowkit defines no library functions of its own"
+is "$(echo $own)" "" "qcowkit defines no library functions of its own"
 done_testing

@@ -1,8 +1,8 @@
 /* Commands of tools/qcowkit that are programs of their own, because they
  * need more than the public libqcowkit: `qcowkit fuzz-corpus` runs
  * qcowkit-fuzz-corpus (see tools/cmd-fuzz-corpus.c for why), found next
- * to this program (the build tree) or in the package's libexec
- * directory. */
+ * to this program or to its libtool wrapper (the build tree), or in the
+ * package's libexec directory. */
 #include <config.h>
 
 #include <errno.h>
@@ -30,6 +30,14 @@ run_helper (const char *name, int argc, char **argv)
       snprintf (path, sizeof path, "%s/%s", self, name);
       if (access (path, X_OK) == 0)
         execv (path, argv);
+      /* the build tree's real binary is in tools/.libs (libtool) */
+      slash = strrchr (self, '/');
+      if (slash && strcmp (slash, "/.libs") == 0) {
+        *slash = '\0';
+        snprintf (path, sizeof path, "%s/%s", self, name);
+        if (access (path, X_OK) == 0)
+          execv (path, argv);
+      }
     }
   }
   snprintf (path, sizeof path, "%s/%s", PKGLIBEXECDIR, name);
