@@ -83,7 +83,7 @@ struct rec {
   char *backing_format;
   bool done;
   bool printed;
-  struct sbuf users;      /* "dom:disk" list, for the record */
+  struct sbuf users;         /* "dom:disk" list, for the record */
 };
 
 struct disk {

@@ -74,7 +74,7 @@ struct rescue {
   const char *sysroot, *libvirt_root, *to, **domains, **images;
   size_t ndomains, nimages;
   bool snapshots, force_share;
-  struct qk_root *root;      /* the sysroot, for backing files */
+  struct qk_root *root;     /* the sysroot, for backing files */
   bool have_root;
   struct disk *d;
   size_t n, cap;
