@@ -17,6 +17,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -63,6 +64,22 @@ extern const char *qk_version (void);
 #define QK_FEATURE_INCOMPAT  0
 #define QK_FEATURE_COMPAT    1
 #define QK_FEATURE_AUTOCLEAR 2
+
+/* Entries of the raw tables (qk_image_l1, qk_image_read_l2,
+ * qk_image_read_refcount_table): offsets and flags (QK_OFLAG_COPIED: the
+ * refcount is 1; QK_OFLAG_ZERO: a standard L2 entry reads as zeros; with
+ * extended L2 the second word's low 32 bits are the allocated
+ * subclusters, QK_L2_BITMAP_ALL_ALLOC all of them). */
+#define QK_L1E_OFFSET_MASK    0x00fffffffffffe00ULL
+#define QK_L1E_RESERVED_MASK  0x7f000000000001ffULL
+#define QK_L2E_OFFSET_MASK    0x00fffffffffffe00ULL
+#define QK_L2E_STD_RESERVED   0x3f000000000001feULL
+#define QK_OFLAG_COPIED       (1ULL << 63)
+#define QK_OFLAG_COMPRESSED   (1ULL << 62)
+#define QK_OFLAG_ZERO         (1ULL << 0)
+#define QK_REFT_OFFSET_MASK   0xfffffffffffffe00ULL
+#define QK_REFT_RESERVED_MASK 0x1ffULL
+#define QK_L2_BITMAP_ALL_ALLOC 0xffffffffULL
 
 /* The qcow2 header, decoded. Fields absent from a short header are 0. */
 struct qk_header {
@@ -862,6 +879,102 @@ extern size_t qk_meta_domains_warning_count (const struct qk_meta_domains *l);
 extern const char *qk_meta_domains_warning (const struct qk_meta_domains *l,
                                             size_t i);
 /* ---- end of a host's domains ---- */
+
+/* ---- what the qcowkit commands need beyond the above (QCOWKIT_0.8) ----
+ * tools/qcowkit links only this API; these are the pieces it lacked. */
+
+/* Decode a qcow2 header from the first bytes of a file (as much of the
+ * first cluster as there is), derived fields included, without opening
+ * the image (e.g. to estimate what checking it will need). Fails
+ * (EBADMSG) only when nothing sensible can be read: bad magic, version or
+ * cluster_bits, or fewer bytes than a version 2 header (72). */
+extern int qk_header_parse (const uint8_t *buf, size_t len,
+                            struct qk_header *h);
+
+/* The LUKS1 header of a LUKS-encrypted image (crypt_method QK_CRYPT_LUKS)
+ * in the clusters its full disk encryption header extension names, as
+ * QEMU's QCryptoBlockLUKSHeader: only what `qemu-img info` shows and
+ * where things are, never salts, digests or key material. The library
+ * allocates it: new fields go after hash_alg. */
+#define QK_LUKS_SLOTS 8
+struct qk_luks_slot {
+  uint32_t state;            /* 0x00ac71f3 active, 0x0000dead inactive */
+  bool active;               /* state is 0x00ac71f3, as QEMU reads it */
+  uint32_t iterations;
+  uint32_t key_offset_sector;
+  uint32_t stripes;
+};
+
+struct qk_luks {
+  uint64_t offset, length;   /* from the extension */
+  uint16_t version;
+  char cipher_name[33];      /* NUL-terminated copies of the fields */
+  char cipher_mode[33];      /* e.g. "xts-plain64", "cbc-essiv:sha256" */
+  char hash_spec[33];
+  char uuid[41];
+  uint32_t payload_offset_sector;
+  uint32_t key_bytes;        /* master_key_len */
+  uint32_t master_key_iterations;
+  struct qk_luks_slot slot[QK_LUKS_SLOTS];
+  /* As QEMU names them (qapi enums); NULL when QEMU would not know them
+   * and refuse the image. */
+  const char *cipher_alg;    /* "aes-256" */
+  const char *mode;          /* "xts" */
+  const char *ivgen_alg;     /* "plain64" */
+  const char *ivgen_hash_alg; /* only with essiv */
+  const char *hash_alg;      /* "sha256" */
+};
+/* Borrowed; NULL when the image has no LUKS header that could be read
+ * (the reason is among the warnings). */
+extern const struct qk_luks *qk_image_luks (const struct qk_image *img);
+
+/* Paths under a root, as the library resolves every path an image or a
+ * metadata file names: one component at a time, never leaving the root.
+ * QK_ROOT_IN: the root is "/" for every path (a sysroot: ".." stops at
+ * it, absolute symlinks restart from it); QK_ROOT_BENEATH: leaving it
+ * fails with EXDEV; QK_ROOT_HOST: no root (plain paths, from the cwd). */
+enum qk_root_mode {
+  QK_ROOT_HOST = 0,
+  QK_ROOT_IN,
+  QK_ROOT_BENEATH,
+};
+struct qk_root;
+/* dir NULL (or QK_ROOT_HOST): the host. */
+extern struct qk_root *qk_root_new (const char *dir, enum qk_root_mode mode);
+extern void qk_root_free (struct qk_root *r);
+/* Open path (absolute or relative, both from the root) as openat(2)
+ * would with flags and mode (O_CLOEXEC added); symlinks are followed
+ * inside the root, the last one only without O_NOFOLLOW. An fd, or -1. */
+extern int qk_root_open (const struct qk_root *r, const char *path, int flags,
+                         mode_t mode);
+/* The host path path resolves to under r (caller frees): symlinks inside
+ * the root resolved, components that do not exist kept as written. */
+extern char *qk_root_host_path (const struct qk_root *r, const char *path);
+/* A host path below r's directory as seen inside r ("ROOT/a/b" gives
+ * "/a/b", borrowed from path), or NULL when path is not below it. */
+extern const char *qk_root_strip (const struct qk_root *r, const char *path);
+/* Lexical normalisation (caller frees): "//", "/./" and "dir/.."
+ * collapse; a leading ".." of a relative path is kept; "" becomes ".". */
+extern char *qk_path_normalize (const char *path);
+
+/* A source over an open file descriptor, taken over (closed with the
+ * source, and on failure too): what a qk_open_fn returns for a file it
+ * opened itself (with qk_root_open, say). */
+extern struct qk_source *qk_source_fd (int fd, const char *name);
+/* Close a source not handed over to qk_image_open (NULL: nothing). */
+extern void qk_source_close (struct qk_source *s);
+
+/* QEMU's image locks (OFD byte-range locks, as block/file-posix.c takes
+ * them). QK_LOCK_READ: what qemu-img takes to read an image (without -U);
+ * with QK_LOCK_WRITE: what it takes to write one. */
+#define QK_LOCK_NONE   0u
+#define QK_LOCK_READ   0x1u
+#define QK_LOCK_WRITE  0x2u
+/* 0 when mode could be taken now; -1 with EBUSY (and a message naming
+ * the holder when /proc tells) while another process holds a conflicting
+ * lock: qk_source_lock_test (s, QK_LOCK_READ) fails while a running VM
+ * has the image open. Takes no lock. Memory sources: 0. */
+extern int qk_source_lock_test (struct qk_source *s, unsigned mode);
 
 #ifdef __cplusplus
 }

@@ -1,6 +1,11 @@
 /* The public API only, linked against the shared libqcowkit, compiled as
  * ISO C99 with -pedantic. */
+#define _GNU_SOURCE 1   /* the test's own files and locks (qcowkit.h
+                           needs nothing: api-syms.sh compiles it alone) */
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +68,140 @@ collect (void *opaque, const struct qk_extent *e)
     x->n++;
   }
   return 0;
+}
+
+/* ---- QCOWKIT_0.8: what tools/qcowkit needed besides ---- */
+
+static struct qk_root *test_root;
+
+static struct qk_source *
+open_in_root (void *opaque, const char *path)
+{
+  int fd = qk_root_open (opaque, path, O_RDONLY, 0);
+  return fd < 0 ? NULL : qk_source_fd (fd, path);
+}
+
+static int
+put_file (const char *path, const void *p, size_t n)
+{
+  int fd = open (path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  int r = fd >= 0 && write (fd, p, n) == (ssize_t) n ? 0 : -1;
+  if (fd >= 0)
+    close (fd);
+  return r;
+}
+
+static void
+tools_api (void)
+{
+  struct qk_header hh;
+  struct qk_open_options oo;
+  struct qk_image *i;
+  struct qk_source *s;
+  char dir[] = "/tmp/qk-api-XXXXXX", p[512], rd[8];
+  char *t;
+  int fd, r;
+
+  ok (qk_header_parse (img, sizeof img, &hh) == 0 && hh.cluster_size == 512
+      && hh.refcount_bits == 16 && hh.l2_entries == 64 && hh.l1_size == 1,
+      "qk_header_parse decodes the header and its derived fields");
+  ok (qk_header_parse (img, 71, &hh) < 0 && qk_get_errno () == EBADMSG,
+      "qk_header_parse: 71 bytes fail with EBADMSG");
+  t = qk_path_normalize ("a//b/./c/../d");
+  is_str (t, "a/b/d", "qk_path_normalize");
+  free (t);
+  qk_root_free (NULL);
+  qk_source_close (NULL);
+  ok (qk_root_new ("/nonexistent/qk-root", QK_ROOT_IN) == NULL
+      && qk_get_errno () == ENOENT, "qk_root_new of a missing directory");
+
+  if (mkdtemp (dir) == NULL) {
+    ok (0, "mkdtemp");
+    return;
+  }
+  snprintf (p, sizeof p, "%s/sub", dir);
+  mkdir (p, 0755);
+  snprintf (p, sizeof p, "%s/file", dir);
+  put_file (p, "inside", 6);
+  snprintf (p, sizeof p, "%s/sub/abs", dir);
+  ok (symlink ("/file", p) == 0, "an absolute symlink in the root");
+  snprintf (p, sizeof p, "%s/img.qcow2", dir);
+  put_file (p, img, sizeof img);
+
+  test_root = qk_root_new (dir, QK_ROOT_IN);
+  ok (test_root != NULL, "qk_root_new (QK_ROOT_IN)");
+  if (test_root == NULL)
+    return;
+  fd = qk_root_open (test_root, "/sub/abs", O_RDONLY, 0);
+  memset (rd, 0, sizeof rd);
+  ok (fd >= 0 && read (fd, rd, 6) == 6 && memcmp (rd, "inside", 6) == 0,
+      "an absolute symlink restarts from the root");
+  if (fd >= 0)
+    close (fd);
+  fd = qk_root_open (test_root, "/../../file", O_RDONLY, 0);
+  ok (fd >= 0, "\"..\" stops at the root");
+  if (fd >= 0)
+    close (fd);
+  t = qk_root_host_path (test_root, "/sub/abs");
+  snprintf (p, sizeof p, "%s/file", dir);
+  is_str (t, p, "qk_root_host_path resolves the symlink inside the root");
+  free (t);
+  snprintf (p, sizeof p, "%s/sub/x", dir);
+  is_str (qk_root_strip (test_root, p), "/sub/x", "qk_root_strip");
+  ok (qk_root_strip (test_root, "/elsewhere") == NULL,
+      "qk_root_strip of a path outside");
+  {
+    struct qk_root *b = qk_root_new (dir, QK_ROOT_BENEATH);
+    fd = b ? qk_root_open (b, "sub/../../etc/passwd", O_RDONLY, 0) : -2;
+    ok (fd == -1 && qk_get_errno () == EXDEV,
+        "QK_ROOT_BENEATH: leaving the root fails with EXDEV");
+    qk_root_free (b);
+  }
+
+  memset (&oo, 0, sizeof oo);
+  oo.open_fn = open_in_root;
+  oo.open_opaque = test_root;
+  i = qk_image_open ("/img.qcow2", &oo);
+  ok (i && qk_image_header (i) && qk_image_virtual_size (i) == 4096,
+      "qk_source_fd from an open_fn under the root");
+  ok (i && qk_image_luks (i) == NULL, "qk_image_luks: none without LUKS");
+  qk_image_close (i);
+
+  fd = qk_root_open (test_root, "/img.qcow2", O_RDONLY, 0);
+  s = fd >= 0 ? qk_source_fd (fd, "img.qcow2") : NULL;
+  ok (s && qk_source_lock_test (s, QK_LOCK_READ) == 0,
+      "qk_source_lock_test: nobody holds the image");
+#ifdef F_OFD_SETLK
+  {
+    /* what a running VM holds: the write permission (byte 101) */
+    struct flock fl;
+    int vm;
+    snprintf (p, sizeof p, "%s/img.qcow2", dir);
+    vm = open (p, O_RDWR);
+    memset (&fl, 0, sizeof fl);
+    fl.l_type = F_RDLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = 101;
+    fl.l_len = 1;
+    r = vm >= 0 ? fcntl (vm, F_OFD_SETLK, &fl) : -1;
+    ok (r == 0 && s && qk_source_lock_test (s, QK_LOCK_READ) < 0
+        && qk_get_errno () == EBUSY,
+        "qk_source_lock_test: EBUSY while a writer holds it");
+    if (vm >= 0)
+      close (vm);
+  }
+#endif
+  qk_source_close (s);
+  qk_root_free (test_root);
+  snprintf (p, sizeof p, "%s/img.qcow2", dir);
+  unlink (p);
+  snprintf (p, sizeof p, "%s/sub/abs", dir);
+  unlink (p);
+  snprintf (p, sizeof p, "%s/file", dir);
+  unlink (p);
+  snprintf (p, sizeof p, "%s/sub", dir);
+  rmdir (p);
+  rmdir (dir);
 }
 
 int
@@ -149,5 +288,6 @@ main (void)
   ok (qk_image_select_snapshot (i, "nope") < 0 && qk_get_errno () == ENOENT,
       "selecting a missing snapshot fails with ENOENT");
   qk_image_close (i);
+  tools_api ();
   return tap_done ();
 }

@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -26,11 +27,9 @@
 #include <unistd.h>
 
 #include "tool.h"
-#include "internal.h"
-#include "format/format.h"
-#include "io/io.h"
+#include "buf.h"
+#include "durable.h"
 #include "json.h"
-#include "util/path.h"
 
 /* Verdicts, from the least to the most severe. The exit status is the
  * worst verdict's, with check's meanings: corrupt 2 > in use or error 1
@@ -84,7 +83,7 @@ struct rec {
   char *backing_format;
   bool done;
   bool printed;
-  struct qk_sbuf users;      /* "dom:disk" list, for the record */
+  struct sbuf users;         /* "dom:disk" list, for the record */
 };
 
 struct disk {
@@ -112,7 +111,7 @@ struct audit {
   bool force_share;
   unsigned jobs;
   uint64_t mem_limit;
-  struct qk_root root;       /* the sysroot, or the host */
+  struct qk_root *root;      /* the sysroot, or the host */
   bool sysroot;
   /* work */
   struct qk_meta_domains *l;
@@ -141,7 +140,7 @@ probs_add (struct probs *ps, const struct qk_problem *p)
     ps->dropped++;
     return;
   }
-  np = qk_grow (ps->p, &ps->cap, ps->n + 1, sizeof *np);
+  np = grow (ps->p, &ps->cap, ps->n + 1, sizeof *np);
   if (np == NULL)
     return;
   ps->p = np;
@@ -192,7 +191,7 @@ static struct qk_source *
 open_under (void *opaque, const char *path)
 {
   struct audit *a = opaque;
-  int fd = qk_root_open (&a->root, path, O_RDONLY | O_NOCTTY | O_NONBLOCK, 0);
+  int fd = qk_root_open (a->root, path, O_RDONLY | O_NOCTTY | O_NONBLOCK, 0);
 
   if (fd < 0)
     return NULL;
@@ -203,7 +202,7 @@ static int
 open_fd (struct audit *a, const char *logical)
 {
   if (a->sysroot)
-    return qk_root_open (&a->root, logical, O_RDONLY | O_NOCTTY | O_NONBLOCK,
+    return qk_root_open (a->root, logical, O_RDONLY | O_NOCTTY | O_NONBLOCK,
                          0);
   return open (logical, O_RDONLY | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
 }
@@ -368,7 +367,7 @@ find_or_claim (struct audit *a, const char *logical, const char *host,
            : strcmp (r->logical, logical) == 0)
       return r;
   }
-  nr = qk_grow (a->recs, &a->cap_recs, a->n_recs + 1, sizeof *nr);
+  nr = grow (a->recs, &a->cap_recs, a->n_recs + 1, sizeof *nr);
   r = calloc (1, sizeof *r);
   if (nr == NULL || r == NULL) {
     free (r);
@@ -401,7 +400,7 @@ static char *
 host_of (struct audit *a, const char *logical)
 {
   if (a->sysroot)
-    return qk_root_host_path (&a->root, logical);
+    return qk_root_host_path (a->root, logical);
   return qk_path_normalize (logical);
 }
 
@@ -732,34 +731,34 @@ json_domain (struct qk_json *j, struct audit *a, const struct dom *dm)
 /* ---- prometheus ---- */
 
 static void
-prom_label (struct qk_sbuf *b, const char *s)
+prom_label (struct sbuf *b, const char *s)
 {
   for (; s && *s; s++) {
     if (*s == '\\' || *s == '"')
-      qk_sbuf_printf (b, "\\%c", *s);
+      sbuf_printf (b, "\\%c", *s);
     else if (*s == '\n')
-      qk_sbuf_add (b, "\\n", 2);
+      sbuf_add (b, "\\n", 2);
     else
-      qk_sbuf_add (b, s, 1);
+      sbuf_add (b, s, 1);
   }
 }
 
 static void
-prom_line (struct qk_sbuf *b, const char *metric, const char *domain,
+prom_line (struct sbuf *b, const char *metric, const char *domain,
            const char *disk, const char *sev, uint64_t v)
 {
-  qk_sbuf_printf (b, "%s{domain=\"", metric);
+  sbuf_printf (b, "%s{domain=\"", metric);
   prom_label (b, domain);
-  qk_sbuf_add (b, "\",disk=\"", 8);
+  sbuf_add (b, "\",disk=\"", 8);
   prom_label (b, disk);
-  qk_sbuf_printf (b, "\",severity=\"%s\"} %" PRIu64 "\n", sev, v);
+  sbuf_printf (b, "\",severity=\"%s\"} %" PRIu64 "\n", sev, v);
 }
 
 static int
 write_prometheus (struct audit *a, const char *file, double start,
                   double dur, int status)
 {
-  struct qk_sbuf b = { 0 };
+  struct sbuf b = { 0 };
   static const char *const sev[] = { "corruption", "leak", "error",
                                      "warning" };
   static const enum qk_problem_class cls[] = { QK_CLASS_CORRUPTION,
@@ -767,7 +766,7 @@ write_prometheus (struct audit *a, const char *file, double start,
   char *dir, *slash, *leaf;
   int dfd, r;
 
-  qk_sbuf_printf (&b, "# HELP qcowkit_audit_problems Problems qcowkit audit "
+  sbuf_printf (&b, "# HELP qcowkit_audit_problems Problems qcowkit audit "
                   "found, by domain, disk (\"metadata\": libvirt's) and "
                   "severity.\n# TYPE qcowkit_audit_problems gauge\n");
   for (size_t i = 0; i < a->n_doms; i++) {
@@ -795,15 +794,15 @@ write_prometheus (struct audit *a, const char *file, double start,
                  + (s == 2 && dm->meta_v == V_ERROR
                     && dm->meta.by_class[QK_CLASS_ERROR] == 0));
   }
-  qk_sbuf_printf (&b, "# HELP qcowkit_audit_domain_verdict The worst "
+  sbuf_printf (&b, "# HELP qcowkit_audit_domain_verdict The worst "
                   "verdict of each domain (1 for the verdict it has).\n"
                   "# TYPE qcowkit_audit_domain_verdict gauge\n");
   for (size_t i = 0; i < a->n_doms; i++) {
-    qk_sbuf_add (&b, "qcowkit_audit_domain_verdict{domain=\"", 37);
+    sbuf_add (&b, "qcowkit_audit_domain_verdict{domain=\"", 37);
     prom_label (&b, a->doms[i].d->name);
-    qk_sbuf_printf (&b, "\",verdict=\"%s\"} 1\n", vname[a->doms[i].v]);
+    sbuf_printf (&b, "\",verdict=\"%s\"} 1\n", vname[a->doms[i].v]);
   }
-  qk_sbuf_printf (&b, "# HELP qcowkit_audit_last_run_timestamp_seconds When "
+  sbuf_printf (&b, "# HELP qcowkit_audit_last_run_timestamp_seconds When "
                   "the audit started.\n# TYPE "
                   "qcowkit_audit_last_run_timestamp_seconds gauge\n"
                   "qcowkit_audit_last_run_timestamp_seconds %.3f\n"
@@ -836,14 +835,13 @@ write_prometheus (struct audit *a, const char *file, double start,
     leaf = dir;
     dfd = open (".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   }
-  if (dfd < 0 || !qk_leaf_ok (leaf)) {
+  if (dfd < 0 || !leaf_ok (leaf)) {
     errx_ ("--prometheus %s: %s", file,
            dfd < 0 ? strerror (errno) : "not a file name");
     r = -1;
   }
-  else if ((r = qk_durable_write (dfd, leaf, b.p, b.n, 0644,
-                                  QK_DURABLE_REPLACE)) < 0)
-    errx_ ("--prometheus %s: %s", file, qk_get_error ());
+  else if ((r = durable_replace (dfd, leaf, b.p, b.n, 0644)) < 0)
+    errx_ ("--prometheus %s: %s", file, strerror (errno));
   if (dfd >= 0)
     close (dfd);
   free (dir);
@@ -947,16 +945,15 @@ cmd_audit (int argc, char **argv)
   mo.sysroot = sysroot;
   mo.libvirt_root = libvirt_root;
   a.sysroot = sysroot != NULL;
-  a.root.fd = -1;
-  if (qk_root_init (&a.root, sysroot, sysroot ? QK_ROOT_IN : QK_ROOT_HOST)
-      < 0) {
+  a.root = qk_root_new (sysroot, sysroot ? QK_ROOT_IN : QK_ROOT_HOST);
+  if (a.root == NULL) {
     errx_ ("--sysroot %s: %s", sysroot, qk_get_error ());
     return EXIT_ERR;
   }
   a.l = qk_meta_list_domains (&mo, NULL, flags);
   if (a.l == NULL) {
     errx_ ("%s", qk_get_error ());
-    qk_root_fini (&a.root);
+    qk_root_free (a.root);
     return EXIT_ERR;
   }
   for (size_t i = 0; i < qk_meta_domains_warning_count (a.l); i++)
@@ -1040,7 +1037,7 @@ cmd_audit (int argc, char **argv)
       struct disk *dk = &a.disks[a.doms[i].first_disk + k];
       for (size_t ci = 0; ci < dk->n_chain; ci++) {
         struct rec *r = a.recs[dk->chain[ci]];
-        qk_sbuf_printf (&r->users, "%s%s:%s", r->users.n ? "\n" : "",
+        sbuf_printf (&r->users, "%s%s:%s", r->users.n ? "\n" : "",
                         a.doms[i].d->name, dk->d->target ? dk->d->target : "");
       }
     }
@@ -1179,7 +1176,7 @@ cmd_audit (int argc, char **argv)
   free (a.disks);
   free (a.doms);
   qk_meta_domains_free (a.l);
-  qk_root_fini (&a.root);
+  qk_root_free (a.root);
   pthread_mutex_destroy (&a.mu);
   pthread_cond_destroy (&a.cv);
   return worst_exit;

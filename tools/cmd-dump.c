@@ -7,10 +7,7 @@
 
 #include "tool.h"
 #include "json.h"
-#include "util/byteorder.h"
-
-#define L1E_OFFSET_MASK 0x00fffffffffffe00ULL
-#define REFT_OFFSET_MASK 0xfffffffffffffe00ULL
+#include "bytes.h"
 
 static void
 dump_header (struct qk_image *img, const struct qk_header *h, struct qk_json *j)
@@ -355,12 +352,12 @@ cmd_dump (int argc, char **argv)
       if (!is_off) {
         uint32_t cnt;
         const uint64_t *l1 = qk_image_l1 (img, &cnt);
-        if (l1 == NULL || v >= cnt || !(l1[v] & L1E_OFFSET_MASK)) {
+        if (l1 == NULL || v >= cnt || !(l1[v] & QK_L1E_OFFSET_MASK)) {
           errx_ ("L1[%" PRIu64 "] does not point to an L2 table", v);
           ret = EXIT_ERR;
         }
         else
-          v = l1[v] & L1E_OFFSET_MASK;
+          v = l1[v] & QK_L1E_OFFSET_MASK;
       }
       if (ret == EXIT_OK) {
         if (qk_image_read_l2 (img, v, &w, &n) < 0) {
@@ -376,13 +373,13 @@ cmd_dump (int argc, char **argv)
         uint64_t *rt = NULL;
         size_t rn = 0;
         if (qk_image_read_refcount_table (img, &rt, &rn) < 0 || v >= rn
-            || !(rt[v] & REFT_OFFSET_MASK)) {
+            || !(rt[v] & QK_REFT_OFFSET_MASK)) {
           errx_ ("refcount table entry %" PRIu64 " does not point to a "
                  "refcount block", v);
           ret = EXIT_ERR;
         }
         else
-          v = rt[v] & REFT_OFFSET_MASK;
+          v = rt[v] & QK_REFT_OFFSET_MASK;
         if (rn || rt)
           free (rt);
       }

@@ -2,7 +2,13 @@
  * combination, made by the in-memory builder of lib/format/build.c (no
  * QEMU needed), as seeds for fuzzers and as test inputs for other qcow2
  * readers. With --expected, the guest contents the builder's model says
- * each image (and each of its snapshots) holds, for differential tests. */
+ * each image (and each of its snapshots) holds, for differential tests.
+ *
+ * A developer command on the internal library: the builder is not public
+ * API (it writes any structure, valid or not, at any offset), so this is
+ * its own program, qcowkit-fuzz-corpus (tools/fuzz-corpus-main.c), linked
+ * with lib/libqcowkit-internal.la; tools/qcowkit links only the public
+ * libqcowkit and runs it for `qcowkit fuzz-corpus` (tools/helper.c). */
 #include <config.h>
 
 #include <errno.h>
@@ -14,7 +20,8 @@
 #include <unistd.h>
 
 #include "tool.h"
-#include "format/format.h"
+#include "buf.h"
+#include "format/format.h"   /* the builder: see the top */
 #include "json.h"
 
 #define KiB 1024ULL
@@ -130,7 +137,7 @@ write_out (struct gen *g, const char *name, const uint8_t *buf, size_t len,
     fd = -1;
     goto err;
   }
-  e = qk_grow (g->e, &g->cap, g->n + 1, sizeof *g->e);
+  e = grow (g->e, &g->cap, g->n + 1, sizeof *g->e);
   if (e == NULL) {
     errx_ ("out of memory");
     return -1;

@@ -5,9 +5,7 @@
 
 #include "tool.h"
 #include "json.h"
-#include "util/byteorder.h"
-/* qk_image_luks(): internal until the LUKS header has a public API */
-#include "image/image.h"
+#include "bytes.h"
 
 static const char *
 compat_str (const struct qk_header *h)

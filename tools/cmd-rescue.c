@@ -27,11 +27,10 @@
 #include <unistd.h>
 
 #include "export-core.h"
-#include "internal.h"
-#include "io/io.h"
-#include "format/format.h"
+#include "buf.h"
+#include "bytes.h"
 #include "json.h"
-#include "util/path.h"
+#include "util/sha256.h"   /* self-contained: compiled into the tool */
 
 /* Exit status: a bitmask (usage errors alone are 2, as for every command). */
 #define RESCUE_FAILED     1  /* a disk could not be exported, or nothing was */
@@ -75,7 +74,7 @@ struct rescue {
   const char *sysroot, *libvirt_root, *to, **domains, **images;
   size_t ndomains, nimages;
   bool snapshots, force_share;
-  struct qk_root root;      /* the sysroot, for backing files */
+  struct qk_root *root;     /* the sysroot, for backing files */
   bool have_root;
   struct disk *d;
   size_t n, cap;
@@ -100,7 +99,7 @@ xstrdup (const char *s)
 static void *
 xgrow (void *v, size_t *cap, size_t n, size_t size)
 {
-  void *p = qk_grow (v, cap, n, size);
+  void *p = grow (v, cap, n, size);
 
   if (p == NULL) {
     errx_ ("out of memory");
@@ -558,8 +557,8 @@ static struct qk_source *
 open_in_root (void *opaque, const char *path)
 {
   struct rescue *R = opaque;
-  const char *rel = qk_root_strip (&R->root, path);
-  int fd = qk_root_open (&R->root, rel ? rel : path,
+  const char *rel = qk_root_strip (R->root, path);
+  int fd = qk_root_open (R->root, rel ? rel : path,
                          O_RDONLY | O_NOCTTY | O_NONBLOCK, 0);
 
   if (fd < 0)
@@ -647,7 +646,7 @@ export_disk (struct rescue *R, struct disk *d, size_t num, size_t total)
   struct qk_image *img = open_disk (R, d->path);
   char *part = xasprintf ("%s.part", d->out), *info = strip_ext (d->out);
   char *shaf = xasprintf ("%s.sha256", d->out);
-  struct qk_sbuf t = { 0 };
+  struct sbuf t = { 0 };
   char *outpath = xasprintf ("%s/%s", R->to, part);
   int ret = -1;
 
@@ -722,9 +721,9 @@ export_disk (struct rescue *R, struct disk *d, size_t num, size_t total)
   sort_ranges (d);
   d->written = s.written;
   hex (s.sha256, d->sha);
-  qk_sbuf_printf (&t, "written %" PRIu64 "\n", d->written);
+  sbuf_printf (&t, "written %" PRIu64 "\n", d->written);
   for (size_t i = 0; i < d->nr; i++)
-    qk_sbuf_printf (&t, "unreadable %" PRIu64 " %" PRIu64 " %s\n",
+    sbuf_printf (&t, "unreadable %" PRIu64 " %" PRIu64 " %s\n",
                     d->r[i].start, d->r[i].length, d->r[i].why);
   if (t.oom || put_file (R->to_fd, info, t.p) < 0
       || renameat (R->to_fd, part, R->to_fd, d->out) < 0) {
@@ -735,7 +734,7 @@ export_disk (struct rescue *R, struct disk *d, size_t num, size_t total)
   memset (&t, 0, sizeof t);
   {
     const char *slash = strrchr (d->out, '/');
-    qk_sbuf_printf (&t, "%s  %s\n", d->sha, slash ? slash + 1 : d->out);
+    sbuf_printf (&t, "%s  %s\n", d->sha, slash ? slash + 1 : d->out);
   }
   if (t.oom || put_file (R->to_fd, shaf, t.p) < 0) {
     fail (d, "cannot write %s", shaf);
@@ -1219,7 +1218,7 @@ cmd_rescue (int argc, char **argv)
     return usage_error ("rescue", "--image excludes --sysroot, "
                         "--libvirt-root and --domain");
   if (R.sysroot) {
-    if (qk_root_init (&R.root, R.sysroot, QK_ROOT_IN) < 0) {
+    if ((R.root = qk_root_new (R.sysroot, QK_ROOT_IN)) == NULL) {
       errx_ ("%s", qk_get_error ());
       return EXIT_ERR;
     }
@@ -1269,6 +1268,6 @@ out:
   if (R.to_fd >= 0)
     close (R.to_fd);
   if (R.have_root)
-    qk_root_fini (&R.root);
+    qk_root_free (R.root);
   return status;
 }

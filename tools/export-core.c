@@ -18,9 +18,8 @@
 #include <unistd.h>
 
 #include "export-core.h"
-#include "internal.h"
-#include "io/io.h"
-#include "util/checked.h"
+#include "bytes.h"
+#include "util/sha256.h"   /* self-contained: compiled into the tool */
 
 /* What a worker reads (or decompresses) and writes at a time: small
  * enough that its buffer stays in the core's L2 cache between filling it

@@ -36,16 +36,8 @@ extern int qk_extensions_walk (const uint8_t *buf, size_t start, size_t end,
 extern const char *qk_extension_name (uint32_t magic);
 
 /* ---- mapping entries (format/l2.c) ---- */
-#define QK_L1E_OFFSET_MASK    0x00fffffffffffe00ULL
-#define QK_L1E_RESERVED_MASK  0x7f000000000001ffULL
-#define QK_L2E_OFFSET_MASK    0x00fffffffffffe00ULL
-#define QK_L2E_STD_RESERVED   0x3f000000000001feULL
-#define QK_OFLAG_COPIED       (1ULL << 63)
-#define QK_OFLAG_COMPRESSED   (1ULL << 62)
-#define QK_OFLAG_ZERO         (1ULL << 0)
-#define QK_REFT_OFFSET_MASK   0xfffffffffffffe00ULL
-#define QK_REFT_RESERVED_MASK 0x1ffULL
-#define QK_L2_BITMAP_ALL_ALLOC 0xffffffffULL
+/* The entry masks and flags (QK_L1E_*, QK_L2E_*, QK_OFLAG_*, QK_REFT_*,
+ * QK_L2_BITMAP_ALL_ALLOC) are in lib/qcowkit.h, for the raw tables. */
 
 enum qk_cluster_type {
   QK_CLUSTER_UNALLOCATED,

@@ -26,7 +26,7 @@ qk_feature_known_name (int type, unsigned bit)
   return NULL;
 }
 
-int
+QK_EXPORT int
 qk_header_parse (const uint8_t *buf, size_t len, struct qk_header *h)
 {
   memset (h, 0, sizeof *h);

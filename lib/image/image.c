@@ -1248,7 +1248,7 @@ qk_image_backing (const struct qk_image *img)
   return img->backing;
 }
 
-const struct qk_luks *
+QK_EXPORT const struct qk_luks *
 qk_image_luks (const struct qk_image *img)
 {
   return img->has_luks ? &img->luks : NULL;

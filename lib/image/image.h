@@ -24,42 +24,11 @@ struct chain_ctx {
 
 /* The LUKS1 header a LUKS-encrypted qcow2 image keeps in the clusters the
  * full disk encryption header pointer extension names (QEMU's
- * QCryptoBlockLUKSHeader, crypto/block-luks.c: 592 bytes, big-endian).
- * Only what `qemu-img info` shows and what says where things are: never
- * salts, digests or key material. (Internal for now; its natural home is
- * lib/qcowkit.h with a qk_image_luks() accessor.) */
+ * QCryptoBlockLUKSHeader, crypto/block-luks.c: 592 bytes, big-endian):
+ * struct qk_luks and qk_image_luks() are in lib/qcowkit.h. */
 #define QK_LUKS_HEADER_LEN 592
-#define QK_LUKS_SLOTS 8
 #define QK_LUKS_SLOT_ENABLED  0x00ac71f3U
 #define QK_LUKS_SLOT_DISABLED 0x0000deadU
-
-struct qk_luks_slot {
-  uint32_t state;            /* 0x00ac71f3 active, 0x0000dead inactive */
-  bool active;               /* state == QK_LUKS_SLOT_ENABLED, as QEMU */
-  uint32_t iterations;
-  uint32_t key_offset_sector;
-  uint32_t stripes;
-};
-
-struct qk_luks {
-  uint64_t offset, length;   /* from the extension */
-  uint16_t version;
-  char cipher_name[33];      /* NUL-terminated copies of the fields */
-  char cipher_mode[33];      /* e.g. "xts-plain64", "cbc-essiv:sha256" */
-  char hash_spec[33];
-  char uuid[41];
-  uint32_t payload_offset_sector;
-  uint32_t key_bytes;        /* master_key_len */
-  uint32_t master_key_iterations;
-  struct qk_luks_slot slot[QK_LUKS_SLOTS];
-  /* As QEMU names them (qapi enums); NULL when QEMU would not know them
-   * and refuse the image. */
-  const char *cipher_alg;    /* "aes-256" */
-  const char *mode;          /* "xts" */
-  const char *ivgen_alg;     /* "plain64" */
-  const char *ivgen_hash_alg; /* only with essiv */
-  const char *hash_alg;      /* "sha256" */
-};
 
 /* Decode a LUKS1 header from buf[0..len). EBADMSG if len is short, or
  * the magic or version is not LUKS1's; the rest is decoded as found. */
@@ -175,7 +144,5 @@ extern const uint8_t *qk_image_l2 (struct qk_image *img, uint64_t l2_offset);
  * read gave) when reading fails. */
 extern int qk_image_refcount (struct qk_image *img, uint64_t cluster,
                               uint64_t *rc);
-/* The LUKS header of an encrypted image, or NULL. */
-extern const struct qk_luks *qk_image_luks (const struct qk_image *img);
 
 #endif

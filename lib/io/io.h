@@ -19,6 +19,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "qcowkit.h"
+
 struct qk_source;
 
 /* Constructor flags. */
@@ -52,9 +54,7 @@ extern int qk_full_pwrite (int fd, const void *buf, size_t len, off_t off);
  * A conflict fails with EBUSY and a message naming the permission and,
  * when /proc tells, the process that holds it. Memory sources have no
  * locks: locking them succeeds. */
-#define QK_LOCK_NONE   0u
-#define QK_LOCK_READ   0x1u
-#define QK_LOCK_WRITE  0x2u
+/* QK_LOCK_NONE, QK_LOCK_READ, QK_LOCK_WRITE: lib/qcowkit.h */
 extern int qk_source_lock (struct qk_source *s, unsigned mode);
 /* Only check: 0 if mode could be taken now, -1 with EBUSY (and the
  * message) if another process holds a conflicting lock. Read-only
@@ -180,15 +180,7 @@ extern int qk_fsync_dir (int dirfd);
 extern bool qk_leaf_ok (const char *leaf);
 
 /* ---- SHA-256 (io/sha256.c) ---- */
-struct qk_sha256 {
-  uint32_t h[8];
-  uint64_t len;
-  uint8_t buf[64];
-  size_t n;
-};
-extern void qk_sha256_init (struct qk_sha256 *c);
-extern void qk_sha256_update (struct qk_sha256 *c, const void *p, size_t len);
-extern void qk_sha256_final (struct qk_sha256 *c, uint8_t out[32]);
+#include "util/sha256.h"
 
 /* ---- the write stack of an image writer (io/writer.c) ----
  * base: the file, read-write, with QEMU's write locks (EBUSY while in

@@ -1,11 +1,13 @@
 /* SHA-256 (FIPS 180-4), for the undo journal's image identity and for
- * tests that compare contents. No I/O, no allocation. */
+ * tests that compare contents. No I/O, no allocation. tools/qcowkit
+ * compiles this file too (see util/sha256.h): no other library headers. */
 #include <config.h>
 
 #include <string.h>
 
-#include "internal.h"
-#include "io/io.h"
+#include "util/byteorder.h"
+#include "util/checked.h"
+#include "util/sha256.h"
 
 static const uint32_t K[64] = {
   0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1,

@@ -154,7 +154,7 @@ static const struct qk_source_ops file_ops = {
 
 /* A file source over fd (taken over, closed on failure too). Only regular
  * files and block devices: a FIFO or a terminal would block or never end. */
-struct qk_source *
+QK_EXPORT struct qk_source *
 qk_source_fd (int fd, const char *name)
 {
   struct qk_source *s;
@@ -481,7 +481,7 @@ qk_source_below_block_status (struct qk_source *s, uint64_t off,
 
 /* ---- common ---- */
 
-void
+QK_EXPORT void
 qk_source_close (struct qk_source *s)
 {
   if (s == NULL)
@@ -548,7 +548,7 @@ qk_source_lock (struct qk_source *s, unsigned mode)
   return lock_walk (s, mode, false);
 }
 
-int
+QK_EXPORT int
 qk_source_lock_test (struct qk_source *s, unsigned mode)
 {
   return lock_walk (s, mode, true);

@@ -52,7 +52,7 @@ qk_path_combine (const char *base, const char *name)
   return r;
 }
 
-char *
+QK_EXPORT char *
 qk_path_normalize (const char *p)
 {
   size_t n = strlen (p);
@@ -157,7 +157,32 @@ qk_root_fini (struct qk_root *r)
   r->path = NULL;
 }
 
-const char *
+QK_EXPORT struct qk_root *
+qk_root_new (const char *dir, enum qk_root_mode mode)
+{
+  struct qk_root *r = malloc (sizeof *r);
+
+  if (r == NULL) {
+    set_error (ENOMEM, "malloc");
+    return NULL;
+  }
+  if (qk_root_init (r, dir, mode) < 0) {
+    free (r);
+    return NULL;
+  }
+  return r;
+}
+
+QK_EXPORT void
+qk_root_free (struct qk_root *r)
+{
+  if (r == NULL)
+    return;
+  qk_root_fini (r);
+  free (r);
+}
+
+QK_EXPORT const char *
 qk_root_strip (const struct qk_root *r, const char *path)
 {
   size_t n = strlen (r->path);
@@ -456,7 +481,7 @@ try_openat2 (const struct qk_root *r, const char *path, int flags,
 }
 #endif
 
-int
+QK_EXPORT int
 qk_root_open (const struct qk_root *r, const char *path, int flags,
               mode_t mode)
 {
@@ -528,7 +553,7 @@ qk_root_open_parent (const struct qk_root *r, const char *path, char **leaf)
   return fd;
 }
 
-char *
+QK_EXPORT char *
 qk_root_host_path (const struct qk_root *r, const char *path)
 {
   struct walk w = { .r = r, .want_host = true };

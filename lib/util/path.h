@@ -16,12 +16,12 @@
 #include <stdbool.h>
 #include <sys/types.h>
 
-enum qk_root_mode {
-  QK_ROOT_HOST = 0,     /* no root: plain paths, relative to the cwd */
-  QK_ROOT_IN,           /* the root is "/" for every path below it */
-  QK_ROOT_BENEATH,      /* leaving the root fails with EXDEV */
-};
+#include "qcowkit.h"
 
+/* enum qk_root_mode (QK_ROOT_HOST, QK_ROOT_IN, QK_ROOT_BENEATH) and the
+ * calls exported to the tools (qk_root_new, qk_root_open,
+ * qk_root_host_path, qk_root_strip, qk_path_normalize) are in
+ * lib/qcowkit.h; struct qk_root is opaque there. */
 struct qk_root {
   int fd;               /* the root directory (AT_FDCWD for the host) */
   char *path;           /* as given, without trailing slashes; "" host */
