@@ -55,13 +55,12 @@ run () {  # HARNESS SEEDDIR... (dictionary picked by harness)
   fi
   mkdir -p "$work/corpus-$h"
   log=$work/fuzz-$h.log
-  # fuzz-repair's data oracle stops within a minute on a library bug not
-  # fixed yet (tests/regress/repair-prealloc-zero-bad-entries-data.gz, a
-  # TODO line of tests/fuzz-replay.sh): the smoke runs its other two
-  # oracles until the fix, then this goes
+  # fuzz-repair runs its three oracles (the data oracle's finding of
+  # tests/regress/repair-prealloc-zero-bad-entries-data.gz is fixed);
+  # QK_FUZZ_REPAIR_ONLY in the environment still picks some
   envs=() note=
-  if [ "$h" = repair ]; then
-    envs=(QK_FUZZ_REPAIR_ONLY="${QK_FUZZ_REPAIR_ONLY:-check,two-run}")
+  if [ "$h" = repair ] && [ -n "${QK_FUZZ_REPAIR_ONLY:-}" ]; then
+    envs=(QK_FUZZ_REPAIR_ONLY="$QK_FUZZ_REPAIR_ONLY")
     note=" (${envs[0]})"
   fi
   env "${envs[@]}" ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \

@@ -294,9 +294,20 @@ counting_setup (struct ck *ck)
   }
   if (imrt_grow (ck, n) < 0)
     return -1;
+  if (qk_image_read_refcount_table (img, &ck->reftable, &ck->reftable_n) < 0) {
+    ck->reftable = NULL;
+    ck->reftable_n = 0;
+    if (!ck->reftable_invalid)   /* else phase_header said why */
+      report (ck, PR_HDR_REFTABLE_INVALID, 1, NOLOC,
+              "the refcount table cannot be read: %s", qk_get_error ());
+  }
   {
+    /* Every block read has a table index below reftable_n: with as many
+     * slots as that (a power of two), each has a slot of its own, as in
+     * the cache's full size, which a small image does not need (it is
+     * allocated for every check). */
     size_t slots = 2;
-    while (slots * 2 * ck->cs <= RB_CACHE_BYTES)
+    while (slots * 2 * ck->cs <= RB_CACHE_BYTES && slots < ck->reftable_n)
       slots *= 2;
     ck->rbc = calloc (slots, sizeof *ck->rbc);
     ck->rb_bufs = calloc (slots, sizeof *ck->rb_bufs);
@@ -305,13 +316,6 @@ counting_setup (struct ck *ck)
       return -1;
     }
     ck->n_rbc = slots;
-  }
-  if (qk_image_read_refcount_table (img, &ck->reftable, &ck->reftable_n) < 0) {
-    ck->reftable = NULL;
-    ck->reftable_n = 0;
-    if (!ck->reftable_invalid)   /* else phase_header said why */
-      report (ck, PR_HDR_REFTABLE_INVALID, 1, NOLOC,
-              "the refcount table cannot be read: %s", qk_get_error ());
   }
   ck->rb_seen = calloc (ck->reftable_n / 8 + 1, 1);
   ck->rb_counted = calloc (ck->reftable_n / 8 + 1, 1);
@@ -374,12 +378,7 @@ qk_check_run_map_limit (struct qk_image *img, unsigned flags,
   ck.counting = ck.h->refcount_order <= 6;
   ck.order = ck.counting ? ck.h->refcount_order : 4;
   ck.refmax = ck.order == 6 ? UINT64_MAX : (1ULL << (1U << ck.order)) - 1;
-  ck.conf = malloc (MAX_CONFLICTS * sizeof *ck.conf);
   res->total_clusters = DIV_ROUND_UP (ck.h->size, ck.cs);
-  if (ck.conf == NULL) {
-    set_error (ENOMEM, "malloc");
-    return -1;
-  }
   ck.nthreads = check_threads (&ck);
   for (unsigned i = 0; i < CK_MAX_THREADS; i++)
     ck.wk[i] = (struct wk) { .ck = &ck, .id = i };

@@ -138,10 +138,11 @@ struct ck {
   struct range *mu;       /* the owners' clusters: a sorted union, built */
   size_t n_mu;            /* when is_meta first needs it after an */
   bool mu_dirty;          /* owner was added */
-  struct conflict *conf;
+  struct conflict *conf;  /* the first MAX_CONFLICTS, grown as they come
+                             (most images have none) */
   uint8_t *conf_bits;     /* every conflicted cluster (conf is capped) */
   uint64_t dangling_end;  /* past-EOF references near the end: cluster */
-  size_t n_conf;
+  size_t n_conf, cap_conf;
 
   uint64_t *reftable;
   size_t reftable_n;

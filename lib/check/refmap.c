@@ -129,7 +129,7 @@ kind_name (enum owner_kind k)
   return n[k];
 }
 
-static void
+static int
 add_conflict (struct ck *ck, uint64_t k, const struct owner *o)
 {
   if (ck->conf_bits == NULL)
@@ -137,10 +137,16 @@ add_conflict (struct ck *ck, uint64_t k, const struct owner *o)
   if (ck->conf_bits && k < ck->nb)
     ck->conf_bits[k / 8] |= 1U << (k & 7);
   if (ck->n_conf < MAX_CONFLICTS) {
+    struct conflict *c = qk_grow (ck->conf, &ck->cap_conf, ck->n_conf + 1,
+                                  sizeof *c);
+    if (c == NULL)
+      return -1;
+    ck->conf = c;
     ck->conf[ck->n_conf].cluster = k;
     ck->conf[ck->n_conf].second = *o;
     ck->n_conf++;
   }
+  return 0;
 }
 
 static void
@@ -263,19 +269,19 @@ inc_refs (struct ck *ck, uint64_t offset, uint64_t size, uint64_t mult,
 
     switch (who->kind) {
     case OWN_DATA:
-      if (x)                           /* metadata, or active data */
-        add_conflict (ck, k, who);
+      if (x && add_conflict (ck, k, who) < 0)   /* metadata, or active data */
+        return -1;
       excl_set (ck, k);
       break;
     case OWN_SNAPDATA:
     case OWN_BMDATA:
     case OWN_CDATA:
-      if (x && is_meta (ck, k))
-        add_conflict (ck, k, who);
+      if (x && is_meta (ck, k) && add_conflict (ck, k, who) < 0)
+        return -1;
       break;
     default:
-      if (claimed)
-        add_conflict (ck, k, who);
+      if (claimed && add_conflict (ck, k, who) < 0)
+        return -1;
       excl_set (ck, k);
       break;
     }

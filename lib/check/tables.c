@@ -866,6 +866,15 @@ walk_tables_par (struct ck *ck, struct refs *refs, uint8_t *zin,
     return 0;
   threads = ck->nthreads;
   cap = per * threads;
+  /* no larger than the distinct tables (a window never holds more): a
+   * window and its buffers are allocated for every check, and most
+   * images have fewer tables than one holds */
+  {
+    size_t d = 0;
+    for (size_t j = 0; j < refs->n && d < cap; j++)
+      d += j == 0 || refs->v[j].l2_offset != refs->v[j - 1].l2_offset;
+    cap = d;
+  }
   tabs = calloc (cap, sizeof *tabs);
   iv = malloc (cap * (WT_RUNS + 1) * sizeof *iv);
   bufs = malloc (cap * ck->cs);
