@@ -99,7 +99,7 @@ opts () {
 
 # a copy of the binary: a rebuild during the run cannot change it
 qk=$BENCH_DIR/qcowkit-bench
-cp "$top_builddir/tools/qcowkit" "$qk"
+cp "$(command -v qcowkit)" "$qk"
 kw=$BENCH_DIR/amend-k.qcow2
 qw=$BENCH_DIR/amend-q.qcow2
 echo "| image | qcowkit amend | RSS | qemu-img amend | RSS | ratio | cp of the image (floor) |"

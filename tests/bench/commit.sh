@@ -49,7 +49,7 @@ describe () {
 }
 
 qk=$BENCH_DIR/qcowkit-bench
-cp "$top_builddir/tools/qcowkit" "$qk"
+cp "$(command -v qcowkit)" "$qk"
 k=$BENCH_DIR/commit-k q=$BENCH_DIR/commit-q
 echo "| chain | qcowkit commit | RSS | qemu-img commit | RSS | ratio | cp of the overlay (floor) |"
 echo "|---|---|---|---|---|---|---|"

@@ -114,7 +114,7 @@ for r in ${BENCH_ONLY:-leaks64g leaks1t rebuild1t leaks1t4s rebuild1t4s leaksfra
   qbest= qrss= kbest= krss=
   for _ in $(seq "$RUNS"); do
     cp --sparse=always "$img" "$work"
-    read -r t m < <(timed_any "$top_builddir/tools/qcowkit" check -r all "$work")
+    read -r t m < <(timed_any "$(command -v qcowkit)" check -r all "$work")
     if [ -z "$kbest" ] || awk "BEGIN{exit !($t < $kbest)}"; then kbest=$t krss=$m; fi
     qemu-img check "$work" >/dev/null 2>&1 ||
       { echo "qcowkit's repair of $r does not check clean" >&2; exit 1; }
