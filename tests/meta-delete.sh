@@ -253,6 +253,13 @@ drefused () {  # drefused KIND PATTERN DESC
   is "$(cd "$T" && find root img -type f | sort | xargs sha256sum)" "$st0" "$3: nothing was written"
 }
 drefused manual "has manual disk snapshots" "delete i1 with a manual disk snapshot"
+# the qcow2 snapshot i1 no longer has libvirt metadata that claims it: the
+# record names the image qemu-img finds it in (its file field)
+qemu-img snapshot -l "$IMG/vm1.qcow2" | awk 'NR > 2 { print $2 }' | grep -qx i1 ||
+  fail "qemu-img lists i1 in vm1.qcow2"
+Q check vm1 --output=json > "$T/c.json" 2> /dev/null
+is "$(jq -r '.problems[] | select(.name == "INT_SNAPSHOT_UNKNOWN") | .file' "$T/c.json")" \
+  "$IMG/vm1.qcow2" "INT_SNAPSHOT_UNKNOWN's record names the image holding i1 (qemu-img snapshot -l)"
 drefused mixed "mixes internal and external" "delete i1 with vda internal, vdb external"
 lab_restore
 st0=$(cd "$T" && find root img -type f | sort | xargs sha256sum)
