@@ -76,7 +76,8 @@ report (struct ck *ck, int pr, uint64_t count, const struct qk_problem *loc,
   char msg[1024];
   va_list ap;
 
-  if ((ck->flags & QK_CHECK_NO_MESSAGES)
+  /* no message for nobody (fn NULL: the totals only) */
+  if (ck->fn == NULL || (ck->flags & QK_CHECK_NO_MESSAGES)
       || (ck->msg_limit && ++ck->msg_count[pr] > ck->msg_limit))
     msg[0] = '\0';
   else {
