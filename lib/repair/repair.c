@@ -1283,6 +1283,47 @@ pass_entries (struct qk_repair *r, const struct qk_refmap *map)
 
 /* ---- pass 1b: clusters mapped twice by the active tables ---- */
 
+/* Whether the L2 table at l2off is used once (by one entry of the active
+ * L1 table and by no snapshot), so that switching one of its entries
+ * moves one guest offset only. The check's count says so, but it counts
+ * in the image's refcount width and stops at its largest value: with
+ * 1-bit refcounts a table of three L1 tables counts 1. A count at that
+ * largest value is looked up in the L1 tables themselves (an L1 table
+ * that cannot be read: not known to be once). Found by fuzz-repair: the
+ * copies of a 1-bit image's shared clusters were shared again, and every
+ * repair made new ones (tests/regress/repair-rc1-shared-l2-copies.gz). */
+static bool
+l2_used_once (struct qk_repair *r, const struct qk_refmap *map,
+              uint64_t l2off)
+{
+  struct qk_image *img = r->img;
+  uint64_t v = qk_refmap_get (map, l2off / img->hdr.cluster_size);
+  uint64_t top = map->order >= 6 ? UINT64_MAX
+                 : (1ULL << (1U << map->order)) - 1;
+  unsigned n = 0;
+
+  if (v != 1)
+    return false;
+  if (v < top)
+    return true;
+  for (uint32_t i = 0; i < img->l1_count; i++)
+    if ((img->l1[i] & QK_L1E_OFFSET_MASK) == l2off && ++n > 1)
+      return false;
+  for (size_t s = 0; s < img->n_snaps; s++) {
+    uint64_t *e = NULL;
+    uint32_t c = 0;
+    bool found = false;
+    if (qk_image_read_snapshot_l1 (img, s, &e, &c) < 0)
+      return false;
+    for (uint32_t i = 0; i < c && !found; i++)
+      found = (e[i] & QK_L1E_OFFSET_MASK) == l2off;
+    free (e);
+    if (found)
+      return false;
+  }
+  return true;
+}
+
 /* The second guest offset of each pair the check found gets its own copy
  * of the host cluster: the copy is written past the end of the file and
  * flushed before the L2 entry is switched to it (one 8-byte write), then
@@ -1296,8 +1337,8 @@ pass_duplicates (struct qk_repair *r, const struct qk_refmap *map,
   struct qk_image *img = r->img;
   const struct qk_header *h = &img->hdr;
   uint64_t cs = h->cluster_size, span = (uint64_t) h->l2_entries * cs;
-  uint64_t next;
-  bool extl2 = h->subclusters > 1;
+  uint64_t next, once_off = 0;
+  bool extl2 = h->subclusters > 1, once_val = false;
   bool data_file = (h->incompatible_features & QK_INCOMPAT_DATA_FILE) != 0;
   struct qk_fixrec *f;
   uint8_t *buf;
@@ -1330,8 +1371,13 @@ pass_duplicates (struct qk_repair *r, const struct qk_refmap *map,
      * snapshots) also use would move their guest offsets too: then the
      * duplicate would never go away */
     if (l2off == 0 || !IS_ALIGNED (l2off, cs)
-        || overlaps_metadata (r, map, l2off, cs, false)
-        || qk_refmap_get (map, l2off / cs) != 1)
+        || overlaps_metadata (r, map, l2off, cs, false))
+      continue;
+    if (l2off != once_off) {       /* the pairs of one table are together */
+      once_off = l2off;
+      once_val = l2_used_once (r, map, l2off);
+    }
+    if (!once_val)
       continue;
     eoff = l2off + (uint64_t) idx * h->l2_entry_size;
     if (qk_source_read_exact (cur (r), eb, 8, eoff, "L2 entry") < 0)
