@@ -976,6 +976,19 @@ extern void qk_source_close (struct qk_source *s);
  * has the image open. Takes no lock. Memory sources: 0. */
 extern int qk_source_lock_test (struct qk_source *s, unsigned mode);
 
+/* Write len bytes of buf as the file leaf of the directory dirfd so that
+ * a crash leaves the old file (or none) or the complete new one, never a
+ * half-written one: a new ".LEAF.qk-RANDOM" (O_EXCL, O_NOFOLLOW), written
+ * and fsynced, renamed to leaf (over an existing leaf only with
+ * QK_DURABLE_REPLACE), the directory fsynced. 0, or -1 (the temporary
+ * file removed; qk_get_error says why). */
+#define QK_DURABLE_REPLACE 0x1u
+extern int qk_durable_write (int dirfd, const char *leaf, const void *buf,
+                             size_t len, mode_t mode, unsigned flags);
+/* leaf is one name in a directory: not empty, ".", "..", nor longer
+ * than NAME_MAX, and without '/'. */
+extern bool qk_leaf_ok (const char *leaf);
+
 #ifdef __cplusplus
 }
 #endif

@@ -193,6 +193,30 @@ tools_api (void)
 #endif
   qk_source_close (s);
   qk_root_free (test_root);
+
+  ok (qk_leaf_ok ("a.xml") && !qk_leaf_ok ("") && !qk_leaf_ok ("..")
+      && !qk_leaf_ok ("a/b") && !qk_leaf_ok (NULL), "qk_leaf_ok");
+  fd = open (dir, O_RDONLY | O_DIRECTORY);
+  snprintf (p, sizeof p, "%s/file", dir);
+  ok (fd >= 0 && qk_durable_write (fd, "file", "new", 3, 0600, 0) < 0
+      && qk_get_errno () == EEXIST,
+      "qk_durable_write: an existing file is kept without QK_DURABLE_REPLACE");
+  memset (rd, 0, sizeof rd);
+  r = fd >= 0 ? qk_durable_write (fd, "file", "new", 3, 0600,
+                                  QK_DURABLE_REPLACE) : -1;
+  {
+    int in = open (p, O_RDONLY);
+    struct stat st;
+    ok (r == 0 && in >= 0 && read (in, rd, 8) == 3 && memcmp (rd, "new", 3) == 0
+        && fstat (in, &st) == 0 && (st.st_mode & 0777) == 0600,
+        "qk_durable_write (QK_DURABLE_REPLACE) replaces the file");
+    if (in >= 0)
+      close (in);
+  }
+  ok (fd >= 0 && qk_durable_write (fd, "../x", "new", 3, 0600, 0) < 0,
+      "qk_durable_write refuses a name that is not a leaf");
+  if (fd >= 0)
+    close (fd);
   snprintf (p, sizeof p, "%s/img.qcow2", dir);
   unlink (p);
   snprintf (p, sizeof p, "%s/sub/abs", dir);

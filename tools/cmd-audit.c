@@ -28,7 +28,6 @@
 
 #include "tool.h"
 #include "buf.h"
-#include "durable.h"
 #include "json.h"
 
 /* Verdicts, from the least to the most severe. The exit status is the
@@ -835,13 +834,14 @@ write_prometheus (struct audit *a, const char *file, double start,
     leaf = dir;
     dfd = open (".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   }
-  if (dfd < 0 || !leaf_ok (leaf)) {
+  if (dfd < 0 || !qk_leaf_ok (leaf)) {
     errx_ ("--prometheus %s: %s", file,
            dfd < 0 ? strerror (errno) : "not a file name");
     r = -1;
   }
-  else if ((r = durable_replace (dfd, leaf, b.p, b.n, 0644)) < 0)
-    errx_ ("--prometheus %s: %s", file, strerror (errno));
+  else if ((r = qk_durable_write (dfd, leaf, b.p, b.n, 0644,
+                                  QK_DURABLE_REPLACE)) < 0)
+    errx_ ("--prometheus %s: %s", file, qk_get_error ());
   if (dfd >= 0)
     close (dfd);
   free (dir);

@@ -28,7 +28,7 @@
 #include "internal.h"
 #include "io/io.h"
 
-bool
+QK_EXPORT bool
 qk_leaf_ok (const char *leaf)
 {
   return leaf && *leaf && strcmp (leaf, ".") != 0 && strcmp (leaf, "..") != 0
@@ -167,7 +167,7 @@ fail:
   return -1;
 }
 
-int
+QK_EXPORT int
 qk_durable_write (int dirfd, const char *leaf, const void *buf, size_t len,
                   mode_t mode, unsigned flags)
 {

@@ -157,7 +157,6 @@ extern void qk_source_fault_counts (const struct qk_source *s,
  * (O_CREAT | O_EXCL | O_NOFOLLOW), fsync it, rename it over the leaf
  * (renameat2 RENAME_NOREPLACE unless QK_DURABLE_REPLACE), fsync the
  * directory. */
-#define QK_DURABLE_REPLACE 0x1u
 struct qk_durable {
   int dirfd;
   int fd;          /* the temporary file: write here */
@@ -170,14 +169,11 @@ extern int qk_durable_begin (struct qk_durable *d, int dirfd,
 extern int qk_durable_commit (struct qk_durable *d, unsigned flags);
 /* Remove the temporary file. */
 extern void qk_durable_abort (struct qk_durable *d);
-/* All of it for a buffer. */
-extern int qk_durable_write (int dirfd, const char *leaf, const void *buf,
-                             size_t len, mode_t mode, unsigned flags);
+/* All of it for a buffer: qk_durable_write (qcowkit.h). */
 /* unlinkat, then fsync the directory. */
 extern int qk_durable_unlink (int dirfd, const char *leaf);
 extern int qk_fsync_dir (int dirfd);
-/* leaf is one name: not empty, ".", "..", and without '/'. */
-extern bool qk_leaf_ok (const char *leaf);
+/* qk_leaf_ok: qcowkit.h. */
 
 /* ---- SHA-256 (io/sha256.c) ---- */
 #include "util/sha256.h"
