@@ -102,6 +102,26 @@ is "$(jq -r '[.fixes[] | select(.name == "CLEAR_BAD_ENTRIES")][0]."loses-data"' 
   "the fix is marked as losing data"
 is "$(qemu-img check lost.qcow2 >/dev/null 2>&1; echo $?)" 0 "qemu-img check finds it clean"
 
+# ---- a cleared entry of a shared L2 table: lost wherever it is mapped ----
+# 4 KiB clusters (an L2 table maps 2 MiB); snapshot s1 shares the L2
+# table, and active L1[1] is pointed at it too: its entry 1, pointed past
+# the end of the file, held guest 4 KiB and 2 MiB + 4 KiB of the active
+# image and 4 KiB of s1 (fuzz-repair found one range of three reported:
+# tests/regress/repair-shared-l2-lost-ranges.gz).
+rm -rf "$T/b" && mkdir -p "$T/b" &&
+(cd "$T/b" && IMG=$T/b/x.qcow2 SIZE=8M bash -ec '. "$1"
+   mkimg -o cluster_size=4096; wr 0 8k
+   qemu-img snapshot -c s1 "$IMG"
+   set_l1e 1 "$(l1e 0)"; set_l2e 0 1 $(( 0x10000000 | COPIED ))' s \
+   "$srcdir/tests/check/functions.sh") >/dev/null 2>&1 &&
+cp "$T/b/x.qcow2" shared.qcow2 || fail "build shared"
+qcowkit repair -y --no-undo --output=json shared.qcow2 > shared.json 2>/dev/null
+is "$?" 1 "repair -y clears the entry of the shared L2 table: exit 1"
+is "$(jq -c '[.lost[] | [.snapshot // -1, ."guest-offset", .length]]' shared.json)" \
+  "[[-1,4096,4096],[-1,2101248,4096],[0,4096,4096]]" \
+  "lost: the cluster at both active L1 entries that map the table, and in the snapshot"
+is "$(qemu-img check shared.qcow2 >/dev/null 2>&1; echo $?)" 0 "qemu-img check finds it clean"
+
 # ---- a cluster mapped twice gets its own copy ----
 build refcount-low-duplicate-l2-entry dup.qcow2 || fail "build dup"
 qcowkit repair -y --no-undo dup.qcow2 > out 2>&1

@@ -998,17 +998,74 @@ static const char lost_l2[] =
 static const char lost_l1[] =
   "its L1 entry pointed outside the image or was misaligned";
 
+/* The guest ranges that the entries idx[0..n) of the L2 table t held,
+ * lost when they are cleared: at every L1 entry of the active table and
+ * of each snapshot's that points at the table, for a table can be shared
+ * (by several L1 entries, by snapshots); with no such L1 entry, at the
+ * guest offset the check named. Found by fuzz-repair: a table shared by
+ * three active L1 entries lost the data of all three, and one range was
+ * reported. */
+static void
+lost_entries (struct qk_repair *r, int64_t source, uint64_t disk_size,
+              uint64_t base, const uint32_t *idx, size_t n)
+{
+  uint64_t cs = r->img->hdr.cluster_size;
+
+  for (size_t j = 0; j < n; j++) {
+    uint64_t g = base + idx[j] * cs;
+    if (g < disk_size)
+      add_lost (r, source, g, disk_size - g < cs ? disk_size - g : cs,
+                lost_l2);
+  }
+}
+
+static void
+l2_lost (struct qk_repair *r, const struct tref *t, const uint32_t *idx,
+         size_t n)
+{
+  struct qk_image *img = r->img;
+  uint64_t cs = img->hdr.cluster_size;
+  uint64_t span = (uint64_t) img->hdr.l2_entries * cs;
+  bool found = false;
+
+  for (uint32_t i = 0; img->l1 && i < img->l1_count; i++)
+    if ((img->l1[i] & QK_L1E_OFFSET_MASK) == t->offset) {
+      found = true;
+      lost_entries (r, -1, img->hdr.size, i * span, idx, n);
+    }
+  for (size_t s = 0; s < img->n_snaps; s++) {
+    const struct qk_snapshot *sn = &img->snaps[s].s;
+    uint64_t *e = NULL;
+    uint32_t c = 0;
+    if (qk_image_read_snapshot_l1 (img, s, &e, &c) < 0)
+      continue;
+    for (uint32_t i = 0; i < c; i++)
+      if ((e[i] & QK_L1E_OFFSET_MASK) == t->offset) {
+        found = true;
+        lost_entries (r, (int64_t) s,
+                      sn->has_disk_size ? sn->disk_size : img->hdr.size,
+                      i * span, idx, n);
+      }
+    free (e);
+  }
+  if (!found && t->guest_base != QK_NONE)
+    lost_entries (r, -1, img->hdr.size, t->guest_base, idx, n);
+}
+
 /* Fix the entries of one L2 table in buf, the groups al allows; returns
- * whether it changed. Lost ranges go to r when record. */
+ * whether it changed. Lost ranges go to r when record (cleared: room for
+ * the indexes of the entries cleared, l2_entries of them). */
 static bool
 fix_l2 (struct qk_repair *r, uint8_t *buf, const struct tref *t,
-        struct entry_fix *ef, const struct allow *al, bool record)
+        struct entry_fix *ef, const struct allow *al, bool record,
+        uint32_t *cleared)
 {
   const struct qk_header *h = &r->img->hdr;
   bool extl2 = h->subclusters > 1;
   bool data_file = (h->incompatible_features & QK_INCOMPAT_DATA_FILE) != 0;
   uint64_t cs = h->cluster_size, flen = r->img->src->size;
   bool changed = false;
+  size_t n_cleared = 0;
 
   for (uint32_t i = 0; i < h->l2_entries; i++) {
     uint8_t *p = buf + (size_t) i * h->l2_entry_size;
@@ -1050,14 +1107,15 @@ fix_l2 (struct qk_repair *r, uint8_t *buf, const struct tref *t,
         be64_put (p + 8, 0);
         changed = true;
       }
-      if (record && t->guest_base != QK_NONE)
-        add_lost (r, -1, t->guest_base + (uint64_t) i * cs, cs, lost_l2);
+      cleared[n_cleared++] = i;
     }
     if (ne != e) {
       be64_put (p, ne);
       changed = true;
     }
   }
+  if (record && n_cleared)
+    l2_lost (r, t, cleared, n_cleared);
   return changed;
 }
 
@@ -1182,9 +1240,10 @@ entries_walk (struct qk_repair *r, const struct qk_refmap *map,
   struct qk_image *img = r->img;
   uint64_t cs = img->hdr.cluster_size;
   uint8_t *buf = malloc (cs), *old = malloc (cs);
+  uint32_t *cleared = malloc ((size_t) img->hdr.l2_entries * sizeof *cleared);
   int ret = -1;
 
-  if (buf == NULL || old == NULL) {
+  if (buf == NULL || old == NULL || cleared == NULL) {
     set_error (ENOMEM, "malloc");
     goto out;
   }
@@ -1203,7 +1262,7 @@ entries_walk (struct qk_repair *r, const struct qk_refmap *map,
     if (qk_source_read_zeropad (img->src, buf, cs, t->offset) < 0)
       goto out;
     memcpy (old, buf, cs);
-    if (fix_l2 (r, buf, t, ef, al, write) && write
+    if (fix_l2 (r, buf, t, ef, al, write, cleared) && write
         && put_diff (r, buf, old, cs, img->hdr.l2_entry_size, t->offset) < 0)
       goto out;
   }
@@ -1244,6 +1303,7 @@ entries_walk (struct qk_repair *r, const struct qk_refmap *map,
 out:
   free (buf);
   free (old);
+  free (cleared);
   return ret;
 }
 
