@@ -17,7 +17,8 @@ require qemu-img qemu-io jq qkpoke
 scratch
 cd "$T" || exit 1
 
-sha () { sha256sum < "$1" | cut -d' ' -f1; }
+# (one process: sha256sum's " -" is cut by the shell)
+sha () { local h; h=$(sha256sum < "$1"); echo "${h%% *}"; }
 bits () { qemu-img info --output=json "$1" | jq -r '.["format-specific"].data["refcount-bits"]'; }
 qcheck () { qemu-img check "$1" > /dev/null 2>&1; echo $?; }
 qio () { local f=$1; shift; local a=(); for c in "$@"; do a+=(-c "$c"); done

@@ -22,7 +22,8 @@ require qemu-img qemu-io jq
 scratch
 cd "$T" || exit 1
 
-sha () { sha256sum < "$1" | cut -d' ' -f1; }
+# (one process: sha256sum's " -" is cut by the shell)
+sha () { local h; h=$(sha256sum < "$1"); echo "${h%% *}"; }
 # what qemu-img info says that amend may change, and must match
 infox () {
   qemu-img info --output=json "$1" 2>/dev/null | jq -c '{
@@ -275,7 +276,11 @@ is "$?" 0 "  and says why"
 # guest data, version old or new; (b) undo puts back the original bytes;
 # (c) the same command again finishes: the version asked, clean, the
 # original's guest data.
-vers () { infox "$1" | jq -c '[.compat, .refcount]'; }
+# (infox's compat and refcount, in one jq)
+vers () {
+  qemu-img info --output=json "$1" 2>/dev/null |
+    jq -c '[.["format-specific"].data.compat, .["format-specific"].data["refcount-bits"]]'
+}
 amend_run () {  # FAULT ARGS...: on a fresh copy f.qcow2 of o.qcow2
   rm -f f.qcow2 j.undo
   cp o.qcow2 f.qcow2
@@ -284,15 +289,16 @@ amend_run () {  # FAULT ARGS...: on a fresh copy f.qcow2 of o.qcow2
 amend_done () { [ "$(vers f.qcow2)" = "$nv" ]; }
 amend_verify () {  # FAULT ARGS...
   shift
-  local v
-  case $(qcheck f.qcow2) in 0|3) ;; *) sweep_bad "check-$(qcheck f.qcow2)" ;; esac
+  local v c
+  qemu-img check f.qcow2 > /dev/null 2>&1; c=$?
+  case $c in 0|3) ;; *) sweep_bad "check-$c" ;; esac
   qemu-img compare -q o.qcow2 f.qcow2 || sweep_bad guest-data
   v=$(vers f.qcow2)
   [ "$v" = "$ov" ] || [ "$v" = "$nv" ] || [ "$v" = "${MID:-}" ] ||
     sweep_bad "version=$v"
   cp f.qcow2 r.qcow2
   qcowkit amend "$@" r.qcow2 > /dev/null 2>&1 || sweep_bad rerun-failed
-  [ "$(qcheck r.qcow2)" = 0 ] || sweep_bad rerun-not-clean
+  qemu-img check r.qcow2 > /dev/null 2>&1 || sweep_bad rerun-not-clean
   [ "$(vers r.qcow2)" = "$nv" ] || sweep_bad rerun-version
   qemu-img compare -q o.qcow2 r.qcow2 || sweep_bad rerun-guest-data
   sweep_undone j.undo f.qcow2 "$osha"

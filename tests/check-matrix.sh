@@ -59,121 +59,144 @@ configs="c512_rc16 c4k_rc16 c4k_rc64 c2m_rc64 c64k_rc1 c64k_rc8_snap
          c64k_rc32_comp c64k_extl2"
 
 # ---- where to damage: the middle ones ----
-# rows OFF COUNT WIDTH: COUNT entries of WIDTH bytes at OFF, one a line,
-# as big-endian hex (one od for the whole table)
-rows () {
-  od -An -v -tx1 -w"$3" -j "$(( $1 ))" -N "$(( $2 * $3 ))" "$IMG" | tr -d ' '
+# Each damage reads the header once (_hdr, tests/check/functions.sh) and
+# each table it scans with one od and one awk: process creation is what
+# costs here. The _ helpers leave their result in REPLY.
+# allocated OFF COUNT WIDTH [first]: the line numbers (from 1) of the
+# COUNT entries of WIDTH bytes at OFF whose offset bits (bytes 1..6) are
+# not all zero (with "first": the first one only)
+allocated () {
+  od -An -v -tx1 -w"$3" -j "$(( $1 ))" -N "$(( $2 * $3 ))" "$IMG" |
+    awk -v first="${4:-}" '{ gsub(/ /, "") }
+      substr($0, 3, 12) ~ /[1-9a-f]/ { print NR; if (first != "") exit }'
 }
-# the line numbers (from 1) of rows whose offset bits (bytes 1..6) are
-# not all zero
-allocated () { grep -n -E '^..0{0,11}[1-9a-f]' | cut -d: -f1; }
-# mid_l1: the middle of the allocated active L1 entries
-mid_l1 () {
-  local used
-  mapfile -t used < <(rows "$(l1_off)" "$(( $(peek32 36) ))" 8 | allocated)
-  echo $(( used[${#used[@]} / 2] - 1 ))
+# _mid_l1: the middle of the allocated active L1 entries
+_mid_l1 () {
+  local used o
+  _hf 40 8; o=$REPLY; _hf 36 4
+  mapfile -t used < <(allocated "$o" "$(( REPLY ))" 8)
+  REPLY=$(( used[${#used[@]} / 2] - 1 ))
 }
-# first_entry I: the first allocated entry of L2 table I
-first_entry () {
-  local j
-  j=$(rows "$(l2_off "$1")" $(( $(cs) / $(l2e_size) )) "$(l2e_size)" |
-      allocated | head -n 1)
-  echo $(( ${j:-1} - 1 ))
+# _first_entry I: the first allocated entry of L2 table I
+_first_entry () {
+  local j o w
+  _l2_off "$1"; o=$REPLY; _l2e_size; w=$REPLY; _cs
+  j=$(allocated "$o" $(( REPLY / w )) "$w" first)
+  REPLY=$(( ${j:-1} - 1 ))
 }
-rorder () { echo $(( $(peek32 96) )); }
+# _mid_entry: M and J, the middle L1 entry and the first allocated entry
+# of its L2 table
+_mid_entry () { _mid_l1; M=$REPLY; _first_entry "$M"; J=$REPLY; }
+_rorder () { _hf 96 4; REPLY=$(( REPLY )); }
 # refcount access for every width: QEMU keeps sub-byte refcounts from the
 # low bits of each byte up
-rc_loc () {  # rc_loc HOST: "BLOCK_BYTE SHIFT WIDTH" of HOST's refcount
-  local w=$(( 1 << $(rorder) )) c=$(cs) k per blk i
-  per=$(( c * 8 / w )); k=$(( $1 / c ))
-  blk=$(( $(rte $(( k / per ))) & ~0x1ff ))
+_rc_loc () {  # _rc_loc HOST: RC_A RC_S RC_W, the block byte, shift, width
+  local c k per i
+  _rorder; RC_W=$(( 1 << REPLY )); _cs; c=$REPLY
+  per=$(( c * 8 / RC_W )); k=$(( $1 / c ))
+  _rte $(( k / per ))
   i=$(( k % per ))
-  echo "$(( blk + i * w / 8 )) $(( (i * w) % 8 )) $w"
+  RC_A=$(( (REPLY & ~0x1ff) + i * RC_W / 8 )) RC_S=$(( (i * RC_W) % 8 ))
 }
-get_rc () {
-  local a s w; read -r a s w <<< "$(rc_loc "$1")"
-  case $w in
-    1|2|4) echo $(( ($(peek8 "$a") >> s) & ((1 << w) - 1) )) ;;
-    8) echo $(( $(peek8 "$a") )) ;; 16) echo $(( $(peek16 "$a") )) ;;
-    32) echo $(( $(peek32 "$a") )) ;; 64) echo $(( $(peek64 "$a") )) ;;
+_get_rc () {
+  _rc_loc "$1"
+  case $RC_W in
+    1|2|4) _peek 1 "$RC_A"; REPLY=$(( (REPLY >> RC_S) & ((1 << RC_W) - 1) )) ;;
+    *) _peek $(( RC_W / 8 )) "$RC_A"; REPLY=$(( REPLY )) ;;
   esac
 }
-set_rc () {
-  local a s w b; read -r a s w <<< "$(rc_loc "$1")"
-  case $w in
-    1|2|4) b=$(( ($(peek8 "$a") & ~(((1 << w) - 1) << s)) | ($2 << s) ))
-           pokehex "$a" "$(printf %02x "$b")" ;;
-    8) pokehex "$a" "$(printf %02x "$2")" ;; 16) poke16 "$a" "$2" ;;
-    32) poke32 "$a" "$2" ;; 64) poke64 "$a" "$2" ;;
+_set_rc () {
+  local b
+  _rc_loc "$1"
+  case $RC_W in
+    1|2|4) _peek 1 "$RC_A"
+           b=$(( (REPLY & ~(((1 << RC_W) - 1) << RC_S)) | ($2 << RC_S) ))
+           printf -v b %02x "$b"; pokehex "$RC_A" "$b" ;;
+    8) printf -v b %02x "$2"; pokehex "$RC_A" "$b" ;;
+    16) poke16 "$RC_A" "$2" ;;
+    32) poke32 "$RC_A" "$2" ;; 64) poke64 "$RC_A" "$2" ;;
   esac
 }
-past_end () { hex $(( ($(file_len) / $(cs) + 64) * $(cs) )); }
+_past_end () {
+  local c; _cs; c=$REPLY
+  REPLY=$(( ($(file_len) / c + 64) * c ))
+}
+# _set_l2e I J VALUE: (with the header read)
+_set_l2e () { _l2e_addr "$1" "$2"; poke64 "$REPLY" "$3"; }
 
 # ---- damage classes ----
-d_leak () { local m; m=$(mid_l1); set_l2e "$m" "$(first_entry "$m")" 0; }
+d_leak () { _hdr; _mid_entry; _set_l2e "$M" "$J" 0; }
 d_l2_reserved () {
-  local m j; m=$(mid_l1); j=$(first_entry "$m")
-  set_l2e "$m" "$j" $(( $(l2e "$m" "$j") | (1 << 57) ))
+  _hdr; _mid_entry; _l2e "$M" "$J"
+  _set_l2e "$M" "$J" $(( REPLY | (1 << 57) ))
 }
 d_copied_clear () {
-  local m j; m=$(mid_l1); j=$(first_entry "$m")
-  set_l2e "$m" "$j" $(( $(l2e "$m" "$j") & ~COPIED ))
+  _hdr; _mid_entry; _l2e "$M" "$J"
+  _set_l2e "$M" "$J" $(( REPLY & ~COPIED ))
 }
 d_past_eof () {
-  local m j; m=$(mid_l1); j=$(first_entry "$m")
-  set_l2e "$m" "$j" $(( $(past_end) | ($(l2e "$m" "$j") & COPIED) ))
+  local e; _hdr; _mid_entry; _l2e "$M" "$J"; e=$REPLY; _past_end
+  _set_l2e "$M" "$J" $(( REPLY | (e & COPIED) ))
 }
 d_refcount_low () {
-  local m; m=$(mid_l1)
-  set_rc "$(data_off "$m" "$(first_entry "$m")")" 0
+  _hdr; _mid_entry; _data_off "$M" "$J"
+  _set_rc "$REPLY" 0
 }
 d_refcount_high () {
-  local m d; m=$(mid_l1); d=$(data_off "$m" "$(first_entry "$m")")
-  (( $(rorder) > 0 )) || return 2     # a 1-bit refcount cannot go higher
-  set_rc "$d" $(( $(get_rc "$d") + 1 ))
+  local d; _hdr; _mid_entry; _data_off "$M" "$J"; d=$REPLY
+  _rorder; (( REPLY > 0 )) || return 2     # a 1-bit refcount cannot go higher
+  _get_rc "$d"; _set_rc "$d" $(( REPLY + 1 ))
 }
-d_l2_table_refcount_zero () { set_rc "$(l2_off "$(mid_l1)")" 0; }
+d_l2_table_refcount_zero () { _hdr; _mid_l1; _l2_off "$REPLY"; _set_rc "$REPLY" 0; }
 d_reftable_entry_zeroed () {
-  local used
-  mapfile -t used < <(rows "$(rt_off)" $(( $(peek32 56) * $(cs) / 8 )) 8 |
-                      allocated)
-  set_rte $(( used[${#used[@]} / 2] - 1 )) 0
+  local used o c
+  _hdr; _hf 48 8; o=$REPLY; _cs; c=$REPLY; _hf 56 4
+  mapfile -t used < <(allocated "$o" $(( REPLY * c / 8 )) 8)
+  _rte_addr $(( used[${#used[@]} / 2] - 1 ))
+  poke64 "$REPLY" 0
 }
-d_l1_entry_past_eof () { local m; m=$(mid_l1); set_l1e "$m" $(( $(past_end) | COPIED )); }
+d_l1_entry_past_eof () {
+  local a; _hdr; _mid_l1; _l1e_addr "$REPLY"; a=$REPLY; _past_end
+  poke64 "$a" $(( REPLY | COPIED ))
+}
 # iotest 060 ("unallocated image header"): the header cluster's refcount 0
-d_header_refcount_zero () { set_rc 0 0; }
+d_header_refcount_zero () { _hdr; _set_rc 0 0; }
 # an L2 table's refcount one too high: a leak, and its L1 entry's COPIED
 # flag no longer matches
 d_l2_table_refcount_high () {
-  local l2; l2=$(l2_off "$(mid_l1)")
-  (( $(rorder) > 0 )) || return 2     # a 1-bit refcount cannot go higher
-  set_rc "$l2" $(( $(get_rc "$l2") + 1 ))
+  local l2; _hdr; _mid_l1; _l2_off "$REPLY"; l2=$REPLY
+  _rorder; (( REPLY > 0 )) || return 2     # a 1-bit refcount cannot go higher
+  _get_rc "$l2"; _set_rc "$l2" $(( REPLY + 1 ))
 }
 
 # Compressed clusters, in every configuration: comp_pair writes two
 # compressed clusters in one qemu-io run into two free guest clusters of
 # the middle L2 table (QEMU packs them into one host cluster where the
 # refcount width lets it) and sets CM, CJ: the L1 index and the L2 index
-# of the first (the second is CJ + 1).
+# of the first (the second is CJ + 1). The header is read again after
+# the write (it may have moved the refcount table).
 comp_pair () {
-  local m e j c; c=$(cs); m=$(mid_l1)
-  e=$(( c / $(l2e_size) ))
-  j=$(rows "$(l2_off "$m")" "$e" "$(l2e_size)" | grep -n . |
-      awk -F: -v ORS= '{ if ($2 ~ /^0+$/) { if (p) { print NR - 2; exit } p = 1 } else p = 0 }')
+  local m e j c o w; _hdr; _cs; c=$REPLY; _mid_l1; m=$REPLY
+  _l2e_size; w=$REPLY; e=$(( c / w )); _l2_off "$m"; o=$REPLY
+  j=$(od -An -v -tx1 -w"$w" -j "$o" -N "$(( e * w ))" "$IMG" |
+      awk -v ORS= '{ gsub(/ /, ""); if ($0 ~ /^0+$/) { if (p) { print NR - 2; exit } p = 1 } else p = 0 }')
   [ -n "$j" ] || return 1
   qemu-io -f qcow2 -c "write -c -P 0x31 $(( (m * e + j) * c )) $c" \
     -c "write -c -P 0x32 $(( (m * e + j + 1) * c )) $c" "$IMG" > /dev/null || return 1
   CM=$m CJ=$j
+  _hdr
 }
 # the host offset bits of a compressed L2 entry (the rest: the flag and
 # the additional sector count)
-comp_mask () { hex $(( (1 << (62 - ($(cluster_bits) - 8))) - 1 )); }
-comp_host () { hex $(( $(l2e "$CM" "$1") & $(comp_mask) )); }
-set_comp_host () {
-  set_l2e "$CM" "$1" $(( ($(l2e "$CM" "$1") & ~$(comp_mask)) | $2 ))
+_comp_mask () { _cluster_bits; REPLY=$(( (1 << (62 - (REPLY - 8))) - 1 )); }
+_comp_host () { local k; _comp_mask; k=$REPLY; _l2e "$CM" "$1"; REPLY=$(( REPLY & k )); }
+_set_comp_host () {
+  local k; _comp_mask; k=$REPLY; _l2e "$CM" "$1"
+  _set_l2e "$CM" "$1" $(( (REPLY & ~k) | $2 ))
 }
 same_host_cluster () {
-  (( ($(comp_host "$CJ") & ~($(cs) - 1)) == ($(comp_host $(( CJ + 1 ))) & ~($(cs) - 1)) ))
+  local a c; _cs; c=$REPLY; _comp_host "$CJ"; a=$REPLY; _comp_host $(( CJ + 1 ))
+  (( (a & ~(c - 1)) == (REPLY & ~(c - 1)) ))
 }
 # two compressed clusters sharing a host cluster: legal, no damage at all
 # (1-bit refcounts cannot count two references: QEMU does not share there)
@@ -181,15 +204,17 @@ d_comp_shared () { comp_pair || return 1; same_host_cluster || return 2; }
 # the shared host cluster's refcount 1 for its two compressed clusters
 d_comp_shared_refcount_low () {
   comp_pair || return 1; same_host_cluster || return 2
-  set_rc "$(comp_host "$CJ")" 1
+  _comp_host "$CJ"; _set_rc "$REPLY" 1
 }
 # compressed data past the end of the file (the sector count kept)
-d_comp_past_eof () { comp_pair || return 1; set_comp_host $(( CJ + 1 )) "$(past_end)"; }
+d_comp_past_eof () {
+  comp_pair || return 1; _past_end; _set_comp_host $(( CJ + 1 )) "$REPLY"
+}
 # a compressed cluster's data inside a normal data cluster (iotest 060's
 # overlaps, with compressed data)
 d_comp_overlap_data () {
-  local m; comp_pair || return 1; m=$(mid_l1)
-  set_comp_host $(( CJ + 1 )) $(( $(data_off "$m" "$(first_entry "$m")") + 512 ))
+  comp_pair || return 1; _mid_entry; _data_off "$M" "$J"
+  _set_comp_host $(( CJ + 1 )) $(( REPLY + 512 ))
 }
 damages="leak l2_reserved copied_clear past_eof refcount_low refcount_high
          l2_table_refcount_zero reftable_entry_zeroed l1_entry_past_eof
@@ -200,8 +225,9 @@ damages=${MATRIX_DAMAGES:-$damages}
 
 FIELDS="corruptions leaks check-errors image-end-offset total-clusters
         allocated-clusters fragmented-clusters compressed-clusters"
+FIELDS1=$(echo $FIELDS)
 fields () {  # fields FILE: "f=v ..." of a check report, or nothing
-  jq -r --arg f "$(echo $FIELDS)" 'select(type == "object" and has("check-errors")) |
+  jq -r --arg f "$FIELDS1" 'select(type == "object" and has("check-errors")) |
      . as $o | [($f | split(" "))[] | "\(.)=\($o[.] // 0)"] | join(" ")' \
      "$1" 2>/dev/null
 }
@@ -210,16 +236,28 @@ counts () {
          "\(.corruptions // 0) \(.leaks // 0)"' "$1" 2>/dev/null
 }
 
+# Each configuration's image is made once (in $T/cfg-CONFIG, on the first
+# of its combinations in this shard) and copied for each damage: qemu-img
+# and qemu-io make the same image every time.
 idx=0 nc=0 nc_list= skipped=
 for c in $configs; do
+  b=
   for d in $damages; do
     idx=$((idx + 1))
     [ $(( (idx - 1) % shard_n + 1 )) -eq "$shard_k" ] || continue
     name=$c/$d
     w=$T/$c-$d
+    if [ -z "$b" ]; then
+      b=$T/cfg-$c
+      mkdir -p "$b"
+      (cd "$b" && IMG=$b/orig.qcow2 && "cfg_$c") > "$b/build.log" 2>&1
+      brc=$?
+    fi
     mkdir -p "$w"
     IMG=$w/orig.qcow2
-    (cd "$w" && "cfg_$c") > "$w/build.log" 2>&1 ||
+    if [ -s "$b/build.log" ]; then cp "$b/build.log" "$w/build.log"
+    else : > "$w/build.log"; fi
+    [ $brc -eq 0 ] && cp "$b/orig.qcow2" "$IMG" ||
       { fail "$name: the image builds" "$(tail -n 3 "$w/build.log" | tr '\n' '|')"; continue; }
     (cd "$w" && "d_$d") >> "$w/build.log" 2>&1
     drc=$?

@@ -73,8 +73,31 @@ EOF
 }
 
 # Under strace: no image file may be opened for writing (the export's own
-# output aside).
+# output aside). One strace per image, not per command (a strace start
+# costs more than the command it traces): under it a shell runs the
+# image's commands one after the other. The shell opens nothing for
+# writing itself: the files it writes to are opened before strace starts
+# (stdout /dev/null; fd 3: each command's stderr, after a marker line;
+# fd 4: each command's exit status), and a command gets only its stderr
+# (fd 3 and 4 closed).
 tracer=(strace -f -qq --seccomp-bpf -e trace=open,openat,openat2,creat -o "$T/st")
+mark="@@readonly.sh $$ next command@@"
+run_traced () {  # run_traced CMDS-FILE: the commands, a line each, tab-separated
+  "${tracer[@]}" bash -c '
+    while IFS=$'"'\\t'"' read -r -a c; do
+      printf "\n%s\n" "$1" >&3
+      qcowkit "${c[@]}" 2>&3 3>&- 4>&-
+      echo $? >&4
+    done < "$2"' run_traced "$mark" "$1" > /dev/null 3> "$T/err" 4> "$T/rcs"
+}
+# cmd_err K: the stderr of command K (from 0) of the last run_traced
+cmd_err () {
+  local all j
+  all=$(cat "$T/err"; echo x); all=${all%x}
+  all=${all#$'\n'"$mark"$'\n'}
+  for (( j = 0; j < $1; j++ )); do all=${all#*$'\n'"$mark"$'\n'}; done
+  printf '%s' "${all%%$'\n'"$mark"$'\n'*}"
+}
 # LeakSanitizer cannot run under ptrace (sanitizer builds)
 export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
 
@@ -84,17 +107,20 @@ while IFS=$'\t' read -r -a f; do
   pre=$(tree_state)
   pre_img=$(file_state "$i")
   bad=""
-  : > "$T/opens"
+  ro_commands "$i" "${f[@]:1}" > "$T/cmds"
+  run_traced "$T/cmds"
+  mapfile -t rcs < "$T/rcs"
+  k=0
   while IFS=$'\t' read -r -a c; do
-    "${tracer[@]}" qcowkit "${c[@]}" > /dev/null 2> "$T/err"
-    rc=$?
+    rc=${rcs[k]:-255}
     # check and repair -n exit with a verdict on the image
     case ${c[0]}:$rc in check:2|check:3|repair:4) rc=0 ;; esac
-    [ $rc -eq 0 ] || bad="$bad${bad:+; }qcowkit ${c[*]} -> $rc: $(head -c 300 "$T/err")"
-    grep -v "$T/out.raw" "$T/st" |
-      grep -E 'O_WRONLY|O_RDWR|O_CREAT|O_TRUNC|creat\(' |
-      grep -vE '"/(dev|proc|sys)/' >> "$T/opens"
-  done < <(ro_commands "$i" "${f[@]:1}")
+    [ $rc -eq 0 ] || bad="$bad${bad:+; }qcowkit ${c[*]} -> $rc: $(cmd_err $k | head -c 300)"
+    k=$((k + 1))
+  done < "$T/cmds"
+  grep -v "$T/out.raw" "$T/st" |
+    grep -E 'O_WRONLY|O_RDWR|O_CREAT|O_TRUNC|creat\(' |
+    grep -vE '"/(dev|proc|sys)/' > "$T/opens"
   if [ -z "$bad" ]; then
     pass "$i: every read-only command exits 0"
   else

@@ -56,8 +56,9 @@ todo () {  # todo PASSED DESCRIPTION REASON: one TAP TODO line
   if $1; then echo "ok $tap_n - $2 # TODO $3"; else echo "not ok $tap_n - $2 # TODO $3"; fi
 }
 
-stamp () { echo "$(sha256sum < "$1" | cut -d' ' -f1) $(stat -c %y "$1")"; }
-sha () { sha256sum < "$1" | cut -d' ' -f1; }
+# (one process each: sha256sum's " -" is cut by the shell)
+stamp () { local h; h=$(sha256sum < "$1"); echo "${h%% *} $(stat -c %y "$1")"; }
+sha () { local h; h=$(sha256sum < "$1"); echo "${h%% *}"; }
 # counts FILE: "corruptions leaks" of a qemu-img check JSON report, or
 # nothing when it gave none.
 counts () {
@@ -87,8 +88,13 @@ for dir in "$cases_dir"/*/; do
   fi
   # the case's other files (backing files, data files) stay beside it
   # check -r flags: a case run with special check args is not repaired here
-  args=$(sed -n 's/^args:[[:space:]]*//p' "$dir/expect" 2>/dev/null | head -1)
-  qcmd=$(sed -n 's/^qemu-cmd:[[:space:]]*//p' "$dir/expect" 2>/dev/null | head -1)
+  # (the first "qemu-cmd:" line of expect, read by the shell)
+  qcmd=
+  if [ -f "$dir/expect" ]; then
+    while IFS= read -r l || [ -n "$l" ]; do
+      [[ $l =~ ^qemu-cmd:[[:space:]]*(.*)$ ]] && { qcmd=${BASH_REMATCH[1]}; break; }
+    done < "$dir/expect"
+  fi
   if [ -n "$qcmd" ]; then
     diag "$name: needs its own qemu-img command line ($qcmd): not repaired here"
     continue
@@ -96,12 +102,14 @@ for dir in "$cases_dir"/*/; do
   orig_sha=$(sha "$w/orig.qcow2")
   # the images keep the original's name in each of three directories, so
   # that relative backing and data file names still resolve
+  # (the *.qcow2 and the other files, in one cp a directory)
+  files=()
+  for f in "$w"/*; do
+    { [ "${f%.qcow2}" != "$f" ] || [ -f "$f" ]; } && files+=("$f")
+  done
+  mkdir -p "$w/k" "$w/q" "$w/y"
   for d in k q y; do
-    mkdir -p "$w/$d"
-    cp -a "$w"/*.qcow2 "$w/$d/" 2>/dev/null
-    for f in "$w"/*; do
-      [ -f "$f" ] && [ "${f%.qcow2}" = "$f" ] && cp -a "$f" "$w/$d/"
-    done
+    cp -a "${files[@]}" "$w/$d/"
   done
 
   # ours, qemu-img's

@@ -13,7 +13,8 @@ scratch
 srcdir=$(cd "$srcdir" && pwd)
 cd "$T" || exit 1
 
-sha () { sha256sum < "$1" | cut -d' ' -f1; }
+# (one process: sha256sum's " -" is cut by the shell)
+sha () { local h; h=$(sha256sum < "$1"); echo "${h%% *}"; }
 stamp () { echo "$(sha "$1") $(stat -c %y "$1")"; }
 # build CASE FILE: the image of a check catalog case
 build () {
