@@ -179,6 +179,24 @@ struct cmpjob {
                            cluster counted; CMP_SEQ */
 };
 
+/* 1 + the cluster of the last nonzero count in the len bytes of counts c
+ * (of cluster first on; bytes per count: 1 << shift), or 0 if none. */
+static uint64_t
+last_used (const uint8_t *c, size_t len, unsigned shift, uint64_t first)
+{
+  size_t b;
+
+  for (b = len; b >= 8; b -= 8) {
+    uint64_t x;
+    memcpy (&x, c + b - 8, 8);
+    if (x)
+      break;
+  }
+  while (b && c[b - 1] == 0)
+    b--;
+  return b ? first + ((b - 1) >> shift) + 1 : 0;
+}
+
 static void
 step_compare (struct ck *ck, struct wk *w, void *arg)
 {
@@ -195,7 +213,6 @@ step_compare (struct ck *ck, struct wk *w, void *arg)
                      ? ck->reftable[t] & QK_REFT_OFFSET_MASK : 0;
       size_t len = (size_t) (end - first) << shift;
       const uint8_t *c = ck->imrt + (first << shift), *blk;
-      size_t b;
 
       j->hi[t] = CMP_SEQ;
       if (rbo) {
@@ -206,16 +223,7 @@ step_compare (struct ck *ck, struct wk *w, void *arg)
       }
       else if (!all_zero (c, len))
         continue;
-      /* the last non-zero count */
-      for (b = len; b >= 8; b -= 8) {
-        uint64_t x;
-        memcpy (&x, c + b - 8, 8);
-        if (x)
-          break;
-      }
-      while (b && c[b - 1] == 0)
-        b--;
-      j->hi[t] = b ? first + ((b - 1) >> shift) + 1 : 0;
+      j->hi[t] = last_used (c, len, shift, first);
     }
   }
 }
@@ -275,6 +283,25 @@ phase_compare (struct ck *ck)
               end - 1, rbo, qk_get_error ());
       /* qemu-img leaves these clusters out of image-end-offset */
       continue;
+    }
+    /* Nothing to report at once, as in step_compare: no block and no
+     * count (a sparse file's hole: the fresh clusters a repair puts past
+     * a dangling entry can leave a gigabyte of them), or a block in the
+     * counts' format with the same bytes, whose last count is then all
+     * the end offset needs. */
+    if (blk == NULL
+        && qk_refblock_next_used (ck->imrt, ck->order, first, end) == end)
+      continue;
+    if (blk && word) {
+      size_t len = (size_t) (end - first) << (ck->order - 3);
+      const uint8_t *c = ck->imrt + (first << (ck->order - 3));
+      if (memcmp (blk, c, len) == 0) {
+        uint64_t hi = last_used (c, len, ck->order - 3, first);
+        if (hi && hi - 1 > highest)
+          highest = hi - 1;
+        any = any || hi;
+        continue;
+      }
     }
     for (uint64_t k = first; k < end; k++) {
       uint64_t stored, counted;

@@ -93,19 +93,10 @@ excl_need (struct ck *ck)
     return -1;
   }
   populate (ck, ck->excl, ck->nb / 8 + 1);
-  for (uint64_t k = 0; k < ck->nb; k++) {
-    /* eight clusters with no count at once (16-bit counts) */
-    if (ck->order == 4 && (k & 7) == 0 && ck->nb - k >= 8) {
-      uint64_t x[2];
-      memcpy (x, ck->imrt + 2 * k, 16);
-      if ((x[0] | x[1]) == 0) {
-        k += 7;
-        continue;
-      }
-    }
-    if (qk_refblock_get (ck->imrt, ck->order, k))
-      ck->excl[k / 8] |= 1U << (k & 7);
-  }
+  for (uint64_t k = qk_refblock_next_used (ck->imrt, ck->order, 0, ck->nb);
+       k < ck->nb;
+       k = qk_refblock_next_used (ck->imrt, ck->order, k + 1, ck->nb))
+    ck->excl[k / 8] |= 1U << (k & 7);
   return 0;
 }
 

@@ -88,6 +88,13 @@ qk_refblock_get (const uint8_t *blk, unsigned order, uint64_t idx)
   return 0;
 }
 
+/* The first index in [k, end) of the array of refcounts blk whose count
+ * is not zero, or end. Zero runs (a sparse file's clusters, the ranges
+ * of a refcount table's missing blocks) go 4 KiB, then 8 bytes, at a
+ * time. */
+extern uint64_t qk_refblock_next_used (const uint8_t *blk, unsigned order,
+                                       uint64_t k, uint64_t end);
+
 static inline __attribute__ ((always_inline)) void
 qk_refblock_set (uint8_t *blk, unsigned order, uint64_t idx, uint64_t v)
 {

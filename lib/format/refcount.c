@@ -17,6 +17,37 @@
 #include "internal.h"
 #include "format/format.h"
 
+uint64_t
+qk_refblock_next_used (const uint8_t *blk, unsigned order, uint64_t k,
+                       uint64_t end)
+{
+  static const uint8_t zero[4096];
+  const uint64_t chunk = (8ULL * sizeof zero) >> order;   /* per 4 KiB */
+  const uint64_t wn = 64U >> order;                        /* per 8 bytes */
+
+  if (order > 6)
+    return end;
+  while (k < end) {
+    if ((k & (chunk - 1)) == 0 && end - k >= chunk
+        && memcmp (blk + ((k << order) >> 3), zero, sizeof zero) == 0) {
+      k += chunk;
+      continue;
+    }
+    if ((k & (wn - 1)) == 0 && end - k >= wn) {
+      uint64_t x;
+      memcpy (&x, blk + ((k << order) >> 3), 8);
+      if (x == 0) {
+        k += wn;
+        continue;
+      }
+    }
+    if (qk_refblock_get (blk, order, k))
+      return k;
+    k++;
+  }
+  return end;
+}
+
 static int
 cmp_u64 (const void *a, const void *b)
 {

@@ -34,15 +34,13 @@ qk_refstruct_write (const struct qk_refmap *map, unsigned cluster_bits,
     uint64_t first = t * per, end = first + per;
     if (end > map->n)
       end = map->n;
-    for (uint64_t k = first; k < end; k++)
-      if (qk_refmap_get (map, k)) {
-        uint64_t *nv = qk_grow (need, &cap_need, n_need + 1, sizeof *nv);
-        if (nv == NULL)
-          goto out;
-        need = nv;
-        need[n_need++] = t;
-        break;
-      }
+    if (qk_refblock_next_used (map->counted, map->order, first, end) < end) {
+      uint64_t *nv = qk_grow (need, &cap_need, n_need + 1, sizeof *nv);
+      if (nv == NULL)
+        goto out;
+      need = nv;
+      need[n_need++] = t;
+    }
   }
   if (qk_reflayout_plan (cluster_bits, order, need, n_need, start, &L) < 0)
     goto out;

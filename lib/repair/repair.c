@@ -1710,12 +1710,9 @@ blocks_cover (const struct qk_repair *r, const struct qk_refmap *map)
 
   for (uint64_t t = 0; t * per < map->n; t++) {
     uint64_t first = t * per, end = first + per, e;
-    bool used = false;
     if (end > map->n)
       end = map->n;
-    for (uint64_t k = first; k < end && !used; k++)
-      used = qk_refmap_get (map, k) != 0;
-    if (!used)
+    if (qk_refblock_next_used (map->counted, map->order, first, end) == end)
       continue;
     if (t >= map->reftable_n)
       return false;

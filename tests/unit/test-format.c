@@ -1059,6 +1059,47 @@ test_refblocks (void)
   free (ref);
 }
 
+/* qk_refblock_next_used against a scan of every entry: every width, long
+ * zero runs (whole 4 KiB chunks and words skipped) with counts at their
+ * edges, ranges that start and end anywhere. */
+static void
+test_refblock_next_used (void)
+{
+  enum { BYTES = 3 * 4096 + 24 };
+  uint8_t *b = malloc (BYTES);
+  unsigned bad = 0, tried = 0;
+
+  for (unsigned o = 0; o <= 6; o++) {
+    uint64_t entries = (uint64_t) BYTES * 8 >> o, chunk = 32768U >> o;
+    uint64_t at[] = { 0, 1, chunk - 1, chunk, chunk + 1, 2 * chunk + 5,
+                      entries - 1 };
+    for (unsigned m = 0; m < 1u << 7; m += 1 + m / 3) {
+      memset (b, 0, BYTES);
+      for (unsigned j = 0; j < 7; j++)
+        if (m >> j & 1)
+          qk_refblock_set (b, o, at[j], 1);
+      for (uint64_t k = 0; k < entries; k += 1 + k / 5 + (k > chunk) * 97) {
+        uint64_t ends[] = { entries, k + (64U >> o), k + chunk + 3, k };
+        for (unsigned e = 0; e < 4; e++) {
+          uint64_t end = ends[e] > entries ? entries : ends[e], want = end;
+          for (uint64_t x = k; x < end; x++)
+            if (qk_refblock_get (b, o, x)) {
+              want = x;
+              break;
+            }
+          tried++;
+          bad += qk_refblock_next_used (b, o, k, end) != want;
+        }
+      }
+    }
+  }
+  ok (tried > 10000 && bad == 0, "refblock_next_used finds the first count "
+      "a scan finds, every width (%u of %u ranges differ)", bad, tried);
+  ok (qk_refblock_next_used (b, 7, 0, 100) == 100,
+      "refblock_next_used: an order above 6 has no counts");
+  free (b);
+}
+
 /* ---- snapshots ---- */
 
 static size_t
@@ -2771,6 +2812,7 @@ main (void)
   test_l2_types ();
   test_l2_compressed ();
   test_refblocks ();
+  test_refblock_next_used ();
   test_snapshots ();
   test_bitmaps ();
   test_compress_type (QK_COMPRESSION_DEFLATE);
