@@ -352,6 +352,45 @@ refuse_width (struct amend *a, const struct qk_refscan *sc)
                  sc->over_value);
 }
 
+/* Step 2 gives the clusters of the old refcount table and blocks a
+ * refcount of 0 in the new structure: none of them may hold anything
+ * else too (the check's claim map marks the clusters two structures
+ * claim). Found by fuzz-amend: a refcount table that an encryption
+ * header pointer also named was freed under it, a corruption after an
+ * amend of an image with none. */
+static int
+refstruct_shared (struct amend *a, const struct qk_refmap *map)
+{
+  const struct qk_header *h = &a->img->hdr;
+  uint64_t cs = h->cluster_size, first = h->refcount_table_offset / cs;
+  uint64_t found = UINT64_MAX, *rt;
+  size_t rt_n;
+
+  if (a->new_order == h->refcount_order)
+    return 0;
+  for (uint64_t k = first; k < first + h->refcount_table_clusters
+                           && found == UINT64_MAX; k++)
+    if (qk_refmap_conflicted (map, k))
+      found = k;
+  if (found == UINT64_MAX) {
+    if (qk_image_read_refcount_table (a->img, &rt, &rt_n) < 0)
+      return -1;
+    for (size_t t = 0; t < rt_n && found == UINT64_MAX; t++) {
+      uint64_t b = rt[t] & QK_REFT_OFFSET_MASK;
+      if (b && qk_refmap_conflicted (map, b / cs))
+        found = b / cs;
+    }
+    free (rt);
+  }
+  if (found == UINT64_MAX)
+    return 0;
+  return qk_xform_refuse ("amend", EUCLEAN, "%s: the refcount structure "
+                          "shares the cluster at 0x%" PRIx64 " with other "
+                          "metadata, and a new refcount width frees it: run "
+                          "qcowkit check, and repair, first", a->path,
+                          found * cs);
+}
+
 /* The new structure from the stored refcounts, one refcount block at a
  * time (lib/repair/refstruct.c): every refcount as stored (the check
  * found none too low; the leaks it found are freed by now, but those of
@@ -915,7 +954,7 @@ run (struct amend *a)
   /* fresh clusters go past what the check saw: the file, and what an
    * entry past its end points at */
   a->fresh_min = map.n > map.dangling_end ? map.n : map.dangling_end;
-  if (width_fits (a) < 0) {
+  if (width_fits (a) < 0 || refstruct_shared (a, &map) < 0) {
     qk_refmap_free (&map);
     return -1;
   }
