@@ -13,7 +13,8 @@
  *   2. after a successful amend that wrote, the image opens, and a check
  *      finds no more corruptions and check errors than before (when the
  *      amend checked it: all but a header-only upgrade), and, when there
- *      were none, none and no more leaks;
+ *      were none, none and no more leaks than before, counting those the
+ *      check before could not be sure of (LEAK_UNCERTAIN);
  *   3. guest data: every 64 KiB of the active image that read before
  *      reads the same after, and the virtual size is the same;
  *   4. the two-run rule: the same amend again writes nothing.
@@ -36,7 +37,6 @@
 #include "fuzz.h"
 
 #define MAX_GUEST (64ULL << 20)
-#define MAX_FILE (512ULL << 20)
 #define UNIT ((uint64_t) 64 << 10)
 
 static int file_fd = -1;
@@ -85,30 +85,6 @@ file_init (void)
   return 0;
 }
 
-/* The whole file, in scratch buffer SLOT (fuzz.h; NULL when too large
- * or unreadable). */
-static uint8_t *
-file_get (unsigned slot, size_t *len)
-{
-  struct stat st;
-  uint8_t *buf;
-  size_t done = 0;
-
-  if (fstat (file_fd, &st) < 0 || (uint64_t) st.st_size > MAX_FILE)
-    return NULL;
-  *len = (size_t) st.st_size;
-  buf = fuzz_scratch (slot, *len);
-  if (buf == NULL)
-    return NULL;
-  while (done < *len) {
-    ssize_t n = pread (file_fd, buf + done, *len - done, (off_t) done);
-    if (n <= 0)
-      return NULL;
-    done += (size_t) n;
-  }
-  return buf;
-}
-
 static struct qk_image *
 open_file (void)
 {
@@ -119,7 +95,7 @@ open_file (void)
 
 /* The active guest view, UNIT at a time, in scratch buffer SLOT (fuzz.h);
  * ok[u]: it read (only those bytes are compared). */
-static uint8_t *
+static FUZZ_NO_COV uint8_t *
 guest_get (unsigned slot, struct qk_image *img, uint64_t size, uint8_t **ok)
 {
   uint64_t n = (size + UNIT - 1) / UNIT;
@@ -146,6 +122,19 @@ hash (const uint8_t *d, size_t n)
   return h;
 }
 
+/* Clusters the check found with a stored refcount above their count
+ * while part of the metadata could not be read (LEAK_UNCERTAIN): leaks
+ * it does not count, which it counts once that part reads (an amend
+ * that grows the file over an L1 table past its end makes it read as
+ * QEMU reads it, zeros: qemu-img check counts them as leaks before). */
+static int FUZZ_NO_COV
+count_uncertain (void *opaque, const struct qk_problem *p)
+{
+  if (p->code == 0x040004)
+    ++*(uint64_t *) opaque;
+  return 0;
+}
+
 int
 LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 {
@@ -154,10 +143,8 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   struct qk_amend_result res, res2;
   struct qk_check_result before, after;
   struct qk_image *img;
-  uint64_t vsize, h = hash (data, size);
+  uint64_t vsize, h, uncertain = 0;
   uint8_t *g1 = NULL, *ok1 = NULL, *g2 = NULL, *ok2 = NULL;
-  uint8_t *f1 = NULL, *f2 = NULL;
-  size_t l1, l2;
   int r, e;
 
   fuzz_init ();
@@ -175,24 +162,25 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     qk_image_close (img);
     return 0;
   }
+  h = hash (data, size);   /* (only of the inputs amend is run on) */
   memset (&before, 0, sizeof before);
   qk_check_run (img, 0, NULL, NULL, &before);
+  if (before.warnings)   /* (messages formatted only then) */
+    qk_check_run (img, 0, count_uncertain, &uncertain, &before);
   g1 = guest_get (2, img, vsize, &ok1);
   qk_image_close (img);
   if (g1 == NULL)
     return 0;
-  f1 = file_get (0, &l1);
 
   memset (&o, 0, sizeof o);
   o.compat = (h & 1) ? 3 : 2;
   o.refcount_bits = widths[(h >> 1) & 3];
   r = qk_amend (file_path, &o, &res);
   e = errno;
-  f2 = file_get (1, &l2);
   if (r < 0) {
-    /* 1: a refusal writes nothing */
+    /* 1: a refusal writes nothing: the file is still the input */
     if ((e == ENOTSUP || e == EUCLEAN || e == EINVAL) && !res.changed
-        && f1 && f2 && (l1 != l2 || memcmp (f1, f2, l1) != 0))
+        && !fuzz_file_is (file_fd, data, size))
       violation ("a refused amend (%s) wrote the file", qk_get_error ());
     goto out;
   }
@@ -215,12 +203,12 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
                after.check_errors);
   if (before.corruptions + before.check_errors == 0
       && (after.corruptions + after.check_errors != 0
-          || after.leaks > before.leaks))
+          || after.leaks > before.leaks + uncertain))
     violation ("amend (compat %u, refcount bits %u) of an image without "
                "errors left %" PRIu64 " corruptions, %" PRIu64 " leaks (%"
-               PRIu64 " before), %" PRIu64 " check errors", o.compat,
-               o.refcount_bits, after.corruptions, after.leaks, before.leaks,
-               after.check_errors);
+               PRIu64 " before, and %" PRIu64 " uncertain), %" PRIu64
+               " check errors", o.compat, o.refcount_bits, after.corruptions,
+               after.leaks, before.leaks, uncertain, after.check_errors);
   /* 3: guest data */
   if (qk_image_header (img)->size != vsize)
     violation ("amend changed the virtual size");

@@ -3,11 +3,14 @@
 #ifndef QK_FUZZ_H
 #define QK_FUZZ_H
 
+#include <config.h>   /* first: _GNU_SOURCE (SEEK_DATA) in every harness */
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -29,9 +32,11 @@ int LLVMFuzzerTestOneInput (const uint8_t *data, size_t size);
 /* A function of the harness itself whose loops over the whole input are
  * not the library's: without coverage instrumentation (clang 13 on),
  * which calls back on every compare of every iteration (a hash of a 200
- * KiB input cost a tenth of fuzz-amend's time). */
+ * KiB input cost a tenth of fuzz-amend's time). Never inlined: the
+ * coverage pass runs after inlining, and instruments what was inlined
+ * into an instrumented caller. */
 #if defined __clang__ && __clang_major__ >= 13
-# define FUZZ_NO_COV __attribute__ ((no_sanitize ("coverage")))
+# define FUZZ_NO_COV __attribute__ ((no_sanitize ("coverage"), noinline))
 #else
 # define FUZZ_NO_COV
 #endif
@@ -304,6 +309,120 @@ fuzz_file_set (int fd, const uint8_t *data, size_t size)
     done += (size_t) n;
   }
   return 0;
+}
+
+/* ---- the bytes of a file, its holes skipped ----
+ * What a writer left, to see whether a second run changes it. A copy of
+ * the whole file cost more than the repair it guards: a repair that
+ * places fresh structures past a dangling reference leaves a sparse file
+ * of hundreds of MiB, read and compared whole before. Here only the data
+ * segments (SEEK_DATA, SEEK_HOLE; the whole file where a file system
+ * knows no holes) are read, and of them only the pages that are not all
+ * zero are kept (their offsets and bytes, in a scratch buffer): two files
+ * hold the same bytes exactly when their sizes and those lists are
+ * equal. */
+#define FUZZ_PAGE 4096U
+#define FUZZ_PAGES_MAX (64U << 20)   /* kept bytes; more: cannot tell */
+struct fuzz_pages {
+  uint64_t size;         /* of the file */
+  size_t n;              /* pages kept */
+  size_t have;           /* bytes asked of the scratch buffer */
+  uint8_t *rec;          /* per page: 8 bytes of offset, FUZZ_PAGE of data */
+  unsigned slot;         /* the scratch buffer (fuzz_scratch) */
+};
+
+/* Record the file's pages in fp (compare false), or compare the file with
+ * them (compare true). 1: recorded, or the same bytes; 0: different; -1:
+ * cannot tell (an I/O error, more than FUZZ_PAGES_MAX bytes to keep). */
+static inline FUZZ_NO_COV int
+fuzz_file_pages (int fd, struct fuzz_pages *fp, bool compare)
+{
+  static uint8_t chunk[16 * FUZZ_PAGE];
+  const size_t rec = 8 + FUZZ_PAGE;
+  struct stat st;
+  uint64_t next = 0, last;     /* page indexes */
+  size_t i = 0;
+
+  if (fstat (fd, &st) < 0)
+    return -1;
+  if (compare && (uint64_t) st.st_size != fp->size)
+    return 0;
+  if (!compare) {
+    fp->size = (uint64_t) st.st_size;
+    fp->n = 0;
+  }
+  last = (fp->size + FUZZ_PAGE - 1) / FUZZ_PAGE;
+  while (next < last) {
+    off_t d = lseek (fd, (off_t) (next * FUZZ_PAGE), SEEK_DATA), h;
+    uint64_t k, end;
+    if (d < 0)
+      break;                          /* ENXIO: a hole to the end */
+    h = lseek (fd, d, SEEK_HOLE);
+    k = (uint64_t) d / FUZZ_PAGE > next ? (uint64_t) d / FUZZ_PAGE : next;
+    end = h < 0 ? last : ((uint64_t) h + FUZZ_PAGE - 1) / FUZZ_PAGE;
+    if (end > last)
+      end = last;
+    if (end <= k)
+      end = k + 1;
+    while (k < end) {
+      uint64_t off = k * FUZZ_PAGE;
+      size_t want = (end - k) * FUZZ_PAGE < sizeof chunk
+                    ? (size_t) ((end - k) * FUZZ_PAGE) : sizeof chunk;
+      ssize_t got = pread (fd, chunk, want, (off_t) off);
+      if (got <= 0)
+        return -1;
+      for (size_t p = 0; p < (size_t) got; p += FUZZ_PAGE) {
+        size_t len = (size_t) got - p < FUZZ_PAGE ? (size_t) got - p
+                                                   : FUZZ_PAGE;
+        const uint8_t *pg = chunk + p;
+        uint64_t po = off + p;
+        uint8_t *r;
+        if (pg[0] == 0 && memcmp (pg, pg + 1, len - 1) == 0)
+          continue;
+        if (compare) {
+          if (i >= fp->n)
+            return 0;
+          r = fp->rec + i++ * rec;
+          if (memcmp (r, &po, 8) != 0 || memcmp (r + 8, pg, len) != 0)
+            return 0;
+          continue;
+        }
+        if ((fp->n + 1) * rec > fp->have) {
+          size_t want_b = fp->have ? 2 * fp->have : 64 * rec;
+          if (want_b > FUZZ_PAGES_MAX + rec)
+            return -1;
+          if ((fp->rec = fuzz_scratch (fp->slot, want_b)) == NULL)
+            return -1;
+          fp->have = want_b;
+        }
+        r = fp->rec + fp->n++ * rec;
+        memcpy (r, &po, 8);
+        memcpy (r + 8, pg, len);
+      }
+      k += ((size_t) got + FUZZ_PAGE - 1) / FUZZ_PAGE;
+    }
+    next = end;
+  }
+  return compare ? i == fp->n : 1;
+}
+
+/* Whether the file fd holds exactly the size bytes at data. */
+static inline FUZZ_NO_COV bool
+fuzz_file_is (int fd, const uint8_t *data, size_t size)
+{
+  static uint8_t chunk[16 * FUZZ_PAGE];
+  struct stat st;
+
+  if (fstat (fd, &st) < 0 || (uint64_t) st.st_size != size)
+    return false;
+  for (size_t off = 0; off < size;) {
+    size_t want = size - off < sizeof chunk ? size - off : sizeof chunk;
+    ssize_t got = pread (fd, chunk, want, (off_t) off);
+    if (got <= 0 || memcmp (chunk, data + off, (size_t) got) != 0)
+      return false;
+    off += (size_t) got;
+  }
+  return true;
 }
 
 /* A problem callback that counts (opaque: unsigned *) and touches the

@@ -6,7 +6,8 @@
 #
 # Each harness runs SECONDS (default 60) under ASan + UBSan with its
 # dictionary, a 2 GiB RSS limit, a 10 s per-input timeout, inputs of at
-# most 256 KiB (-max_len; the qcow2 seeds are smaller, fuzz/make-seeds.sh)
+# most 256 KiB (-max_len; 64 KiB for repair and amend, max_len below; the
+# qcow2 seeds are smaller, fuzz/make-seeds.sh)
 # and no rereading of the corpus directory (-reload=0: one process).
 # Any crash, leak, timeout or out-of-memory fails the script; the input
 # that did it is left in smoke/artifacts/. Exiting cleanly is not enough:
@@ -26,6 +27,18 @@ min_rate () {
     repair|amend) echo 25 ;;
     meta-bulk) echo 10 ;;
     *) echo 20 ;;
+  esac
+}
+# The largest input libFuzzer makes: the repair and the amend write the
+# input to a file and check it whole three to six times, so every byte
+# costs them several times what it costs the others (doc/FUZZING.md,
+# "Throughput"). The qcow2 seeds are 18 to 33 KiB but for seed4's three
+# (180 KiB), which libFuzzer cuts to 64 KiB for them: a long campaign on
+# fuzz-repair passes -max_len=262144 to reach their paths too.
+max_len () {
+  case $1 in
+    repair|amend) echo 65536 ;;
+    *) echo 262144 ;;
   esac
 }
 secs=${1:-60}
@@ -66,7 +79,7 @@ run () {  # HARNESS SEEDDIR... (dictionary picked by harness)
   env "${envs[@]}" ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     "$bin" -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 \
-      -max_len=262144 -reload=0 -print_final_stats=1 -dict="$dict" \
+      -max_len="$(max_len "$h")" -reload=0 -print_final_stats=1 -dict="$dict" \
       -artifact_prefix="$work/artifacts/$h-" \
       "$work/corpus-$h" "$@" >"$log" 2>&1
   rc=$?

@@ -2,6 +2,8 @@
  * the command line, and every file in a directory named there. Used by
  * make check (seed corpus and tests/regress/) and by AFL++. gzipped
  * inputs (*.gz) are inflated first. */
+#include <config.h>
+
 #include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
