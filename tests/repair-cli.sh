@@ -123,6 +123,44 @@ is "$(jq -c '[.lost[] | [.snapshot // -1, ."guest-offset", .length]]' shared.jso
   "lost: the cluster at both active L1 entries that map the table, and in the snapshot"
 is "$(qemu-img check shared.qcow2 >/dev/null 2>&1; echo $?)" 0 "qemu-img check finds it clean"
 
+# ---- an encryption header pointer in an image that is not encrypted ----
+# QEMU refuses the image and does not count the pointer's range; neither
+# does the check (HDR_FEATURE_DEPENDENCY). Here it points at 512 MiB from
+# 1 MiB, past the end of the file, and the refcount table has lost its
+# block. The repair rebuilds the refcounts in fresh clusters at the end of
+# the file. Counted as a dangling reference, the pointer had the repair
+# write them past its range (fresh clusters go past what dangling entries
+# point at): the file grew to 513 MiB and its 8,192 clusters of holes
+# became an encryption header (fuzz-repair: such inputs grew 64 KiB files
+# to 1 GiB and took most of its time).
+rm -rf "$T/b" && mkdir -p "$T/b" &&
+(cd "$T/b" && IMG=$T/b/x.qcow2 SIZE=64M bash -ec '. "$1"
+   mkimg; wr 0 64k
+   hl=$(( $(peek32 100) ))
+   rest=$(od -An -tx1 -v -j "$hl" -N 1024 "$IMG" | tr -d " \n")
+   pokehex "$hl" "$(be 4 0x0537be77)$(be 4 16)$(be 8 0x100000)$(be 8 0x20000000)$rest"
+   set_rte 0 0' s "$srcdir/tests/check/functions.sh") >/dev/null 2>&1 &&
+cp "$T/b/x.qcow2" crypto.qcow2 || fail "build crypto"
+qcowkit repair -y --no-undo crypto.qcow2 > out 2>&1
+is "$?" 4 "repair -y of an image with an encryption header pointer but no encryption: exit 4 (a problem remains)"
+grep -q "Rebuilt the refcount table and blocks in fresh clusters" out
+is "$?" 0 "it rebuilds the refcount structure"
+size=$(stat -c %s crypto.qcow2)
+if [ "$size" -le 1048576 ]; then
+  pass "the file stays below the pointer's range ($size bytes)"
+else
+  fail "the file stays below the pointer's range" "$size bytes"
+fi
+is "$(qcowkit check --output=json crypto.qcow2 | jq -c '[[.problems[].code], .corruptions, .leaks // 0]')" \
+  '[["0x00000d"],1,0]' "what remains is the contradiction of the header (the user decides)"
+cp crypto.qcow2 crypto2.qcow2
+qcowkit repair -y --no-undo crypto2.qcow2 > /dev/null 2>&1
+is "$(sha crypto2.qcow2)" "$(sha crypto.qcow2)" "a second repair changes nothing"
+qemu-img check crypto.qcow2 > out 2>&1
+is "$?" 1 "qemu-img still refuses it: exit 1"
+grep -q "CRYPTO header extension only expected with LUKS encryption method" out
+is "$?" 0 "for the same reason"
+
 # ---- a cluster mapped twice gets its own copy ----
 build refcount-low-duplicate-l2-entry dup.qcow2 || fail "build dup"
 qcowkit repair -y --no-undo dup.qcow2 > out 2>&1

@@ -136,6 +136,11 @@ phase_header (struct ck *ck)
   if (h->crypt_method == QK_CRYPT_LUKS && !img->has_crypto_ext)
     report (ck, PR_HDR_FEATURE_DEPENDENCY, 1, NOLOC,
             "LUKS encryption without the encryption header pointer");
+  if (h->crypt_method != QK_CRYPT_LUKS && img->has_crypto_ext)
+    report (ck, PR_HDR_FEATURE_DEPENDENCY, 1, NOLOC,
+            "an encryption header pointer without LUKS encryption (QEMU "
+            "refuses the image: CRYPTO header extension only expected with "
+            "LUKS encryption method)");
 
   /* extensions */
   if (h->backing_file_offset && h->backing_file_offset <= ck->cs)

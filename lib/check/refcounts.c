@@ -105,7 +105,15 @@ phase_refcount_structs (struct ck *ck)
   ck->reftable_counted = ck->reftable_n
     && !ADD_OVERFLOW (h->refcount_table_offset, ck->reftable_n * 8, &end)
     && end < ck->file_len + ck->cs;
-  if (ck->img->has_crypto_ext && ck->img->crypto_length) {
+  /* As qemu-img: the encryption header is a structure of LUKS images
+   * only. The pointer in an image that is not LUKS is reported
+   * (HDR_FEATURE_DEPENDENCY: QEMU refuses the image) and not counted:
+   * fuzzed, its range is any size, and counting it past the end of the
+   * file would have a repair write past it (fresh clusters go past what
+   * dangling references point at), 1 GiB of holes its garbage then
+   * claims. */
+  if (ck->img->has_crypto_ext && ck->img->crypto_length
+      && h->crypt_method == QK_CRYPT_LUKS) {
     struct owner oc = { .kind = OWN_CRYPTO };
     if (inc_refs (ck, ck->img->crypto_offset, ck->img->crypto_length, 1,
                   &oc) < 0)
