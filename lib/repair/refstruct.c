@@ -30,17 +30,19 @@ qk_refstruct_write (const struct qk_refmap *map, unsigned cluster_bits,
   uint8_t *buf = NULL;
   int ret = -1;
 
-  for (uint64_t t = 0; t * per < map->n; t++) {
-    uint64_t first = t * per, end = first + per;
-    if (end > map->n)
-      end = map->n;
-    if (qk_refblock_next_used (map->counted, map->order, first, end) < end) {
-      uint64_t *nv = qk_grow (need, &cap_need, n_need + 1, sizeof *nv);
-      if (nv == NULL)
-        goto out;
-      need = nv;
-      need[n_need++] = t;
-    }
+  /* the blocks with a count, from one count to the next (a hole of
+   * clusters past a dangling entry is scanned 4 KiB of counts at a time) */
+  for (uint64_t k = qk_refblock_next_used (map->counted, map->order, 0,
+                                           map->n), t;
+       k < map->n;
+       k = qk_refblock_next_used (map->counted, map->order, (t + 1) * per,
+                                  map->n)) {
+    uint64_t *nv = qk_grow (need, &cap_need, n_need + 1, sizeof *nv);
+    t = k / per;
+    if (nv == NULL)
+      goto out;
+    need = nv;
+    need[n_need++] = t;
   }
   if (qk_reflayout_plan (cluster_bits, order, need, n_need, start, &L) < 0)
     goto out;

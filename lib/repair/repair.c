@@ -1708,12 +1708,14 @@ blocks_cover (const struct qk_repair *r, const struct qk_refmap *map)
   const struct qk_header *h = &r->img->hdr;
   uint64_t per = h->cluster_size * 8 >> h->refcount_order;
 
-  for (uint64_t t = 0; t * per < map->n; t++) {
-    uint64_t first = t * per, end = first + per, e;
-    if (end > map->n)
-      end = map->n;
-    if (qk_refblock_next_used (map->counted, map->order, first, end) == end)
-      continue;
+  /* the blocks with a count, from one count to the next (a hole of
+   * clusters past a dangling entry is scanned 4 KiB of counts at a time) */
+  for (uint64_t k = qk_refblock_next_used (map->counted, map->order, 0,
+                                           map->n), t, e;
+       k < map->n;
+       k = qk_refblock_next_used (map->counted, map->order, (t + 1) * per,
+                                  map->n)) {
+    t = k / per;
     if (t >= map->reftable_n)
       return false;
     e = map->reftable[t];
