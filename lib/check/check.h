@@ -67,5 +67,11 @@ extern void qk_refmap_drop_refstructs (struct qk_refmap *map,
 extern void qk_refmap_free (struct qk_refmap *map);
 /* The count for cluster k (0 past the map). */
 extern uint64_t qk_refmap_get (const struct qk_refmap *map, uint64_t k);
+/* The first refcount block index from t on (blocks of per clusters) that
+ * covers a count, or UINT64_MAX: from one count to the next, so a hole of
+ * clusters (past a dangling entry, up to 1 GiB) is scanned 4 KiB of
+ * counts at a time, not a block's at a time. */
+extern uint64_t qk_refmap_next_block (const struct qk_refmap *map,
+                                      uint64_t per, uint64_t t);
 
 #endif

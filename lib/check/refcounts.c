@@ -256,6 +256,8 @@ phase_compare (struct ck *ck)
     free (job.hi);
     job.hi = NULL;
   }
+  uint64_t no_block_end = 0;   /* the run of table entries without one */
+
   for (uint64_t t = 0; t * per < ck->nb; t++) {
     uint64_t first = t * per, end = MIN (ck->nb, first + per);
     uint64_t rbo = t < ck->reftable_n ? ck->reftable[t] & QK_REFT_OFFSET_MASK
@@ -267,15 +269,20 @@ phase_compare (struct ck *ck)
      * clusters a repair puts past a dangling entry leave a hole of up to
      * 1 GiB, two million clusters of 512 bytes) */
     if (rbo == 0 && !(job.hi && job.hi[t] != CMP_SEQ)) {
-      uint64_t lim = t, k;
-      while (lim < ck->reftable_n
-             && (ck->reftable[lim] & QK_REFT_OFFSET_MASK) == 0)
-        lim++;
-      lim = lim < ck->reftable_n && lim < (ck->nb + per - 1) / per
-            ? lim * per : ck->nb;
-      k = qk_refblock_next_used (ck->imrt, ck->order, first, lim);
+      uint64_t stop, k;
+      if (no_block_end <= t) {
+        no_block_end = t;
+        while (no_block_end < ck->reftable_n
+               && (ck->reftable[no_block_end] & QK_REFT_OFFSET_MASK) == 0)
+          no_block_end++;
+      }
+      stop = no_block_end < ck->reftable_n
+             ? MIN (no_block_end * per, ck->nb) : ck->nb;
+      k = qk_refblock_next_used (ck->imrt, ck->order, first, stop);
+      if (k == ck->nb)
+        break;                 /* no count and no block from here on */
       if (k >= end) {
-        t = (k == ck->nb ? k + per - 1 : k) / per - 1;   /* the loop's t++ */
+        t = k / per - 1;       /* the block of k next (the loop's t++) */
         continue;
       }
     }

@@ -294,6 +294,17 @@ qk_refmap_get (const struct qk_refmap *map, uint64_t k)
   return k < map->n ? qk_refblock_get (map->counted, map->order, k) : 0;
 }
 
+uint64_t
+qk_refmap_next_block (const struct qk_refmap *map, uint64_t per, uint64_t t)
+{
+  uint64_t k;
+
+  if (t >= DIV_ROUND_UP (map->n, per))
+    return UINT64_MAX;
+  k = qk_refblock_next_used (map->counted, map->order, t * per, map->n);
+  return k < map->n ? k / per : UINT64_MAX;
+}
+
 static void
 refmap_dec (struct qk_refmap *map, uint64_t k)
 {

@@ -30,15 +30,9 @@ qk_refstruct_write (const struct qk_refmap *map, unsigned cluster_bits,
   uint8_t *buf = NULL;
   int ret = -1;
 
-  /* the blocks with a count, from one count to the next (a hole of
-   * clusters past a dangling entry is scanned 4 KiB of counts at a time) */
-  for (uint64_t k = qk_refblock_next_used (map->counted, map->order, 0,
-                                           map->n), t;
-       k < map->n;
-       k = qk_refblock_next_used (map->counted, map->order, (t + 1) * per,
-                                  map->n)) {
+  for (uint64_t t = qk_refmap_next_block (map, per, 0); t != UINT64_MAX;
+       t = qk_refmap_next_block (map, per, t + 1)) {
     uint64_t *nv = qk_grow (need, &cap_need, n_need + 1, sizeof *nv);
-    t = k / per;
     if (nv == NULL)
       goto out;
     need = nv;

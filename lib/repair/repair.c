@@ -1708,14 +1708,8 @@ blocks_cover (const struct qk_repair *r, const struct qk_refmap *map)
   const struct qk_header *h = &r->img->hdr;
   uint64_t per = h->cluster_size * 8 >> h->refcount_order;
 
-  /* the blocks with a count, from one count to the next (a hole of
-   * clusters past a dangling entry is scanned 4 KiB of counts at a time) */
-  for (uint64_t k = qk_refblock_next_used (map->counted, map->order, 0,
-                                           map->n), t, e;
-       k < map->n;
-       k = qk_refblock_next_used (map->counted, map->order, (t + 1) * per,
-                                  map->n)) {
-    t = k / per;
+  for (uint64_t t = qk_refmap_next_block (map, per, 0), e; t != UINT64_MAX;
+       t = qk_refmap_next_block (map, per, t + 1)) {
     if (t >= map->reftable_n)
       return false;
     e = map->reftable[t];
