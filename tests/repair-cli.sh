@@ -161,6 +161,41 @@ is "$?" 1 "qemu-img still refuses it: exit 1"
 grep -q "CRYPTO header extension only expected with LUKS encryption method" out
 is "$?" 0 "for the same reason"
 
+# ---- a snapshot's L1 table in a snapshot table that cannot be read ----
+# The snapshot table's second entry lies past the end of the file, so the
+# check reads no snapshot (as qemu-img) and counts none of their tables.
+# The first entry's L1 table is the active image's guest data at 0, whose
+# bytes (0x01) read as L1 entries pointing outside the image. The header
+# cluster is also an L2 table (an active L1 entry of offset 0 with a
+# reserved bit), so the table cannot be rewritten without the bad entry.
+# The repair cleared the snapshot's L1 entries, which it read from the
+# entry it could parse: 16 bytes of the guest's data (fuzz-repair,
+# tests/regress/repair-unread-snapshot-l1-is-data.gz).
+rm -rf "$T/b" && mkdir -p "$T/b" &&
+(cd "$T/b" && IMG=$T/b/x.qcow2 SIZE=1G bash -ec '. "$1"
+   mkimg; wr 0 64k
+   qemu-img snapshot -c s1 "$IMG"
+   d=$(( $(l2e 0 0) & 0x00fffffffffffe00 ))
+   e=$(sn_entry 0)
+   poke64 "$e" "$d"; poke32 60 2; truncate_to $(( e + 80 ))
+   set_l1e 1 0x0100000000000000
+   echo "$d" > dataoff' s "$srcdir/tests/check/functions.sh") >/dev/null 2>&1 &&
+cp "$T/b/x.qcow2" unread.qcow2 || fail "build unread"
+d=$(cat "$T/b/dataoff" 2>/dev/null)
+qcowkit check unread.qcow2 > out 2>&1
+grep -q "FAILED 0x020002: failed to read the snapshot table" out
+is "$?" 0 "the snapshot table cannot be read (SN_TABLE_UNREADABLE)"
+qcowkit repair -y --no-undo unread.qcow2 > out 2>&1
+is "$?" 4 "repair -y of it: exit 4 (problems remain)"
+cmp -s <(tail -c +$(( ${d:-0} + 1 )) "$T/b/x.qcow2" | head -c 65536) \
+       <(tail -c +$(( ${d:-0} + 1 )) unread.qcow2 | head -c 65536)
+is "$?" 0 "the guest data where the snapshot's L1 table lies is unchanged"
+grep -q "of snapshot 0: its L1 entry" out
+is "$?" 1 "and no snapshot L1 entry is cleared (nor reported lost)"
+cp unread.qcow2 unread2.qcow2
+qcowkit repair -y --no-undo unread2.qcow2 > /dev/null 2>&1
+is "$(sha unread2.qcow2)" "$(sha unread.qcow2)" "a second repair changes nothing"
+
 # ---- a cluster mapped twice gets its own copy ----
 build refcount-low-duplicate-l2-entry dup.qcow2 || fail "build dup"
 qcowkit repair -y --no-undo dup.qcow2 > out 2>&1

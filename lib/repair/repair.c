@@ -1266,7 +1266,16 @@ entries_walk (struct qk_repair *r, const struct qk_refmap *map,
         && put_diff (r, buf, old, cs, img->hdr.l2_entry_size, t->offset) < 0)
       goto out;
   }
-  for (size_t s = 0; s <= img->n_snaps; s++) {
+  /* The snapshots' L1 tables only when the check read the snapshot
+   * table: it counts them then, and finds what overlaps them. With the
+   * table unreadable it counts none (as qemu-img), and the entries read
+   * before the damaged one are not known to be only an L1 table: found by
+   * fuzz-repair, a snapshot's L1 table was guest data of the active image
+   * (its L2 table was the snapshot table), and clearing its entries
+   * changed that data (tests/regress/repair-unread-snapshot-l1-is-data.gz).
+   * Such a table is left alone, as the check leaves it. */
+  size_t n_l1 = img->snaps_ok ? img->n_snaps : 0;
+  for (size_t s = 0; s <= n_l1; s++) {
     uint64_t off = s == 0 ? img->hdr.l1_table_offset
                           : img->snaps[s - 1].s.l1_table_offset;
     uint32_t cnt = s == 0 ? img->hdr.l1_size : img->snaps[s - 1].s.l1_size;
