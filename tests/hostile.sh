@@ -515,10 +515,13 @@ export_same "end marker of length 0x10000: export equals"
 S="--object secret,id=s0,data=pw"
 L="encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10"
 # mkcrypt IMG SIZE OPTIONS: qemu-img create with a key; timing the PBKDF
-# fails now and then ("Unable to get accurate CPU usage"), so retry
+# fails now and then ("Unable to get accurate CPU usage": 32768 rounds of
+# a fast hash such as sha1 can take less than the clock's tick), a third
+# of the tries on an idle machine, half under load (eight failed in a row
+# once), so retry up to 40 times (a few milliseconds each)
 mkcrypt () {
   local k
-  for k in 1 2 3 4 5 6 7 8; do
+  for k in $(seq 1 40); do
     qemu-img create -q -f qcow2 $S -o "$3" "$1" "$2" 2>"$T/mk.err" && return 0
   done
   fail "qemu-img create $1" "$(cat "$T/mk.err")"
