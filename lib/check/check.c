@@ -318,6 +318,15 @@ counting_setup (struct ck *ck)
     }
     ck->n_rbc = slots;
   }
+  {
+    /* Whether refcount blocks cover half the file or more: then the
+     * IMRT is made writable at once (see populate). */
+    uint64_t per = ck->cs * 8 >> ck->order, covered = 0;
+    for (size_t t = 0; t < ck->reftable_n; t++)
+      covered += (ck->reftable[t] & QK_REFT_OFFSET_MASK) != 0;
+    ck->dense = covered >= DIV_ROUND_UP (ck->nb, 2 * per);
+    populate (ck, ck->imrt, ((ck->nb << ck->order) + 7) / 8);
+  }
   ck->rb_seen = calloc (ck->reftable_n / 8 + 1, 1);
   ck->rb_counted = calloc (ck->reftable_n / 8 + 1, 1);
   if (ck->rb_seen == NULL || ck->rb_counted == NULL) {
@@ -394,6 +403,7 @@ qk_check_run_map_limit (struct qk_image *img, unsigned flags,
   }
   if (map) {
     map->counted = ck.imrt;
+    map->counted_pg = ck.imrt_pg;
     map->order = ck.order;
     map->n = ck.nb;
     map->counting = ck.counting && ck.reftable != NULL;
@@ -410,6 +420,7 @@ qk_check_run_map_limit (struct qk_image *img, unsigned flags,
     map->dangling_end = ck.dangling_end;
     ck.conf_bits = NULL;
     ck.imrt = NULL;
+    ck.imrt_pg = NULL;
     ck.rb_counted = NULL;
     ck.reftable = NULL;
   }
@@ -417,6 +428,7 @@ qk_check_run_map_limit (struct qk_image *img, unsigned flags,
 out:
   pool_stop (&ck);
   free (ck.imrt);
+  free (ck.imrt_pg);
   free (ck.excl);
   free (ck.conf_bits);
   free (ck.owners);

@@ -17,6 +17,8 @@
  * them out again, for a rebuild into fresh clusters. */
 struct qk_refmap {
   uint8_t *counted;
+  uint8_t *counted_pg;   /* a byte per 4 KiB of counted: 0 if it holds
+                            no count (qk_refblock_next_used_pg) */
   unsigned order;
   uint64_t n;
   bool counting;

@@ -128,7 +128,12 @@ struct ck {
 
   uint8_t *imrt;
   uint64_t nb;        /* clusters covered by the IMRT */
+  /* A byte per 4 KiB of the IMRT, set by every write of a count (see
+   * imrt_touch): the scans for counts (imrt_next_used) skip the pages
+   * never written, which in a sparse file are most of them. */
+  uint8_t *imrt_pg;
   uint8_t *excl;      /* a bit per cluster: active data or metadata */
+  bool dense;         /* refcount blocks cover half the IMRT or more */
 
   struct owner *owners;   /* metadata claims but the L2 tables, in order */
   size_t n_owners, cap_owners;
@@ -241,6 +246,31 @@ all_zero (const uint8_t *p, size_t len)
 /* ---- the IMRT and the claims (refmap.c) ---- */
 
 extern int imrt_grow (struct ck *ck, uint64_t need);
+
+/* Every write of a count to the IMRT marks its page (threads may mark
+ * one page at once: a relaxed store of the same value). */
+static inline void
+imrt_touch (const struct ck *ck, uint64_t k)
+{
+  __atomic_store_n (&ck->imrt_pg[(k << ck->order) >> (QK_REFPG_SHIFT + 3)], 1,
+                    __ATOMIC_RELAXED);
+}
+
+/* the pages of counts [k, end) */
+static inline void
+imrt_touch_range (const struct ck *ck, uint64_t k, uint64_t end)
+{
+  for (uint64_t p = (k << ck->order) >> (QK_REFPG_SHIFT + 3);
+       k < end && p <= ((end - 1) << ck->order) >> (QK_REFPG_SHIFT + 3); p++)
+    __atomic_store_n (&ck->imrt_pg[p], 1, __ATOMIC_RELAXED);
+}
+
+/* The first cluster in [k, end) with a count, or end. */
+static inline uint64_t
+imrt_next_used (const struct ck *ck, uint64_t k, uint64_t end)
+{
+  return qk_refblock_next_used_pg (ck->imrt, ck->imrt_pg, ck->order, k, end);
+}
 /* With more than one thread: the pages of a table about to be filled,
  * made writable in one go (see refmap.c). */
 extern void populate (const struct ck *ck, void *p, size_t len);

@@ -222,18 +222,13 @@ step_compare (struct ck *ck, struct wk *w, void *arg)
       size_t len = (size_t) (end - first) << shift;
       const uint8_t *c = ck->imrt + (first << shift), *blk;
 
+      /* a block with no refcount block stays the calling thread's: it
+       * skips a run of them at once (a sparse file's hole) */
       j->hi[t] = CMP_SEQ;
-      if (rbo) {
-        if (!IS_ALIGNED (rbo, ck->cs) || rbo > INT64_MAX - ck->cs
-            || (blk = wk_refblock (ck, w, t, 1)) == NULL
-            || memcmp (blk, c, len) != 0)
-          continue;
-      }
-      else {
-        if (all_zero (c, len))
-          j->hi[t] = 0;   /* no block, no count: nothing (last_used's 0) */
+      if (!rbo || !IS_ALIGNED (rbo, ck->cs) || rbo > INT64_MAX - ck->cs
+          || (blk = wk_refblock (ck, w, t, 1)) == NULL
+          || memcmp (blk, c, len) != 0)
         continue;
-      }
       j->hi[t] = last_used (c, len, shift, first);
     }
   }
@@ -278,7 +273,7 @@ phase_compare (struct ck *ck)
       }
       stop = no_block_end < ck->reftable_n
              ? MIN (no_block_end * per, ck->nb) : ck->nb;
-      k = qk_refblock_next_used (ck->imrt, ck->order, first, stop);
+      k = imrt_next_used (ck, first, stop);
       if (k == ck->nb)
         break;                 /* no count and no block from here on */
       if (k >= end) {
@@ -325,7 +320,7 @@ phase_compare (struct ck *ck)
      * counts' format with the same bytes, whose last count is then all
      * the end offset needs. */
     if (blk == NULL
-        && qk_refblock_next_used (ck->imrt, ck->order, first, end) == end)
+        && imrt_next_used (ck, first, end) == end)
       continue;
     if (blk && word) {
       size_t len = (size_t) (end - first) << (ck->order - 3);

@@ -13,10 +13,14 @@
 /* A page of a calloc'ed table read before it is written maps the shared
  * zero page, which the write then replaces: a second fault, and with
  * threads a TLB flush on every CPU the process runs on (in the parallel
- * steps, most of the time). The IMRT's pages are written nearly all (a
- * qcow2 file has few holes), so they are made writable at once when the
- * parallel steps count (big tables only); nothing if the kernel cannot
- * (before Linux 5.14). */
+ * steps, most of the time). The IMRT's pages are written nearly all when
+ * refcount blocks cover the file (a qcow2 file has few holes), so they are
+ * made writable at once when the parallel steps count (big tables only);
+ * nothing if the kernel cannot (before Linux 5.14). Not in a sparse file,
+ * whose holes have no refcount block (ck->dense false: the fresh clusters
+ * a repair puts past a dangling entry leave up to 1 GiB of them): making
+ * every page of its table writable would clear megabytes of memory that
+ * nothing counts into. */
 void
 populate (const struct ck *ck, void *p, size_t len)
 {
@@ -24,7 +28,7 @@ populate (const struct ck *ck, void *p, size_t len)
   uintptr_t pg = 4096, a = (uintptr_t) p & ~(pg - 1);
   uintptr_t b = ((uintptr_t) p + len + pg - 1) & ~(pg - 1);
 
-  if (ck->nthreads && len >= (1U << 20))
+  if (ck->nthreads && ck->dense && len >= (1U << 20))
     madvise ((void *) a, b - a, MADV_POPULATE_WRITE);
 #else
   (void) ck, (void) p, (void) len;
@@ -36,19 +40,29 @@ imrt_grow (struct ck *ck, uint64_t need)
 {
   uint64_t old = ((ck->nb << ck->order) + 7) / 8;
   uint64_t bytes = ((need << ck->order) + 7) / 8;
+  uint64_t old_pg = DIV_ROUND_UP (old, 1U << QK_REFPG_SHIFT);
+  uint64_t pages = DIV_ROUND_UP (bytes, 1U << QK_REFPG_SHIFT);
   uint8_t *n, *c;
 
   /* The first allocation is calloc'ed: pages of clusters nothing claims
-   * (holes in the file) are then never touched, as with qemu-img. */
+   * (holes in the file) are then never touched, as with qemu-img, and
+   * never read either (imrt_pg). */
   if (ck->imrt == NULL) {
     n = calloc (bytes ? bytes : 1, 1);
     if (n == NULL)
       goto nomem;
     ck->imrt = n;
+    ck->imrt_pg = calloc (pages ? pages : 1, 1);
+    if (ck->imrt_pg == NULL)
+      goto nomem;
     ck->nb = need;
-    populate (ck, n, bytes);
     return 0;
   }
+  c = realloc (ck->imrt_pg, pages ? pages : 1);
+  if (c == NULL)
+    goto nomem;
+  memset (c + old_pg, 0, pages - old_pg);
+  ck->imrt_pg = c;
   n = realloc (ck->imrt, bytes ? bytes : 1);
   if (n == NULL)
     goto nomem;
@@ -93,9 +107,8 @@ excl_need (struct ck *ck)
     return -1;
   }
   populate (ck, ck->excl, ck->nb / 8 + 1);
-  for (uint64_t k = qk_refblock_next_used (ck->imrt, ck->order, 0, ck->nb);
-       k < ck->nb;
-       k = qk_refblock_next_used (ck->imrt, ck->order, k + 1, ck->nb))
+  for (uint64_t k = imrt_next_used (ck, 0, ck->nb); k < ck->nb;
+       k = imrt_next_used (ck, k + 1, ck->nb))
     ck->excl[k / 8] |= 1U << (k & 7);
   return 0;
 }
@@ -257,6 +270,7 @@ inc_refs (struct ck *ck, uint64_t offset, uint64_t size, uint64_t mult,
     else
       rc += mult;
     qk_refblock_set (ck->imrt, ck->order, k, rc);
+    imrt_touch (ck, k);
 
     switch (who->kind) {
     case OWN_DATA:
@@ -301,7 +315,8 @@ qk_refmap_next_block (const struct qk_refmap *map, uint64_t per, uint64_t t)
 
   if (t >= DIV_ROUND_UP (map->n, per))
     return UINT64_MAX;
-  k = qk_refblock_next_used (map->counted, map->order, t * per, map->n);
+  k = qk_refblock_next_used_pg (map->counted, map->counted_pg, map->order,
+                                t * per, map->n);
   return k < map->n ? k / per : UINT64_MAX;
 }
 
@@ -336,6 +351,7 @@ void
 qk_refmap_free (struct qk_refmap *map)
 {
   free (map->counted);
+  free (map->counted_pg);
   free (map->refblocks);
   free (map->reftable);
   free (map->conflicted);

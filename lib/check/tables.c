@@ -177,6 +177,7 @@ walk_l2 (struct ck *ck, const struct l2group *g, uint8_t *buf,
               || (ck->excl && !((ck->excl[k / 8] >> (k & 7)) & 1)
                   && rc <= ck->refmax - g->mult))) {
         be16_put (ck->imrt + 2 * k, (uint16_t) (rc + g->mult));
+        imrt_touch (ck, k);
         if (g->active) {
           excl_set (ck, k);
           n_alloc++;
@@ -315,6 +316,7 @@ walk_l2 (struct ck *ck, const struct l2group *g, uint8_t *buf,
           if (!g->active && !ck->excl && excl_need (ck) < 0)
             return -1;
           qk_refblock_set (ck->imrt, ck->order, k, rc + g->mult);
+          imrt_touch (ck, k);
           if (g->active)
             excl_set (ck, k);
         }
@@ -639,6 +641,7 @@ count_run (struct ck *ck, struct wk *w, const struct wtab *t,
       memcpy (c + 2 * j, &v4, 8);
   for (; j < len; j++)
     be16_put (c + 2 * j, (uint16_t) (be16_get (c + 2 * j) + g->mult));
+  imrt_touch_range (ck, k0, k0 + len);
   if (g->active) {
     if (excl) {
       uint64_t k = k0, end = k0 + len;
@@ -696,6 +699,7 @@ count_table (struct ck *ck, struct wk *w, struct wtab *t)
   if (be16_get (imrt + 2 * self) != 0)
     return false;
   be16_put (imrt + 2 * self, (uint16_t) mult);
+  imrt_touch (ck, self);
   if (excl)
     excl_flush (excl, self / 8, 1U << (self & 7));
   if (t->n_run) {
@@ -743,6 +747,7 @@ count_table (struct ck *ck, struct wk *w, struct wtab *t)
         break;
     }
     be16_put (imrt + 2 * k, (uint16_t) (rc + mult));
+    imrt_touch (ck, k);
     if (active) {
       if (excl) {
         if (k / 8 != pbyte) {

@@ -95,6 +95,17 @@ qk_refblock_get (const uint8_t *blk, unsigned order, uint64_t idx)
 extern uint64_t qk_refblock_next_used (const uint8_t *blk, unsigned order,
                                        uint64_t k, uint64_t end);
 
+/* The same over an array with a byte per 4 KiB of it (QK_REFPG_SHIFT),
+ * nonzero where a count may be (the in-memory refcount table marks the
+ * pages it writes): the unmarked pages, which hold none, are not read.
+ * A count on an unmarked page is missed, so every writer marks. A sparse
+ * file's table is mostly pages never written, and reading them would map
+ * (fault in) each page: megabytes per scan. pg NULL: every page read. */
+#define QK_REFPG_SHIFT 12
+extern uint64_t qk_refblock_next_used_pg (const uint8_t *blk,
+                                          const uint8_t *pg, unsigned order,
+                                          uint64_t k, uint64_t end);
+
 static inline __attribute__ ((always_inline)) void
 qk_refblock_set (uint8_t *blk, unsigned order, uint64_t idx, uint64_t v)
 {

@@ -48,6 +48,28 @@ qk_refblock_next_used (const uint8_t *blk, unsigned order, uint64_t k,
   return end;
 }
 
+uint64_t
+qk_refblock_next_used_pg (const uint8_t *blk, const uint8_t *pg,
+                          unsigned order, uint64_t k, uint64_t end)
+{
+  const uint64_t per = (UINT64_C (8) << QK_REFPG_SHIFT) >> order;
+
+  if (pg == NULL || order > 6)
+    return qk_refblock_next_used (blk, order, k, end);
+  while (k < end) {
+    uint64_t p = k / per, stop = (p + 1) * per;
+    if (stop > end)
+      stop = end;
+    if (pg[p]) {
+      uint64_t r = qk_refblock_next_used (blk, order, k, stop);
+      if (r < stop)
+        return r;
+    }
+    k = stop;
+  }
+  return end;
+}
+
 static int
 cmp_u64 (const void *a, const void *b)
 {

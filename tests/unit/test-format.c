@@ -1066,8 +1066,8 @@ static void
 test_refblock_next_used (void)
 {
   enum { BYTES = 3 * 4096 + 24 };
-  uint8_t *b = malloc (BYTES);
-  unsigned bad = 0, tried = 0;
+  uint8_t *b = malloc (BYTES), pg[4];
+  unsigned bad = 0, bad_pg = 0, tried = 0;
 
   for (unsigned o = 0; o <= 6; o++) {
     uint64_t entries = (uint64_t) BYTES * 8 >> o, chunk = 32768U >> o;
@@ -1089,14 +1089,32 @@ test_refblock_next_used (void)
             }
           tried++;
           bad += qk_refblock_next_used (b, o, k, end) != want;
+          /* the pages marked: those with a count, and one without */
+          memset (pg, 0, sizeof pg);
+          for (unsigned j = 0; j < 7; j++)
+            if (m >> j & 1)
+              pg[at[j] / chunk] = 1;
+          pg[(k / chunk + 1) % 4] = 1;
+          bad_pg += qk_refblock_next_used_pg (b, pg, o, k, end) != want;
+          bad_pg += qk_refblock_next_used_pg (b, NULL, o, k, end) != want;
         }
       }
     }
   }
   ok (tried > 10000 && bad == 0, "refblock_next_used finds the first count "
       "a scan finds, every width (%u of %u ranges differ)", bad, tried);
+  ok (bad_pg == 0, "refblock_next_used_pg finds the same over the pages "
+      "marked, and with no page map (%u of %u differ)", bad_pg, 2 * tried);
   ok (qk_refblock_next_used (b, 7, 0, 100) == 100,
       "refblock_next_used: an order above 6 has no counts");
+  memset (b, 0, BYTES);
+  memset (pg, 0, sizeof pg);
+  qk_refblock_set (b, 4, 2048 + 7, 1);     /* on page 1, not marked */
+  qk_refblock_set (b, 4, 3 * 2048 + 1, 1); /* on page 3, marked */
+  pg[3] = 1;
+  ok (qk_refblock_next_used_pg (b, pg, 4, 0, 4 * 2048) == 3 * 2048 + 1
+      && qk_refblock_next_used_pg (b, pg, 4, 2048, 2 * 2048) == 2 * 2048,
+      "refblock_next_used_pg: pages not marked are not read");
   free (b);
 }
 
