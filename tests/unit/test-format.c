@@ -1107,7 +1107,8 @@ test_refblock_next_used (void)
       "marked, and with no page map (%u of %u differ)", bad_pg, 2 * tried);
   ok (qk_refblock_next_used (b, 7, 0, 100) == 100,
       "refblock_next_used: an order above 6 has no counts");
-  memset (b, 0, BYTES);
+  free (b);
+  b = calloc (4, 4096);                    /* four whole pages */
   memset (pg, 0, sizeof pg);
   qk_refblock_set (b, 4, 2048 + 7, 1);     /* on page 1, not marked */
   qk_refblock_set (b, 4, 3 * 2048 + 1, 1); /* on page 3, marked */
