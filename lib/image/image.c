@@ -453,7 +453,6 @@ read_l1 (struct qk_image *img)
   uint64_t bytes = (uint64_t) h->l1_size * 8;
   uint64_t per_l1 = h->cluster_size * h->l2_entries;
   uint64_t need = h->size / per_l1 + (h->size % per_l1 != 0);
-  uint8_t *buf;
 
   if (h->l1_size < need)
     qk_image_warn (img, "L1 table is too small: %u entries for a virtual "
@@ -478,22 +477,19 @@ read_l1 (struct qk_image *img)
     return;
   }
   img->l1 = calloc (h->l1_size ? h->l1_size : 1, sizeof (uint64_t));
-  buf = malloc (bytes ? bytes : 1);
-  if (img->l1 == NULL || buf == NULL) {
-    free (buf);
+  if (img->l1 == NULL) {
     set_unreadable (img, "out of memory reading the L1 table");
     return;
   }
-  if (bytes && qk_source_read_exact (img->src, buf, bytes,
+  /* read in place, then to host order */
+  if (bytes && qk_source_read_exact (img->src, img->l1, bytes,
                                      h->l1_table_offset, "L1 table") < 0) {
     qk_image_warn (img, "%s", qk_get_error ());
     set_unreadable (img, "the L1 table cannot be read");
-    free (buf);
+    memset (img->l1, 0, bytes);
     return;
   }
-  for (uint32_t i = 0; i < h->l1_size; i++)
-    img->l1[i] = be64_get (buf + 8 * i);
-  free (buf);
+  be64_array (img->l1, h->l1_size);
   img->l1_count = h->l1_size;
   img->l1_ok = true;
 }

@@ -42,7 +42,6 @@ load_reftable (struct qk_image *img)
 {
   const struct qk_header *h = &img->hdr;
   uint64_t bytes;
-  uint8_t *buf;
 
   if (img->reftable_loaded)
     return 0;
@@ -57,23 +56,20 @@ load_reftable (struct qk_image *img)
                h->refcount_table_offset);
     return -1;
   }
-  buf = malloc (bytes ? bytes : 1);
   free (img->reftable);
   img->reftable = calloc (bytes / 8 + 1, sizeof (uint64_t));
-  if (buf == NULL || img->reftable == NULL) {
-    free (buf);
+  if (img->reftable == NULL) {
     set_error (ENOMEM, "malloc");
     return -1;
   }
-  if (qk_source_read_zeropad (img->src, buf, bytes,
+  /* read in place, then to host order */
+  if (qk_source_read_zeropad (img->src, img->reftable, bytes,
                               h->refcount_table_offset) < 0) {
-    free (buf);
+    memset (img->reftable, 0, bytes);
     return -1;
   }
   img->reftable_n = bytes / 8;
-  for (size_t i = 0; i < img->reftable_n; i++)
-    img->reftable[i] = be64_get (buf + 8 * i);
-  free (buf);
+  be64_array (img->reftable, img->reftable_n);
   img->reftable_loaded = true;
   return 0;
 }
@@ -141,7 +137,6 @@ static int
 read_words (struct qk_image *img, uint64_t off, uint64_t n, const char *what,
             uint64_t **out)
 {
-  uint8_t *buf;
   uint64_t *w;
 
   if (n > QK_MAX_L1_BYTES / 8) {
@@ -155,22 +150,17 @@ read_words (struct qk_image *img, uint64_t off, uint64_t n, const char *what,
                img->src->name, what, off, n * 8, img->src->size);
     return -1;
   }
-  buf = malloc (n * 8 + 1);
   w = malloc (n * 8 + 1);
-  if (buf == NULL || w == NULL) {
-    free (buf);
-    free (w);
+  if (w == NULL) {
     set_error (ENOMEM, "malloc");
     return -1;
   }
-  if (n && qk_source_read_exact (img->src, buf, n * 8, off, what) < 0) {
-    free (buf);
+  /* read in place, then to host order */
+  if (n && qk_source_read_exact (img->src, w, n * 8, off, what) < 0) {
     free (w);
     return -1;
   }
-  for (uint64_t i = 0; i < n; i++)
-    w[i] = be64_get (buf + 8 * i);
-  free (buf);
+  be64_array (w, n);
   *out = w;
   return 0;
 }
