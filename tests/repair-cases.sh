@@ -41,6 +41,7 @@ declare -A keeps_leaks=(
   [sn-l1-too-large]="a snapshot's L1 table could not be read, so its clusters are not freed as leaks (qemu-img frees them and the snapshot's data with them)"
   [l1-past-eof]="the active L1 table lies past the end of the file, so the clusters its L2 tables held are not freed as leaks (qemu-img frees them)"
   [sn-l1-unaligned]="a snapshot's L1 table could not be read, so its clusters are not freed as leaks (qemu-img frees them and the snapshot's data with them)"
+  [subcluster-compressed-bitmap]="QEMU still reads a compressed cluster whose entry has subcluster bits set, so its data is in use and not freed as a leak (qemu-img frees it, and the next allocation can write over the guest data)"
 )
 declare -A unrepaired=(
   [l1-size-max]="the L1 table runs past the end of the file, so qcowkit reads no mapping from it and has nothing to repair; neither repair restores the L1 size (qemu-img's turns one of its thousands of corruptions, entries read from other clusters, into a leak)"
