@@ -40,6 +40,7 @@ shard_k=${shard%/*} shard_n=${shard#*/}
 declare -A keeps_leaks=(
   [sn-l1-too-large]="a snapshot's L1 table could not be read, so its clusters are not freed as leaks (qemu-img frees them and the snapshot's data with them)"
   [l1-past-eof]="the active L1 table lies past the end of the file, so the clusters its L2 tables held are not freed as leaks (qemu-img frees them)"
+  [l1-torn]="the active L1 table runs past the end of the file, so the clusters its L2 tables held are not freed as leaks (qemu-img frees them)"
   [sn-l1-unaligned]="a snapshot's L1 table could not be read, so its clusters are not freed as leaks (qemu-img frees them and the snapshot's data with them)"
   [subcluster-compressed-bitmap]="QEMU still reads a compressed cluster whose entry has subcluster bits set, so its data is in use and not freed as a leak (qemu-img frees it, and the next allocation can write over the guest data)"
 )

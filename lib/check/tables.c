@@ -1077,9 +1077,21 @@ phase_tables (struct ck *ck)
            && (uint64_t) h->l1_size * 8 <= QK_MAX_L1_BYTES) {
     /* past EOF: QEMU reads zeros; count the table (and say it is past EOF) */
     struct owner o = { .kind = OWN_L1, .a = -1 };
-    if (inc_refs (ck, h->l1_table_offset, (uint64_t) h->l1_size * 8, 1,
-                  &o) < 0)
+    uint64_t bytes = (uint64_t) h->l1_size * 8;
+    if (inc_refs (ck, h->l1_table_offset, bytes, 1, &o) < 0)
       goto out;
+    /* inc_refs says so from a cluster past the end on; a table that ends
+     * inside the file's partial last cluster (torn by a truncation) is
+     * as unreadable, and QEMU reads its entries from what is there and
+     * zeros: the mapping it gives is not the image's */
+    if (h->l1_size && h->l1_table_offset + bytes > ck->file_len
+        && h->l1_table_offset + bytes < ck->file_len + ck->cs)
+      report (ck, PR_PAST_EOF, 1,
+              LOC (.host_offset = h->l1_table_offset, .length = bytes),
+              "the active L1 table at 0x%" PRIx64 " (%u entries) runs past "
+              "the end of the file (%" PRIu64 " bytes): its mapping cannot "
+              "be read (QEMU reads the missing bytes as zeros)",
+              h->l1_table_offset, h->l1_size, ck->file_len);
   }
 
   /* the snapshot table (qcow2_check_read_snapshot_table) */
