@@ -243,22 +243,21 @@ walk_l2 (struct ck *ck, const struct l2group *g, uint8_t *buf,
                 e);
         break;
       }
-      qk_l2_compressed (e, ck->cb, &coff, &clen);
-      if (bm) {
+      if (bm)
         report (ck, PR_L2_SUBCLUSTER_COMPRESSED, g->mult, L2_LOC,
                 "compressed cluster %u with non-zero subcluster allocation "
                 "bitmap, entry=0x%" PRIx64, i, e);
-        /* qemu-img stops here and calls the data leaked, but QEMU's read
-         * path ignores the bitmap of a compressed cluster and reads it
-         * (as ours does): the data is in use. Counted, so that it is not
-         * freed as a leak and no repair writes over it; not in the
-         * statistics, which stay qemu-img's. */
-        if (inc_refs (ck, coff, clen, g->mult, &od) < 0)
-          return -1;
-        break;
-      }
+      /* With a bitmap, qemu-img stops at the entry and calls the data
+       * leaked, but QEMU's read path ignores the bitmap of a compressed
+       * cluster and reads it (as ours does): the data is in use. Counted
+       * either way, so that it is not freed as a leak and no repair
+       * writes over it; with a bitmap not in the statistics, which stay
+       * qemu-img's. */
+      qk_l2_compressed (e, ck->cb, &coff, &clen);
       if (inc_refs (ck, coff, clen, g->mult, &od) < 0)
         return -1;
+      if (bm)
+        break;
       if (g->active) {
         ck->res->allocated_clusters += g->active;
         ck->res->compressed_clusters += g->active;
