@@ -956,12 +956,16 @@ open_qcow2 (struct qk_image *img, struct chain_ctx *cc)
     return -1;
   if (qk_header_parse (hb, n, h) < 0)
     return -1;
+  /* calloc'ed, and read only as far as the file goes: the zeros past
+   * its end are already there, and a 2 MiB cluster of a small file is
+   * not written over (each page of it faulted in) at every open */
   img->cluster0 = calloc (1, h->cluster_size);
   if (img->cluster0 == NULL) {
     set_error (ENOMEM, "calloc");
     return -1;
   }
-  if (qk_source_read_zeropad (img->src, img->cluster0, h->cluster_size, 0) < 0)
+  if (qk_source_read_zeropad (img->src, img->cluster0,
+                              MIN (h->cluster_size, img->src->size), 0) < 0)
     return -1;
   if (img->src->size < h->cluster_size)
     qk_image_warn (img, "the file (%" PRIu64 " bytes) is shorter than one "
@@ -1015,12 +1019,6 @@ open_qcow2 (struct qk_image *img, struct chain_ctx *cc)
   img->rd_l1 = img->l1;
   img->rd_l1_count = img->l1_count;
   img->rd_size = h->size;
-  img->cbuf = malloc (h->cluster_size);
-  img->cin = malloc (2 * h->cluster_size);
-  if (img->cbuf == NULL || img->cin == NULL) {
-    set_error (ENOMEM, "malloc");
-    return -1;
-  }
   return 0;
 }
 

@@ -130,6 +130,16 @@ read_compressed (struct qk_image *img, uint64_t entry, uint8_t *dst,
 {
   const struct qk_header *h = &img->hdr;
 
+  /* the buffers on the first compressed cluster read, not at every open
+   * (3 cluster sizes: 6 MiB for 2 MiB clusters) */
+  if (img->cbuf == NULL
+      && ((img->cbuf = malloc (h->cluster_size)) == NULL
+          || (img->cin = malloc (2 * h->cluster_size)) == NULL)) {
+    free (img->cbuf);
+    img->cbuf = NULL;
+    set_error (ENOMEM, "malloc");
+    return -1;
+  }
   if (img->cbuf_entry != entry) {
     uint64_t coff, clen;
     qk_l2_compressed (entry, h->cluster_bits, &coff, &clen);
