@@ -373,8 +373,10 @@ qk_check_run_map_limit (struct qk_image *img, unsigned flags,
                    .at_guest = QK_NONE, .msg_limit = msg_limit };
   int r = -1;
 
-  if (map)
+  if (map) {
+    ck.spare = map->spare;
     memset (map, 0, sizeof *map);
+  }
   memset (res, 0, sizeof *res);
   if (!img->is_qcow2) {
     set_error (ENOTSUP, "%s is not a qcow2 image", img->filename);
@@ -429,6 +431,17 @@ out:
   pool_stop (&ck);
   free (ck.imrt);
   free (ck.imrt_pg);
+  if (map && ck.excl) {
+    /* for the next check of the map, with what it did not take */
+    free (ck.spare.bits[0]);
+    ck.spare.bits[0] = ck.excl;
+    ck.spare.bits_len[0] = ck.nb / 8 + 1;
+    ck.excl = NULL;
+  }
+  if (map)
+    map->spare = ck.spare;
+  else
+    spare_free (&ck.spare);
   free (ck.excl);
   free (ck.conf_bits);
   free (ck.owners);

@@ -15,6 +15,19 @@
  * the refcount blocks the check could use (refblocks[t] is 1 for each
  * table index whose block it counted); qk_refmap_drop_refstructs takes
  * them out again, for a rebuild into fresh clusters. */
+/* Buffers a check leaves to the next check of the same map (the
+ * repair's rechecks, qk_refmap_recycle), so that they are allocated and
+ * faulted in once a repair, not once a check: the counts of a file a
+ * repair grew to a gigabyte of 512-byte clusters are 4 MiB. The counts
+ * are zero but in the 4 KiB pages imrt_pg marks (every write of a count
+ * marks its page); the bits are cleared when taken. */
+struct qk_refmap_spare {
+  uint8_t *imrt, *imrt_pg;
+  uint64_t imrt_len, pg_len;
+  uint8_t *bits[2];            /* the exclusive bits, the conflict bits */
+  uint64_t bits_len[2];
+};
+
 struct qk_refmap {
   uint8_t *counted;
   uint8_t *counted_pg;   /* a byte per 4 KiB of counted: 0 if it holds
@@ -38,6 +51,7 @@ struct qk_refmap {
    * at (within QK_DANGLING_SPAN of the end): fresh clusters go after it,
    * so that the dangling entry does not read them */
   uint64_t dangling_end;
+  struct qk_refmap_spare spare;   /* kept by the check for the next */
 };
 
 #define QK_DANGLING_SPAN (1ULL << 30)
@@ -67,6 +81,10 @@ extern int qk_check_run_map_limit (struct qk_image *img, unsigned flags,
 extern void qk_refmap_drop_refstructs (struct qk_refmap *map,
                                        unsigned cluster_bits);
 extern void qk_refmap_free (struct qk_refmap *map);
+/* qk_refmap_free, but the count and bit buffers are kept in map->spare
+ * for the next check given map, which takes what fits and frees the
+ * rest. */
+extern void qk_refmap_recycle (struct qk_refmap *map);
 /* The count for cluster k (0 past the map). */
 extern uint64_t qk_refmap_get (const struct qk_refmap *map, uint64_t k);
 /* The first refcount block index from t on (blocks of per clusters) that

@@ -146,6 +146,7 @@ struct ck {
   struct conflict *conf;  /* the first MAX_CONFLICTS, grown as they come
                              (most images have none) */
   uint8_t *conf_bits;     /* every conflicted cluster (conf is capped) */
+  struct qk_refmap_spare spare;   /* buffers of the map's last check */
   uint64_t dangling_end;  /* past-EOF references near the end: cluster */
   size_t n_conf, cap_conf;
 
@@ -275,6 +276,10 @@ imrt_next_used (const struct ck *ck, uint64_t k, uint64_t end)
  * made writable in one go (see refmap.c). */
 extern void populate (const struct ck *ck, void *p, size_t len);
 extern int excl_need (struct ck *ck);
+/* A zeroed bit map of len bytes: spare->bits[i] when it is that long,
+ * else calloc'ed (NULL: out of memory). */
+extern uint8_t *spare_bits (struct ck *ck, int i, uint64_t len);
+extern void spare_free (struct qk_refmap_spare *sp);
 
 /* whether active data or metadata claimed cluster k, given whether
  * anything did */

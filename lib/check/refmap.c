@@ -47,6 +47,23 @@ imrt_grow (struct ck *ck, uint64_t need)
   /* The first allocation is calloc'ed: pages of clusters nothing claims
    * (holes in the file) are then never touched, as with qemu-img, and
    * never read either (imrt_pg). */
+  if (ck->imrt == NULL && ck->spare.imrt && ck->spare.imrt_len >= bytes
+      && ck->spare.pg_len >= pages) {
+    /* the last check's counts: zero the pages it wrote */
+    struct qk_refmap_spare *sp = &ck->spare;
+    for (uint64_t p = 0; p < sp->pg_len; p++)
+      if (sp->imrt_pg[p]) {
+        uint64_t a = p << QK_REFPG_SHIFT;
+        memset (sp->imrt + a, 0, MIN (sp->imrt_len - a,
+                                      (uint64_t) 1 << QK_REFPG_SHIFT));
+      }
+    memset (sp->imrt_pg, 0, sp->pg_len);
+    ck->imrt = sp->imrt;
+    ck->imrt_pg = sp->imrt_pg;
+    sp->imrt = sp->imrt_pg = NULL;
+    ck->nb = need;
+    return 0;
+  }
   if (ck->imrt == NULL) {
     n = calloc (bytes ? bytes : 1, 1);
     if (n == NULL)
@@ -95,12 +112,34 @@ nomem:
  * so they are the clusters counted so far. Images whose snapshots share
  * all their tables with the active image, and that have no compressed
  * clusters or bitmaps, never need them. */
+uint8_t *
+spare_bits (struct ck *ck, int i, uint64_t len)
+{
+  uint8_t *b = ck->spare.bits[i];
+
+  if (b == NULL || ck->spare.bits_len[i] < len)
+    return calloc (len, 1);
+  memset (b, 0, len);
+  ck->spare.bits[i] = NULL;
+  return b;
+}
+
+void
+spare_free (struct qk_refmap_spare *sp)
+{
+  free (sp->imrt);
+  free (sp->imrt_pg);
+  free (sp->bits[0]);
+  free (sp->bits[1]);
+  memset (sp, 0, sizeof *sp);
+}
+
 int
 excl_need (struct ck *ck)
 {
   if (ck->excl)
     return 0;
-  ck->excl = calloc (ck->nb / 8 + 1, 1);
+  ck->excl = spare_bits (ck, 0, ck->nb / 8 + 1);
   if (ck->excl == NULL) {
     set_error (ENOMEM, "cannot allocate the claim map of %" PRIu64
                " clusters", ck->nb);
@@ -137,7 +176,7 @@ static int
 add_conflict (struct ck *ck, uint64_t k, const struct owner *o)
 {
   if (ck->conf_bits == NULL)
-    ck->conf_bits = calloc (ck->nb / 8 + 1, 1);
+    ck->conf_bits = spare_bits (ck, 1, ck->nb / 8 + 1);
   if (ck->conf_bits && k < ck->nb)
     ck->conf_bits[k / 8] |= 1U << (k & 7);
   if (ck->n_conf < MAX_CONFLICTS) {
@@ -348,8 +387,34 @@ qk_refmap_drop_refstructs (struct qk_refmap *map, unsigned cluster_bits)
 }
 
 void
+qk_refmap_recycle (struct qk_refmap *map)
+{
+  struct qk_refmap_spare sp = map->spare;
+
+  if (map->counted) {
+    free (sp.imrt);
+    free (sp.imrt_pg);
+    sp.imrt = map->counted;
+    sp.imrt_pg = map->counted_pg;
+    sp.imrt_len = ((map->n << map->order) + 7) / 8;
+    sp.pg_len = DIV_ROUND_UP (sp.imrt_len, 1U << QK_REFPG_SHIFT);
+    map->counted = map->counted_pg = NULL;
+  }
+  if (map->conflicted) {
+    free (sp.bits[1]);
+    sp.bits[1] = map->conflicted;
+    sp.bits_len[1] = map->n / 8 + 1;
+    map->conflicted = NULL;
+  }
+  map->spare = (struct qk_refmap_spare) { 0 };
+  qk_refmap_free (map);
+  map->spare = sp;
+}
+
+void
 qk_refmap_free (struct qk_refmap *map)
 {
+  spare_free (&map->spare);
   free (map->counted);
   free (map->counted_pg);
   free (map->refblocks);

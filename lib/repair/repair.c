@@ -2067,7 +2067,7 @@ recheck (struct qk_repair *r, uint64_t w, struct qk_check_result *res,
 {
   if (r->n_writes == w)
     return 0;
-  qk_refmap_free (map);
+  qk_refmap_recycle (map);
   return check (r, res, map);
 }
 
