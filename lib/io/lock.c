@@ -94,13 +94,26 @@ byte_taken (int fd, int off)
   return fl.l_type != F_UNLCK;
 }
 
+/* Take or drop the locks so that they are (perm, unshared), from what
+ * they were (from_perm, from_unshared): only the bytes that change, as
+ * QEMU does (raw_apply_lock_bytes skips bytes it holds already). A
+ * restore after a failure passes ALL_BYTES as the "from", which sets
+ * every byte, whatever a half-done change left. */
+#define ALL_BYTES 0x100u
+
 static int
-apply (int fd, unsigned perm, unsigned unshared)
+apply (int fd, unsigned from_perm, unsigned from_unshared, unsigned perm,
+       unsigned unshared)
 {
-  for (int i = 0; i < NPERMS; i++)
-    if (set_byte (fd, PERM_BASE + i, perm & (1u << i)) < 0
-        || set_byte (fd, SHARED_BASE + i, unshared & (1u << i)) < 0)
+  for (int i = 0; i < NPERMS; i++) {
+    unsigned b = 1u << i;
+    if (((from_perm & ALL_BYTES) || ((from_perm ^ perm) & b))
+        && set_byte (fd, PERM_BASE + i, perm & b) < 0)
       return -1;
+    if (((from_unshared & ALL_BYTES) || ((from_unshared ^ unshared) & b))
+        && set_byte (fd, SHARED_BASE + i, unshared & b) < 0)
+      return -1;
+  }
   return 0;
 }
 
@@ -228,9 +241,10 @@ qk_fd_lock (int fd, const char *name, unsigned old_mode, unsigned mode,
     return check (fd, name, perm, unshared);
   mode_perms (old_mode, &old_perm, &old_unshared);
   /* as QEMU: hold the union while checking, then drop what is left */
-  if (apply (fd, perm | old_perm, unshared | old_unshared) < 0) {
+  if (apply (fd, old_perm, old_unshared, perm | old_perm,
+             unshared | old_unshared) < 0) {
     int e = errno;
-    apply (fd, old_perm, old_unshared);
+    apply (fd, ALL_BYTES, ALL_BYTES, old_perm, old_unshared);
     if (e == EAGAIN || e == EACCES)
       busy_error (fd, name, PERM_BASE, false);
     else
@@ -238,11 +252,14 @@ qk_fd_lock (int fd, const char *name, unsigned old_mode, unsigned mode,
     return -1;
   }
   if (check (fd, name, perm, unshared) < 0) {
-    apply (fd, old_perm, old_unshared);
+    apply (fd, ALL_BYTES, ALL_BYTES, old_perm, old_unshared);
     return -1;
   }
-  if (apply (fd, perm, unshared) < 0) {
-    set_error (errno, "%s: unlock", name);
+  if (apply (fd, perm | old_perm, unshared | old_unshared, perm,
+             unshared) < 0) {
+    int e = errno;
+    apply (fd, ALL_BYTES, ALL_BYTES, old_perm, old_unshared);
+    set_error (e, "%s: unlock", name);
     return -1;
   }
   return 0;

@@ -649,6 +649,87 @@ test_locks (void)
   qk_source_close (r);
 }
 
+/* The bytes fd holds OFD locks on, as /proc/self/fdinfo lists them, as
+ * a string of offsets ("100 201 203"). */
+static void
+held_bytes (int fd, char *out, size_t len)
+{
+  char path[64], line[256];
+  FILE *f;
+
+  out[0] = '\0';
+  snprintf (path, sizeof path, "/proc/self/fdinfo/%d", fd);
+  f = fopen (path, "re");
+  if (f == NULL)
+    return;
+  while (fgets (line, sizeof line, f)) {
+    long long a, b;
+    char *p = strrchr (line, ' ');
+    if (strncmp (line, "lock:", 5) != 0 || p == NULL)
+      continue;
+    *p = '\0';
+    b = atoll (p + 1);
+    p = strrchr (line, ' ');
+    if (p == NULL)
+      continue;
+    a = atoll (p + 1);
+    for (long long x = a; x <= b && strlen (out) + 8 < len; x++)
+      snprintf (out + strlen (out), len - strlen (out), "%s%lld",
+                out[0] ? " " : "", x);
+  }
+  fclose (f);
+  /* fdinfo lists the newest lock first: sort the offsets */
+  {
+    int v[16], n = 0;
+    char *t, *save = NULL;
+    for (t = strtok_r (out, " ", &save); t && n < 16;
+         t = strtok_r (NULL, " ", &save))
+      v[n++] = atoi (t);
+    for (int i = 1; i < n; i++)
+      for (int j = i; j > 0 && v[j - 1] > v[j]; j--) {
+        int x = v[j]; v[j] = v[j - 1]; v[j - 1] = x;
+      }
+    out[0] = '\0';
+    for (int i = 0; i < n; i++)
+      snprintf (out + strlen (out), len - strlen (out), "%s%d",
+                i ? " " : "", v[i]);
+  }
+}
+
+/* Going from mode to mode changes only the bytes that differ; the bytes
+ * held after each step are QEMU's for that mode (a reader: consistent
+ * read, and write and resize not shared; a writer adds write and
+ * resize), whatever the mode before. */
+static void
+test_lock_bytes (void)
+{
+  static const struct { unsigned mode; const char *bytes; } step[] = {
+    { QK_LOCK_READ, "100 201 203" },
+    { QK_LOCK_READ | QK_LOCK_WRITE, "100 101 103 201 203" },
+    { QK_LOCK_READ, "100 201 203" },
+    { QK_LOCK_NONE, "" },
+    { QK_LOCK_READ | QK_LOCK_WRITE, "100 101 103 201 203" },
+    { QK_LOCK_NONE, "" },
+  };
+  unsigned mode = QK_LOCK_NONE;
+  char got[128];
+  int fd;
+
+  mkfile ("bytes", 4096, 3);
+  fd = open (path_of ("bytes"), O_RDWR | O_CLOEXEC);
+  if (fd < 0)
+    die ("open");
+  for (size_t i = 0; i < sizeof step / sizeof *step; i++) {
+    int r = qk_fd_lock (fd, "bytes", mode, step[i].mode, false);
+    held_bytes (fd, got, sizeof got);
+    ok (r == 0 && strcmp (got, step[i].bytes) == 0,
+        "lock step %zu: holds bytes [%s] (want [%s])", i, got,
+        step[i].bytes);
+    mode = step[i].mode;
+  }
+  close (fd);
+}
+
 /* The same against QEMU itself. */
 static void
 test_qemu_locks (void)
@@ -782,6 +863,7 @@ main (void)
   test_undo_replay ();
   test_undo_crash_sweep ();
   test_locks ();
+  test_lock_bytes ();
   test_qemu_locks ();
   test_durable ();
 
