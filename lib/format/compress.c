@@ -2,52 +2,136 @@
  * QEMU's qcow2-threads.c. */
 #include <config.h>
 
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
 #include <zstd.h>
 
 #include "format/format.h"
 
+/* One inflate stream and one zstd context per thread, made on first use
+ * and reset for each cluster: an inflateInit2 per cluster allocated its
+ * state and its window (39 KiB) for every compressed cluster read.
+ * Freed when the thread exits (the key's destructor), and at exit for
+ * the thread that calls exit. */
+struct dstate {
+  z_stream z;
+  bool z_ok;
+  ZSTD_DCtx *dctx;
+};
+
+static pthread_key_t dkey;
+static pthread_once_t dkey_once = PTHREAD_ONCE_INIT;
+static bool dkey_ok;
+
+static void
+dstate_free (void *p)
+{
+  struct dstate *d = p;
+
+  if (d == NULL)
+    return;
+  if (d->z_ok)
+    inflateEnd (&d->z);
+  ZSTD_freeDCtx (d->dctx);
+  free (d);
+}
+
+static void
+dkey_init (void)
+{
+  dkey_ok = pthread_key_create (&dkey, dstate_free) == 0;
+}
+
+/* At exit or when the library is unloaded: the calling thread's state,
+ * and the key (a later thread exit must not call into unloaded code). */
+__attribute__ ((destructor)) static void
+dkey_fini (void)
+{
+  if (dkey_ok) {
+    dstate_free (pthread_getspecific (dkey));
+    pthread_key_delete (dkey);
+    dkey_ok = false;
+  }
+}
+
+static struct dstate *
+dstate (void)
+{
+  struct dstate *d;
+
+  pthread_once (&dkey_once, dkey_init);
+  if (!dkey_ok) {
+    set_error (ENOMEM, "pthread_key_create");
+    return NULL;
+  }
+  d = pthread_getspecific (dkey);
+  if (d == NULL) {
+    d = calloc (1, sizeof *d);
+    if (d == NULL || pthread_setspecific (dkey, d) != 0) {
+      free (d);
+      set_error (ENOMEM, "calloc");
+      return NULL;
+    }
+  }
+  return d;
+}
+
 static int
 inflate_cluster (const uint8_t *in, size_t inlen, uint8_t *out, size_t outlen)
 {
-  z_stream z;
+  struct dstate *d = dstate ();
+  z_stream *z;
   int r;
 
-  memset (&z, 0, sizeof z);
-  if (inflateInit2 (&z, -12) != Z_OK) {
-    set_error (ENOMEM, "inflateInit2");
+  if (d == NULL)
+    return -1;
+  z = &d->z;
+  if (!d->z_ok) {
+    memset (z, 0, sizeof *z);
+    if (inflateInit2 (z, -12) != Z_OK) {
+      set_error (ENOMEM, "inflateInit2");
+      return -1;
+    }
+    d->z_ok = true;
+  }
+  else if (inflateReset (z) != Z_OK) {
+    set_error (EINVAL, "inflateReset");
     return -1;
   }
-  z.next_in = (Bytef *) in;
-  z.avail_in = inlen;
-  z.next_out = out;
-  z.avail_out = outlen;
-  r = inflate (&z, Z_FINISH);
+  z->next_in = (Bytef *) in;
+  z->avail_in = inlen;
+  z->next_out = out;
+  z->avail_out = outlen;
+  z->msg = NULL;
+  r = inflate (z, Z_FINISH);
   /* QEMU accepts Z_BUF_ERROR once the cluster is full. */
-  if ((r != Z_STREAM_END && r != Z_BUF_ERROR) || z.avail_out != 0) {
-    inflateEnd (&z);
+  if ((r != Z_STREAM_END && r != Z_BUF_ERROR) || z->avail_out != 0) {
     set_error (EBADMSG, "deflate data is damaged (%s, %zu of %zu bytes out)",
-               z.msg ? z.msg : zError (r), outlen - z.avail_out, outlen);
+               z->msg ? z->msg : zError (r), outlen - z->avail_out, outlen);
     return -1;
   }
-  inflateEnd (&z);
   return 0;
 }
-
-static _Thread_local ZSTD_DCtx *dctx;
 
 static int
 zstd_cluster (const uint8_t *in, size_t inlen, uint8_t *out, size_t outlen)
 {
   ZSTD_inBuffer ib = { in, inlen, 0 };
   ZSTD_outBuffer ob = { out, outlen, 0 };
+  struct dstate *d = dstate ();
+  ZSTD_DCtx *dctx;
   size_t r = 0;
 
-  if (dctx == NULL && (dctx = ZSTD_createDCtx ()) == NULL) {
+  if (d == NULL)
+    return -1;
+  if (d->dctx == NULL && (d->dctx = ZSTD_createDCtx ()) == NULL) {
     set_error (ENOMEM, "ZSTD_createDCtx");
     return -1;
   }
+  dctx = d->dctx;
   ZSTD_DCtx_reset (dctx, ZSTD_reset_session_only);
   /* Like QEMU: stream until exactly one cluster is out; the frame must be
    * complete when the output is full. */
