@@ -62,6 +62,10 @@ extern int qk_strvec_add (struct qk_strvec *sv, char *s); /* takes ownership */
 extern int qk_strvec_addf (struct qk_strvec *sv, const char *fmt, ...)
   __attribute__ ((format (printf, 2, 3)));
 extern void qk_strvec_free (struct qk_strvec *sv);
+/* vasprintf in one allocation of the string's own size (vasprintf makes
+ * two: a buffer, then a realloc to size); NULL when out of memory. */
+extern char *qk_vformat (const char *fmt, va_list ap)
+  __attribute__ ((format (printf, 1, 0)));
 extern void *qk_grow (void *ptr, size_t *cap, size_t need, size_t elem);
 
 /* A growable NUL-terminated string. Once an allocation fails, p is NULL

@@ -22,12 +22,11 @@ qk_image_warn (struct qk_image *img, const char *fmt, ...)
 {
   va_list ap;
   char *s;
-  int r;
 
   va_start (ap, fmt);
-  r = vasprintf (&s, fmt, ap);
+  s = qk_vformat (fmt, ap);
   va_end (ap);
-  if (r < 0)
+  if (s == NULL)
     return -1;
   return qk_strvec_add (&img->warnings, s);
 }

@@ -1,6 +1,7 @@
 /* Small growable vectors. */
 #include <config.h>
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,17 +54,39 @@ qk_strvec_add (struct qk_strvec *sv, char *s)
   return 0;
 }
 
+char *
+qk_vformat (const char *fmt, va_list ap)
+{
+  char buf[256], *s;
+  va_list ap2;
+  int n;
+
+  va_copy (ap2, ap);
+  n = vsnprintf (buf, sizeof buf, fmt, ap2);
+  va_end (ap2);
+  if (n < 0)
+    return NULL;
+  if ((size_t) n < sizeof buf) {
+    s = malloc ((size_t) n + 1);
+    if (s)
+      memcpy (s, buf, (size_t) n + 1);
+    return s;
+  }
+  if (vasprintf (&s, fmt, ap) < 0)
+    return NULL;
+  return s;
+}
+
 int
 qk_strvec_addf (struct qk_strvec *sv, const char *fmt, ...)
 {
   va_list ap;
   char *s;
-  int r;
 
   va_start (ap, fmt);
-  r = vasprintf (&s, fmt, ap);
+  s = qk_vformat (fmt, ap);
   va_end (ap);
-  if (r < 0) {
+  if (s == NULL) {
     set_error (ENOMEM, "vasprintf");
     return -1;
   }
