@@ -107,11 +107,6 @@ nomem:
   return -1;
 }
 
-/* The exclusive bits exist from the first claim that is not exclusive
- * (snapshot, bitmap or compressed data) on: until then every claim was,
- * so they are the clusters counted so far. Images whose snapshots share
- * all their tables with the active image, and that have no compressed
- * clusters or bitmaps, never need them. */
 uint8_t *
 spare_bits (struct ck *ck, int i, uint64_t len)
 {
@@ -134,6 +129,11 @@ spare_free (struct qk_refmap_spare *sp)
   memset (sp, 0, sizeof *sp);
 }
 
+/* The exclusive bits exist from the first claim that is not exclusive
+ * (snapshot, bitmap or compressed data) on: until then every claim was,
+ * so they are the clusters counted so far. Images whose snapshots share
+ * all their tables with the active image, and that have no compressed
+ * clusters or bitmaps, never need them. */
 int
 excl_need (struct ck *ck)
 {
