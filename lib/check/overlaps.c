@@ -174,9 +174,11 @@ active_guests (struct ck *ck, const uint64_t *ks, size_t nk,
     }
     for (uint32_t j = 0; j < h->l2_entries; j++) {
       uint64_t en = be64_get (buf + (size_t) j * h->l2_entry_size);
-      enum qk_cluster_type t = qk_l2_cluster_type (en, h->subclusters > 1,
-                                                   ck->data_file);
+      enum qk_cluster_type t;
       uint64_t k, last, *hit;
+      if (en == 0)
+        continue;               /* unallocated: maps no host cluster */
+      t = qk_l2_cluster_type (en, h->subclusters > 1, ck->data_file);
       if (t == QK_CLUSTER_COMPRESSED) {
         uint64_t coff, clen;
         qk_l2_compressed (en & ~QK_OFLAG_COPIED, ck->cb, &coff, &clen);

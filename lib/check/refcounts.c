@@ -129,10 +129,12 @@ phase_refblocks (struct ck *ck)
     uint64_t e = ck->reftable[i];
     uint64_t off = e & QK_REFT_OFFSET_MASK;
     uint64_t cl = off >> ck->cb;
-    const struct qk_problem *loc =
-      LOC (.table_offset = ck->h->refcount_table_offset, .index = i,
-           .found = e);
+    const struct qk_problem *loc;
 
+    if (e == 0 && ck->nb > 0)
+      continue;                 /* no block: the most common entry */
+    loc = LOC (.table_offset = ck->h->refcount_table_offset, .index = i,
+               .found = e);
     if (e & QK_REFT_RESERVED_MASK) {
       report (ck, PR_REFT_RESERVED, 1, loc,
               "refcount table entry %zu has reserved bits set (0x%016" PRIx64

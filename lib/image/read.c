@@ -77,6 +77,16 @@ lookup (struct qk_image *img, uint64_t off, uint64_t max, struct run *r)
   pos = off;
   while (pos - off < max && idx < h->l2_entries) {
     const uint8_t *e = l2 + idx * h->l2_entry_size;
+    /* A run of unallocated clusters (entries of 0, no subclusters), the
+     * most common run: one test an entry, what the general code below
+     * makes of them. */
+    if (!extl2 && be64_get (e) == 0
+        && (pos == off || r->type == QK_SUB_UNALLOCATED_PLAIN)) {
+      r->type = QK_SUB_UNALLOCATED_PLAIN;
+      pos += cs - (pos & (cs - 1));
+      idx++;
+      continue;
+    }
     uint64_t entry = be64_get (e);
     uint64_t bitmap = extl2 ? be64_get (e + 8) : 0;
     uint64_t in_cluster = pos & (cs - 1);
