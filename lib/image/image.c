@@ -137,6 +137,7 @@ ext_cb (void *opaque, const struct qk_ext_raw *e, const uint8_t *payload)
       }
       free (img->feature_names[type][bit]);
       img->feature_names[type][bit] = strndup_printable (payload + i + 2, n);
+      img->any_feature_name = true;
     }
     break;
   case QK_EXT_BITMAPS:
@@ -1124,15 +1125,19 @@ qk_image_close (struct qk_image *img)
     qk_source_close (img->data);
   if (!img->keep_src)
     qk_source_close (img->src);
-  for (int t = 0; t < 3; t++)
-    for (int b = 0; b < 64; b++)
-      free (img->feature_names[t][b]);
+  /* (free of NULL is not free under ASan: its interceptor takes a stack
+   * trace first, and an image holds 192 name slots and 32 L2 slots) */
+  if (img->any_feature_name)
+    for (int t = 0; t < 3; t++)
+      for (int b = 0; b < 64; b++)
+        free (img->feature_names[t][b]);
   for (size_t i = 0; i < img->n_snaps; i++)
     qk_snapshot_raw_free (&img->snaps[i]);
   for (size_t i = 0; i < img->n_bitmaps; i++)
     qk_bitmap_raw_free (&img->bitmaps[i]);
   for (int i = 0; i < QK_L2_CACHE_SLOTS; i++)
-    free (img->l2c[i].buf);
+    if (img->l2c[i].buf)
+      free (img->l2c[i].buf);
   qk_strvec_free (&img->warnings);
   free (img->snaps);
   free (img->bitmaps);

@@ -52,6 +52,7 @@ struct qk_image {
   struct qk_extension *ext;
   size_t n_ext;
   char *feature_names[3][64];
+  bool any_feature_name;    /* one of them is set (close frees them) */
   char *backing_format_ext;
   char *data_file_name;
   bool has_bitmaps_ext;
