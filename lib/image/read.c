@@ -221,6 +221,15 @@ read_chain (struct qk_image *img, uint8_t *buf, uint64_t len, uint64_t off,
         return -1;
       break;
     case QK_SUB_COMPRESSED:
+      /* As QEMU (qcow2_get_host_offset): no compressed cluster with an
+       * external data file. Read from the image file, it would be bytes
+       * the checker counts as nobody's, and a repair could write its
+       * fixes over them. */
+      if (img->hdr.incompatible_features & QK_INCOMPAT_DATA_FILE) {
+        set_error (EIO, "compressed cluster entry for guest offset 0x%" PRIx64
+                   " in an image with an external data file", off);
+        return -1;
+      }
       if (read_compressed (img, r.entry, buf, off & (img->hdr.cluster_size - 1),
                            r.bytes) < 0)
         return -1;
