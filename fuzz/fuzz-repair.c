@@ -34,10 +34,12 @@
  * harness's own would, and saves one check an input.
  * Inputs whose virtual size is above 64 MiB, that ask for more work than
  * the bounds of fuzz.h (a virtual size above 4 MiB among them), or that
- * do not open as qcow2, are
- * skipped (the virtual size is also what bounds the memory: the clusters
- * that read before the repair are kept, all-zero ones as a flag). When
- * the repair fails (qk_repair_run returns -1) nothing is asserted. A
+ * do not open as qcow2, are skipped (the virtual size is also what
+ * bounds the memory: the clusters that read before the repair are kept,
+ * all-zero ones as a flag). Under the bounds a repair may grow the file
+ * to 16 MiB (fuzz_file_cap; past it a write fails with EFBIG, as on a
+ * full disk). When the repair fails (qk_repair_run returns -1) nothing
+ * is asserted. A
  * violation prints which, with the fixes each run made, and traps.
  *
  * QK_FUZZ_REPAIR_ONLY=check, data or two-run in the environment keeps one
@@ -369,7 +371,11 @@ repair (const struct qk_open_options *o, unsigned flags, int *ret)
     qk_repair_free (r);
     return NULL;
   }
+  if (fuzz_file_cap (true) < 0)
+    abort ();
   *ret = qk_repair_run (r, file_path);
+  if (fuzz_file_cap (false) < 0)
+    abort ();
   return r;
 }
 

@@ -93,6 +93,32 @@ for k in "${!repair_todo[@]}"; do
   fi
 done
 
+# Under the bounds (QK_FUZZ_BOUNDS=on, as in every libFuzzer session) a
+# repair grows the file to 16 MiB at most (fuzz.h, fuzz_file_cap): the
+# write past it fails with EFBIG, as on a full disk, and the harness goes
+# on to the next input. This input's repair puts fresh clusters past a
+# dangling reference 800 MiB out: bounded, its write there fails;
+# unbounded (the replay's default), every write succeeds.
+if have strace "fuzz-repair's file cap, seen in its writes"; then
+  zcat "$srcdir/tests/regress/repair-compressed-bitmap-under-l2-table.gz" \
+    > "$T/cap.in"
+  for b in on off; do
+    out=$(QK_FUZZ_BOUNDS=$b traced_env timeout 300 strace -f -e trace=pwrite64 \
+            -e signal=none -o "$T/cap-$b.st" \
+            "$top_builddir/fuzz/fuzz-repair-replay" "$T/cap.in" 2>&1)
+    is "$?" 0 "fuzz-repair with QK_FUZZ_BOUNDS=$b replays an input whose repair writes 800 MiB out"
+    [ -z "$out" ] || diag "$(echo "$out" | tail -3)"
+  done
+  n_on=$(grep -c 'EFBIG' "$T/cap-on.st")
+  n_off=$(grep -c 'EFBIG' "$T/cap-off.st")
+  last_on=$(grep -o 'pwrite64([0-9]*, .*, [0-9]*) = -1 EFBIG' "$T/cap-on.st" \
+              | head -1 | sed 's/.*, \([0-9]*\)) = .*/\1/')
+  ok "bounded: the write past 16 MiB (at ${last_on:-none}) failed with EFBIG" \
+    test "$n_on" -ge 1 -a "${last_on:-0}" -gt $((16 << 20))
+  ok "unbounded: no write failed ($n_off EFBIG), the repair went past 16 MiB" \
+    test "$n_off" -eq 0 -a "$(grep -cE 'pwrite64\([0-9]+, .*, [0-9]{9,}\) = [0-9]+$' "$T/cap-off.st")" -gt 0
+fi
+
 # ---- fuzz-amend ----
 # The seeds, the catalog's damaged images (amend must refuse them without
 # writing, or leave them no worse), qcowkit's own corpus (version 2
