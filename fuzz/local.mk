@@ -38,40 +38,42 @@ noinst_PROGRAMS = \
 	fuzz/fuzz-chain-nomut \
 	$(NULL)
 FUZZ_LIBFUZZER_LDADD = lib/libqcowkit-internal.la
-fuzz_fuzz_image_SOURCES = fuzz/fuzz-image.c fuzz/mutator.c $(FUZZ_COMMON)
+# ASan's defaults for the libFuzzer binaries (see the file)
+FUZZ_LIBFUZZER_SRC = fuzz/asan-options.c
+fuzz_fuzz_image_SOURCES = fuzz/fuzz-image.c fuzz/mutator.c $(FUZZ_COMMON) $(FUZZ_LIBFUZZER_SRC)
 fuzz_fuzz_image_LDADD = $(FUZZ_LIBFUZZER_LDADD)
 fuzz_fuzz_image_LDFLAGS = $(FUZZ_LDFLAGS)
-fuzz_fuzz_read_SOURCES = fuzz/fuzz-read.c fuzz/mutator.c $(FUZZ_COMMON)
+fuzz_fuzz_read_SOURCES = fuzz/fuzz-read.c fuzz/mutator.c $(FUZZ_COMMON) $(FUZZ_LIBFUZZER_SRC)
 fuzz_fuzz_read_LDADD = $(FUZZ_LIBFUZZER_LDADD)
 fuzz_fuzz_read_LDFLAGS = $(FUZZ_LDFLAGS)
-fuzz_fuzz_check_SOURCES = fuzz/fuzz-check.c fuzz/mutator.c $(FUZZ_COMMON)
+fuzz_fuzz_check_SOURCES = fuzz/fuzz-check.c fuzz/mutator.c $(FUZZ_COMMON) $(FUZZ_LIBFUZZER_SRC)
 fuzz_fuzz_check_LDADD = $(FUZZ_LIBFUZZER_LDADD)
 fuzz_fuzz_check_LDFLAGS = $(FUZZ_LDFLAGS)
-fuzz_fuzz_chain_SOURCES = fuzz/fuzz-chain.c fuzz/mutator.c $(FUZZ_COMMON)
+fuzz_fuzz_chain_SOURCES = fuzz/fuzz-chain.c fuzz/mutator.c $(FUZZ_COMMON) $(FUZZ_LIBFUZZER_SRC)
 fuzz_fuzz_chain_LDADD = $(FUZZ_LIBFUZZER_LDADD)
 fuzz_fuzz_chain_LDFLAGS = $(FUZZ_LDFLAGS)
-fuzz_fuzz_repair_SOURCES = fuzz/fuzz-repair.c fuzz/mutator.c $(FUZZ_COMMON)
+fuzz_fuzz_repair_SOURCES = fuzz/fuzz-repair.c fuzz/mutator.c $(FUZZ_COMMON) $(FUZZ_LIBFUZZER_SRC)
 fuzz_fuzz_repair_LDADD = $(FUZZ_LIBFUZZER_LDADD)
 fuzz_fuzz_repair_LDFLAGS = $(FUZZ_LDFLAGS)
-fuzz_fuzz_amend_SOURCES = fuzz/fuzz-amend.c fuzz/mutator.c $(FUZZ_COMMON)
+fuzz_fuzz_amend_SOURCES = fuzz/fuzz-amend.c fuzz/mutator.c $(FUZZ_COMMON) $(FUZZ_LIBFUZZER_SRC)
 fuzz_fuzz_amend_LDADD = $(FUZZ_LIBFUZZER_LDADD)
 fuzz_fuzz_amend_LDFLAGS = $(FUZZ_LDFLAGS)
-fuzz_fuzz_meta_file_SOURCES = fuzz/fuzz-meta-file.c $(FUZZ_COMMON)
+fuzz_fuzz_meta_file_SOURCES = fuzz/fuzz-meta-file.c $(FUZZ_COMMON) $(FUZZ_LIBFUZZER_SRC)
 fuzz_fuzz_meta_file_LDADD = $(FUZZ_LIBFUZZER_LDADD)
 fuzz_fuzz_meta_file_LDFLAGS = $(FUZZ_LDFLAGS)
-fuzz_fuzz_meta_bulk_SOURCES = fuzz/fuzz-meta-bulk.c $(FUZZ_COMMON)
+fuzz_fuzz_meta_bulk_SOURCES = fuzz/fuzz-meta-bulk.c $(FUZZ_COMMON) $(FUZZ_LIBFUZZER_SRC)
 fuzz_fuzz_meta_bulk_LDADD = $(FUZZ_LIBFUZZER_LDADD)
 fuzz_fuzz_meta_bulk_LDFLAGS = $(FUZZ_LDFLAGS) $(FUZZ_WRAP_READ)
-fuzz_fuzz_image_nomut_SOURCES = fuzz/fuzz-image.c $(FUZZ_COMMON)
+fuzz_fuzz_image_nomut_SOURCES = fuzz/fuzz-image.c $(FUZZ_COMMON) $(FUZZ_LIBFUZZER_SRC)
 fuzz_fuzz_image_nomut_LDADD = $(FUZZ_LIBFUZZER_LDADD)
 fuzz_fuzz_image_nomut_LDFLAGS = $(FUZZ_LDFLAGS)
-fuzz_fuzz_read_nomut_SOURCES = fuzz/fuzz-read.c $(FUZZ_COMMON)
+fuzz_fuzz_read_nomut_SOURCES = fuzz/fuzz-read.c $(FUZZ_COMMON) $(FUZZ_LIBFUZZER_SRC)
 fuzz_fuzz_read_nomut_LDADD = $(FUZZ_LIBFUZZER_LDADD)
 fuzz_fuzz_read_nomut_LDFLAGS = $(FUZZ_LDFLAGS)
-fuzz_fuzz_check_nomut_SOURCES = fuzz/fuzz-check.c $(FUZZ_COMMON)
+fuzz_fuzz_check_nomut_SOURCES = fuzz/fuzz-check.c $(FUZZ_COMMON) $(FUZZ_LIBFUZZER_SRC)
 fuzz_fuzz_check_nomut_LDADD = $(FUZZ_LIBFUZZER_LDADD)
 fuzz_fuzz_check_nomut_LDFLAGS = $(FUZZ_LDFLAGS)
-fuzz_fuzz_chain_nomut_SOURCES = fuzz/fuzz-chain.c $(FUZZ_COMMON)
+fuzz_fuzz_chain_nomut_SOURCES = fuzz/fuzz-chain.c $(FUZZ_COMMON) $(FUZZ_LIBFUZZER_SRC)
 fuzz_fuzz_chain_nomut_LDADD = $(FUZZ_LIBFUZZER_LDADD)
 fuzz_fuzz_chain_nomut_LDFLAGS = $(FUZZ_LDFLAGS)
 endif
@@ -87,7 +89,7 @@ check_PROGRAMS += \
 	fuzz/fuzz-meta-bulk-replay \
 	$(NULL)
 SH_TESTS += tests/fuzz-replay.sh
-EXTRA_DIST += fuzz/README.md fuzz/local.mk fuzz/mutator.c \
+EXTRA_DIST += fuzz/README.md fuzz/local.mk fuzz/mutator.c fuzz/asan-options.c \
 	fuzz/make-seeds.sh fuzz/smoke.sh fuzz/measure.sh fuzz/qcow2.dict fuzz/libvirt-xml.dict \
 	doc/FUZZING.md tests/regress \
 	$(NULL)
