@@ -551,7 +551,7 @@ read_snapshots (struct qk_image *img)
   const struct qk_header *h = &img->hdr;
   struct window w = { .src = img->src, .base = h->snapshots_offset };
   uint64_t rel = 0;
-  uint32_t n = h->nb_snapshots;
+  uint32_t n = h->nb_snapshots, fit;
 
   img->snaps_ok = true;
   if (n == 0)
@@ -580,14 +580,18 @@ read_snapshots (struct qk_image *img)
   /* a first read sized for n typical entries (40 bytes, extra data, id
    * and name), not a whole MiB of whatever follows the table */
   w.chunk = MIN ((size_t) n * 128 + 4096, (size_t) 1 << 20);
-  img->snaps = calloc (n, sizeof *img->snaps);
+  /* slots for the entries that can fit (an entry takes 40 bytes or
+   * more), not for the count the header claims: a 64 KiB file that
+   * claims 131072 snapshots would have 17 MB of them */
+  fit = MIN (n, w.limit / 40);
+  img->snaps = calloc (fit ? fit : 1, sizeof *img->snaps);
   if (img->snaps == NULL) {
     snaps_failed (img);
     return;
   }
   for (uint32_t i = 0; i < n; i++) {
-    size_t avail, elen;
-    const uint8_t *p = window_get (&w, rel, 40, &avail);
+    size_t avail = 0, elen;
+    const uint8_t *p = i < fit ? window_get (&w, rel, 40, &avail) : NULL;
     uint64_t full;
 
     if (p == NULL || avail < 40) {
@@ -630,6 +634,7 @@ read_bitmaps (struct qk_image *img)
   const struct qk_bitmaps_ext *be = &img->bitmaps_ext;
   uint8_t *buf;
   size_t pos = 0;
+  uint64_t fit;
 
   if (!img->has_bitmaps_ext)
     return;
@@ -646,7 +651,10 @@ read_bitmaps (struct qk_image *img)
     return;
   }
   buf = malloc (be->directory_size ? be->directory_size : 1);
-  img->bitmaps = calloc (be->nb_bitmaps, sizeof *img->bitmaps);
+  /* slots for the entries the directory can hold (24 bytes or more
+   * each), not for the count the extension claims */
+  fit = MIN (be->nb_bitmaps, be->directory_size / 24);
+  img->bitmaps = calloc (fit ? fit : 1, sizeof *img->bitmaps);
   if (buf == NULL || img->bitmaps == NULL) {
     free (buf);
     return;
@@ -659,9 +667,16 @@ read_bitmaps (struct qk_image *img)
   }
   for (uint32_t i = 0; i < be->nb_bitmaps; i++) {
     size_t elen;
+    struct qk_bitmap_raw spare;
+    /* an entry past the slots runs past the directory: parsed into a
+     * spare, it fails as it would */
     if (qk_bitmap_parse (buf + pos, be->directory_size - pos,
-                         &img->bitmaps[i], &elen) < 0) {
+                         i < fit ? &img->bitmaps[i] : &spare, &elen) < 0) {
       qk_image_warn (img, "bitmap directory entry %u: %s", i, qk_get_error ());
+      break;
+    }
+    if (i >= fit) {              /* cannot be: each entry took 24 bytes */
+      qk_bitmap_raw_free (&spare);
       break;
     }
     img->bitmaps[i].b.entry_offset = be->directory_offset + pos;
@@ -926,6 +941,10 @@ open_data_file (struct qk_image *img, struct chain_ctx *cc)
 
 /* ---- open ---- */
 
+/* The bytes an open reads at offset 0 at once: the magic, the header and
+ * its extensions (cluster 0 whole when clusters are 4 KiB or smaller). */
+#define OPEN_HEAD 4096
+
 static struct qk_image *
 new_image (struct qk_source *src, const char *name, bool keep)
 {
@@ -944,17 +963,18 @@ new_image (struct qk_source *src, const char *name, bool keep)
   return img;
 }
 
+/* head holds the file's first n_head bytes (OPEN_HEAD, or the whole file
+ * when it is shorter): the header and the start of cluster 0 are not
+ * read again. */
 static int
-open_qcow2 (struct qk_image *img, struct chain_ctx *cc)
+open_qcow2 (struct qk_image *img, struct chain_ctx *cc, const uint8_t *head,
+            size_t n_head)
 {
-  uint8_t hb[QK_HEADER_KNOWN_LEN + 7];
-  ssize_t n;
   struct qk_header *h = &img->hdr;
+  size_t want, have;
 
-  n = img->src->ops->pread (img->src, hb, sizeof hb, 0);
-  if (n < 0)
-    return -1;
-  if (qk_header_parse (hb, n, h) < 0)
+  if (qk_header_parse (head, MIN (n_head, (size_t) QK_HEADER_KNOWN_LEN + 7),
+                       h) < 0)
     return -1;
   /* calloc'ed, and read only as far as the file goes: the zeros past
    * its end are already there, and a 2 MiB cluster of a small file is
@@ -964,8 +984,12 @@ open_qcow2 (struct qk_image *img, struct chain_ctx *cc)
     set_error (ENOMEM, "calloc");
     return -1;
   }
-  if (qk_source_read_zeropad (img->src, img->cluster0,
-                              MIN (h->cluster_size, img->src->size), 0) < 0)
+  want = MIN (h->cluster_size, img->src->size);
+  have = MIN (want, n_head);
+  memcpy (img->cluster0, head, have);
+  if (want > have
+      && qk_source_read_zeropad (img->src, img->cluster0 + have, want - have,
+                                 have) < 0)
     return -1;
   if (img->src->size < h->cluster_size)
     qk_image_warn (img, "the file (%" PRIu64 " bytes) is shorter than one "
@@ -1027,7 +1051,7 @@ open_source (struct qk_source *src, const char *name, const char *format,
              struct chain_ctx *cc)
 {
   struct qk_image *img;
-  uint8_t magic[4] = { 0 };
+  uint8_t *head;   /* on the heap: an open recurses down the chain */
   ssize_t n;
 
   if (src->has_id && cc->n < sizeof cc->dev / sizeof cc->dev[0]) {
@@ -1038,28 +1062,38 @@ open_source (struct qk_source *src, const char *name, const char *format,
   img = new_image (src, name, src == cc->keep);
   if (img == NULL)
     return NULL;
-  n = src->ops->pread (src, magic, 4, 0);
+  /* one read for the magic, the header and the start of cluster 0 */
+  head = malloc (OPEN_HEAD);
+  if (head == NULL) {
+    set_error (ENOMEM, "malloc");
+    qk_image_close (img);
+    return NULL;
+  }
+  n = src->ops->pread (src, head, OPEN_HEAD, 0);
   if (n < 0) {
+    free (head);
     qk_image_close (img);
     return NULL;
   }
   img->is_qcow2 = (format == NULL || strcmp (format, "qcow2") == 0)
-                  && n == 4 && be32_get (magic) == QK_QCOW2_MAGIC;
+                  && n >= 4 && be32_get (head) == QK_QCOW2_MAGIC;
   if (format && strcmp (format, "qcow2") == 0 && !img->is_qcow2) {
     set_error (EMEDIUMTYPE, "%s: not a qcow2 image", name);
-    qk_image_close (img);
-    return NULL;
+    goto fail;
   }
-  if (!img->is_qcow2) {
+  if (!img->is_qcow2)
     img->rd_size = qk_image_virtual_size (img);
-    return img;
-  }
-  if (open_qcow2 (img, cc) < 0) {
+  else if (open_qcow2 (img, cc, head, (size_t) n) < 0) {
     qk_internal_prefix_error ("%s", name);
-    qk_image_close (img);
-    return NULL;
+    goto fail;
   }
+  free (head);
   return img;
+
+ fail:
+  free (head);
+  qk_image_close (img);
+  return NULL;
 }
 
 static struct qk_image *
