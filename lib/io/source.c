@@ -257,9 +257,14 @@ static ssize_t
 mem_pread (struct qk_source *s, void *buf, size_t len, uint64_t off)
 {
   /* as a file refuses it (pread's off_t), so that an image checks the
-   * same from memory and from a file */
+   * same from memory and from a file: an offset past 2^63 (file_pread),
+   * or a range that ends past it (the kernel's EINVAL) */
   if (off > INT64_MAX) {
     set_error (EINVAL, "%s: offset %" PRIu64 " out of range", s->name, off);
+    return -1;
+  }
+  if (len > (uint64_t) INT64_MAX - off) {
+    set_error (EINVAL, "%s: read at %" PRIu64, s->name, off);
     return -1;
   }
   if (off >= s->size)

@@ -222,6 +222,44 @@ test_memory_rw (void)
   qk_source_close (s);
 }
 
+/* A memory source refuses the reads a file refuses near 2^63: an offset
+ * past it (file_pread), a range that ends past it (the kernel's EINVAL),
+ * so that an image reads and checks the same from either (fuzz-repair
+ * reads the image before its repair from memory, after it from a file). */
+static void
+test_memory_file_parity (void)
+{
+  static const struct { uint64_t off; size_t len; } c[] = {
+    { INT64_MAX - 100, 100 },   /* ends at 2^63 - 1: both read nothing */
+    { INT64_MAX - 100, 101 },   /* ends past it: both refuse */
+    { INT64_MAX - 100, 4096 },
+    { INT64_MAX, 1 },
+    { (uint64_t) INT64_MAX + 1, 1 },
+    { UINT64_MAX - 10, 4 },
+    { 4000, 4096 },             /* a short read at the end of the file */
+  };
+  uint8_t bytes[4096], buf[4096];
+  struct qk_source *m, *f;
+
+  memset (bytes, 0x5a, sizeof bytes);
+  mkfile ("parity", sizeof bytes, 0x5a);
+  m = qk_source_memory (bytes, sizeof bytes, "parity");
+  f = qk_source_file (path_of ("parity"));
+  if (m == NULL || f == NULL)
+    die ("parity sources");
+  for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
+    ssize_t rm = m->ops->pread (m, buf, c[i].len, c[i].off);
+    int em = rm < 0 ? qk_get_errno () : 0;
+    ssize_t rf = f->ops->pread (f, buf, c[i].len, c[i].off);
+    int ef = rf < 0 ? qk_get_errno () : 0;
+    ok (rm == rf && em == ef, "memory and file: %zu bytes at %" PRIu64
+        " give %zd (errno %d) and %zd (errno %d)", c[i].len, c[i].off, rm,
+        em, rf, ef);
+  }
+  qk_source_close (m);
+  qk_source_close (f);
+}
+
 /* ---- fault layer ---- */
 
 static void
@@ -858,6 +896,7 @@ main (void)
   test_readonly ();
   test_file_rw ();
   test_memory_rw ();
+  test_memory_file_parity ();
   test_fault ();
   test_undo ();
   test_undo_replay ();
