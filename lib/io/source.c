@@ -153,35 +153,38 @@ static const struct qk_source_ops file_ops = {
 };
 
 /* A file source over fd (taken over, closed on failure too). Only regular
- * files and block devices: a FIFO or a terminal would block or never end. */
-QK_EXPORT struct qk_source *
-qk_source_fd (int fd, const char *name)
+ * files and block devices: a FIFO or a terminal would block or never end.
+ * fl: the descriptor's status flags when the caller has them (F_GETFL),
+ * else -1. Its errors are qk_source_fd's, under that name. */
+static struct qk_source *
+fd_source (int fd, const char *name, int fl)
 {
   struct qk_source *s;
   struct stat st;
 
   if (fstat (fd, &st) < 0) {
-    set_error (errno, "fstat: %s", name);
+    qk_internal_set_error (errno, "qk_source_fd", "fstat: %s", name);
     close (fd);
     return NULL;
   }
   if (!S_ISREG (st.st_mode) && !S_ISBLK (st.st_mode)) {
-    set_error (S_ISDIR (st.st_mode) ? EISDIR : EINVAL, "%s is %s", name,
-               S_ISDIR (st.st_mode) ? "a directory"
-               : S_ISFIFO (st.st_mode) ? "a FIFO, not an image file"
-               : "not a regular file or a block device");
+    qk_internal_set_error (S_ISDIR (st.st_mode) ? EISDIR : EINVAL,
+                           "qk_source_fd", "%s is %s", name,
+                           S_ISDIR (st.st_mode) ? "a directory"
+                           : S_ISFIFO (st.st_mode)
+                           ? "a FIFO, not an image file"
+                           : "not a regular file or a block device");
     close (fd);
     return NULL;
   }
   /* opened with O_NONBLOCK so that a FIFO could not block the open */
-  {
-    int fl = fcntl (fd, F_GETFL);
-    if (fl >= 0 && (fl & O_NONBLOCK))
-      fcntl (fd, F_SETFL, fl & ~O_NONBLOCK);
-  }
+  if (fl < 0)
+    fl = fcntl (fd, F_GETFL);
+  if (fl >= 0 && (fl & O_NONBLOCK))
+    fcntl (fd, F_SETFL, fl & ~O_NONBLOCK);
   s = calloc (1, sizeof *s);
   if (s == NULL || (s->name = strdup (name)) == NULL) {
-    set_error (ENOMEM, "calloc");
+    qk_internal_set_error (ENOMEM, "qk_source_fd", "calloc");
     free (s);
     close (fd);
     return NULL;
@@ -202,6 +205,12 @@ qk_source_fd (int fd, const char *name)
   return s;
 }
 
+QK_EXPORT struct qk_source *
+qk_source_fd (int fd, const char *name)
+{
+  return fd_source (fd, name, -1);
+}
+
 struct qk_source *
 qk_source_fd_rw (int fd, const char *name, unsigned flags)
 {
@@ -214,7 +223,7 @@ qk_source_fd_rw (int fd, const char *name, unsigned flags)
     close (fd);
     return NULL;
   }
-  s = qk_source_fd (fd, name);
+  s = fd_source (fd, name, fl);
   if (s == NULL)
     return NULL;
   s->writable = true;
