@@ -271,6 +271,37 @@ is "$?" 1 "check -r refuses it too: exit 1"
 is "$(stamp busy.qcow2)" "$s0" "the image in use was not written"
 stop_holder
 
+# And QEMU sees ours: a repair waiting at its first question holds the
+# image as a writer. The locks are the bytes qemu-img's own writer takes
+# (/proc/locks: 100-101 consistent read and write, 103 resize, 201 and
+# 203 not shared), taken in runs of neighbours rather than a byte a call.
+if have script "repair's locks seen by qemu-img (script from util-linux)"; then
+  build leak-l2-entry-cleared held.qcow2
+  mkfifo held.in
+  script -qec "qcowkit repair --no-undo held.qcow2" /dev/null < held.in > held.out 2>&1 &
+  held_pid=$!
+  kill_on_exit "$held_pid"
+  exec {held_fd}<> held.in
+  wait_for 60 eval "! proc_alive $held_pid || grep -q 'y/n/a/q' held.out"
+  ok "a repair waits at its first question" grep -q 'y/n/a/q' held.out
+  ok "qemu-img info refuses the image the repair holds (\"write\" lock)" \
+    qemu_lock_held held.qcow2
+  ok "qemu-img info -U (force share) still reads it" \
+    eval 'qemu-img info -U held.qcow2 > /dev/null 2>&1'
+  read -r d ino < <(stat -c '%d %i' held.qcow2)
+  dev=$(printf '%02x:%02x:%s' $(((d >> 8) & 0xfff)) $(((d & 0xff) | ((d >> 12) & 0xfff00))) "$ino")
+  is "$(awk -v dev="$dev" '$2 == "OFDLCK" && $4 == "READ" && $(NF - 2) == dev {
+          print $(NF - 1) "-" $NF }' /proc/locks | sort -n | tr '\n' ' ')" \
+     "100-101 103-103 201-201 203-203 " "the repair holds QEMU's writer bytes (/proc/locks)"
+  qcowkit repair -y --no-undo held.qcow2 > out 2>&1
+  is "$?" 8 "a second repair of it refuses: exit 8"
+  ok "... naming the holder" grep -qE 'in use by (lt-)?qcowkit \(pid' out
+  printf 'q\n' >&"$held_fd"
+  exec {held_fd}>&-
+  stop_process "$held_pid" 30
+  is "$(qemu-img check held.qcow2 >/dev/null 2>&1; echo $?)" 3 "answered q: the leak stays"
+fi
+
 # ---- clean images are never written ----
 # Every image of the fuzz corpus (every feature combination qcowkit can
 # make: v2/v3, cluster sizes, refcount widths, extended L2, compression,
