@@ -219,11 +219,19 @@ phase_overlaps (struct ck *ck)
   ks = malloc (ck->n_conf * sizeof *ks);
   guests = malloc (ck->n_conf * sizeof *guests);
   if (ks && guests) {
-    for (size_t i = 0; i < ck->n_conf; i++)
-      ks[nk++] = ck->conf[i].cluster;
-    qsort (ks, nk, sizeof *ks, cmp_u64);
-    if (active_guests (ck, ks, nk, guests) < 0)
-      nk = 0;
+    /* the guest offsets name only a conflict that no metadata owns: the
+     * active tables are read again only for those */
+    for (size_t i = 0; i < ck->n_conf; i++) {
+      struct owner tmp;
+      if (meta_owner (ck, ck->conf[i].cluster, &ck->conf[i].second, &tmp)
+          == NULL)
+        ks[nk++] = ck->conf[i].cluster;
+    }
+    if (nk) {
+      qsort (ks, nk, sizeof *ks, cmp_u64);
+      if (active_guests (ck, ks, nk, guests) < 0)
+        nk = 0;
+    }
   }
   for (size_t i = 0; i < ck->n_conf; i++) {
     const struct conflict *c = &ck->conf[i];
@@ -247,6 +255,8 @@ phase_overlaps (struct ck *ck)
               "it silently)", c->cluster << ck->cb, gs[0], gs[1]);
       continue;
     }
+    if (c->second.kind == OWN_DATA && first == NULL)
+      continue;   /* active data shared with snapshot data: legitimate */
     describe (ck, &c->second, b, sizeof b);
     if (first)
       describe (ck, first, a, sizeof a);
@@ -254,8 +264,6 @@ phase_overlaps (struct ck *ck)
       snprintf (a, sizeof a, "guest data at 0x%" PRIx64, gs[0]);
     else
       snprintf (a, sizeof a, "snapshot guest data");
-    if (c->second.kind == OWN_DATA && first == NULL)
-      continue;   /* active data shared with snapshot data: legitimate */
     report (ck, PR_METADATA_OVERLAP, 1,
             LOC (.host_offset = c->cluster << ck->cb),
             "%s overlaps %s at host cluster 0x%" PRIx64, b, a,
