@@ -190,38 +190,6 @@ unit_len (const struct guest *g, uint64_t u)
   return g->size - off < g->unit ? g->size - off : g->unit;
 }
 
-/* Whether n bytes of the harness's own buffer are all zero: 256 bytes
- * ORed at a time (the compiler makes vector loads of it), without ASan's
- * checks of every load (the buffer is the harness's; most of a guest
- * is unallocated and read as zeros, and memcmp (p, p + 1) through
- * ASan's interceptor, which first checks both ranges' shadow, took 18
- * against 12 us a MiB) and without UBSan's: its pointer-overflow check
- * of every p[i + k] kept the loop to a byte a step with two compares
- * each, and this function was 22 % of the harness's time (perf, 30,000
- * inputs); without it the loop is vector loads. */
-#if defined __clang__
-__attribute__ ((no_sanitize ("address", "undefined")))
-#elif defined __GNUC__
-__attribute__ ((no_sanitize_address, no_sanitize_undefined))
-#endif
-static bool FUZZ_NO_COV
-all_zero (const uint8_t *p, size_t n)
-{
-  size_t i = 0;
-
-  for (; i + 256 <= n; i += 256) {
-    uint8_t acc = 0;
-    for (size_t k = 0; k < 256; k++)
-      acc |= p[i + k];
-    if (acc)
-      return false;
-  }
-  for (; i < n; i++)
-    if (p[i])
-      return false;
-  return true;
-}
-
 /* Read the units [lo, hi) into their place in g->buf (the chunk from
  * first) in one read; when that fails, each half the same way, down to
  * single units. g->rd[u - first] says which units read. A read of a
@@ -284,7 +252,7 @@ guest_before (struct qk_image *img, struct guest *g)
         continue;
       g->ok[k] = 1;
       g->slot[k] = ZERO;
-      if (all_zero (p, unit_len (g, k)))
+      if (fuzz_all_zero (p, unit_len (g, k)))
         continue;
       if (g->n_store == g->cap_store) {
         size_t cap = g->cap_store ? 2 * g->cap_store : 16;
@@ -352,7 +320,7 @@ guest_after (struct qk_image *img, struct guest *g)
         violation ("guest bytes 0x%" PRIx64 "+0x%" PRIx64 " read before the "
                    "repair, are not reported lost, and do not read after "
                    "it: %s", off, n, qk_get_error ());
-      if (g->slot[k] == ZERO ? !all_zero (p, n)
+      if (g->slot[k] == ZERO ? !fuzz_all_zero (p, n)
           : memcmp (p, g->store + (uint64_t) g->slot[k] * g->unit, n) != 0)
         violation ("guest bytes 0x%" PRIx64 "+0x%" PRIx64 " changed, and "
                    "no lost range of the active image covers them", off, n);

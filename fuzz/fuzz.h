@@ -352,6 +352,42 @@ fuzz_file_set (int fd, const uint8_t *data, size_t size)
   return 0;
 }
 
+/* Whether n bytes of a harness's own buffer are all zero: 256 bytes
+ * ORed at a time (the compiler makes vector loads of it), without the
+ * sanitizers' checks of every load (the buffer is the harness's; the
+ * library's reads into it are checked). memcmp (p, p + 1) through ASan's
+ * interceptor, which first checks both ranges' shadow, took 18 against
+ * 12 us a MiB; with ASan's checks off but UBSan's on, its pointer-
+ * overflow check of every p[i + k] kept the loop to a byte a step with
+ * two compares each, and this test was 22 % of fuzz-repair's time (perf,
+ * 30,000 inputs). Most of a guest is unallocated and reads as zeros, and
+ * most pages of a repaired file are zero. */
+#if defined __clang__
+# define FUZZ_NO_SAN __attribute__ ((no_sanitize ("address", "undefined")))
+#elif defined __GNUC__
+# define FUZZ_NO_SAN __attribute__ ((no_sanitize_address, \
+                                     no_sanitize_undefined))
+#else
+# define FUZZ_NO_SAN
+#endif
+static inline FUZZ_NO_SAN FUZZ_NO_COV bool
+fuzz_all_zero (const uint8_t *p, size_t n)
+{
+  size_t i = 0;
+
+  for (; i + 256 <= n; i += 256) {
+    uint8_t acc = 0;
+    for (size_t k = 0; k < 256; k++)
+      acc |= p[i + k];
+    if (acc)
+      return false;
+  }
+  for (; i < n; i++)
+    if (p[i])
+      return false;
+  return true;
+}
+
 /* ---- the bytes of a file, its holes skipped ----
  * What a writer left, to see whether a second run changes it. A copy of
  * the whole file cost more than the repair it guards: a repair that
@@ -418,7 +454,7 @@ fuzz_file_pages (int fd, struct fuzz_pages *fp, bool compare)
         const uint8_t *pg = chunk + p;
         uint64_t po = off + p;
         uint8_t *r;
-        if (pg[0] == 0 && memcmp (pg, pg + 1, len - 1) == 0)
+        if (fuzz_all_zero (pg, len))
           continue;
         if (compare) {
           if (i >= fp->n)
